@@ -1,0 +1,133 @@
+// One LSTM step and one GRU step, forward and backward, for a single hidden
+// unit.  This is the only place the gate formulas are written down: the CPU
+// kernels and the CUDA kernels both call these functions.  No PyTorch here.
+//
+// Formulas and gate order are exactly those of torch.nn:
+//   LSTM (i, f, g, o):  c' = f*c + i*g,  h' = o*tanh(c')
+//   GRU  (r, z, n):     n = tanh(x_n + r*(W_hn h + b_hn)),  h' = (1-z)*n + z*h
+// `Acc` is the accumulation type: float for fp16/bf16 storage, else the
+// storage type itself.
+#pragma once
+
+#include <math.h>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define RNN_HD __host__ __device__ __forceinline__
+#else
+#define RNN_HD inline
+#endif
+
+namespace rnn_ext {
+namespace gates {
+
+RNN_HD float exp_(float x) { return expf(x); }
+RNN_HD double exp_(double x) { return exp(x); }
+RNN_HD float tanh_(float x) { return tanhf(x); }
+RNN_HD double tanh_(double x) { return tanh(x); }
+
+template <typename Acc>
+RNN_HD Acc sigmoid(Acc x) {
+  return Acc(1) / (Acc(1) + exp_(-x));
+}
+
+// ---------------------------------------------------------------- LSTM ----
+
+template <typename Acc>
+struct LSTMForward {
+  Acc i, f, g, o;  // activated gates
+  Acc c;           // new cell state
+  Acc h;           // new hidden state before any projection: o * tanh(c)
+};
+
+// pre_*: pre-activations, i.e. (x W_ih^T + b_ih + h W_hh^T + b_hh) per gate.
+template <typename Acc>
+RNN_HD LSTMForward<Acc> lstm_forward(Acc pre_i, Acc pre_f, Acc pre_g,
+                                     Acc pre_o, Acc c_prev) {
+  LSTMForward<Acc> r;
+  r.i = sigmoid(pre_i);
+  r.f = sigmoid(pre_f);
+  r.g = tanh_(pre_g);
+  r.o = sigmoid(pre_o);
+  r.c = r.f * c_prev + r.i * r.g;
+  r.h = r.o * tanh_(r.c);
+  return r;
+}
+
+template <typename Acc>
+struct LSTMBackward {
+  Acc pre_i, pre_f, pre_g, pre_o;  // gradients of the pre-activations
+  Acc c_prev;                      // gradient flowing into c_{t-1}
+};
+
+// dh: gradient of h (before projection); dc: gradient of c arriving from the
+// next step and from c_n.  d_act_*, d_c_extra: gradients a caller placed
+// directly on the saved activations and cell state (0 when nobody looks).
+template <typename Acc>
+RNN_HD LSTMBackward<Acc> lstm_backward(Acc i, Acc f, Acc g, Acc o, Acc c,
+                                       Acc c_prev, Acc dh, Acc dc,
+                                       Acc d_act_i = 0, Acc d_act_f = 0,
+                                       Acc d_act_g = 0, Acc d_act_o = 0,
+                                       Acc d_c_extra = 0) {
+  const Acc tc = tanh_(c);
+  dc += d_c_extra + dh * o * (Acc(1) - tc * tc);
+  const Acc di = dc * g + d_act_i;
+  const Acc df = dc * c_prev + d_act_f;
+  const Acc dg = dc * i + d_act_g;
+  const Acc d_o = dh * tc + d_act_o;
+  LSTMBackward<Acc> r;
+  r.pre_i = di * i * (Acc(1) - i);
+  r.pre_f = df * f * (Acc(1) - f);
+  r.pre_g = dg * (Acc(1) - g * g);
+  r.pre_o = d_o * o * (Acc(1) - o);
+  r.c_prev = dc * f;
+  return r;
+}
+
+// ----------------------------------------------------------------- GRU ----
+
+template <typename Acc>
+struct GRUForward {
+  Acc r, z, n;  // activated gates
+  Acc h;        // new hidden state
+};
+
+// pre_r, pre_z: full pre-activations; x_n: input part of the n gate
+// (x W_in^T + b_in); hn: recurrent part (h W_hn^T + b_hn), which the reset
+// gate multiplies, as in nn.GRU and cuDNN.
+template <typename Acc>
+RNN_HD GRUForward<Acc> gru_forward(Acc pre_r, Acc pre_z, Acc x_n, Acc hn,
+                                   Acc h_prev) {
+  GRUForward<Acc> out;
+  out.r = sigmoid(pre_r);
+  out.z = sigmoid(pre_z);
+  out.n = tanh_(x_n + out.r * hn);
+  out.h = (Acc(1) - out.z) * out.n + out.z * h_prev;
+  return out;
+}
+
+template <typename Acc>
+struct GRUBackward {
+  Acc pre_r, pre_z;  // gradients of r and z pre-activations (input and hidden)
+  Acc x_n;           // gradient of the input part of n
+  Acc hn;            // gradient of the recurrent part of n (W_hn h + b_hn)
+  Acc h_prev;        // gradient flowing directly into h_{t-1} (through z)
+};
+
+template <typename Acc>
+RNN_HD GRUBackward<Acc> gru_backward(Acc r, Acc z, Acc n, Acc hn, Acc h_prev,
+                                     Acc dh, Acc d_act_r = 0, Acc d_act_z = 0,
+                                     Acc d_act_n = 0, Acc d_hn_extra = 0) {
+  const Acc dn = dh * (Acc(1) - z) + d_act_n;
+  const Acc dz = dh * (h_prev - n) + d_act_z;
+  GRUBackward<Acc> out;
+  out.x_n = dn * (Acc(1) - n * n);
+  const Acc dr = out.x_n * hn + d_act_r;
+  out.hn = out.x_n * r + d_hn_extra;
+  out.pre_r = dr * r * (Acc(1) - r);
+  out.pre_z = dz * z * (Acc(1) - z);
+  out.h_prev = dh * z;
+  return out;
+}
+
+}  // namespace gates
+}  // namespace rnn_ext

@@ -1,0 +1,246 @@
+// The pointwise part of one time step, for one (batch row, hidden unit)
+// element.  Parameter structs hold raw pointers and sizes only, so the same
+// element functions run in the CPU loops (cpu/rnn_cpu.h) and in the CUDA
+// threads (cuda/rnn_cuda.cu).
+//
+// Layout conventions (all row-major, contiguous):
+//   LSTM workspace per step: [B, 5H] = i, f, g, o, c   (activated gates, cell)
+//   GRU  workspace per step: [B, 4H] = r, z, n, hn     (hn = W_hn h + b_hn)
+// The workspace is in the accumulation type Acc (fp32 for fp16/bf16), so the
+// LSTM cell state never round-trips through a low-precision format.
+//
+// Variable lengths: a row is active at step t when t < lengths[b].  An
+// inactive row writes zeros to its outputs and workspace and leaves every
+// carried state alone, so a finished sequence keeps its state.
+#pragma once
+
+#include <stdint.h>
+
+#include "rnn_ext/gate_math.h"
+
+namespace rnn_ext {
+
+RNN_HD bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+// Conversions between storage and accumulation types.  A plain cast works
+// for float, double and c10's Half/BFloat16; the CUDA build specialises
+// Convert for __half and __nv_bfloat16 (cuda/half_convert.cuh), because
+// PyTorch compiles CUDA with the implicit half conversions switched off.
+template <typename To, typename From>
+struct Convert {
+  RNN_HD static To run(From x) { return static_cast<To>(x); }
+};
+
+template <typename Acc, typename T>
+RNN_HD Acc to_acc(T x) { return Convert<Acc, T>::run(x); }
+
+template <typename T, typename Acc>
+RNN_HD T from_acc(Acc x) { return Convert<T, Acc>::run(x); }
+
+template <typename T>
+RNN_HD T zero() { return from_acc<T>(0.0f); }
+
+// ------------------------------------------------------------ LSTM fwd ----
+template <typename T, typename Acc>
+struct LSTMForwardStep {
+  int64_t B, H, t;
+  const int64_t* lengths;  // [B] or null
+  const T* gx;             // input gates at step t [B, 4H]
+  const T* gh;             // h_{t-1} W_hh^T [B, 4H]
+  const T* b_hh;           // [4H] or null
+  const T* c0;             // [B, H], read at t == 0
+  const Acc* ws_prev;      // workspace of step t-1, null at t == 0
+  Acc* ws;                 // workspace of step t
+  T* h_out;                // [B, H]: output (no projection) or projection input
+};
+
+template <typename T, typename Acc>
+RNN_HD void lstm_forward_element(const LSTMForwardStep<T, Acc>& p, int64_t b,
+                                 int64_t j) {
+  const int64_t H = p.H;
+  Acc* ws = p.ws + b * 5 * H;
+  if (!row_active(p.lengths, b, p.t)) {
+    for (int k = 0; k < 5; ++k) ws[k * H + j] = Acc(0);
+    p.h_out[b * H + j] = zero<T>();
+    return;
+  }
+  const T* gx = p.gx + b * 4 * H;
+  const T* gh = p.gh + b * 4 * H;
+  Acc pre[4];
+  for (int k = 0; k < 4; ++k) {
+    pre[k] = to_acc<Acc>(gx[k * H + j]) + to_acc<Acc>(gh[k * H + j]);
+    if (p.b_hh) pre[k] += to_acc<Acc>(p.b_hh[k * H + j]);
+  }
+  const Acc c_prev = p.t == 0 ? to_acc<Acc>(p.c0[b * H + j])
+                              : p.ws_prev[b * 5 * H + 4 * H + j];
+  const auto r = gates::lstm_forward(pre[0], pre[1], pre[2], pre[3], c_prev);
+  ws[j] = r.i;
+  ws[H + j] = r.f;
+  ws[2 * H + j] = r.g;
+  ws[3 * H + j] = r.o;
+  ws[4 * H + j] = r.c;
+  p.h_out[b * H + j] = from_acc<T>(r.h);
+}
+
+// ------------------------------------------------------------ LSTM bwd ----
+template <typename T, typename Acc>
+struct LSTMBackwardStep {
+  int64_t B, H, t;
+  const int64_t* lengths;
+  const Acc* ws;       // workspace of step t
+  const Acc* ws_prev;  // workspace of step t-1, null at t == 0
+  const T* c0;         // [B, H]
+  const Acc* grad_ws;  // gradient on the workspace at step t, or null
+  // Where dh comes from.  With a projection: dh_direct [B, H] (already
+  // multiplied by W_hr).  Without: dh_state [B, H] (carried from the step
+  // after, cleared here once consumed) plus grad_y [B, H].
+  const T* dh_direct;
+  T* dh_state;
+  const T* grad_y;
+  Acc* dc_state;       // [B, H] gradient of the carried cell state
+  T* grad_gates;       // [B, 4H] gradient of the pre-activations at step t
+};
+
+template <typename T, typename Acc>
+RNN_HD void lstm_backward_element(const LSTMBackwardStep<T, Acc>& p,
+                                  int64_t b, int64_t j) {
+  const int64_t H = p.H;
+  T* gg = p.grad_gates + b * 4 * H;
+  if (!row_active(p.lengths, b, p.t)) {
+    for (int k = 0; k < 4; ++k) gg[k * H + j] = zero<T>();
+    return;
+  }
+  const int64_t e = b * H + j;
+  Acc dh;
+  if (p.dh_direct) {
+    dh = to_acc<Acc>(p.dh_direct[e]);
+  } else {
+    dh = to_acc<Acc>(p.dh_state[e]) + to_acc<Acc>(p.grad_y[e]);
+    p.dh_state[e] = zero<T>();
+  }
+  const Acc* ws = p.ws + b * 5 * H;
+  const Acc c_prev = p.t == 0 ? to_acc<Acc>(p.c0[e])
+                              : p.ws_prev[b * 5 * H + 4 * H + j];
+  Acc d_ws[5] = {0, 0, 0, 0, 0};
+  if (p.grad_ws)
+    for (int k = 0; k < 5; ++k) d_ws[k] = p.grad_ws[b * 5 * H + k * H + j];
+  const auto r = gates::lstm_backward(ws[j], ws[H + j], ws[2 * H + j],
+                                      ws[3 * H + j], ws[4 * H + j], c_prev, dh,
+                                      p.dc_state[e], d_ws[0], d_ws[1], d_ws[2],
+                                      d_ws[3], d_ws[4]);
+  gg[j] = from_acc<T>(r.pre_i);
+  gg[H + j] = from_acc<T>(r.pre_f);
+  gg[2 * H + j] = from_acc<T>(r.pre_g);
+  gg[3 * H + j] = from_acc<T>(r.pre_o);
+  p.dc_state[e] = r.c_prev;
+}
+
+// With a projection, the gradient of the projected output at step t is
+// gathered first (dh_state + grad_y for active rows, 0 otherwise), so that
+// it can be multiplied by W_hr and saved for dW_hr.
+template <typename T, typename Acc>
+struct ProjGradStep {
+  int64_t B, P, t;
+  const int64_t* lengths;
+  T* dh_state;       // [B, P]
+  const T* grad_y;   // [B, P]
+  T* grad_proj;      // [B, P] out
+};
+
+template <typename T, typename Acc>
+RNN_HD void proj_grad_element(const ProjGradStep<T, Acc>& p, int64_t b,
+                              int64_t k) {
+  const int64_t e = b * p.P + k;
+  if (!row_active(p.lengths, b, p.t)) {
+    p.grad_proj[e] = zero<T>();
+    return;
+  }
+  p.grad_proj[e] =
+      from_acc<T>(to_acc<Acc>(p.dh_state[e]) + to_acc<Acc>(p.grad_y[e]));
+  p.dh_state[e] = zero<T>();
+}
+
+// ------------------------------------------------------------- GRU fwd ----
+template <typename T, typename Acc>
+struct GRUForwardStep {
+  int64_t B, H, t;
+  const int64_t* lengths;
+  const T* gx;      // [B, 3H]
+  const T* gh;      // h_{t-1} W_hh^T [B, 3H]
+  const T* b_hh;    // [3H] or null
+  const T* h_prev;  // [B, H]: h0 at t == 0, else output of step t-1
+  Acc* ws;          // [B, 4H]
+  T* y;             // [B, H]
+};
+
+template <typename T, typename Acc>
+RNN_HD void gru_forward_element(const GRUForwardStep<T, Acc>& p, int64_t b,
+                                int64_t j) {
+  const int64_t H = p.H;
+  Acc* ws = p.ws + b * 4 * H;
+  if (!row_active(p.lengths, b, p.t)) {
+    for (int k = 0; k < 4; ++k) ws[k * H + j] = Acc(0);
+    p.y[b * H + j] = zero<T>();
+    return;
+  }
+  const T* gx = p.gx + b * 3 * H;
+  const T* gh = p.gh + b * 3 * H;
+  Acc hh[3];
+  for (int k = 0; k < 3; ++k) {
+    hh[k] = to_acc<Acc>(gh[k * H + j]);
+    if (p.b_hh) hh[k] += to_acc<Acc>(p.b_hh[k * H + j]);
+  }
+  const auto r = gates::gru_forward(to_acc<Acc>(gx[j]) + hh[0],
+                                    to_acc<Acc>(gx[H + j]) + hh[1],
+                                    to_acc<Acc>(gx[2 * H + j]), hh[2],
+                                    to_acc<Acc>(p.h_prev[b * H + j]));
+  ws[j] = r.r;
+  ws[H + j] = r.z;
+  ws[2 * H + j] = r.n;
+  ws[3 * H + j] = hh[2];
+  p.y[b * H + j] = from_acc<T>(r.h);
+}
+
+// ------------------------------------------------------------- GRU bwd ----
+template <typename T, typename Acc>
+struct GRUBackwardStep {
+  int64_t B, H, t;
+  const int64_t* lengths;
+  const Acc* ws;       // [B, 4H] at step t
+  const T* h_prev;     // [B, H]
+  const Acc* grad_ws;  // [B, 4H] or null
+  T* dh_state;         // [B, H] in: carried gradient; out: direct part dh*z
+  const T* grad_y;     // [B, H]
+  T* grad_gates;       // [B, 3H] gradient of the input gates
+  T* grad_hh;          // [B, 3H] gradient of h W_hh^T + b_hh
+};
+
+template <typename T, typename Acc>
+RNN_HD void gru_backward_element(const GRUBackwardStep<T, Acc>& p, int64_t b,
+                                 int64_t j) {
+  const int64_t H = p.H;
+  T* gx = p.grad_gates + b * 3 * H;
+  T* gh = p.grad_hh + b * 3 * H;
+  if (!row_active(p.lengths, b, p.t)) {
+    for (int k = 0; k < 3; ++k) gx[k * H + j] = gh[k * H + j] = zero<T>();
+    return;
+  }
+  const int64_t e = b * H + j;
+  const Acc dh = to_acc<Acc>(p.dh_state[e]) + to_acc<Acc>(p.grad_y[e]);
+  const Acc* ws = p.ws + b * 4 * H;
+  Acc d_ws[4] = {0, 0, 0, 0};
+  if (p.grad_ws)
+    for (int k = 0; k < 4; ++k) d_ws[k] = p.grad_ws[b * 4 * H + k * H + j];
+  const auto r = gates::gru_backward(ws[j], ws[H + j], ws[2 * H + j],
+                                     ws[3 * H + j], to_acc<Acc>(p.h_prev[e]),
+                                     dh, d_ws[0], d_ws[1], d_ws[2], d_ws[3]);
+  gx[j] = gh[j] = from_acc<T>(r.pre_r);
+  gx[H + j] = gh[H + j] = from_acc<T>(r.pre_z);
+  gx[2 * H + j] = from_acc<T>(r.x_n);
+  gh[2 * H + j] = from_acc<T>(r.hn);
+  p.dh_state[e] = from_acc<T>(r.h_prev);
+}
+
+}  // namespace rnn_ext

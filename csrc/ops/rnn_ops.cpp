@@ -1,0 +1,187 @@
+// PyTorch glue: the op schemas of the rnn_ext namespace, input checks, and
+// the CPU implementations (the time loop of sequence.h with CPU kernels).
+#include <torch/library.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <sstream>
+
+#include "cpu/rnn_cpu.h"
+#include "ops/sequence.h"
+
+namespace rnn_ext {
+
+namespace {
+
+std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream os;
+  os << s;
+  return os.str();
+}
+
+void check_dense(const char* op, const char* name, const Tensor& t,
+                 const Tensor& like) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(t.layout() == at::kStrided, op, ": ", name,
+              " must be a dense tensor");
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": ", name,
+              " has dtype ", t.scalar_type(), " but input_gates has dtype ",
+              like.scalar_type(), "; all tensors must share one dtype");
+  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ",
+              t.device(), " but input_gates is on ", like.device());
+}
+
+void check_lengths(const char* op, const OptTensor& lengths, int64_t B) {
+  if (!lengths) return;
+  const Tensor& l = *lengths;
+  TORCH_CHECK(l.device().is_cpu(), op,
+              ": lengths must be a CPU tensor (as for pack_padded_sequence), "
+              "got one on ", l.device());
+  TORCH_CHECK(l.scalar_type() == at::kLong, op,
+              ": lengths must be int64, got ", l.scalar_type());
+  TORCH_CHECK(l.dim() == 1 && l.size(0) == B, op,
+              ": lengths must have shape [B] = [", B, "], got ",
+              shape_str(l.sizes()));
+}
+
+}  // namespace
+
+void check_same(const char* op, const char* name, const Tensor& t,
+                const Tensor& like, at::IntArrayRef shape) {
+  check_dense(op, name, t, like);
+  TORCH_CHECK(t.sizes() == shape, op, ": expected ", name, " of shape ",
+              shape_str(shape), ", got ", shape_str(t.sizes()));
+}
+
+void check_lstm_forward(const Tensor& gx, const Tensor& w_hh,
+                        const OptTensor& b_hh, const OptTensor& w_hr,
+                        const Tensor& h0, const Tensor& c0,
+                        const OptTensor& lengths) {
+  const char* op = "rnn_ext::lstm_forward";
+  TORCH_CHECK(gx.dim() == 3, op,
+              ": input_gates must be 3-D [T, B, 4H], got ", gx.dim(), "-D");
+  TORCH_CHECK(gx.is_floating_point(), op,
+              ": input_gates must be floating point, got ", gx.scalar_type());
+  const int64_t T_ = gx.size(0), B = gx.size(1), G = gx.size(2);
+  TORCH_CHECK(T_ > 0 && B > 0 && G > 0, op,
+              ": input_gates must be non-empty, got ", shape_str(gx.sizes()));
+  TORCH_CHECK(G % 4 == 0, op, ": last dim of input_gates must be 4H, got ", G);
+  const int64_t H = G / 4;
+  int64_t Hout = H;
+  if (w_hr) {
+    check_dense(op, "w_hr", *w_hr, gx);
+    TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == H && w_hr->size(0) > 0,
+                op, ": expected w_hr of shape [P, H] with H = ", H, ", got ",
+                shape_str(w_hr->sizes()));
+    Hout = w_hr->size(0);
+  }
+  check_same(op, "w_hh", w_hh, gx, {4 * H, Hout});
+  if (b_hh) check_same(op, "b_hh", *b_hh, gx, {4 * H});
+  check_same(op, "h0", h0, gx, {B, Hout});
+  check_same(op, "c0", c0, gx, {B, H});
+  check_lengths(op, lengths, B);
+}
+
+void check_gru_forward(const Tensor& gx, const Tensor& w_hh,
+                       const OptTensor& b_hh, const Tensor& h0,
+                       const OptTensor& lengths) {
+  const char* op = "rnn_ext::gru_forward";
+  TORCH_CHECK(gx.dim() == 3, op,
+              ": input_gates must be 3-D [T, B, 3H], got ", gx.dim(), "-D");
+  TORCH_CHECK(gx.is_floating_point(), op,
+              ": input_gates must be floating point, got ", gx.scalar_type());
+  const int64_t B = gx.size(1), G = gx.size(2);
+  TORCH_CHECK(gx.size(0) > 0 && B > 0 && G > 0, op,
+              ": input_gates must be non-empty, got ", shape_str(gx.sizes()));
+  TORCH_CHECK(G % 3 == 0, op, ": last dim of input_gates must be 3H, got ", G);
+  const int64_t H = G / 3;
+  check_same(op, "w_hh", w_hh, gx, {3 * H, H});
+  if (b_hh) check_same(op, "b_hh", *b_hh, gx, {3 * H});
+  check_same(op, "h0", h0, gx, {B, H});
+  check_lengths(op, lengths, B);
+}
+
+Lengths prepare_lengths(const OptTensor& lengths, int64_t T, int64_t B,
+                        const at::Device& device) {
+  Lengths L;
+  if (!lengths) return L;
+  const Tensor host = lengths->contiguous();
+  const int64_t* l = host.data_ptr<int64_t>();
+  bool descending = true;
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(l[b] >= 0 && l[b] <= T, "rnn_ext: lengths[", b, "] = ", l[b],
+                " is out of range [0, T] with T = ", T);
+    if (b > 0 && l[b] > l[b - 1]) descending = false;
+  }
+  if (descending) {
+    L.prefix = true;
+    L.active.assign(T, 0);
+    for (int64_t t = 0; t < T; ++t)
+      L.active[t] = std::count_if(l, l + B, [t](int64_t x) { return x > t; });
+  }
+  L.on_device = device.is_cpu() ? host : host.to(device);
+  return L;
+}
+
+Tensor gather_final(const Tensor& seq, const Tensor& init,
+                    const OptTensor& lengths, const Lengths& L) {
+  const int64_t T = seq.size(0), B = seq.size(1), K = seq.size(2);
+  if (!lengths) return seq[T - 1].clone(at::MemoryFormat::Contiguous);
+  const Tensor len = L.on_device;
+  const Tensor idx = (len - 1).clamp_min(0).view({1, B, 1}).expand({1, B, K});
+  const Tensor last = seq.gather(0, idx).squeeze(0);
+  return at::where((len == 0).view({B, 1}), init.to(seq.scalar_type()), last);
+}
+
+// The CPU kernel policy of the time loop: batch rows split over threads.
+struct CpuSteps {
+  template <typename T>
+  using kernel_type = T;
+
+  template <class P, class F>
+  static void rows(const P& p, int64_t width, F f) {
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, 5 * width));
+    at::parallel_for(0, p.B, grain, [&](int64_t b0, int64_t b1) { f(p, b0, b1); });
+  }
+  template <class T, class A>
+  static void lstm_forward(const LSTMForwardStep<T, A>& p) { rows(p, p.H, cpu::lstm_forward_rows<T, A>); }
+  template <class T, class A>
+  static void lstm_backward(const LSTMBackwardStep<T, A>& p) { rows(p, p.H, cpu::lstm_backward_rows<T, A>); }
+  template <class T, class A>
+  static void proj_grad(const ProjGradStep<T, A>& p) { rows(p, p.P, cpu::proj_grad_rows<T, A>); }
+  template <class T, class A>
+  static void gru_forward(const GRUForwardStep<T, A>& p) { rows(p, p.H, cpu::gru_forward_rows<T, A>); }
+  template <class T, class A>
+  static void gru_backward(const GRUBackwardStep<T, A>& p) { rows(p, p.H, cpu::gru_backward_rows<T, A>); }
+};
+
+TORCH_LIBRARY(rnn_ext, m) {
+  m.def(
+      "lstm_forward(Tensor input_gates, Tensor w_hh, Tensor? b_hh, "
+      "Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths) -> "
+      "(Tensor output, Tensor h_n, Tensor c_n, Tensor workspace, "
+      "Tensor proj_input)");
+  m.def(
+      "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, "
+      "Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor output, "
+      "Tensor workspace, Tensor proj_input, Tensor? lengths, "
+      "Tensor? grad_workspace) -> (Tensor grad_input_gates, Tensor grad_w_hh, "
+      "Tensor grad_b_hh, Tensor grad_w_hr, Tensor grad_h0, Tensor grad_c0)");
+  m.def(
+      "gru_forward(Tensor input_gates, Tensor w_hh, Tensor? b_hh, Tensor h0, "
+      "Tensor? lengths) -> (Tensor output, Tensor h_n, Tensor workspace)");
+  m.def(
+      "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, "
+      "Tensor h0, Tensor output, Tensor workspace, Tensor? lengths, "
+      "Tensor? grad_workspace) -> (Tensor grad_input_gates, Tensor grad_w_hh, "
+      "Tensor grad_b_hh, Tensor grad_h0)");
+}
+
+TORCH_LIBRARY_IMPL(rnn_ext, CPU, m) {
+  m.impl("lstm_forward", &lstm_forward<CpuSteps>);
+  m.impl("lstm_backward", &lstm_backward<CpuSteps>);
+  m.impl("gru_forward", &gru_forward<CpuSteps>);
+  m.impl("gru_backward", &gru_backward<CpuSteps>);
+}
+
+}  // namespace rnn_ext

@@ -1,0 +1,322 @@
+// The time loop shared by every device: per step, one ATen GEMM for the
+// recurrent product (MKL/oneDNN on the CPU, cuBLAS on CUDA, following
+// PyTorch's TF32 switch) and one fused pointwise kernel from `Steps`, the
+// device's kernel policy (CpuSteps in rnn_ops.cpp, CudaSteps in
+// rnn_ops_cuda.cpp).  Nothing in the loop reads device memory on the host.
+//
+// Two facts keep the loop free of copies:
+//  * The GEMM input at step t is the output of step t-1 for every row.  A
+//    finished row (t >= length) has garbage there, but its pointwise element
+//    ignores the product and keeps its state; an active row's previous output
+//    is its real state.  h_n and c_n are gathered once after the loop.
+//  * Backward carries dh in one [B, H] buffer: the pointwise kernel consumes
+//    it for active rows, and the GEMM accumulates (beta = 1) the next
+//    contribution into it, so a finished row keeps grad_h_n until its last
+//    step.
+// With lengths on the host that are sorted in decreasing order, the GEMMs of
+// step t cover only the rows still active.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Dispatch.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "rnn_ext/step_kernels.h"
+
+namespace rnn_ext {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+template <typename KT>
+KT* ptr(const Tensor& t) {
+  return t.defined() && t.numel() > 0 ? reinterpret_cast<KT*>(t.data_ptr())
+                                      : nullptr;
+}
+template <typename KT>
+KT* ptr(const OptTensor& t) {
+  return t.has_value() ? ptr<KT>(*t) : nullptr;
+}
+
+inline at::ScalarType acc_dtype(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+// Lengths as the kernels see them, plus what the host knows of them.
+struct Lengths {
+  Tensor on_device;             // int64 [B] on the input's device, or undefined
+  std::vector<int64_t> active;  // active rows per step, when sorted on host
+  bool prefix = false;          // active rows of step t are rows [0, active[t])
+
+  int64_t rows(int64_t t, int64_t B) const { return prefix ? active[t] : B; }
+  const int64_t* data() const { return ptr<const int64_t>(on_device); }
+};
+
+Lengths prepare_lengths(const OptTensor& lengths, int64_t T, int64_t B,
+                        const at::Device& device);
+
+// h_n (or c_n) gathered at each row's last step: out[t = len-1], or init
+// where len == 0.  Without lengths, the last step.
+Tensor gather_final(const Tensor& seq, const Tensor& init,
+                    const OptTensor& lengths, const Lengths& L);
+
+template <class Steps, typename T>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_loop(
+    const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+    const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
+    const OptTensor& lengths) {
+  using KT = typename Steps::template kernel_type<T>;
+  using Acc = at::opmath_type<T>;
+  const int64_t T_ = gx.size(0), B = gx.size(1), H = gx.size(2) / 4;
+  const int64_t P = w_hr ? w_hr->size(0) : 0;
+  const int64_t Hout = P > 0 ? P : H;
+  const auto opts = gx.options();
+  Tensor y = at::empty({T_, B, Hout}, opts);
+  Tensor ws = at::empty({T_, B, 5 * H}, opts.dtype(acc_dtype(gx.scalar_type())));
+  Tensor proj_in = at::empty({P > 0 ? T_ : 0, B, H}, opts);
+  Tensor gh = at::empty({B, 4 * H}, opts);
+  const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
+  const Tensor w_hh_t = w_hh.t();
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t n = L.rows(t, B);
+    const Tensor h_prev = t == 0 ? h0 : y[t - 1];
+    if (n > 0) at::mm_out(gh.narrow(0, 0, n), h_prev.narrow(0, 0, n), w_hh_t);
+    LSTMForwardStep<KT, Acc> p{B, H, t, L.data(), ptr<const KT>(gx[t]),
+                               ptr<const KT>(gh), ptr<const KT>(b_hh),
+                               ptr<const KT>(c0),
+                               t == 0 ? nullptr : ptr<const Acc>(ws[t - 1]),
+                               ptr<Acc>(ws[t]),
+                               ptr<KT>(P > 0 ? proj_in[t] : y[t])};
+    Steps::lstm_forward(p);
+    if (P > 0) {
+      Tensor y_t = y[t];
+      if (n > 0) at::mm_out(y_t.narrow(0, 0, n), proj_in[t].narrow(0, 0, n), w_hr->t());
+      if (n < B) y_t.narrow(0, n, B - n).zero_();
+    }
+  }
+  Tensor h_n = gather_final(y, h0, lengths, L);
+  Tensor c_n = gather_final(ws.narrow(2, 4 * H, H), c0, lengths, L).to(gx.scalar_type());
+  return {y, h_n, c_n, ws, proj_in};
+}
+
+template <class Steps, typename T>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_loop(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n,
+    const Tensor& w_hh, const OptTensor& w_hr, const Tensor& h0,
+    const Tensor& c0, const Tensor& y, const Tensor& ws, const Tensor& proj_in,
+    const OptTensor& lengths, const OptTensor& grad_ws) {
+  using KT = typename Steps::template kernel_type<T>;
+  using Acc = at::opmath_type<T>;
+  const int64_t T_ = y.size(0), B = y.size(1), H = ws.size(2) / 5;
+  const int64_t P = w_hr ? w_hr->size(0) : 0;
+  const auto opts = y.options();
+  const Lengths L = prepare_lengths(lengths, T_, B, y.device());
+  Tensor d_gates = at::empty({T_, B, 4 * H}, opts);
+  Tensor dh_state = grad_h_n.clone(at::MemoryFormat::Contiguous);
+  Tensor dc_state = grad_c_n.to(ws.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+  Tensor d_proj = at::empty({P > 0 ? T_ : 0, B, P}, opts);
+  Tensor dh_pre = at::empty({P > 0 ? B : 0, H}, opts);
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const int64_t n = L.rows(t, B);
+    if (P > 0) {
+      ProjGradStep<KT, Acc> pp{B, P, t, L.data(), ptr<KT>(dh_state),
+                               ptr<const KT>(grad_y[t]), ptr<KT>(d_proj[t])};
+      Steps::proj_grad(pp);
+      if (n > 0) at::mm_out(dh_pre.narrow(0, 0, n), d_proj[t].narrow(0, 0, n), *w_hr);
+    }
+    LSTMBackwardStep<KT, Acc> p{
+        B, H, t, L.data(), ptr<const Acc>(ws[t]),
+        t == 0 ? nullptr : ptr<const Acc>(ws[t - 1]), ptr<const KT>(c0),
+        grad_ws ? ptr<const Acc>((*grad_ws)[t]) : nullptr,
+        P > 0 ? ptr<const KT>(dh_pre) : nullptr, ptr<KT>(dh_state),
+        ptr<const KT>(grad_y[t]), ptr<Acc>(dc_state), ptr<KT>(d_gates[t])};
+    Steps::lstm_backward(p);
+    if (n > 0) dh_state.narrow(0, 0, n).addmm_(d_gates[t].narrow(0, 0, n), w_hh);
+  }
+  // Weight gradients: one large product over all steps.  The GEMM input of
+  // step t was h0 (t = 0) or y[t-1]; rows that were inactive have zero
+  // gate gradients, so their (zeroed) outputs contribute nothing.
+  Tensor dw_hh = at::mm(d_gates[0].t(), h0);
+  if (T_ > 1)
+    dw_hh.addmm_(d_gates.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, 4 * H}).t(),
+                 y.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, y.size(2)}));
+  Tensor db_hh = d_gates.sum({0, 1});
+  Tensor dw_hr = P > 0 ? at::mm(d_proj.reshape({T_ * B, P}).t(), proj_in.reshape({T_ * B, H}))
+                       : at::empty({0}, opts);
+  return {d_gates, dw_hh, db_hh, dw_hr, dh_state, dc_state.to(y.scalar_type())};
+}
+
+template <class Steps, typename T>
+std::tuple<Tensor, Tensor, Tensor> gru_forward_loop(
+    const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+    const Tensor& h0, const OptTensor& lengths) {
+  using KT = typename Steps::template kernel_type<T>;
+  using Acc = at::opmath_type<T>;
+  const int64_t T_ = gx.size(0), B = gx.size(1), H = gx.size(2) / 3;
+  const auto opts = gx.options();
+  Tensor y = at::empty({T_, B, H}, opts);
+  Tensor ws = at::empty({T_, B, 4 * H}, opts.dtype(acc_dtype(gx.scalar_type())));
+  Tensor gh = at::empty({B, 3 * H}, opts);
+  const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
+  const Tensor w_hh_t = w_hh.t();
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t n = L.rows(t, B);
+    const Tensor h_prev = t == 0 ? h0 : y[t - 1];
+    if (n > 0) at::mm_out(gh.narrow(0, 0, n), h_prev.narrow(0, 0, n), w_hh_t);
+    GRUForwardStep<KT, Acc> p{B, H, t, L.data(), ptr<const KT>(gx[t]),
+                              ptr<const KT>(gh), ptr<const KT>(b_hh),
+                              ptr<const KT>(h_prev), ptr<Acc>(ws[t]),
+                              ptr<KT>(y[t])};
+    Steps::gru_forward(p);
+  }
+  return {y, gather_final(y, h0, lengths, L), ws};
+}
+
+template <class Steps, typename T>
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_loop(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
+    const Tensor& h0, const Tensor& y, const Tensor& ws,
+    const OptTensor& lengths, const OptTensor& grad_ws) {
+  using KT = typename Steps::template kernel_type<T>;
+  using Acc = at::opmath_type<T>;
+  const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
+  const auto opts = y.options();
+  const Lengths L = prepare_lengths(lengths, T_, B, y.device());
+  Tensor d_gates = at::empty({T_, B, 3 * H}, opts);
+  Tensor d_hh = at::empty({T_, B, 3 * H}, opts);
+  Tensor dh_state = grad_h_n.clone(at::MemoryFormat::Contiguous);
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const int64_t n = L.rows(t, B);
+    GRUBackwardStep<KT, Acc> p{
+        B, H, t, L.data(), ptr<const Acc>(ws[t]),
+        ptr<const KT>(t == 0 ? h0 : y[t - 1]),
+        grad_ws ? ptr<const Acc>((*grad_ws)[t]) : nullptr, ptr<KT>(dh_state),
+        ptr<const KT>(grad_y[t]), ptr<KT>(d_gates[t]), ptr<KT>(d_hh[t])};
+    Steps::gru_backward(p);
+    if (n > 0) dh_state.narrow(0, 0, n).addmm_(d_hh[t].narrow(0, 0, n), w_hh);
+  }
+  Tensor dw_hh = at::mm(d_hh[0].t(), h0);
+  if (T_ > 1)
+    dw_hh.addmm_(d_hh.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, 3 * H}).t(),
+                 y.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, H}));
+  return {d_gates, dw_hh, d_hh.sum({0, 1}), dh_state};
+}
+
+}  // namespace rnn_ext
+
+// ------------------------------------------------------------------------
+// Checked entry points, shared by every device: validate, make contiguous,
+// dispatch on dtype.  Defined here so each device's glue is a few lines.
+namespace rnn_ext {
+
+// Throws a clear error naming the problem; returns nothing.
+void check_lstm_forward(const Tensor& gx, const Tensor& w_hh,
+                        const OptTensor& b_hh, const OptTensor& w_hr,
+                        const Tensor& h0, const Tensor& c0,
+                        const OptTensor& lengths);
+void check_gru_forward(const Tensor& gx, const Tensor& w_hh,
+                       const OptTensor& b_hh, const Tensor& h0,
+                       const OptTensor& lengths);
+void check_same(const char* op, const char* name, const Tensor& t,
+                const Tensor& like, at::IntArrayRef shape);
+
+inline OptTensor contiguous(const OptTensor& t) {
+  return t ? OptTensor(t->contiguous()) : std::nullopt;
+}
+
+#define RNN_EXT_DISPATCH(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
+template <class Steps>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
+    const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+    const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
+    const OptTensor& lengths) {
+  check_lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths);
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> out;
+  RNN_EXT_DISPATCH(gx.scalar_type(), "rnn_ext::lstm_forward", [&] {
+    out = lstm_forward_loop<Steps, scalar_t>(
+        gx.contiguous(), w_hh.contiguous(), contiguous(b_hh),
+        contiguous(w_hr), h0.contiguous(), c0.contiguous(), lengths);
+  });
+  return out;
+}
+
+template <class Steps>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n,
+    const Tensor& w_hh, const OptTensor& w_hr, const Tensor& h0,
+    const Tensor& c0, const Tensor& y, const Tensor& ws, const Tensor& proj_in,
+    const OptTensor& lengths, const OptTensor& grad_ws) {
+  const char* op = "rnn_ext::lstm_backward";
+  TORCH_CHECK(y.dim() == 3 && ws.dim() == 3 && ws.size(2) % 5 == 0,
+              op, ": output must be [T, B, H] and workspace [T, B, 5H]");
+  const int64_t T_ = y.size(0), B = y.size(1), H = ws.size(2) / 5;
+  check_same(op, "grad_output", grad_y, y, y.sizes());
+  check_same(op, "grad_h_n", grad_h_n, y, {B, y.size(2)});
+  check_same(op, "grad_c_n", grad_c_n, y, {B, H});
+  check_same(op, "h0", h0, y, {B, y.size(2)});
+  check_same(op, "c0", c0, y, {B, H});
+  check_same(op, "w_hh", w_hh, y, {4 * H, y.size(2)});
+  if (w_hr) check_same(op, "w_hr", *w_hr, y, {y.size(2), H});
+  TORCH_CHECK(ws.size(0) == T_ && ws.size(1) == B, op, ": workspace does not match output");
+  if (grad_ws) TORCH_CHECK(grad_ws->sizes() == ws.sizes() && grad_ws->scalar_type() == ws.scalar_type(),
+                           op, ": grad_workspace must match workspace");
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> out;
+  RNN_EXT_DISPATCH(y.scalar_type(), op, [&] {
+    out = lstm_backward_loop<Steps, scalar_t>(
+        grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(),
+        w_hh.contiguous(), contiguous(w_hr), h0.contiguous(), c0.contiguous(),
+        y.contiguous(), ws.contiguous(), proj_in.contiguous(), lengths,
+        contiguous(grad_ws));
+  });
+  return out;
+}
+
+template <class Steps>
+std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& gx,
+                                               const Tensor& w_hh,
+                                               const OptTensor& b_hh,
+                                               const Tensor& h0,
+                                               const OptTensor& lengths) {
+  check_gru_forward(gx, w_hh, b_hh, h0, lengths);
+  std::tuple<Tensor, Tensor, Tensor> out;
+  RNN_EXT_DISPATCH(gx.scalar_type(), "rnn_ext::gru_forward", [&] {
+    out = gru_forward_loop<Steps, scalar_t>(gx.contiguous(), w_hh.contiguous(),
+                                            contiguous(b_hh), h0.contiguous(),
+                                            lengths);
+  });
+  return out;
+}
+
+template <class Steps>
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
+    const Tensor& h0, const Tensor& y, const Tensor& ws,
+    const OptTensor& lengths, const OptTensor& grad_ws) {
+  const char* op = "rnn_ext::gru_backward";
+  TORCH_CHECK(y.dim() == 3 && ws.dim() == 3, op, ": output must be [T, B, H]");
+  const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
+  check_same(op, "grad_output", grad_y, y, y.sizes());
+  check_same(op, "grad_h_n", grad_h_n, y, {B, H});
+  check_same(op, "h0", h0, y, {B, H});
+  check_same(op, "w_hh", w_hh, y, {3 * H, H});
+  TORCH_CHECK(ws.size(0) == T_ && ws.size(1) == B && ws.size(2) == 4 * H,
+              op, ": workspace does not match output");
+  if (grad_ws) TORCH_CHECK(grad_ws->sizes() == ws.sizes() && grad_ws->scalar_type() == ws.scalar_type(),
+                           op, ": grad_workspace must match workspace");
+  std::tuple<Tensor, Tensor, Tensor, Tensor> out;
+  RNN_EXT_DISPATCH(y.scalar_type(), op, [&] {
+    out = gru_backward_loop<Steps, scalar_t>(
+        grad_y.contiguous(), grad_h_n.contiguous(), w_hh.contiguous(),
+        h0.contiguous(), y.contiguous(), ws.contiguous(), lengths,
+        contiguous(grad_ws));
+  });
+  return out;
+}
+
+}  // namespace rnn_ext

@@ -1,0 +1,123 @@
+"""The compiled sequence ops (torch.ops.rnn_ext.*): their fake (meta)
+implementations and autograd, registered through torch.library so that
+opcheck passes and torch.compile traces them without a graph break."""
+import torch
+
+from . import _C  # noqa: F401  (loading it registers the ops)
+from . import reference
+from .reference import acc_dtype
+
+ops = torch.ops.rnn_ext
+WITH_CUDA = bool(_C.with_cuda)
+
+
+# ------------------------------------------------------------------ fake ----
+@torch.library.register_fake("rnn_ext::lstm_forward")
+def _lstm_forward_fake(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths):
+    T, B, G = input_gates.shape
+    H = G // 4
+    P = w_hr.shape[0] if w_hr is not None else 0
+    new = input_gates.new_empty
+    return (
+        new((T, B, P or H)),
+        new((B, P or H)),
+        new((B, H)),
+        new((T, B, 5 * H), dtype=acc_dtype(input_gates.dtype)),
+        new((T if P else 0, B, H)),
+    )
+
+
+@torch.library.register_fake("rnn_ext::lstm_backward")
+def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0,
+                        output, workspace, proj_input, lengths, grad_workspace):
+    T, B, _ = output.shape
+    H = workspace.shape[2] // 5
+    new = output.new_empty
+    return (
+        new((T, B, 4 * H)),
+        new(w_hh.shape),
+        new((4 * H,)),
+        new(w_hr.shape) if w_hr is not None else new((0,)),
+        new(h0.shape),
+        new(c0.shape),
+    )
+
+
+@torch.library.register_fake("rnn_ext::gru_forward")
+def _gru_forward_fake(input_gates, w_hh, b_hh, h0, lengths):
+    T, B, G = input_gates.shape
+    H = G // 3
+    new = input_gates.new_empty
+    return new((T, B, H)), new((B, H)), new((T, B, 4 * H), dtype=acc_dtype(input_gates.dtype))
+
+
+@torch.library.register_fake("rnn_ext::gru_backward")
+def _gru_backward_fake(grad_output, grad_h_n, w_hh, h0, output, workspace,
+                       lengths, grad_workspace):
+    T, B, H = output.shape
+    new = output.new_empty
+    return new((T, B, 3 * H)), new(w_hh.shape), new((3 * H,)), new(h0.shape)
+
+
+# -------------------------------------------------------------- autograd ----
+def _zeros_if_none(grad, like):
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def _higher_order(ctx, fn, inputs, outputs, grads):
+    """Backward with create_graph=True (double backward): recompute the step
+    with the differentiable reference and let PyTorch differentiate it, so
+    the returned gradients are themselves differentiable."""
+    wanted = [i for i, (x, need) in enumerate(zip(inputs, ctx.needs_input_grad))
+              if need and x is not None]
+    pairs = [(o, g) for o, g in zip(fn(*inputs), grads) if g is not None]
+    result = [None] * len(inputs)
+    if wanted and pairs:
+        got = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
+                                  [g for _, g in pairs], create_graph=True,
+                                  allow_unused=True)
+        for i, g in zip(wanted, got):
+            result[i] = g
+    return tuple(result)
+
+
+def _lstm_setup_context(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(output[4])
+    ctx.save_for_backward(*inputs, *output[:4], output[4])
+
+
+def _lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, grad_ws, _grad_proj):
+    gx, w_hh, b_hh, w_hr, h0, c0, lengths, y, h_n, c_n, ws, proj_in = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        return _higher_order(ctx, reference.lstm_reference,
+                             (gx, w_hh, b_hh, w_hr, h0, c0, lengths),
+                             (y, h_n, c_n, ws), (grad_y, grad_h_n, grad_c_n, grad_ws))
+    d_gx, d_w_hh, d_b_hh, d_w_hr, d_h0, d_c0 = ops.lstm_backward(
+        _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n),
+        _zeros_if_none(grad_c_n, c_n), w_hh, w_hr, h0, c0, y, ws, proj_in,
+        lengths, grad_ws)
+    return (d_gx, d_w_hh, d_b_hh if b_hh is not None else None,
+            d_w_hr if w_hr is not None else None, d_h0, d_c0, None)
+
+
+def _gru_setup_context(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(*inputs, *output)
+
+
+def _gru_backward(ctx, grad_y, grad_h_n, grad_ws):
+    gx, w_hh, b_hh, h0, lengths, y, h_n, ws = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        return _higher_order(ctx, reference.gru_reference, (gx, w_hh, b_hh, h0, lengths),
+                             (y, h_n, ws), (grad_y, grad_h_n, grad_ws))
+    d_gx, d_w_hh, d_b_hh, d_h0 = ops.gru_backward(
+        _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n), w_hh, h0, y,
+        ws, lengths, grad_ws)
+    return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None
+
+
+torch.library.register_autograd("rnn_ext::lstm_forward", _lstm_backward,
+                                setup_context=_lstm_setup_context)
+torch.library.register_autograd("rnn_ext::gru_forward", _gru_backward,
+                                setup_context=_gru_setup_context)

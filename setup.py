@@ -1,0 +1,72 @@
+"""Builds rnn_ext._C: CPU sources always, CUDA sources when PyTorch is a CUDA
+build and nvcc is found (a GPU need not be present).
+
+Environment:
+  RNN_EXT_CPU_ONLY=1      build without CUDA even where it could be built
+  TORCH_CUDA_ARCH_LIST    CUDA architectures (default "8.0;9.0")
+  MAX_JOBS                parallel compile jobs (ninja)
+"""
+import glob
+import os
+import sys
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def want_cuda():
+    if os.environ.get("RNN_EXT_CPU_ONLY", "0") not in ("", "0"):
+        return False
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+
+
+def nvidia_include_dirs():
+    """Headers of the CUDA libraries that pip-installed PyTorch brings along
+    (cuBLAS, cuSPARSE, ...), under site-packages/nvidia/*/include."""
+    dirs = []
+    for site in sys.path:
+        dirs += glob.glob(os.path.join(site, "nvidia", "*", "include"))
+        dirs += glob.glob(os.path.join(site, "nvidia", "cu*", "*", "include"))
+    return sorted(set(d for d in dirs if os.path.isdir(d)))
+
+
+def extension():
+    csrc = os.path.join(ROOT, "csrc")
+    sources = ["csrc/ops/module.cpp", "csrc/ops/rnn_ops.cpp"]
+    include_dirs = [csrc, os.path.join(csrc, "include")]
+    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    macros = []
+    if want_cuda():
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        sources += ["csrc/ops/rnn_ops_cuda.cpp", "csrc/cuda/rnn_cuda.cu"]
+        macros.append(("RNN_EXT_WITH_CUDA", None))
+        return cpp_extension.CUDAExtension(
+            "rnn_ext._C",
+            sources,
+            include_dirs=include_dirs + nvidia_include_dirs(),
+            define_macros=macros,
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
+            extra_link_args=["-fopenmp"],
+        )
+    return cpp_extension.CppExtension(
+        "rnn_ext._C",
+        sources,
+        include_dirs=include_dirs,
+        define_macros=macros,
+        extra_compile_args={"cxx": cxx},
+        extra_link_args=["-fopenmp"],
+    )
+
+
+setup(
+    name="rnn_ext",
+    version="0.1.0",
+    description="Fused LSTM and GRU kernels for PyTorch (CPU, CUDA C++, Triton)",
+    packages=find_packages(include=["rnn_ext", "rnn_ext.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    python_requires=">=3.10",
+)
