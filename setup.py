@@ -10,11 +10,17 @@ import glob
 import os
 import sys
 
-import torch
-from setuptools import find_packages, setup
-from torch.utils import cpp_extension
-
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# PyTorch guesses CUDA_HOME from the nvcc on PATH; where that nvcc is a
+# wrapper script (as in /usr/local/bin), the guess misses the toolkit.
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+import torch  # noqa: E402
+from setuptools import find_packages, setup  # noqa: E402
+from torch.utils import cpp_extension  # noqa: E402
 
 
 def want_cuda():
@@ -43,12 +49,15 @@ def extension():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         sources += ["csrc/ops/rnn_ops_cuda.cpp", "csrc/cuda/rnn_cuda.cu"]
         macros.append(("RNN_EXT_WITH_CUDA", None))
+        # -idirafter: the toolkit's own headers win; the pip packages' headers
+        # (cuBLAS, cuSPARSE, ... which the toolkit may lack) fill the gaps.
+        after = [f for d in nvidia_include_dirs() for f in ("-idirafter", d)]
         return cpp_extension.CUDAExtension(
             "rnn_ext._C",
             sources,
-            include_dirs=include_dirs + nvidia_include_dirs(),
+            include_dirs=include_dirs,
             define_macros=macros,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx + after, "nvcc": ["-O3", "-std=c++17"]},
             extra_link_args=["-fopenmp"],
         )
     return cpp_extension.CppExtension(

@@ -84,7 +84,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_loop(
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t n = L.rows(t, B);
     const Tensor h_prev = t == 0 ? h0 : y[t - 1];
-    if (n > 0) at::mm_out(gh.narrow(0, 0, n), h_prev.narrow(0, 0, n), w_hh_t);
+    if (n > 0) {
+      Tensor out = gh.narrow(0, 0, n);
+      at::mm_out(out, h_prev.narrow(0, 0, n), w_hh_t);
+    }
     LSTMForwardStep<KT, Acc> p{B, H, t, L.data(), ptr<const KT>(gx[t]),
                                ptr<const KT>(gh), ptr<const KT>(b_hh),
                                ptr<const KT>(c0),
@@ -94,7 +97,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_loop(
     Steps::lstm_forward(p);
     if (P > 0) {
       Tensor y_t = y[t];
-      if (n > 0) at::mm_out(y_t.narrow(0, 0, n), proj_in[t].narrow(0, 0, n), w_hr->t());
+      if (n > 0) {
+        Tensor out = y_t.narrow(0, 0, n);
+        at::mm_out(out, proj_in[t].narrow(0, 0, n), w_hr->t());
+      }
       if (n < B) y_t.narrow(0, n, B - n).zero_();
     }
   }
@@ -126,7 +132,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_loop(
       ProjGradStep<KT, Acc> pp{B, P, t, L.data(), ptr<KT>(dh_state),
                                ptr<const KT>(grad_y[t]), ptr<KT>(d_proj[t])};
       Steps::proj_grad(pp);
-      if (n > 0) at::mm_out(dh_pre.narrow(0, 0, n), d_proj[t].narrow(0, 0, n), *w_hr);
+      if (n > 0) {
+        Tensor out = dh_pre.narrow(0, 0, n);
+        at::mm_out(out, d_proj[t].narrow(0, 0, n), *w_hr);
+      }
     }
     LSTMBackwardStep<KT, Acc> p{
         B, H, t, L.data(), ptr<const Acc>(ws[t]),
@@ -144,7 +153,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_loop(
   if (T_ > 1)
     dw_hh.addmm_(d_gates.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, 4 * H}).t(),
                  y.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, y.size(2)}));
-  Tensor db_hh = d_gates.sum({0, 1});
+  Tensor db_hh = d_gates.sum(at::IntArrayRef{0, 1});
   Tensor dw_hr = P > 0 ? at::mm(d_proj.reshape({T_ * B, P}).t(), proj_in.reshape({T_ * B, H}))
                        : at::empty({0}, opts);
   return {d_gates, dw_hh, db_hh, dw_hr, dh_state, dc_state.to(y.scalar_type())};
@@ -166,7 +175,10 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_loop(
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t n = L.rows(t, B);
     const Tensor h_prev = t == 0 ? h0 : y[t - 1];
-    if (n > 0) at::mm_out(gh.narrow(0, 0, n), h_prev.narrow(0, 0, n), w_hh_t);
+    if (n > 0) {
+      Tensor out = gh.narrow(0, 0, n);
+      at::mm_out(out, h_prev.narrow(0, 0, n), w_hh_t);
+    }
     GRUForwardStep<KT, Acc> p{B, H, t, L.data(), ptr<const KT>(gx[t]),
                               ptr<const KT>(gh), ptr<const KT>(b_hh),
                               ptr<const KT>(h_prev), ptr<Acc>(ws[t]),
@@ -203,7 +215,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_loop(
   if (T_ > 1)
     dw_hh.addmm_(d_hh.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, 3 * H}).t(),
                  y.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, H}));
-  return {d_gates, dw_hh, d_hh.sum({0, 1}), dh_state};
+  return {d_gates, dw_hh, d_hh.sum(at::IntArrayRef{0, 1}), dh_state};
 }
 
 }  // namespace rnn_ext
@@ -267,7 +279,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
   if (grad_ws) TORCH_CHECK(grad_ws->sizes() == ws.sizes() && grad_ws->scalar_type() == ws.scalar_type(),
                            op, ": grad_workspace must match workspace");
   std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> out;
-  RNN_EXT_DISPATCH(y.scalar_type(), op, [&] {
+  RNN_EXT_DISPATCH(y.scalar_type(), "rnn_ext::lstm_backward", [&] {
     out = lstm_backward_loop<Steps, scalar_t>(
         grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(),
         w_hh.contiguous(), contiguous(w_hr), h0.contiguous(), c0.contiguous(),
@@ -310,7 +322,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
   if (grad_ws) TORCH_CHECK(grad_ws->sizes() == ws.sizes() && grad_ws->scalar_type() == ws.scalar_type(),
                            op, ": grad_workspace must match workspace");
   std::tuple<Tensor, Tensor, Tensor, Tensor> out;
-  RNN_EXT_DISPATCH(y.scalar_type(), op, [&] {
+  RNN_EXT_DISPATCH(y.scalar_type(), "rnn_ext::gru_backward", [&] {
     out = gru_backward_loop<Steps, scalar_t>(
         grad_y.contiguous(), grad_h_n.contiguous(), w_hh.contiguous(),
         h0.contiguous(), y.contiguous(), ws.contiguous(), lengths,
