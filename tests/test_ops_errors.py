@@ -1,0 +1,107 @@
+"""Bad input gets a clear error naming the problem: wrong ranks, mismatched
+sizes, dtypes or devices, lengths out of range, unknown or unavailable
+backends."""
+import pytest
+import torch
+
+from _utils import cpu_backends
+from rnn_ext import functional
+
+T, B, H = 3, 2, 4
+
+
+def lstm_args(**over):
+    args = dict(input_gates=torch.randn(T, B, 4 * H), w_hh=torch.randn(4 * H, H),
+                b_hh=torch.randn(4 * H), w_hr=None, h0=torch.randn(B, H), c0=torch.randn(B, H),
+                lengths=None)
+    args.update(over)
+    return args
+
+
+def gru_args(**over):
+    args = dict(input_gates=torch.randn(T, B, 3 * H), w_hh=torch.randn(3 * H, H),
+                b_hh=torch.randn(3 * H), h0=torch.randn(B, H), lengths=None)
+    args.update(over)
+    return args
+
+
+LSTM_BAD = [
+    (dict(input_gates=torch.randn(B, 4 * H)), "3-D"),
+    (dict(input_gates=torch.randn(T, B, 4 * H + 1)), "4H"),
+    (dict(input_gates=torch.randn(0, B, 4 * H)), "non-empty"),
+    (dict(w_hh=torch.randn(4 * H, H + 1)), "w_hh"),
+    (dict(w_hh=torch.randn(4 * H)), "w_hh"),
+    (dict(b_hh=torch.randn(3 * H)), "b_hh"),
+    (dict(h0=torch.randn(B + 1, H)), "h0"),
+    (dict(c0=torch.randn(B, H, 1)), "c0"),
+    (dict(w_hr=torch.randn(2, H + 1)), "w_hr"),
+    (dict(h0=torch.randn(B, H, dtype=torch.float64)), "dtype"),
+    (dict(w_hh=torch.randn(4 * H, H).to(torch.float64)), "dtype"),
+    (dict(input_gates=torch.randint(0, 3, (T, B, 4 * H))), "dtype torch.int64"),
+    (dict(lengths=[1, T + 1]), "out of range"),
+    (dict(lengths=[-1, 2]), "out of range"),
+    (dict(lengths=[1, 2, 3]), "lengths"),
+    (dict(lengths=[1.0, 2.0]), "integers"),
+]
+
+
+@pytest.mark.parametrize("backend", ["cpu"])
+@pytest.mark.parametrize("over,match", LSTM_BAD, ids=[m + str(i) for i, (_, m) in enumerate(LSTM_BAD)])
+def test_lstm_bad_input(over, match, backend):
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
+        functional.lstm(**lstm_args(**over), backend=backend)
+
+
+GRU_BAD = [
+    (dict(input_gates=torch.randn(T, B)), "3-D"),
+    (dict(input_gates=torch.randn(T, B, 3 * H + 2)), "3H"),
+    (dict(w_hh=torch.randn(3 * H, H + 2)), "w_hh"),
+    (dict(h0=torch.randn(B, H + 1)), "h0"),
+    (dict(b_hh=torch.randn(3 * H, dtype=torch.float64)), "dtype"),
+    (dict(lengths=[T + 1, 1]), "out of range"),
+]
+
+
+@pytest.mark.parametrize("over,match", GRU_BAD, ids=[m + str(i) for i, (_, m) in enumerate(GRU_BAD)])
+def test_gru_bad_input(over, match):
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
+        functional.gru(**gru_args(**over), backend="cpu")
+
+
+def test_device_mismatch_is_named():
+    args = lstm_args(h0=torch.randn(B, H, device="meta"))
+    with pytest.raises(RuntimeError, match="meta"):
+        functional.lstm(**args, backend="cpu")
+
+
+def test_lengths_on_wrong_device_or_dtype():
+    import rnn_ext._ops as o
+
+    a = lstm_args()
+    with pytest.raises(RuntimeError, match="int64"):
+        o.ops.lstm_forward(a["input_gates"], a["w_hh"], a["b_hh"], None, a["h0"], a["c0"],
+                           torch.tensor([1, 2], dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="lengths must be a CPU tensor"):
+        o.ops.lstm_forward(a["input_gates"], a["w_hh"], a["b_hh"], None, a["h0"], a["c0"],
+                           torch.tensor([1, 2], device="meta"))
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown backend"):
+        functional.lstm(**lstm_args(), backend="cudnn")
+
+
+def test_backend_that_cannot_serve_says_why():
+    with pytest.raises(RuntimeError, match="backend 'cuda' cannot run"):
+        functional.lstm(**lstm_args(), backend="cuda")
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_backward_shape_errors(backend):
+    import rnn_ext._ops as o
+
+    a = lstm_args()
+    y, hn, cn, ws, p = o.ops.lstm_forward(a["input_gates"], a["w_hh"], a["b_hh"], None, a["h0"], a["c0"], None)
+    with pytest.raises(RuntimeError, match="grad_output"):
+        o.ops.lstm_backward(torch.randn(T, B, H + 1), hn, cn, a["w_hh"], None, a["h0"], a["c0"],
+                            y, ws, p, None, None)
