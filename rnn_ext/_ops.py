@@ -12,8 +12,24 @@ WITH_CUDA = bool(_C.with_cuda)
 
 
 # ------------------------------------------------------------------ fake ----
+def _check_devices(op, lengths=None, **tensors):
+    """The compiled kernels check devices too; the fake (meta) path must
+    reject what they reject, since the dispatcher sends mixed-device calls
+    that include a meta tensor here."""
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    first, like = items[0]
+    for name, t in items[1:]:
+        if t.device != like.device:
+            raise RuntimeError(f"rnn_ext::{op}: {name} is on {t.device} but {first} is on {like.device}")
+    if lengths is not None and lengths.device.type != "cpu":
+        raise RuntimeError(f"rnn_ext::{op}: lengths must be a CPU tensor (as for "
+                           f"pack_padded_sequence), got one on {lengths.device}")
+
+
 @torch.library.register_fake("rnn_ext::lstm_forward")
 def _lstm_forward_fake(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths):
+    _check_devices("lstm_forward", lengths, input_gates=input_gates, w_hh=w_hh, b_hh=b_hh,
+                   w_hr=w_hr, h0=h0, c0=c0)
     T, B, G = input_gates.shape
     H = G // 4
     P = w_hr.shape[0] if w_hr is not None else 0
@@ -45,6 +61,7 @@ def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0,
 
 @torch.library.register_fake("rnn_ext::gru_forward")
 def _gru_forward_fake(input_gates, w_hh, b_hh, h0, lengths):
+    _check_devices("gru_forward", lengths, input_gates=input_gates, w_hh=w_hh, b_hh=b_hh, h0=h0)
     T, B, G = input_gates.shape
     H = G // 3
     new = input_gates.new_empty
