@@ -1,0 +1,1 @@
+"""Benchmarks of rnn_ext against torch.nn (python -m benchmarks)."""
