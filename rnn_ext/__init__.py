@@ -6,7 +6,8 @@
 """
 from . import backends, functional, reference  # noqa: F401
 from ._ops import WITH_CUDA  # noqa: F401
-from .modules import GRU, LSTM, GRUCell, LSTMCell, convert, to_torch  # noqa: F401
+from .modules import GRU, LSTM, GRUCell, Internals, LSTMCell, convert, to_torch  # noqa: F401
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "convert", "to_torch", "functional", "reference"]
+__all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "Internals", "convert", "to_torch", "functional",
+           "reference"]

@@ -9,6 +9,7 @@ modules must compile with fullgraph=True.
 import math
 import numbers
 import warnings
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -34,6 +35,23 @@ def reverse_within_lengths(x, lengths):
     L = lengths.to(x.device).view(1, B)
     idx = torch.where(t < L, L - 1 - t, t)
     return x.gather(0, idx.view(T, B, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+class Internals(NamedTuple):
+    """What happens inside the cell at every step, for every layer and
+    direction, laid out like the output (time-major, or batch-major with
+    batch_first; no batch dim for unbatched input; packed input gives padded
+    tensors in the input's batch order).  Steps past a sequence's end are 0.
+
+    gates:       [layers*directions, T, B, G, H] activated gates:
+                 G = 4 (i, f, g, o) for LSTM, 3 (r, z, n) for GRU
+    cell_states: [layers*directions, T, B, H] LSTM cell state c_t; None for GRU
+
+    They are the values the fused kernels keep for backward (no second
+    computation), differentiable, in fp32 for fp16/bf16 models.
+    """
+    gates: torch.Tensor
+    cell_states: Optional[torch.Tensor]
 
 
 class _RNNBase(nn.Module):
@@ -171,12 +189,14 @@ class _RNNBase(nn.Module):
         return states[0], None
 
     def _run(self, x, h0, c0, lengths):
-        """All layers and directions over a padded [T, B, I] input."""
+        """All layers and directions over a padded [T, B, I] input.  Returns
+        (output, h_n, c_n, workspaces), the workspaces per layer and
+        direction in the input's time order."""
         cast = _autocast_dtype(x.device.type)
         dtype = cast if cast is not None else x.dtype
         to = (lambda t: None if t is None else t.to(dtype))  # noqa: E731
         x, h0, c0 = x.to(dtype), h0.to(dtype), to(c0)
-        h_n, c_n = [], []
+        h_n, c_n, workspaces = [], [], []
         layer_input = x
         for layer in range(self.num_layers):
             outputs = []
@@ -187,22 +207,42 @@ class _RNNBase(nn.Module):
                 if direction == 1:
                     gx = reverse_within_lengths(gx, lengths)
                 if self._gates == 4:
-                    y, h, c, _ = functional.lstm(gx, w_hh, b_hh, w_hr, h0[k], c0[k],
-                                                 lengths=lengths, backend=self.backend)
+                    y, h, c, ws = functional.lstm(gx, w_hh, b_hh, w_hr, h0[k], c0[k],
+                                                  lengths=lengths, backend=self.backend)
                     c_n.append(c)
                 else:
-                    y, h, _ = functional.gru(gx, w_hh, b_hh, h0[k], lengths=lengths,
-                                             backend=self.backend)
+                    y, h, ws = functional.gru(gx, w_hh, b_hh, h0[k], lengths=lengths,
+                                              backend=self.backend)
                 if direction == 1:
                     y = reverse_within_lengths(y, lengths)
+                    ws = reverse_within_lengths(ws, lengths)
+                workspaces.append(ws)
                 outputs.append(y)
                 h_n.append(h)
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = torch.nn.functional.dropout(layer_input, self.dropout, training=True)
-        return layer_input, torch.stack(h_n), (torch.stack(c_n) if c_n else None)
+        return layer_input, torch.stack(h_n), (torch.stack(c_n) if c_n else None), workspaces
+
+    def _internals(self, workspaces):
+        """Internals [LD, T, B, ...] from the kernels' workspaces [T, B, k*H]."""
+        H = self.hidden_size
+        ws = torch.stack(workspaces)  # [LD, T, B, 5H (LSTM) or 4H (GRU)]
+        LD, T, B = ws.shape[:3]
+        gates = ws[..., :self._gates * H].unflatten(-1, (self._gates, H))
+        cells = ws[..., 4 * H:5 * H] if self._gates == 4 else None
+        return Internals(gates, cells)
 
     def forward(self, input, hx=None):
+        output, state, _ = self._forward(input, hx, False)
+        return output, state
+
+    def forward_with_internals(self, input, hx=None):
+        """Like forward, and also returns Internals: the gate activations
+        (and LSTM cell states) of every step, layer and direction."""
+        return self._forward(input, hx, True)
+
+    def _forward(self, input, hx, want_internals):
         name = self.mode
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
@@ -218,13 +258,17 @@ class _RNNBase(nn.Module):
             if sorted_indices is not None:
                 h0 = h0.index_select(1, sorted_indices)
                 c0 = c0.index_select(1, sorted_indices) if c0 is not None else None
-            y, h_n, c_n = self._run(x, h0, c0, lengths)
+            y, h_n, c_n, ws = self._run(x, h0, c0, lengths)
             out = PackedSequence(pack_padded_sequence(y, lengths).data, batch_sizes,
                                  sorted_indices, unsorted_indices)
+            inside = self._internals(ws) if want_internals else None
             if unsorted_indices is not None:
                 h_n = h_n.index_select(1, unsorted_indices)
                 c_n = c_n.index_select(1, unsorted_indices) if c_n is not None else None
-            return out, ((h_n, c_n) if self._gates == 4 else h_n)
+                if inside is not None:
+                    inside = Internals(*(None if t is None else t.index_select(2, unsorted_indices)
+                                         for t in inside))
+            return out, ((h_n, c_n) if self._gates == 4 else h_n), inside
 
         if input.dim() not in (2, 3):
             raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
@@ -235,13 +279,18 @@ class _RNNBase(nn.Module):
         elif self.batch_first:
             input = input.transpose(0, 1)
         h0, c0 = self._states(hx, input.size(1), input, batched)
-        y, h_n, c_n = self._run(input, h0, c0, None)
+        y, h_n, c_n, ws = self._run(input, h0, c0, None)
+        inside = self._internals(ws) if want_internals else None
         if not batched:
             y, h_n = y.squeeze(1), h_n.squeeze(1)
             c_n = c_n.squeeze(1) if c_n is not None else None
+            if inside is not None:
+                inside = Internals(*(None if t is None else t.squeeze(2) for t in inside))
         elif self.batch_first:
             y = y.transpose(0, 1)
-        return y, ((h_n, c_n) if self._gates == 4 else h_n)
+            if inside is not None:
+                inside = Internals(*(None if t is None else t.transpose(1, 2) for t in inside))
+        return y, ((h_n, c_n) if self._gates == 4 else h_n), inside
 
 
 class LSTM(_RNNBase):
