@@ -6,6 +6,7 @@ They are plain nn.Modules rather than subclasses of nn.LSTM / nn.GRU on
 purpose: Dynamo graph-breaks on every instance of those classes, and these
 modules must compile with fullgraph=True.
 """
+import contextlib
 import math
 import numbers
 import warnings
@@ -19,10 +20,20 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import backends, functional
 
 
-def _autocast_dtype(device_type):
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
+def _autocast_dtype(device_type, low_precision_on_cpu):
+    """The dtype a module computes in under autocast, as torch.nn does: on
+    CUDA every RNN runs in the autocast dtype; on the CPU only nn.LSTM does,
+    and nn.GRU and the cells stay in fp32.  None outside autocast."""
+    if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
+        return None
+    if device_type == "cpu" and not low_precision_on_cpu:
+        return torch.float32
+    return torch.get_autocast_dtype(device_type)
+
+
+def _no_autocast(device_type, cast):
+    """Inside, the module casts explicitly; autocast must not re-cast."""
+    return torch.autocast(device_type, enabled=False) if cast is not None else contextlib.nullcontext()
 
 
 def reverse_within_lengths(x, lengths):
@@ -57,6 +68,7 @@ class Internals(NamedTuple):
 class _RNNBase(nn.Module):
     _gates = None  # gate blocks per hidden unit: 4 (LSTM) or 3 (GRU)
     mode = None
+    _cpu_autocast = False  # whether torch.nn runs this in bf16 under CPU autocast
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None,
@@ -192,8 +204,11 @@ class _RNNBase(nn.Module):
         """All layers and directions over a padded [T, B, I] input.  Returns
         (output, h_n, c_n, workspaces), the workspaces per layer and
         direction in the input's time order."""
-        cast = _autocast_dtype(x.device.type)
-        dtype = cast if cast is not None else x.dtype
+        cast = _autocast_dtype(x.device.type, self._cpu_autocast)
+        with _no_autocast(x.device.type, cast):
+            return self._run_layers(x, h0, c0, lengths, cast if cast is not None else x.dtype)
+
+    def _run_layers(self, x, h0, c0, lengths, dtype):
         to = (lambda t: None if t is None else t.to(dtype))  # noqa: E731
         x, h0, c0 = x.to(dtype), h0.to(dtype), to(c0)
         h_n, c_n, workspaces = [], [], []
@@ -300,6 +315,7 @@ class LSTM(_RNNBase):
     "cuda", "triton" or "reference"."""
     _gates = 4
     mode = "LSTM"
+    _cpu_autocast = True
 
 
 class GRU(_RNNBase):
@@ -369,12 +385,21 @@ class _CellBase(nn.Module):
             if s.dim() != input.dim():
                 raise RuntimeError(f"{name}: input is {input.dim()}-D but hidden state {k} is {s.dim()}-D")
 
-    def _gates_x(self, input):
-        cast = _autocast_dtype(input.device.type)
+    def _step(self, input, states):
+        """One fused step: states are (h, c) for LSTMCell, (h,) for GRUCell."""
+        cast = _autocast_dtype(input.device.type, False)
         dtype = cast if cast is not None else input.dtype
         to = (lambda t: None if t is None else t.to(dtype))  # noqa: E731
-        gx = torch.nn.functional.linear(input.to(dtype), to(self.weight_ih), to(self.bias_ih))
-        return gx.unsqueeze(0), to(self.weight_hh), to(self.bias_hh), to
+        with _no_autocast(input.device.type, cast):
+            gx = torch.nn.functional.linear(input.to(dtype), to(self.weight_ih), to(self.bias_ih))
+            gx = gx.unsqueeze(0)
+            if self._gates == 4:
+                _, h, c, _ = functional.lstm(gx, to(self.weight_hh), to(self.bias_hh), None,
+                                             to(states[0]), to(states[1]), backend=self.backend)
+                return h, c
+            _, h, _ = functional.gru(gx, to(self.weight_hh), to(self.bias_hh), to(states[0]),
+                                     backend=self.backend)
+            return (h,)
 
 
 class LSTMCell(_CellBase):
@@ -391,8 +416,7 @@ class LSTMCell(_CellBase):
         if hx is None:
             zeros = input.new_zeros(input.size(0), self.hidden_size)
             hx = (zeros, zeros)
-        gx, w_hh, b_hh, to = self._gates_x(input)
-        _, h, c, _ = functional.lstm(gx, w_hh, b_hh, None, to(hx[0]), to(hx[1]), backend=self.backend)
+        h, c = self._step(input, hx)
         if not batched:
             h, c = h.squeeze(0), c.squeeze(0)
         return h, c
@@ -411,8 +435,7 @@ class GRUCell(_CellBase):
             hx = hx.unsqueeze(0) if hx is not None else None
         if hx is None:
             hx = input.new_zeros(input.size(0), self.hidden_size)
-        gx, w_hh, b_hh, to = self._gates_x(input)
-        _, h, _ = functional.gru(gx, w_hh, b_hh, to(hx), backend=self.backend)
+        (h,) = self._step(input, (hx,))
         return h if batched else h.squeeze(0)
 
 
