@@ -7,7 +7,9 @@ from . import backends, reference
 from ._ops import ops
 
 
-def _lengths_tensor(lengths, batch):
+def _lengths_tensor(lengths):
+    """Lengths as the ops take them: an int64 CPU tensor (as for
+    pack_padded_sequence), so the host knows how many rows each step runs."""
     if lengths is None:
         return None
     if not isinstance(lengths, torch.Tensor):
@@ -17,10 +19,8 @@ def _lengths_tensor(lengths, batch):
     return lengths.to(device="cpu", dtype=torch.int64)
 
 
-def _state(state, batch, size, like, name):
-    if state is None:
-        return like.new_zeros(batch, size)
-    return state
+def _state(state, batch, size, like):
+    return like.new_zeros(batch, size) if state is None else state
 
 
 def lstm(input_gates, w_hh, b_hh=None, w_hr=None, h0=None, c0=None,
@@ -37,9 +37,9 @@ def lstm(input_gates, w_hh, b_hh=None, w_hr=None, h0=None, c0=None,
         raise ValueError(f"rnn_ext.lstm: input_gates must be 3-D [T, B, 4H], got shape {tuple(input_gates.shape)}")
     B, H = input_gates.shape[1], input_gates.shape[2] // 4
     hout = w_hr.shape[0] if w_hr is not None else H
-    h0 = _state(h0, B, hout, input_gates, "h0")
-    c0 = _state(c0, B, H, input_gates, "c0")
-    lengths = _lengths_tensor(lengths, B)
+    h0 = _state(h0, B, hout, input_gates)
+    c0 = _state(c0, B, H, input_gates)
+    lengths = _lengths_tensor(lengths)
     chosen = backends.resolve(backend, input_gates.device, input_gates.dtype)
     if chosen == "reference":
         return reference.lstm_reference(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
@@ -61,8 +61,8 @@ def gru(input_gates, w_hh, b_hh=None, h0=None, lengths=None, backend="auto"):
     if input_gates.dim() != 3:
         raise ValueError(f"rnn_ext.gru: input_gates must be 3-D [T, B, 3H], got shape {tuple(input_gates.shape)}")
     B, H = input_gates.shape[1], input_gates.shape[2] // 3
-    h0 = _state(h0, B, H, input_gates, "h0")
-    lengths = _lengths_tensor(lengths, B)
+    h0 = _state(h0, B, H, input_gates)
+    lengths = _lengths_tensor(lengths)
     chosen = backends.resolve(backend, input_gates.device, input_gates.dtype)
     if chosen == "reference":
         return reference.gru_reference(input_gates, w_hh, b_hh, h0, lengths)

@@ -164,7 +164,7 @@ class _RNNBase(nn.Module):
         return s.format(**self.__dict__)
 
     # ------------------------------------------------------------ forward --
-    def _check_input(self, x, packed):
+    def _check_input(self, x):
         weight = self.weight_ih_l0
         if x.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
             raise ValueError(f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
@@ -261,7 +261,7 @@ class _RNNBase(nn.Module):
         name = self.mode
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            self._check_input(data, True)
+            self._check_input(data)
             if data.dim() != 2:
                 raise RuntimeError(f"input must have 2 dimensions, got {data.dim()}")
             # Padded in sorted order (longest first): the kernels then shrink
@@ -287,7 +287,7 @@ class _RNNBase(nn.Module):
 
         if input.dim() not in (2, 3):
             raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
-        self._check_input(input, False)
+        self._check_input(input)
         batched = input.dim() == 3
         if not batched:
             input = input.unsqueeze(1)
