@@ -64,6 +64,18 @@ Lengths prepare_lengths(const OptTensor& lengths, int64_t T, int64_t B,
 Tensor gather_final(const Tensor& seq, const Tensor& init,
                     const OptTensor& lengths, const Lengths& L);
 
+// out[:n] = a[:n] @ b, or out[:n] += a[:n] @ b: the first n rows are the
+// ones still active at this step (all rows unless lengths are sorted).
+inline void mm_rows(const Tensor& out, const Tensor& a, const Tensor& b,
+                    int64_t n, bool accumulate = false) {
+  if (n == 0) return;
+  Tensor rows = out.narrow(0, 0, n);
+  if (accumulate)
+    rows.addmm_(a.narrow(0, 0, n), b);
+  else
+    at::mm_out(rows, a.narrow(0, 0, n), b);
+}
+
 template <class Steps, typename T>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_loop(
     const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
@@ -84,10 +96,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_loop(
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t n = L.rows(t, B);
     const Tensor h_prev = t == 0 ? h0 : y[t - 1];
-    if (n > 0) {
-      Tensor out = gh.narrow(0, 0, n);
-      at::mm_out(out, h_prev.narrow(0, 0, n), w_hh_t);
-    }
+    mm_rows(gh, h_prev, w_hh_t, n);
     LSTMForwardStep<KT, Acc> p{B, H, t, L.data(), ptr<const KT>(gx[t]),
                                ptr<const KT>(gh), ptr<const KT>(b_hh),
                                ptr<const KT>(c0),
@@ -96,12 +105,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_loop(
                                ptr<KT>(P > 0 ? proj_in[t] : y[t])};
     Steps::lstm_forward(p);
     if (P > 0) {
-      Tensor y_t = y[t];
-      if (n > 0) {
-        Tensor out = y_t.narrow(0, 0, n);
-        at::mm_out(out, proj_in[t].narrow(0, 0, n), w_hr->t());
-      }
-      if (n < B) y_t.narrow(0, n, B - n).zero_();
+      mm_rows(y[t], proj_in[t], w_hr->t(), n);
+      if (n < B) y[t].narrow(0, n, B - n).zero_();
     }
   }
   Tensor h_n = gather_final(y, h0, lengths, L);
@@ -132,10 +137,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_loop(
       ProjGradStep<KT, Acc> pp{B, P, t, L.data(), ptr<KT>(dh_state),
                                ptr<const KT>(grad_y[t]), ptr<KT>(d_proj[t])};
       Steps::proj_grad(pp);
-      if (n > 0) {
-        Tensor out = dh_pre.narrow(0, 0, n);
-        at::mm_out(out, d_proj[t].narrow(0, 0, n), *w_hr);
-      }
+      mm_rows(dh_pre, d_proj[t], *w_hr, n);
     }
     LSTMBackwardStep<KT, Acc> p{
         B, H, t, L.data(), ptr<const Acc>(ws[t]),
@@ -144,7 +146,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_loop(
         P > 0 ? ptr<const KT>(dh_pre) : nullptr, ptr<KT>(dh_state),
         ptr<const KT>(grad_y[t]), ptr<Acc>(dc_state), ptr<KT>(d_gates[t])};
     Steps::lstm_backward(p);
-    if (n > 0) dh_state.narrow(0, 0, n).addmm_(d_gates[t].narrow(0, 0, n), w_hh);
+    mm_rows(dh_state, d_gates[t], w_hh, n, /*accumulate=*/true);
   }
   // Weight gradients: one large product over all steps.  The GEMM input of
   // step t was h0 (t = 0) or y[t-1]; rows that were inactive have zero
@@ -175,10 +177,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_loop(
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t n = L.rows(t, B);
     const Tensor h_prev = t == 0 ? h0 : y[t - 1];
-    if (n > 0) {
-      Tensor out = gh.narrow(0, 0, n);
-      at::mm_out(out, h_prev.narrow(0, 0, n), w_hh_t);
-    }
+    mm_rows(gh, h_prev, w_hh_t, n);
     GRUForwardStep<KT, Acc> p{B, H, t, L.data(), ptr<const KT>(gx[t]),
                               ptr<const KT>(gh), ptr<const KT>(b_hh),
                               ptr<const KT>(h_prev), ptr<Acc>(ws[t]),
@@ -209,7 +208,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_loop(
         grad_ws ? ptr<const Acc>((*grad_ws)[t]) : nullptr, ptr<KT>(dh_state),
         ptr<const KT>(grad_y[t]), ptr<KT>(d_gates[t]), ptr<KT>(d_hh[t])};
     Steps::gru_backward(p);
-    if (n > 0) dh_state.narrow(0, 0, n).addmm_(d_hh[t].narrow(0, 0, n), w_hh);
+    mm_rows(dh_state, d_hh[t], w_hh, n, /*accumulate=*/true);
   }
   Tensor dw_hh = at::mm(d_hh[0].t(), h0);
   if (T_ > 1)
