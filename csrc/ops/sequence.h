@@ -91,17 +91,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_loop(
   Tensor ws = at::empty({T_, B, 5 * H}, opts.dtype(acc_dtype(gx.scalar_type())));
   Tensor proj_in = at::empty({P > 0 ? T_ : 0, B, H}, opts);
   Tensor gh = at::empty({B, 4 * H}, opts);
+  const Tensor bias = b_hh ? *b_hh : at::zeros({4 * H}, opts);
+  const Tensor c0_acc = c0.to(ws.scalar_type()).contiguous();
   const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
   const Tensor w_hh_t = w_hh.t();
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t n = L.rows(t, B);
     const Tensor h_prev = t == 0 ? h0 : y[t - 1];
     mm_rows(gh, h_prev, w_hh_t, n);
+    const Acc* c_prev = t == 0 ? ptr<const Acc>(c0_acc) : ptr<const Acc>(ws[t - 1]) + 4 * H;
     LSTMForwardStep<KT, Acc> p{B, H, t, L.data(), ptr<const KT>(gx[t]),
-                               ptr<const KT>(gh), ptr<const KT>(b_hh),
-                               ptr<const KT>(c0),
-                               t == 0 ? nullptr : ptr<const Acc>(ws[t - 1]),
-                               ptr<Acc>(ws[t]),
+                               ptr<const KT>(gh), ptr<const KT>(bias), c_prev,
+                               t == 0 ? H : 5 * H, ptr<Acc>(ws[t]),
                                ptr<KT>(P > 0 ? proj_in[t] : y[t])};
     Steps::lstm_forward(p);
     if (P > 0) {
@@ -129,6 +130,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_loop(
   Tensor d_gates = at::empty({T_, B, 4 * H}, opts);
   Tensor dh_state = grad_h_n.clone(at::MemoryFormat::Contiguous);
   Tensor dc_state = grad_c_n.to(ws.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+  const Tensor c0_acc = c0.to(ws.scalar_type()).contiguous();
   Tensor d_proj = at::empty({P > 0 ? T_ : 0, B, P}, opts);
   Tensor dh_pre = at::empty({P > 0 ? B : 0, H}, opts);
   for (int64_t t = T_ - 1; t >= 0; --t) {
@@ -141,8 +143,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_loop(
     }
     LSTMBackwardStep<KT, Acc> p{
         B, H, t, L.data(), ptr<const Acc>(ws[t]),
-        t == 0 ? nullptr : ptr<const Acc>(ws[t - 1]), ptr<const KT>(c0),
-        grad_ws ? ptr<const Acc>((*grad_ws)[t]) : nullptr,
+        t == 0 ? ptr<const Acc>(c0_acc) : ptr<const Acc>(ws[t - 1]) + 4 * H,
+        t == 0 ? H : 5 * H, grad_ws ? ptr<const Acc>((*grad_ws)[t]) : nullptr,
         P > 0 ? ptr<const KT>(dh_pre) : nullptr, ptr<KT>(dh_state),
         ptr<const KT>(grad_y[t]), ptr<Acc>(dc_state), ptr<KT>(d_gates[t])};
     Steps::lstm_backward(p);
@@ -172,6 +174,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_loop(
   Tensor y = at::empty({T_, B, H}, opts);
   Tensor ws = at::empty({T_, B, 4 * H}, opts.dtype(acc_dtype(gx.scalar_type())));
   Tensor gh = at::empty({B, 3 * H}, opts);
+  const Tensor bias = b_hh ? *b_hh : at::zeros({3 * H}, opts);
   const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
   const Tensor w_hh_t = w_hh.t();
   for (int64_t t = 0; t < T_; ++t) {
@@ -179,7 +182,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_loop(
     const Tensor h_prev = t == 0 ? h0 : y[t - 1];
     mm_rows(gh, h_prev, w_hh_t, n);
     GRUForwardStep<KT, Acc> p{B, H, t, L.data(), ptr<const KT>(gx[t]),
-                              ptr<const KT>(gh), ptr<const KT>(b_hh),
+                              ptr<const KT>(gh), ptr<const KT>(bias),
                               ptr<const KT>(h_prev), ptr<Acc>(ws[t]),
                               ptr<KT>(y[t])};
     Steps::gru_forward(p);

@@ -2,6 +2,7 @@
 // step, and the backward kernels against finite differences of the forward
 // kernels (so backward and forward are checked against each other, not
 // against a second copy of the formulas).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -32,9 +33,9 @@ static std::vector<double> random_vec(size_t n, std::mt19937& rng) {
 struct LSTMStepResult { std::vector<double> h, ws; };
 static LSTMStepResult lstm_step(int64_t B, int64_t H, const std::vector<double>& gx,
                                 const std::vector<double>& c0, const int64_t* lengths) {
-  std::vector<double> gh(B * 4 * H, 0.0), ws(B * 5 * H, -7.0), h(B * H, -7.0);
-  LSTMForwardStep<double, double> p{B, H, 0, lengths, gx.data(), gh.data(), nullptr,
-                                    c0.data(), nullptr, ws.data(), h.data()};
+  std::vector<double> gh(B * 4 * H, 0.0), bias(4 * H, 0.0), ws(B * 5 * H, -7.0), h(B * H, -7.0);
+  LSTMForwardStep<double, double> p{B, H, 0, lengths, gx.data(), gh.data(), bias.data(),
+                                    c0.data(), H, ws.data(), h.data()};
   cpu::lstm_forward_rows(p, 0, B);
   return {h, ws};
 }
@@ -78,7 +79,7 @@ static void test_lstm_backward_matches_finite_differences() {
   };
   auto fwd = lstm_step(B, H, gx, c0, nullptr);
   std::vector<double> dh_state = wh, grad_y(B * H, 0.0), dc_state = wc, dgates(B * 4 * H);
-  LSTMBackwardStep<double, double> p{B, H, 0, nullptr, fwd.ws.data(), nullptr, c0.data(), nullptr,
+  LSTMBackwardStep<double, double> p{B, H, 0, nullptr, fwd.ws.data(), c0.data(), H, nullptr,
                                      nullptr, dh_state.data(), grad_y.data(), dc_state.data(),
                                      dgates.data()};
   cpu::lstm_backward_rows(p, 0, B);
@@ -101,8 +102,8 @@ static void test_lstm_backward_matches_finite_differences() {
 static std::vector<double> gru_step(int64_t B, int64_t H, const std::vector<double>& gx,
                                     const std::vector<double>& gh, const std::vector<double>& h0,
                                     std::vector<double>* ws_out) {
-  std::vector<double> ws(B * 4 * H), y(B * H);
-  GRUForwardStep<double, double> p{B, H, 0, nullptr, gx.data(), gh.data(), nullptr,
+  std::vector<double> ws(B * 4 * H), y(B * H), bias(3 * H, 0.0);
+  GRUForwardStep<double, double> p{B, H, 0, nullptr, gx.data(), gh.data(), bias.data(),
                                    h0.data(), ws.data(), y.data()};
   cpu::gru_forward_rows(p, 0, B);
   if (ws_out) *ws_out = ws;
@@ -148,7 +149,25 @@ static void test_gru_backward_matches_finite_differences() {
   }
 }
 
+// The host fp32 exp is our own polynomial (so the step loops vectorise):
+// check it against libm over the whole range the gates see, and the tails.
+static void test_host_exp_and_activations() {
+  double worst = 0;
+  for (float x = -87.0f; x <= 88.0f; x += 0.0137f) {
+    const double want = std::exp(static_cast<double>(x));
+    worst = std::max(worst, std::fabs(gates::exp_(x) - want) / want);
+  }
+  expect_near(worst, 0.0, 3e-7, "host expf relative error");
+  expect_near(gates::sigmoid(-200.0f), 0.0, 1e-30, "sigmoid(-200)");
+  expect_near(gates::sigmoid(200.0f), 1.0, 0.0, "sigmoid(200)");
+  expect_near(gates::tanh_(50.0f), 1.0, 0.0, "tanh(50)");
+  expect_near(gates::tanh_(-50.0f), -1.0, 0.0, "tanh(-50)");
+  for (float x = -9.0f; x <= 9.0f; x += 0.013f)
+    expect_near(gates::tanh_(x), std::tanh(static_cast<double>(x)), 2e-7, "tanh");
+}
+
 int main() {
+  test_host_exp_and_activations();
   test_lstm_known_values();
   test_lstm_inactive_row_is_zero();
   test_lstm_backward_matches_finite_differences();

@@ -42,6 +42,12 @@ RNN_HD T from_acc(Acc x) { return Convert<T, Acc>::run(x); }
 template <typename T>
 RNN_HD T zero() { return from_acc<T>(0.0f); }
 
+// Each step kind has an `_active` element (a row still running), an
+// `_inactive` one (a row past its end), and `_element`, which picks one of
+// the two (the CUDA threads call it).  The CPU loops test the row once and
+// run the chosen one over the whole row, which keeps their inner loop free
+// of branches so it vectorises.
+
 // ------------------------------------------------------------ LSTM fwd ----
 template <typename T, typename Acc>
 struct LSTMForwardStep {
@@ -49,33 +55,27 @@ struct LSTMForwardStep {
   const int64_t* lengths;  // [B] or null
   const T* gx;             // input gates at step t [B, 4H]
   const T* gh;             // h_{t-1} W_hh^T [B, 4H]
-  const T* b_hh;           // [4H] or null
-  const T* c0;             // [B, H], read at t == 0
-  const Acc* ws_prev;      // workspace of step t-1, null at t == 0
+  const T* b_hh;           // [4H] (zeros for a layer without bias)
+  const Acc* c_prev;       // c_{t-1}: c0 (fp32 copy) or the cell column of
+  int64_t c_prev_stride;   //   the previous workspace; row stride
   Acc* ws;                 // workspace of step t
   T* h_out;                // [B, H]: output (no projection) or projection input
 };
 
 template <typename T, typename Acc>
-RNN_HD void lstm_forward_element(const LSTMForwardStep<T, Acc>& p, int64_t b,
-                                 int64_t j) {
+RNN_HD void lstm_forward_active(const LSTMForwardStep<T, Acc>& p, int64_t b,
+                                int64_t j) {
   const int64_t H = p.H;
-  Acc* ws = p.ws + b * 5 * H;
-  if (!row_active(p.lengths, b, p.t)) {
-    for (int k = 0; k < 5; ++k) ws[k * H + j] = Acc(0);
-    p.h_out[b * H + j] = zero<T>();
-    return;
-  }
   const T* gx = p.gx + b * 4 * H;
   const T* gh = p.gh + b * 4 * H;
   Acc pre[4];
   for (int k = 0; k < 4; ++k) {
-    pre[k] = to_acc<Acc>(gx[k * H + j]) + to_acc<Acc>(gh[k * H + j]);
-    if (p.b_hh) pre[k] += to_acc<Acc>(p.b_hh[k * H + j]);
+    pre[k] = to_acc<Acc>(gx[k * H + j]) + to_acc<Acc>(gh[k * H + j]) +
+             to_acc<Acc>(p.b_hh[k * H + j]);
   }
-  const Acc c_prev = p.t == 0 ? to_acc<Acc>(p.c0[b * H + j])
-                              : p.ws_prev[b * 5 * H + 4 * H + j];
-  const auto r = gates::lstm_forward(pre[0], pre[1], pre[2], pre[3], c_prev);
+  const auto r = gates::lstm_forward(pre[0], pre[1], pre[2], pre[3],
+                                     p.c_prev[b * p.c_prev_stride + j]);
+  Acc* ws = p.ws + b * 5 * H;
   ws[j] = r.i;
   ws[H + j] = r.f;
   ws[2 * H + j] = r.g;
@@ -84,57 +84,67 @@ RNN_HD void lstm_forward_element(const LSTMForwardStep<T, Acc>& p, int64_t b,
   p.h_out[b * H + j] = from_acc<T>(r.h);
 }
 
+template <typename T, typename Acc>
+RNN_HD void lstm_forward_inactive(const LSTMForwardStep<T, Acc>& p, int64_t b,
+                                  int64_t j) {
+  const int64_t H = p.H;
+  for (int k = 0; k < 5; ++k) p.ws[b * 5 * H + k * H + j] = Acc(0);
+  p.h_out[b * H + j] = zero<T>();
+}
+
 // ------------------------------------------------------------ LSTM bwd ----
 template <typename T, typename Acc>
 struct LSTMBackwardStep {
   int64_t B, H, t;
   const int64_t* lengths;
-  const Acc* ws;       // workspace of step t
-  const Acc* ws_prev;  // workspace of step t-1, null at t == 0
-  const T* c0;         // [B, H]
-  const Acc* grad_ws;  // gradient on the workspace at step t, or null
+  const Acc* ws;           // workspace of step t
+  const Acc* c_prev;       // c_{t-1}, as in LSTMForwardStep
+  int64_t c_prev_stride;
+  const Acc* grad_ws;      // gradient on the workspace at step t, or null
   // Where dh comes from.  With a projection: dh_direct [B, H] (already
   // multiplied by W_hr).  Without: dh_state [B, H] (carried from the step
   // after, cleared here once consumed) plus grad_y [B, H].
   const T* dh_direct;
   T* dh_state;
   const T* grad_y;
-  Acc* dc_state;       // [B, H] gradient of the carried cell state
-  T* grad_gates;       // [B, 4H] gradient of the pre-activations at step t
+  Acc* dc_state;           // [B, H] gradient of the carried cell state
+  T* grad_gates;           // [B, 4H] gradient of the pre-activations at step t
 };
 
-template <typename T, typename Acc>
-RNN_HD void lstm_backward_element(const LSTMBackwardStep<T, Acc>& p,
-                                  int64_t b, int64_t j) {
+// kGradWs: p.grad_ws is set; kDirect: p.dh_direct is set.  Compile-time
+// flags, so that the CPU loop over a row has no branch in it.
+template <bool kGradWs, bool kDirect, typename T, typename Acc>
+RNN_HD void lstm_backward_active(const LSTMBackwardStep<T, Acc>& p, int64_t b,
+                                 int64_t j) {
   const int64_t H = p.H;
-  T* gg = p.grad_gates + b * 4 * H;
-  if (!row_active(p.lengths, b, p.t)) {
-    for (int k = 0; k < 4; ++k) gg[k * H + j] = zero<T>();
-    return;
-  }
   const int64_t e = b * H + j;
   Acc dh;
-  if (p.dh_direct) {
+  if constexpr (kDirect) {
     dh = to_acc<Acc>(p.dh_direct[e]);
   } else {
     dh = to_acc<Acc>(p.dh_state[e]) + to_acc<Acc>(p.grad_y[e]);
     p.dh_state[e] = zero<T>();
   }
   const Acc* ws = p.ws + b * 5 * H;
-  const Acc c_prev = p.t == 0 ? to_acc<Acc>(p.c0[e])
-                              : p.ws_prev[b * 5 * H + 4 * H + j];
   Acc d_ws[5] = {0, 0, 0, 0, 0};
-  if (p.grad_ws)
+  if constexpr (kGradWs)
     for (int k = 0; k < 5; ++k) d_ws[k] = p.grad_ws[b * 5 * H + k * H + j];
-  const auto r = gates::lstm_backward(ws[j], ws[H + j], ws[2 * H + j],
-                                      ws[3 * H + j], ws[4 * H + j], c_prev, dh,
-                                      p.dc_state[e], d_ws[0], d_ws[1], d_ws[2],
-                                      d_ws[3], d_ws[4]);
+  const auto r = gates::lstm_backward(
+      ws[j], ws[H + j], ws[2 * H + j], ws[3 * H + j], ws[4 * H + j],
+      p.c_prev[b * p.c_prev_stride + j], dh, p.dc_state[e], d_ws[0], d_ws[1],
+      d_ws[2], d_ws[3], d_ws[4]);
+  T* gg = p.grad_gates + b * 4 * H;
   gg[j] = from_acc<T>(r.pre_i);
   gg[H + j] = from_acc<T>(r.pre_f);
   gg[2 * H + j] = from_acc<T>(r.pre_g);
   gg[3 * H + j] = from_acc<T>(r.pre_o);
   p.dc_state[e] = r.c_prev;
+}
+
+template <typename T, typename Acc>
+RNN_HD void lstm_backward_inactive(const LSTMBackwardStep<T, Acc>& p,
+                                   int64_t b, int64_t j) {
+  for (int k = 0; k < 4; ++k) p.grad_gates[b * 4 * p.H + k * p.H + j] = zero<T>();
 }
 
 // With a projection, the gradient of the projected output at step t is
@@ -150,16 +160,18 @@ struct ProjGradStep {
 };
 
 template <typename T, typename Acc>
-RNN_HD void proj_grad_element(const ProjGradStep<T, Acc>& p, int64_t b,
-                              int64_t k) {
+RNN_HD void proj_grad_active(const ProjGradStep<T, Acc>& p, int64_t b,
+                             int64_t k) {
   const int64_t e = b * p.P + k;
-  if (!row_active(p.lengths, b, p.t)) {
-    p.grad_proj[e] = zero<T>();
-    return;
-  }
   p.grad_proj[e] =
       from_acc<T>(to_acc<Acc>(p.dh_state[e]) + to_acc<Acc>(p.grad_y[e]));
   p.dh_state[e] = zero<T>();
+}
+
+template <typename T, typename Acc>
+RNN_HD void proj_grad_inactive(const ProjGradStep<T, Acc>& p, int64_t b,
+                               int64_t k) {
+  p.grad_proj[b * p.P + k] = zero<T>();
 }
 
 // ------------------------------------------------------------- GRU fwd ----
@@ -169,28 +181,29 @@ struct GRUForwardStep {
   const int64_t* lengths;
   const T* gx;      // [B, 3H]
   const T* gh;      // h_{t-1} W_hh^T [B, 3H]
-  const T* b_hh;    // [3H] or null
+  const T* b_hh;    // [3H] (zeros for a layer without bias)
   const T* h_prev;  // [B, H]: h0 at t == 0, else output of step t-1
   Acc* ws;          // [B, 4H]
   T* y;             // [B, H]
 };
 
 template <typename T, typename Acc>
-RNN_HD void gru_forward_element(const GRUForwardStep<T, Acc>& p, int64_t b,
-                                int64_t j) {
+RNN_HD void gru_forward_inactive(const GRUForwardStep<T, Acc>& p, int64_t b,
+                                 int64_t j) {
+  for (int k = 0; k < 4; ++k) p.ws[b * 4 * p.H + k * p.H + j] = Acc(0);
+  p.y[b * p.H + j] = zero<T>();
+}
+
+template <typename T, typename Acc>
+RNN_HD void gru_forward_active(const GRUForwardStep<T, Acc>& p, int64_t b,
+                               int64_t j) {
   const int64_t H = p.H;
   Acc* ws = p.ws + b * 4 * H;
-  if (!row_active(p.lengths, b, p.t)) {
-    for (int k = 0; k < 4; ++k) ws[k * H + j] = Acc(0);
-    p.y[b * H + j] = zero<T>();
-    return;
-  }
   const T* gx = p.gx + b * 3 * H;
   const T* gh = p.gh + b * 3 * H;
   Acc hh[3];
   for (int k = 0; k < 3; ++k) {
-    hh[k] = to_acc<Acc>(gh[k * H + j]);
-    if (p.b_hh) hh[k] += to_acc<Acc>(p.b_hh[k * H + j]);
+    hh[k] = to_acc<Acc>(gh[k * H + j]) + to_acc<Acc>(p.b_hh[k * H + j]);
   }
   const auto r = gates::gru_forward(to_acc<Acc>(gx[j]) + hh[0],
                                     to_acc<Acc>(gx[H + j]) + hh[1],
@@ -218,20 +231,23 @@ struct GRUBackwardStep {
 };
 
 template <typename T, typename Acc>
-RNN_HD void gru_backward_element(const GRUBackwardStep<T, Acc>& p, int64_t b,
-                                 int64_t j) {
+RNN_HD void gru_backward_inactive(const GRUBackwardStep<T, Acc>& p, int64_t b,
+                                  int64_t j) {
+  for (int k = 0; k < 3; ++k)
+    p.grad_gates[b * 3 * p.H + k * p.H + j] = p.grad_hh[b * 3 * p.H + k * p.H + j] = zero<T>();
+}
+
+template <bool kGradWs, typename T, typename Acc>
+RNN_HD void gru_backward_active(const GRUBackwardStep<T, Acc>& p, int64_t b,
+                                int64_t j) {
   const int64_t H = p.H;
   T* gx = p.grad_gates + b * 3 * H;
   T* gh = p.grad_hh + b * 3 * H;
-  if (!row_active(p.lengths, b, p.t)) {
-    for (int k = 0; k < 3; ++k) gx[k * H + j] = gh[k * H + j] = zero<T>();
-    return;
-  }
   const int64_t e = b * H + j;
   const Acc dh = to_acc<Acc>(p.dh_state[e]) + to_acc<Acc>(p.grad_y[e]);
   const Acc* ws = p.ws + b * 4 * H;
   Acc d_ws[4] = {0, 0, 0, 0};
-  if (p.grad_ws)
+  if constexpr (kGradWs)
     for (int k = 0; k < 4; ++k) d_ws[k] = p.grad_ws[b * 4 * H + k * H + j];
   const auto r = gates::gru_backward(ws[j], ws[H + j], ws[2 * H + j],
                                      ws[3 * H + j], to_acc<Acc>(p.h_prev[e]),
@@ -242,5 +258,27 @@ RNN_HD void gru_backward_element(const GRUBackwardStep<T, Acc>& p, int64_t b,
   gh[2 * H + j] = from_acc<T>(r.hn);
   p.dh_state[e] = from_acc<T>(r.h_prev);
 }
+
+// The element each CUDA thread runs: active or inactive, by its row.
+#define RNN_EXT_ELEMENT(name, Step, active)                                \
+  template <typename T, typename Acc>                                      \
+  RNN_HD void name##_element(const Step<T, Acc>& p, int64_t b, int64_t j) { \
+    if (row_active(p.lengths, b, p.t))                                     \
+      active;                                                              \
+    else                                                                   \
+      name##_inactive(p, b, j);                                            \
+  }
+RNN_EXT_ELEMENT(lstm_forward, LSTMForwardStep, lstm_forward_active(p, b, j))
+RNN_EXT_ELEMENT(proj_grad, ProjGradStep, proj_grad_active(p, b, j))
+RNN_EXT_ELEMENT(gru_forward, GRUForwardStep, gru_forward_active(p, b, j))
+RNN_EXT_ELEMENT(lstm_backward, LSTMBackwardStep,
+                p.grad_ws ? (p.dh_direct ? lstm_backward_active<true, true>(p, b, j)
+                                         : lstm_backward_active<true, false>(p, b, j))
+                          : (p.dh_direct ? lstm_backward_active<false, true>(p, b, j)
+                                         : lstm_backward_active<false, false>(p, b, j)))
+RNN_EXT_ELEMENT(gru_backward, GRUBackwardStep,
+                p.grad_ws ? gru_backward_active<true>(p, b, j)
+                          : gru_backward_active<false>(p, b, j))
+#undef RNN_EXT_ELEMENT
 
 }  // namespace rnn_ext
