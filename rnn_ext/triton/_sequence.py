@@ -18,15 +18,23 @@ STRATEGIES = ("auto", "persistent", "step")
 STRATEGY_ENV = "RNN_EXT_TRITON_STRATEGY"
 
 # ------------------------------------------------------------ crossover ----
-# The persistent kernel keeps W_hh (and W_hr), padded to powers of two, in the
-# registers of one program for the whole sequence, next to the state of
-# BLOCK_B rows.  An H100 SM has 256 KiB of registers; up to 64 KiB of
-# weights (e.g. LSTM H = 64 in fp32: 4 * 64 * 64 * 4 bytes; GRU H = 64) that
-# leaves room for the state, the dot operands and the epilogue without
-# spilling, and one launch for all T steps beats T launches.  Beyond it the
-# weights would spill to local memory on every step, and the step kernel,
-# which spreads W_hh over many programs (and SMs), is the better choice.
-PERSISTENT_MAX_WEIGHT_BYTES = 64 * 1024
+# strategy="auto" picks "persistent" when the weights a persistent program
+# keeps on chip for the whole sequence -- W_hh as n_gates tiles of
+# [pad(H), pad(K)] plus W_hr as [pad(H), pad(P)], padded to powers of two of
+# at least 16 -- take at most PERSISTENT_MAX_WEIGHT_BYTES, else "step".
+#
+# Why 32 KiB: the persistent kernels hold those tiles in registers (8 warps,
+# BLOCK_B = 16 rows) next to the state and the gate epilogue.  Compiled for
+# sm_90 with the ptxas of the Triton wheel, at 32 KiB (LSTM H = 32 in
+# fp32/fp64, H = 64 in fp16/bf16; GRU likewise) the forward and backward
+# kernels fit in 255 registers per thread with at most ~120 bytes of spill,
+# while 64 KiB (fp32 LSTM/GRU H = 64) spills 0.2-1.9 KiB per thread in the
+# backward kernels.  Below the limit one launch for all T steps, with W_hh
+# read once, beats T launches that each re-read W_hh; above it the step
+# kernel spreads W_hh over many programs and SMs.  (Not yet timed on a GPU:
+# tune this constant with a benchmark there.)
+PERSISTENT_MAX_WEIGHT_BYTES = 32 * 1024
+PERSISTENT_NUM_WARPS = 8
 
 
 def _pad(n):
@@ -93,21 +101,23 @@ def _lengths_on(lengths, like):
     return None if lengths is None else lengths.to(like.device)
 
 
-# Tiles of the step kernels.  BLOCK_N hidden units times 4 (LSTM) or 3 (GRU)
-# gate accumulators per program; K is walked in BLOCK_K chunks.
+# Tiles of the step kernels: BLOCK_B rows x BLOCK_N hidden units per
+# program, times 4 (LSTM) or 3 (GRU) gate accumulators; K is walked in
+# BLOCK_K chunks.  These sizes compile for sm_90 without register spills.
 def _step_tiles(B, dtype):
-    block_b = min(64, max(16, triton.next_power_of_2(B)))
-    block_k = 64 if dtype in (torch.float16, torch.bfloat16) else 32
-    return block_b, 32, block_k
+    """(BLOCK_B, BLOCK_N, BLOCK_K, num_warps)"""
+    rows = max(16, triton.next_power_of_2(B))
+    if dtype in (torch.float16, torch.bfloat16):
+        block_b = min(64, rows)
+        return block_b, 32, 64, 8 if block_b == 64 else 4
+    if dtype == torch.float64:
+        return min(32, rows), 16, 16, 4
+    return min(32, rows), 32, 32, 4
 
 
 # Rows per persistent program: the dot minimum.  More programs over the
 # batch, and the least state next to the weights.
 PERSISTENT_BLOCK_B = 16
-
-
-def _persistent_warps(n_gates, H, K):
-    return 4 if n_gates * _pad(H) * _pad(K) <= 4 * 32 * 32 else 8
 
 
 # ---------------------------------------------------------------- LSTM ----
@@ -136,9 +146,9 @@ def lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths, strategy):
                 T, B, H, Kd,
                 HAS_BIAS=b_hh is not None, HAS_LEN=has_len, PROJ=bool(P), PRECISION=prec,
                 BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H), BLOCK_K=_pad(Kd),
-                num_warps=_persistent_warps(4, H, Kd))
+                num_warps=PERSISTENT_NUM_WARPS)
             return y, h_n, c_n, ws, proj_in
-        bb, bn, bk = _step_tiles(B, dt)
+        bb, bn, bk, warps = _step_tiles(B, dt)
         grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
         grid_p = (triton.cdiv(B, bb), triton.cdiv(P, bn)) if P else None
         for t in range(T):
@@ -149,14 +159,14 @@ def lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths, strategy):
                 ws[t - 1] if t > 0 else ws[t], ws[t], hout, h_n, c_n,
                 L if has_len else dummy, t, T, B, H, Kd,
                 HAS_BIAS=b_hh is not None, HAS_LEN=has_len, FIRST=t == 0, WRITE_HN=not P,
-                PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk)
+                PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
             if P:
                 # y_t = proj_in_t @ W_hr^T; M(k, n) = W_hr[n, k].
                 K.row_product_kernel[grid_p](
                     proj_in[t], H, w_hr, 1, H, H,
                     dummy, dummy, h0, y[t], h_n, L if has_len else dummy, t, T, B, P,
                     ADD_GRAD=False, WRITE_FINAL=True, FIRST=t == 0, HAS_LEN=has_len,
-                    ACC=_tl_acc(dt), PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk)
+                    ACC=_tl_acc(dt), PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
     return y, h_n, c_n, ws, proj_in
 
 
@@ -185,10 +195,10 @@ def lstm_backward(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, proj_in
                 d_gates, d_proj if P else dummy, d_h0, d_c0, T, B, H, Kd,
                 HAS_LEN=has_len, HAS_GWS=has_gws, PROJ=bool(P), PRECISION=prec,
                 BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H), BLOCK_K=_pad(Kd),
-                num_warps=_persistent_warps(4, H, Kd))
+                num_warps=PERSISTENT_NUM_WARPS)
         else:
             dc = grad_c_n.to(acc_dtype(dt), copy=True).contiguous()
-            bb, bn, bk = _step_tiles(B, dt)
+            bb, bn, bk, warps = _step_tiles(B, dt)
             grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
             grid_p = (triton.cdiv(B, bb), triton.cdiv(P, bn)) if P else None
             for t in reversed(range(T)):
@@ -200,7 +210,7 @@ def lstm_backward(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, proj_in
                         grad_y[t], grad_h_n, dummy, d_proj[t], dummy,
                         L if has_len else dummy, t, T, B, P,
                         ADD_GRAD=True, WRITE_FINAL=False, FIRST=False, HAS_LEN=has_len,
-                        ACC=_tl_acc(dt), PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk)
+                        ACC=_tl_acc(dt), PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
                     a, a_stride, m, m_k, k_a = d_proj[t], P, w_hr, H, P
                 else:
                     a, a_stride, m, m_k, k_a = nxt, 4 * H, w_hh, H, k_next
@@ -210,7 +220,7 @@ def lstm_backward(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, proj_in
                     grad_ws[t] if has_gws else dummy, dc, d_gates[t],
                     L if has_len else dummy, t, T, B, H,
                     ADD_GRAD=not P, HAS_LEN=has_len, HAS_GWS=has_gws, FIRST=t == 0,
-                    PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk)
+                    PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
             # The gradient reaching h0: through step 0's product, or grad_h_n
             # itself for rows of length 0 (whose d_gates are all zero).
             d_h0 = torch.mm(d_gates[0], w_hh)
@@ -252,16 +262,16 @@ def gru_forward(gx, w_hh, b_hh, h0, lengths, strategy):
                 ws, y, h_n, T, B, H,
                 HAS_BIAS=b_hh is not None, HAS_LEN=has_len, PRECISION=prec,
                 BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H),
-                num_warps=_persistent_warps(3, H, H))
+                num_warps=PERSISTENT_NUM_WARPS)
             return y, h_n, ws
-        bb, bn, bk = _step_tiles(B, dt)
+        bb, bn, bk, warps = _step_tiles(B, dt)
         grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
         for t in range(T):
             K.gru_fwd_step_kernel[grid](
                 gx[t], h0 if t == 0 else y[t - 1], w_hh, b_hh if b_hh is not None else dummy,
                 ws[t], y[t], h_n, L if has_len else dummy, t, T, B, H,
                 HAS_BIAS=b_hh is not None, HAS_LEN=has_len, FIRST=t == 0, PRECISION=prec,
-                BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk)
+                BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
     return y, h_n, ws
 
 
@@ -285,12 +295,12 @@ def gru_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, strategy):
                 L if has_len else dummy, d_gates, d_hh, d_h0, T, B, H,
                 HAS_LEN=has_len, HAS_GWS=has_gws, PRECISION=prec,
                 BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H),
-                num_warps=_persistent_warps(3, H, H))
+                num_warps=PERSISTENT_NUM_WARPS)
         else:
             # Gradient reaching h_t other than through the product: grad_h_n
             # until a row's last step, then dh_{t+1} * z_{t+1}.
             carry = grad_h_n.to(acc_dtype(dt), copy=True).contiguous()
-            bb, bn, bk = _step_tiles(B, dt)
+            bb, bn, bk, warps = _step_tiles(B, dt)
             grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
             for t in reversed(range(T)):
                 nxt, k_next = (d_hh[t + 1], 3 * H) if t + 1 < T else (d_hh[t], 0)
@@ -299,7 +309,7 @@ def gru_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, strategy):
                     grad_ws[t] if has_gws else dummy, carry, d_gates[t], d_hh[t],
                     L if has_len else dummy, t, T, B, H,
                     HAS_LEN=has_len, HAS_GWS=has_gws, PRECISION=prec,
-                    BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk)
+                    BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
             d_h0 = (carry + torch.mm(d_hh[0], w_hh).to(carry.dtype)).to(dt)
     d_w_hh = torch.mm(d_hh[0].t(), h0)
     if T > 1:
