@@ -499,3 +499,19 @@ def test_cuda_tf32_follows_the_matmul_switch():
             got = run("lstm", args, None, "step")
         errs[allow] = (got[0].double() - want[0]).abs().max().item()
     assert errs[False] < 1e-5 and errs[True] > errs[False]
+
+
+def test_direct_api_defaults_and_rank_check():
+    """rnn_ext.triton.lstm/gru fill zero initial states; a wrong rank is
+    reported before any shape is used."""
+    args = make_args("lstm", 3, 2, 4, 0, True, torch.float64)
+    g, w, b = args["input_gates"], args["w_hh"], args["b_hh"]
+    got = rnn_triton.lstm(g, w, b, lengths=[3, 1])
+    zeros = torch.zeros(2, 4, dtype=torch.float64, device=DEVICE)
+    want = reference.lstm_reference(g, w, b, None, zeros, zeros, torch.tensor([3, 1]))
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y)
+    with pytest.raises(RuntimeError, match="input_gates must be 3-D"):
+        rnn_triton.lstm(g[0], w, b)
+    with pytest.raises(RuntimeError, match="input_gates must be 3-D"):
+        rnn_triton.gru(g[0], w[:12], b[:12])

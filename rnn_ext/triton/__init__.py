@@ -75,6 +75,12 @@ def _lengths(lengths):
     return lengths.to(device="cpu", dtype=torch.int64)
 
 
+def _check_rank(op, input_gates, gates):
+    # Before the default states are built from its shape; the op checks the rest.
+    if input_gates.dim() != 3:
+        raise RuntimeError(f"{op}: input_gates must be 3-D [T, B, {gates}], got {input_gates.dim()}-D")
+
+
 def _strategy(strategy):
     from ._sequence import default_strategy
 
@@ -86,11 +92,11 @@ def lstm(input_gates, w_hh, b_hh=None, w_hr=None, h0=None, c0=None, lengths=None
     (output, h_n, c_n, workspace).  h0/c0 default to zeros."""
     from . import _ops  # noqa: F401  (registers the ops)
 
-    if input_gates.dim() == 3:
-        B, H = input_gates.shape[1], input_gates.shape[2] // 4
-        hout = w_hr.shape[0] if w_hr is not None else H
-        h0 = input_gates.new_zeros(B, hout) if h0 is None else h0
-        c0 = input_gates.new_zeros(B, H) if c0 is None else c0
+    _check_rank("rnn_ext::triton_lstm_forward", input_gates, "4H")
+    B, H = input_gates.shape[1], input_gates.shape[2] // 4
+    hout = w_hr.shape[0] if w_hr is not None and w_hr.dim() == 2 else H
+    h0 = input_gates.new_zeros(B, hout) if h0 is None else h0
+    c0 = input_gates.new_zeros(B, H) if c0 is None else c0
     y, h_n, c_n, ws, _ = torch.ops.rnn_ext.triton_lstm_forward(
         input_gates, w_hh, b_hh, w_hr, h0, c0, _lengths(lengths), _strategy(strategy))
     return y, h_n, c_n, ws
@@ -101,7 +107,8 @@ def gru(input_gates, w_hh, b_hh=None, h0=None, lengths=None, strategy=None):
     (output, h_n, workspace).  h0 defaults to zeros."""
     from . import _ops  # noqa: F401  (registers the ops)
 
-    if input_gates.dim() == 3 and h0 is None:
+    _check_rank("rnn_ext::triton_gru_forward", input_gates, "3H")
+    if h0 is None:
         h0 = input_gates.new_zeros(input_gates.shape[1], input_gates.shape[2] // 3)
     return tuple(torch.ops.rnn_ext.triton_gru_forward(
         input_gates, w_hh, b_hh, h0, _lengths(lengths), _strategy(strategy)))
