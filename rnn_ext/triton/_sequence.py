@@ -25,14 +25,16 @@ STRATEGY_ENV = "RNN_EXT_TRITON_STRATEGY"
 #
 # Why 32 KiB: the persistent kernels hold those tiles in registers (8 warps,
 # BLOCK_B = 16 rows) next to the state and the gate epilogue.  Compiled for
-# sm_90 with the ptxas of the Triton wheel, at 32 KiB (LSTM H = 32 in
-# fp32/fp64, H = 64 in fp16/bf16; GRU likewise) the forward and backward
-# kernels fit in 255 registers per thread with at most ~120 bytes of spill,
-# while 64 KiB (fp32 LSTM/GRU H = 64) spills 0.2-1.9 KiB per thread in the
-# backward kernels.  Below the limit one launch for all T steps, with W_hh
-# read once, beats T launches that each re-read W_hh; above it the step
-# kernel spreads W_hh over many programs and SMs.  (Not yet timed on a GPU:
-# tune this constant with a benchmark there.)
+# sm_90 with the ptxas of the Triton wheel (tests/_triton_sm90.py), the
+# largest persistent cases under this limit (LSTM and GRU with H up to 32
+# in fp32/fp64, up to 64 in fp16/bf16) fit in 255 registers per thread with
+# at most ~120 bytes of spill (fp64 forward with a projection: ~1 KiB; fp64
+# is for accuracy here, not speed), while the next size up, 64 KiB (fp32
+# H = 64), spills 0.2-1.9 KiB per thread in the backward kernels.  Below
+# the limit one launch for all T steps, with W_hh read once, beats T
+# launches that each re-read W_hh; above it the step kernel spreads W_hh
+# over many programs and SMs.  (Not yet timed on a GPU: tune this constant
+# with a benchmark there.)
 PERSISTENT_MAX_WEIGHT_BYTES = 32 * 1024
 PERSISTENT_NUM_WARPS = 8
 
