@@ -1,0 +1,712 @@
+"""Triton kernels of the sequence ops.
+
+Two strategies (the choice is made in _sequence.py):
+
+* persistent: one launch for the whole sequence.  Each program owns a tile
+  of BLOCK_B batch rows and every hidden unit; it loads W_hh (and W_hr) once
+  and keeps it, with the recurrent state, on chip across all time steps.
+* step: one launch per time step.  Each program owns a (batch tile, hidden
+  tile) block; it computes its part of the recurrent product and runs the
+  gate epilogue (activations, cell update, workspace/output writes) on the
+  accumulators in the same kernel.
+
+The math and the workspace layout are those of csrc/include/rnn_ext/gate_math.h
+and step_kernels.h:
+  LSTM workspace [T, B, 5H] = i, f, g, o (activated), c
+  GRU  workspace [T, B, 4H] = r, z, n (activated), hn = W_hn h + b_hn
+The workspace (and every gate computation) is in the accumulation type: fp32
+for fp16/bf16 storage, else the storage type.  A row with t >= lengths[b]
+writes zeros to its output and workspace and keeps its state.
+
+Only core tl operations are used (no libdevice), so the kernels also run
+under the Triton interpreter; every tl.dot has tiles of at least 16 in each
+dimension, as on the GPU.
+"""
+import triton
+import triton.language as tl
+
+
+# ------------------------------------------------------------ gate math ----
+@triton.jit
+def _sigmoid(x):
+    # exp of a non-positive number only: no overflow for either sign.
+    e = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def _tanh(x):
+    # tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|), i.e. 2*sigmoid(2x) - 1.
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x >= 0, t, -t)
+
+
+@triton.jit
+def _row_lengths(len_ptr, offs_b, B, T, HAS_LEN: tl.constexpr):
+    """lengths[b] for the rows of the tile; T for every row without lengths."""
+    if HAS_LEN:
+        L = tl.load(len_ptr + offs_b, mask=offs_b < B, other=0)
+    else:
+        L = tl.zeros_like(offs_b).to(tl.int64) + T
+    return L
+
+
+@triton.jit
+def _rows_times(acc, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, offs_b, offs_n,
+                B, N, KA, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc += A[offs_b, 0:KA] @ M[0:KA, offs_n], with A row-major (row stride
+    a_stride) and M addressed through (m_stride_k, m_stride_n), so that W and
+    W^T are both read in place.  KA = 0 adds nothing."""
+    offs_k = tl.arange(0, BLOCK_K)
+    row_ok = offs_b[:, None] < B
+    col_ok = offs_n[None, :] < N
+    for k0 in range(0, KA, BLOCK_K):
+        kk = k0 + offs_k
+        a = tl.load(a_ptr + offs_b[:, None] * a_stride + kk[None, :],
+                    mask=row_ok & (kk[None, :] < KA), other=0.0)
+        m = tl.load(m_ptr + kk[:, None] * m_stride_k + offs_n[None, :] * m_stride_n,
+                    mask=(kk[:, None] < KA) & col_ok, other=0.0)
+        acc = tl.dot(a, m, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+    return acc
+
+
+# ------------------------------------------------- step strategy: LSTM ----
+@triton.jit(do_not_specialize=["t"])
+def lstm_fwd_step_kernel(
+        gx_ptr,       # input gates of step t [B, 4H]
+        hprev_ptr,    # recurrent input [B, K]: h0 at t = 0, else output of t-1
+        w_ptr,        # W_hh [4H, K]
+        b_ptr,        # b_hh [4H] (if HAS_BIAS)
+        c0_ptr,       # [B, H]
+        h0_ptr,       # [B, H] (read for h_n of empty rows if WRITE_HN)
+        ws_prev_ptr,  # workspace of step t-1 [B, 5H] (unless FIRST)
+        ws_ptr,       # workspace of step t [B, 5H]
+        hout_ptr,     # [B, H]: the output (no projection) or the projection input
+        hn_ptr, cn_ptr, len_ptr,
+        t, T, B, H, K,
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, FIRST: tl.constexpr,
+        WRITE_HN: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = hout_ptr.dtype.element_ty
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+    active = (t < L)[:, None]
+
+    zero = tl.zeros([BLOCK_B, BLOCK_N], dtype=ACC)
+    acc_i = _rows_times(zero, hprev_ptr, K, w_ptr, 1, K, offs_b, offs_n, B, H, K, PRECISION, BLOCK_K)
+    acc_f = _rows_times(zero, hprev_ptr, K, w_ptr + H * K, 1, K, offs_b, offs_n, B, H, K, PRECISION, BLOCK_K)
+    acc_g = _rows_times(zero, hprev_ptr, K, w_ptr + 2 * H * K, 1, K, offs_b, offs_n, B, H, K, PRECISION, BLOCK_K)
+    acc_o = _rows_times(zero, hprev_ptr, K, w_ptr + 3 * H * K, 1, K, offs_b, offs_n, B, H, K, PRECISION, BLOCK_K)
+
+    gx = gx_ptr + offs_b[:, None] * (4 * H) + offs_n[None, :]
+    acc_i += tl.load(gx, mask=mask, other=0.0).to(ACC)
+    acc_f += tl.load(gx + H, mask=mask, other=0.0).to(ACC)
+    acc_g += tl.load(gx + 2 * H, mask=mask, other=0.0).to(ACC)
+    acc_o += tl.load(gx + 3 * H, mask=mask, other=0.0).to(ACC)
+    if HAS_BIAS:
+        nm = offs_n < H
+        acc_i += tl.load(b_ptr + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
+        acc_f += tl.load(b_ptr + H + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
+        acc_g += tl.load(b_ptr + 2 * H + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
+        acc_o += tl.load(b_ptr + 3 * H + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
+
+    state = offs_b[:, None] * H + offs_n[None, :]
+    if FIRST:
+        c_prev = tl.load(c0_ptr + state, mask=mask, other=0.0).to(ACC)
+    else:
+        c_prev = tl.load(ws_prev_ptr + offs_b[:, None] * (5 * H) + 4 * H + offs_n[None, :],
+                         mask=mask, other=0.0)
+    i = _sigmoid(acc_i)
+    f = _sigmoid(acc_f)
+    g = _tanh(acc_g)
+    o = _sigmoid(acc_o)
+    c = f * c_prev + i * g
+    h = o * _tanh(c)
+
+    ws = ws_ptr + offs_b[:, None] * (5 * H) + offs_n[None, :]
+    tl.store(ws, tl.where(active, i, 0.0), mask=mask)
+    tl.store(ws + H, tl.where(active, f, 0.0), mask=mask)
+    tl.store(ws + 2 * H, tl.where(active, g, 0.0), mask=mask)
+    tl.store(ws + 3 * H, tl.where(active, o, 0.0), mask=mask)
+    tl.store(ws + 4 * H, tl.where(active, c, 0.0), mask=mask)
+    h_st = h.to(DT)
+    tl.store(hout_ptr + state, tl.where(active, h_st, 0.0).to(DT), mask=mask)
+
+    # Final states: written at each row's last step; rows of length 0 take
+    # the initial state (written once, at t = 0).
+    last = mask & (t == L - 1)[:, None]
+    tl.store(cn_ptr + state, c.to(DT), mask=last)
+    if WRITE_HN:
+        tl.store(hn_ptr + state, h_st, mask=last)
+    if FIRST:
+        empty = mask & (L == 0)[:, None]
+        tl.store(cn_ptr + state, c_prev.to(DT), mask=empty)
+        if WRITE_HN:
+            tl.store(hn_ptr + state, tl.load(h0_ptr + state, mask=empty, other=0.0), mask=empty)
+
+
+@triton.jit(do_not_specialize=["t"])
+def row_product_kernel(
+        a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, KA,
+        gy_ptr,    # [B, N] added if ADD_GRAD (grad of the output at step t)
+        ghn_ptr,   # [B, N] added at each row's last step if ADD_GRAD (grad_h_n)
+        h0_ptr,    # [B, N] copied to h_n for rows of length 0 if WRITE_FINAL
+        out_ptr,   # [B, N]: zero for inactive rows
+        hn_ptr,    # [B, N]: written at each row's last step if WRITE_FINAL
+        len_ptr, t, T, B, N,
+        ADD_GRAD: tl.constexpr, WRITE_FINAL: tl.constexpr, FIRST: tl.constexpr,
+        HAS_LEN: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out = A @ M (+ the output gradients), zero for rows inactive at step t.
+    Forward with a projection: y_t = proj_in_t @ W_hr^T (and h_n).
+    Backward with a projection: d_proj_t = d_gates_{t+1} @ W_hh + grad_y_t
+    (+ grad_h_n at the last step)."""
+    DT = out_ptr.dtype.element_ty
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_b[:, None] < B) & (offs_n[None, :] < N)
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+    active = (t < L)[:, None]
+    last = (t == L - 1)[:, None]
+    acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=ACC)
+    acc = _rows_times(acc, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, offs_b, offs_n,
+                      B, N, KA, PRECISION, BLOCK_K)
+    idx = offs_b[:, None] * N + offs_n[None, :]
+    if ADD_GRAD:
+        acc += tl.load(gy_ptr + idx, mask=mask, other=0.0).to(ACC)
+        acc += tl.load(ghn_ptr + idx, mask=mask & last, other=0.0).to(ACC)
+    out = acc.to(DT)
+    tl.store(out_ptr + idx, tl.where(active, out, 0.0).to(DT), mask=mask)
+    if WRITE_FINAL:
+        tl.store(hn_ptr + idx, out, mask=mask & last)
+        if FIRST:
+            empty = mask & (L == 0)[:, None]
+            tl.store(hn_ptr + idx, tl.load(h0_ptr + idx, mask=empty, other=0.0), mask=empty)
+
+
+@triton.jit(do_not_specialize=["t"])
+def lstm_bwd_step_kernel(
+        a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, KA,  # dh = A @ M: see below
+        gy_ptr,       # grad of the output at step t [B, H] (if ADD_GRAD)
+        ghn_ptr,      # grad_h_n [B, H] (if ADD_GRAD)
+        ws_ptr,       # workspace of step t [B, 5H]
+        ws_prev_ptr,  # workspace of step t-1 (unless FIRST)
+        c0_ptr,       # [B, H] (if FIRST)
+        gws_ptr,      # grad of the workspace at step t [B, 5H] (if HAS_GWS)
+        dc_ptr,       # [B, H] carried gradient of c (accumulation type), updated
+        dg_ptr,       # out: gradient of the gate pre-activations at step t [B, 4H]
+        len_ptr, t, T, B, H,
+        ADD_GRAD: tl.constexpr, HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr,
+        FIRST: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One backward step.  The gradient of h_t is the product A @ M in the
+    same kernel: d_gates_{t+1} @ W_hh (+ grad_y_t, + grad_h_n at the row's
+    last step) without a projection, d_proj_t @ W_hr with one."""
+    ACC = ws_ptr.dtype.element_ty
+    DT = dg_ptr.dtype.element_ty
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+    active = (t < L)[:, None]
+    dh = tl.zeros([BLOCK_B, BLOCK_N], dtype=ACC)
+    dh = _rows_times(dh, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, offs_b, offs_n,
+                     B, H, KA, PRECISION, BLOCK_K)
+    state = offs_b[:, None] * H + offs_n[None, :]
+    if ADD_GRAD:
+        dh += tl.load(gy_ptr + state, mask=mask, other=0.0).to(ACC)
+        dh += tl.load(ghn_ptr + state, mask=mask & (t == L - 1)[:, None], other=0.0).to(ACC)
+
+    ws = ws_ptr + offs_b[:, None] * (5 * H) + offs_n[None, :]
+    i = tl.load(ws, mask=mask, other=0.0)
+    f = tl.load(ws + H, mask=mask, other=0.0)
+    g = tl.load(ws + 2 * H, mask=mask, other=0.0)
+    o = tl.load(ws + 3 * H, mask=mask, other=0.0)
+    c = tl.load(ws + 4 * H, mask=mask, other=0.0)
+    if FIRST:
+        c_prev = tl.load(c0_ptr + state, mask=mask, other=0.0).to(ACC)
+    else:
+        c_prev = tl.load(ws_prev_ptr + offs_b[:, None] * (5 * H) + 4 * H + offs_n[None, :],
+                         mask=mask, other=0.0)
+    tc = _tanh(c)
+    dc = tl.load(dc_ptr + state, mask=mask, other=0.0) + dh * o * (1.0 - tc * tc)
+    do = dh * tc
+    if HAS_GWS:
+        gw = gws_ptr + offs_b[:, None] * (5 * H) + offs_n[None, :]
+        dc += tl.load(gw + 4 * H, mask=mask, other=0.0)
+        di = dc * g + tl.load(gw, mask=mask, other=0.0)
+        df = dc * c_prev + tl.load(gw + H, mask=mask, other=0.0)
+        dgg = dc * i + tl.load(gw + 2 * H, mask=mask, other=0.0)
+        do += tl.load(gw + 3 * H, mask=mask, other=0.0)
+    else:
+        di = dc * g
+        df = dc * c_prev
+        dgg = dc * i
+    dg = dg_ptr + offs_b[:, None] * (4 * H) + offs_n[None, :]
+    tl.store(dg, tl.where(active, di * i * (1.0 - i), 0.0).to(DT), mask=mask)
+    tl.store(dg + H, tl.where(active, df * f * (1.0 - f), 0.0).to(DT), mask=mask)
+    tl.store(dg + 2 * H, tl.where(active, dgg * (1.0 - g * g), 0.0).to(DT), mask=mask)
+    tl.store(dg + 3 * H, tl.where(active, do * o * (1.0 - o), 0.0).to(DT), mask=mask)
+    tl.store(dc_ptr + state, dc * f, mask=mask & active)
+
+
+# -------------------------------------------------- step strategy: GRU ----
+@triton.jit(do_not_specialize=["t"])
+def gru_fwd_step_kernel(
+        gx_ptr,     # [B, 3H]
+        hprev_ptr,  # [B, H]: h0 at t = 0, else output of step t-1
+        w_ptr,      # W_hh [3H, H]
+        b_ptr,      # b_hh [3H] (if HAS_BIAS)
+        ws_ptr,     # [B, 4H]
+        y_ptr,      # [B, H]
+        hn_ptr, len_ptr, t, T, B, H,
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, FIRST: tl.constexpr,
+        PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = y_ptr.dtype.element_ty
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+    active = (t < L)[:, None]
+    zero = tl.zeros([BLOCK_B, BLOCK_N], dtype=ACC)
+    hh_r = _rows_times(zero, hprev_ptr, H, w_ptr, 1, H, offs_b, offs_n, B, H, H, PRECISION, BLOCK_K)
+    hh_z = _rows_times(zero, hprev_ptr, H, w_ptr + H * H, 1, H, offs_b, offs_n, B, H, H, PRECISION, BLOCK_K)
+    hh_n = _rows_times(zero, hprev_ptr, H, w_ptr + 2 * H * H, 1, H, offs_b, offs_n, B, H, H, PRECISION, BLOCK_K)
+    if HAS_BIAS:
+        nm = offs_n < H
+        hh_r += tl.load(b_ptr + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
+        hh_z += tl.load(b_ptr + H + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
+        hh_n += tl.load(b_ptr + 2 * H + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
+    gx = gx_ptr + offs_b[:, None] * (3 * H) + offs_n[None, :]
+    r = _sigmoid(tl.load(gx, mask=mask, other=0.0).to(ACC) + hh_r)
+    z = _sigmoid(tl.load(gx + H, mask=mask, other=0.0).to(ACC) + hh_z)
+    n = _tanh(tl.load(gx + 2 * H, mask=mask, other=0.0).to(ACC) + r * hh_n)
+    state = offs_b[:, None] * H + offs_n[None, :]
+    h_prev = tl.load(hprev_ptr + state, mask=mask, other=0.0)
+    h = ((1.0 - z) * n + z * h_prev.to(ACC)).to(DT)
+
+    ws = ws_ptr + offs_b[:, None] * (4 * H) + offs_n[None, :]
+    tl.store(ws, tl.where(active, r, 0.0), mask=mask)
+    tl.store(ws + H, tl.where(active, z, 0.0), mask=mask)
+    tl.store(ws + 2 * H, tl.where(active, n, 0.0), mask=mask)
+    tl.store(ws + 3 * H, tl.where(active, hh_n, 0.0), mask=mask)
+    tl.store(y_ptr + state, tl.where(active, h, 0.0).to(DT), mask=mask)
+    tl.store(hn_ptr + state, h, mask=mask & (t == L - 1)[:, None])
+    if FIRST:
+        tl.store(hn_ptr + state, h_prev, mask=mask & (L == 0)[:, None])
+
+
+@triton.jit(do_not_specialize=["t"])
+def gru_bwd_step_kernel(
+        dhh_next_ptr, KA,  # d_hh of step t+1 [B, 3H]; KA = 3H, or 0 at the last step
+        w_ptr,        # W_hh [3H, H]
+        gy_ptr,       # grad of the output at step t [B, H]
+        hprev_ptr,    # [B, H]: h0 at t = 0, else output of step t-1
+        ws_ptr,       # [B, 4H]
+        gws_ptr,      # [B, 4H] (if HAS_GWS)
+        carry_ptr,    # [B, H] (accumulation type): gradient reaching h_t directly
+                      # (dh_{t+1} * z_{t+1}, or grad_h_n before a row's last step)
+        dg_ptr,       # out: gradient of the input gates [B, 3H]
+        dhh_ptr,      # out: gradient of h W_hh^T + b_hh [B, 3H]
+        len_ptr, t, T, B, H,
+        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = dg_ptr.dtype.element_ty
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+    active = (t < L)[:, None]
+    state = offs_b[:, None] * H + offs_n[None, :]
+    dh = tl.load(carry_ptr + state, mask=mask, other=0.0)
+    dh = _rows_times(dh, dhh_next_ptr, 3 * H, w_ptr, H, 1, offs_b, offs_n, B, H, KA, PRECISION, BLOCK_K)
+    dh += tl.load(gy_ptr + state, mask=mask, other=0.0).to(ACC)
+
+    ws = ws_ptr + offs_b[:, None] * (4 * H) + offs_n[None, :]
+    r = tl.load(ws, mask=mask, other=0.0)
+    z = tl.load(ws + H, mask=mask, other=0.0)
+    n = tl.load(ws + 2 * H, mask=mask, other=0.0)
+    hn = tl.load(ws + 3 * H, mask=mask, other=0.0)
+    h_prev = tl.load(hprev_ptr + state, mask=mask, other=0.0).to(ACC)
+    dn = dh * (1.0 - z)
+    dz = dh * (h_prev - n)
+    if HAS_GWS:
+        gw = gws_ptr + offs_b[:, None] * (4 * H) + offs_n[None, :]
+        dn += tl.load(gw + 2 * H, mask=mask, other=0.0)
+        dz += tl.load(gw + H, mask=mask, other=0.0)
+    d_xn = dn * (1.0 - n * n)
+    dr = d_xn * hn
+    d_hn = d_xn * r
+    if HAS_GWS:
+        dr += tl.load(gw, mask=mask, other=0.0)
+        d_hn += tl.load(gw + 3 * H, mask=mask, other=0.0)
+    d_r = tl.where(active, dr * r * (1.0 - r), 0.0).to(DT)
+    d_z = tl.where(active, dz * z * (1.0 - z), 0.0).to(DT)
+    dg = dg_ptr + offs_b[:, None] * (3 * H) + offs_n[None, :]
+    tl.store(dg, d_r, mask=mask)
+    tl.store(dg + H, d_z, mask=mask)
+    tl.store(dg + 2 * H, tl.where(active, d_xn, 0.0).to(DT), mask=mask)
+    dhh = dhh_ptr + offs_b[:, None] * (3 * H) + offs_n[None, :]
+    tl.store(dhh, d_r, mask=mask)
+    tl.store(dhh + H, d_z, mask=mask)
+    tl.store(dhh + 2 * H, tl.where(active, d_hn, 0.0).to(DT), mask=mask)
+    tl.store(carry_ptr + state, dh * z, mask=mask & active)
+
+
+# ------------------------------------------- persistent strategy: LSTM ----
+@triton.jit
+def lstm_fwd_persistent_kernel(
+        gx_ptr,   # [T, B, 4H]
+        w_ptr,    # W_hh [4H, K]
+        b_ptr,    # [4H] (if HAS_BIAS)
+        wr_ptr,   # W_hr [K, H] (if PROJ; then K = P)
+        h0_ptr, c0_ptr, len_ptr,
+        ws_ptr,   # [T, B, 5H]
+        y_ptr,    # [T, B, K]
+        pin_ptr,  # [T, B, H] projection input (if PROJ)
+        hn_ptr, cn_ptr,
+        T, B, H, K,
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, PROJ: tl.constexpr,
+        PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = y_ptr.dtype.element_ty
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_k = tl.arange(0, BLOCK_K)
+    rows = offs_b[:, None] < B
+    mask_h = rows & (offs_h[None, :] < H)
+    mask_k = rows & (offs_k[None, :] < K)
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+
+    # W_g^T tiles [BLOCK_K, BLOCK_H], loaded once: (k, j) = W_hh[g*H + j, k].
+    wmask = (offs_k[:, None] < K) & (offs_h[None, :] < H)
+    wt = w_ptr + offs_h[None, :] * K + offs_k[:, None]
+    w_i = tl.load(wt, mask=wmask, other=0.0)
+    w_f = tl.load(wt + H * K, mask=wmask, other=0.0)
+    w_g = tl.load(wt + 2 * H * K, mask=wmask, other=0.0)
+    w_o = tl.load(wt + 3 * H * K, mask=wmask, other=0.0)
+    if HAS_BIAS:
+        hm = offs_h < H
+        b_i = tl.load(b_ptr + offs_h, mask=hm, other=0.0).to(ACC)[None, :]
+        b_f = tl.load(b_ptr + H + offs_h, mask=hm, other=0.0).to(ACC)[None, :]
+        b_g = tl.load(b_ptr + 2 * H + offs_h, mask=hm, other=0.0).to(ACC)[None, :]
+        b_o = tl.load(b_ptr + 3 * H + offs_h, mask=hm, other=0.0).to(ACC)[None, :]
+    if PROJ:
+        # W_hr^T [BLOCK_H, BLOCK_K]: (j, p) = W_hr[p, j].
+        wr = tl.load(wr_ptr + offs_k[None, :] * H + offs_h[:, None],
+                     mask=(offs_h[:, None] < H) & (offs_k[None, :] < K), other=0.0)
+
+    idx_h = offs_b[:, None] * H + offs_h[None, :]
+    idx_k = offs_b[:, None] * K + offs_k[None, :]
+    h = tl.load(h0_ptr + idx_k, mask=mask_k, other=0.0)
+    c = tl.load(c0_ptr + idx_h, mask=mask_h, other=0.0).to(ACC)
+    zero_h = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+    for t in range(0, T):
+        active = (t < L)[:, None]
+        step = tl.cast(t, tl.int64) * B
+        gx = gx_ptr + step * (4 * H) + offs_b[:, None] * (4 * H) + offs_h[None, :]
+        pre_i = tl.dot(h, w_i, zero_h, input_precision=PRECISION, out_dtype=ACC) + tl.load(gx, mask=mask_h, other=0.0).to(ACC)
+        pre_f = tl.dot(h, w_f, zero_h, input_precision=PRECISION, out_dtype=ACC) + tl.load(gx + H, mask=mask_h, other=0.0).to(ACC)
+        pre_g = tl.dot(h, w_g, zero_h, input_precision=PRECISION, out_dtype=ACC) + tl.load(gx + 2 * H, mask=mask_h, other=0.0).to(ACC)
+        pre_o = tl.dot(h, w_o, zero_h, input_precision=PRECISION, out_dtype=ACC) + tl.load(gx + 3 * H, mask=mask_h, other=0.0).to(ACC)
+        if HAS_BIAS:
+            pre_i += b_i
+            pre_f += b_f
+            pre_g += b_g
+            pre_o += b_o
+        i = _sigmoid(pre_i)
+        f = _sigmoid(pre_f)
+        g = _tanh(pre_g)
+        o = _sigmoid(pre_o)
+        c_new = f * c + i * g
+        h_raw = (o * _tanh(c_new)).to(DT)
+        ws = ws_ptr + step * (5 * H) + offs_b[:, None] * (5 * H) + offs_h[None, :]
+        tl.store(ws, tl.where(active, i, 0.0), mask=mask_h)
+        tl.store(ws + H, tl.where(active, f, 0.0), mask=mask_h)
+        tl.store(ws + 2 * H, tl.where(active, g, 0.0), mask=mask_h)
+        tl.store(ws + 3 * H, tl.where(active, o, 0.0), mask=mask_h)
+        tl.store(ws + 4 * H, tl.where(active, c_new, 0.0), mask=mask_h)
+        if PROJ:
+            tl.store(pin_ptr + step * H + idx_h, tl.where(active, h_raw, 0.0).to(DT), mask=mask_h)
+            h_new = tl.dot(h_raw, wr, tl.zeros([BLOCK_B, BLOCK_K], dtype=ACC),
+                           input_precision=PRECISION, out_dtype=ACC).to(DT)
+        else:
+            h_new = h_raw
+        tl.store(y_ptr + step * K + idx_k, tl.where(active, h_new, 0.0).to(DT), mask=mask_k)
+        h = tl.where(active, h_new, h)
+        c = tl.where(active, c_new, c)
+    tl.store(hn_ptr + idx_k, h, mask=mask_k)
+    tl.store(cn_ptr + idx_h, c.to(DT), mask=mask_h)
+
+
+@triton.jit
+def lstm_bwd_persistent_kernel(
+        gy_ptr,    # [T, B, K]
+        ghn_ptr,   # [B, K]
+        gcn_ptr,   # [B, H]
+        w_ptr,     # W_hh [4H, K]
+        wr_ptr,    # W_hr [K, H] (if PROJ)
+        c0_ptr,    # [B, H]
+        ws_ptr,    # [T, B, 5H]
+        gws_ptr,   # [T, B, 5H] (if HAS_GWS)
+        len_ptr,
+        dg_ptr,    # out [T, B, 4H]
+        dproj_ptr,  # out [T, B, K] (if PROJ)
+        dh0_ptr,   # out [B, K]
+        dc0_ptr,   # out [B, H]
+        T, B, H, K,
+        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, PROJ: tl.constexpr,
+        PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = dg_ptr.dtype.element_ty
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_k = tl.arange(0, BLOCK_K)
+    rows = offs_b[:, None] < B
+    mask_h = rows & (offs_h[None, :] < H)
+    mask_k = rows & (offs_k[None, :] < K)
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+
+    # W_g tiles [BLOCK_H, BLOCK_K]: (j, k) = W_hh[g*H + j, k].
+    wmask = (offs_h[:, None] < H) & (offs_k[None, :] < K)
+    wp = w_ptr + offs_h[:, None] * K + offs_k[None, :]
+    w_i = tl.load(wp, mask=wmask, other=0.0)
+    w_f = tl.load(wp + H * K, mask=wmask, other=0.0)
+    w_g = tl.load(wp + 2 * H * K, mask=wmask, other=0.0)
+    w_o = tl.load(wp + 3 * H * K, mask=wmask, other=0.0)
+    if PROJ:
+        # W_hr [BLOCK_K, BLOCK_H]: (p, j) = W_hr[p, j].
+        wr = tl.load(wr_ptr + offs_k[:, None] * H + offs_h[None, :],
+                     mask=(offs_k[:, None] < K) & (offs_h[None, :] < H), other=0.0)
+
+    idx_h = offs_b[:, None] * H + offs_h[None, :]
+    idx_k = offs_b[:, None] * K + offs_k[None, :]
+    ghn = tl.load(ghn_ptr + idx_k, mask=mask_k, other=0.0).to(ACC)
+    dc = tl.load(gcn_ptr + idx_h, mask=mask_h, other=0.0).to(ACC)
+    zero_k = tl.zeros([BLOCK_B, BLOCK_K], dtype=ACC)
+    # Gradients of the gate pre-activations of step t+1, in the storage type
+    # (as the step strategy reads them back from memory).
+    dg_i = tl.zeros([BLOCK_B, BLOCK_H], dtype=DT)
+    dg_f = tl.zeros([BLOCK_B, BLOCK_H], dtype=DT)
+    dg_g = tl.zeros([BLOCK_B, BLOCK_H], dtype=DT)
+    dg_o = tl.zeros([BLOCK_B, BLOCK_H], dtype=DT)
+    for s in range(0, T):
+        t = T - 1 - s
+        active = (t < L)[:, None]
+        last = (t == L - 1)[:, None]
+        step = tl.cast(t, tl.int64) * B
+        dy = tl.dot(dg_i, w_i, zero_k, input_precision=PRECISION, out_dtype=ACC)
+        dy = tl.dot(dg_f, w_f, dy, input_precision=PRECISION, out_dtype=ACC)
+        dy = tl.dot(dg_g, w_g, dy, input_precision=PRECISION, out_dtype=ACC)
+        dy = tl.dot(dg_o, w_o, dy, input_precision=PRECISION, out_dtype=ACC)
+        dy += tl.load(gy_ptr + step * K + idx_k, mask=mask_k, other=0.0).to(ACC)
+        dy += tl.where(last, ghn, 0.0)
+        if PROJ:
+            dp = tl.where(active, dy, 0.0).to(DT)
+            tl.store(dproj_ptr + step * K + idx_k, dp, mask=mask_k)
+            dh = tl.dot(dp, wr, tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC), input_precision=PRECISION, out_dtype=ACC)
+        else:
+            dh = dy
+        ws = ws_ptr + step * (5 * H) + offs_b[:, None] * (5 * H) + offs_h[None, :]
+        i = tl.load(ws, mask=mask_h, other=0.0)
+        f = tl.load(ws + H, mask=mask_h, other=0.0)
+        g = tl.load(ws + 2 * H, mask=mask_h, other=0.0)
+        o = tl.load(ws + 3 * H, mask=mask_h, other=0.0)
+        c = tl.load(ws + 4 * H, mask=mask_h, other=0.0)
+        # c_{t-1}: the previous step's workspace, or c0 at t = 0 (the address
+        # of "step -1" is clamped to stay inside the buffer).
+        prev = tl.cast(tl.maximum(t - 1, 0), tl.int64) * B
+        c_ws = tl.load(ws_ptr + prev * (5 * H) + offs_b[:, None] * (5 * H) + 4 * H + offs_h[None, :],
+                       mask=mask_h & (t > 0), other=0.0)
+        c_init = tl.load(c0_ptr + idx_h, mask=mask_h & (t == 0), other=0.0).to(ACC)
+        c_prev = tl.where(t > 0, c_ws, c_init)
+        tc = _tanh(c)
+        dcs = dc + dh * o * (1.0 - tc * tc)
+        d_o = dh * tc
+        if HAS_GWS:
+            gw = gws_ptr + step * (5 * H) + offs_b[:, None] * (5 * H) + offs_h[None, :]
+            dcs += tl.load(gw + 4 * H, mask=mask_h, other=0.0)
+            di = dcs * g + tl.load(gw, mask=mask_h, other=0.0)
+            df = dcs * c_prev + tl.load(gw + H, mask=mask_h, other=0.0)
+            dgg = dcs * i + tl.load(gw + 2 * H, mask=mask_h, other=0.0)
+            d_o += tl.load(gw + 3 * H, mask=mask_h, other=0.0)
+        else:
+            di = dcs * g
+            df = dcs * c_prev
+            dgg = dcs * i
+        dg_i = tl.where(active, di * i * (1.0 - i), 0.0).to(DT)
+        dg_f = tl.where(active, df * f * (1.0 - f), 0.0).to(DT)
+        dg_g = tl.where(active, dgg * (1.0 - g * g), 0.0).to(DT)
+        dg_o = tl.where(active, d_o * o * (1.0 - o), 0.0).to(DT)
+        dg = dg_ptr + step * (4 * H) + offs_b[:, None] * (4 * H) + offs_h[None, :]
+        tl.store(dg, dg_i, mask=mask_h)
+        tl.store(dg + H, dg_f, mask=mask_h)
+        tl.store(dg + 2 * H, dg_g, mask=mask_h)
+        tl.store(dg + 3 * H, dg_o, mask=mask_h)
+        dc = tl.where(active, dcs * f, dc)
+    dh0 = tl.dot(dg_i, w_i, zero_k, input_precision=PRECISION, out_dtype=ACC)
+    dh0 = tl.dot(dg_f, w_f, dh0, input_precision=PRECISION, out_dtype=ACC)
+    dh0 = tl.dot(dg_g, w_g, dh0, input_precision=PRECISION, out_dtype=ACC)
+    dh0 = tl.dot(dg_o, w_o, dh0, input_precision=PRECISION, out_dtype=ACC)
+    dh0 += tl.where((L == 0)[:, None], ghn, 0.0)
+    tl.store(dh0_ptr + idx_k, dh0.to(DT), mask=mask_k)
+    tl.store(dc0_ptr + idx_h, dc.to(DT), mask=mask_h)
+
+
+# -------------------------------------------- persistent strategy: GRU ----
+@triton.jit
+def gru_fwd_persistent_kernel(
+        gx_ptr,  # [T, B, 3H]
+        w_ptr,   # W_hh [3H, H]
+        b_ptr,   # [3H] (if HAS_BIAS)
+        h0_ptr, len_ptr,
+        ws_ptr,  # [T, B, 4H]
+        y_ptr,   # [T, B, H]
+        hn_ptr,
+        T, B, H,
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = y_ptr.dtype.element_ty
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.arange(0, BLOCK_H)
+    mask = (offs_b[:, None] < B) & (offs_h[None, :] < H)
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+    # W_g^T tiles [BLOCK_H (k), BLOCK_H (j)]: (k, j) = W_hh[g*H + j, k].
+    wmask = (offs_h[:, None] < H) & (offs_h[None, :] < H)
+    wt = w_ptr + offs_h[None, :] * H + offs_h[:, None]
+    w_r = tl.load(wt, mask=wmask, other=0.0)
+    w_z = tl.load(wt + H * H, mask=wmask, other=0.0)
+    w_n = tl.load(wt + 2 * H * H, mask=wmask, other=0.0)
+    zero = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+    b_r = zero
+    b_z = zero
+    b_n = zero
+    if HAS_BIAS:
+        hm = offs_h < H
+        b_r += tl.load(b_ptr + offs_h, mask=hm, other=0.0).to(ACC)[None, :]
+        b_z += tl.load(b_ptr + H + offs_h, mask=hm, other=0.0).to(ACC)[None, :]
+        b_n += tl.load(b_ptr + 2 * H + offs_h, mask=hm, other=0.0).to(ACC)[None, :]
+    idx = offs_b[:, None] * H + offs_h[None, :]
+    h = tl.load(h0_ptr + idx, mask=mask, other=0.0)
+    for t in range(0, T):
+        active = (t < L)[:, None]
+        step = tl.cast(t, tl.int64) * B
+        hh_r = tl.dot(h, w_r, b_r, input_precision=PRECISION, out_dtype=ACC)
+        hh_z = tl.dot(h, w_z, b_z, input_precision=PRECISION, out_dtype=ACC)
+        hh_n = tl.dot(h, w_n, b_n, input_precision=PRECISION, out_dtype=ACC)
+        gx = gx_ptr + step * (3 * H) + offs_b[:, None] * (3 * H) + offs_h[None, :]
+        r = _sigmoid(tl.load(gx, mask=mask, other=0.0).to(ACC) + hh_r)
+        z = _sigmoid(tl.load(gx + H, mask=mask, other=0.0).to(ACC) + hh_z)
+        n = _tanh(tl.load(gx + 2 * H, mask=mask, other=0.0).to(ACC) + r * hh_n)
+        h_new = ((1.0 - z) * n + z * h.to(ACC)).to(DT)
+        ws = ws_ptr + step * (4 * H) + offs_b[:, None] * (4 * H) + offs_h[None, :]
+        tl.store(ws, tl.where(active, r, 0.0), mask=mask)
+        tl.store(ws + H, tl.where(active, z, 0.0), mask=mask)
+        tl.store(ws + 2 * H, tl.where(active, n, 0.0), mask=mask)
+        tl.store(ws + 3 * H, tl.where(active, hh_n, 0.0), mask=mask)
+        tl.store(y_ptr + step * H + idx, tl.where(active, h_new, 0.0).to(DT), mask=mask)
+        h = tl.where(active, h_new, h)
+    tl.store(hn_ptr + idx, h, mask=mask)
+
+
+@triton.jit
+def gru_bwd_persistent_kernel(
+        gy_ptr,   # [T, B, H]
+        ghn_ptr,  # [B, H]
+        w_ptr,    # W_hh [3H, H]
+        h0_ptr,   # [B, H]
+        y_ptr,    # [T, B, H] forward output
+        ws_ptr,   # [T, B, 4H]
+        gws_ptr,  # [T, B, 4H] (if HAS_GWS)
+        len_ptr,
+        dg_ptr,   # out [T, B, 3H]
+        dhh_ptr,  # out [T, B, 3H]
+        dh0_ptr,  # out [B, H]
+        T, B, H,
+        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = dg_ptr.dtype.element_ty
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.arange(0, BLOCK_H)
+    mask = (offs_b[:, None] < B) & (offs_h[None, :] < H)
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+    # W_g tiles [BLOCK_H (j), BLOCK_H (k)]: (j, k) = W_hh[g*H + j, k].
+    wmask = (offs_h[:, None] < H) & (offs_h[None, :] < H)
+    wp = w_ptr + offs_h[:, None] * H + offs_h[None, :]
+    w_r = tl.load(wp, mask=wmask, other=0.0)
+    w_z = tl.load(wp + H * H, mask=wmask, other=0.0)
+    w_n = tl.load(wp + 2 * H * H, mask=wmask, other=0.0)
+    idx = offs_b[:, None] * H + offs_h[None, :]
+    carry = tl.load(ghn_ptr + idx, mask=mask, other=0.0).to(ACC)
+    d_r = tl.zeros([BLOCK_B, BLOCK_H], dtype=DT)
+    d_z = tl.zeros([BLOCK_B, BLOCK_H], dtype=DT)
+    d_hn = tl.zeros([BLOCK_B, BLOCK_H], dtype=DT)
+    for s in range(0, T):
+        t = T - 1 - s
+        active = (t < L)[:, None]
+        step = tl.cast(t, tl.int64) * B
+        dh = tl.dot(d_r, w_r, carry, input_precision=PRECISION, out_dtype=ACC)
+        dh = tl.dot(d_z, w_z, dh, input_precision=PRECISION, out_dtype=ACC)
+        dh = tl.dot(d_hn, w_n, dh, input_precision=PRECISION, out_dtype=ACC)
+        dh += tl.load(gy_ptr + step * H + idx, mask=mask, other=0.0).to(ACC)
+        ws = ws_ptr + step * (4 * H) + offs_b[:, None] * (4 * H) + offs_h[None, :]
+        r = tl.load(ws, mask=mask, other=0.0)
+        z = tl.load(ws + H, mask=mask, other=0.0)
+        n = tl.load(ws + 2 * H, mask=mask, other=0.0)
+        hn = tl.load(ws + 3 * H, mask=mask, other=0.0)
+        prev = tl.cast(tl.maximum(t - 1, 0), tl.int64) * B
+        h_y = tl.load(y_ptr + prev * H + idx, mask=mask & (t > 0), other=0.0)
+        h_init = tl.load(h0_ptr + idx, mask=mask & (t == 0), other=0.0)
+        h_prev = tl.where(t > 0, h_y, h_init).to(ACC)
+        dn = dh * (1.0 - z)
+        dz = dh * (h_prev - n)
+        if HAS_GWS:
+            gw = gws_ptr + step * (4 * H) + offs_b[:, None] * (4 * H) + offs_h[None, :]
+            dn += tl.load(gw + 2 * H, mask=mask, other=0.0)
+            dz += tl.load(gw + H, mask=mask, other=0.0)
+        d_xn = dn * (1.0 - n * n)
+        dr = d_xn * hn
+        dhn = d_xn * r
+        if HAS_GWS:
+            dr += tl.load(gw, mask=mask, other=0.0)
+            dhn += tl.load(gw + 3 * H, mask=mask, other=0.0)
+        d_r = tl.where(active, dr * r * (1.0 - r), 0.0).to(DT)
+        d_z = tl.where(active, dz * z * (1.0 - z), 0.0).to(DT)
+        d_hn = tl.where(active, dhn, 0.0).to(DT)
+        dg = dg_ptr + step * (3 * H) + offs_b[:, None] * (3 * H) + offs_h[None, :]
+        tl.store(dg, d_r, mask=mask)
+        tl.store(dg + H, d_z, mask=mask)
+        tl.store(dg + 2 * H, tl.where(active, d_xn, 0.0).to(DT), mask=mask)
+        dhh = dhh_ptr + step * (3 * H) + offs_b[:, None] * (3 * H) + offs_h[None, :]
+        tl.store(dhh, d_r, mask=mask)
+        tl.store(dhh + H, d_z, mask=mask)
+        tl.store(dhh + 2 * H, d_hn, mask=mask)
+        carry = tl.where(active, dh * z, carry)
+    dh0 = tl.dot(d_r, w_r, carry, input_precision=PRECISION, out_dtype=ACC)
+    dh0 = tl.dot(d_z, w_z, dh0, input_precision=PRECISION, out_dtype=ACC)
+    dh0 = tl.dot(d_hn, w_n, dh0, input_precision=PRECISION, out_dtype=ACC)
+    tl.store(dh0_ptr + idx, dh0.to(DT), mask=mask)
+
+
+def _is_interpreted(fn):
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(fn, InterpretedFunction)
+
+
+# Whether these kernels were built for the interpreter (TRITON_INTERPRET=1
+# when this module was imported) rather than compiled for the GPU.
+INTERPRETED = _is_interpreted(lstm_fwd_step_kernel)

@@ -1,0 +1,319 @@
+"""Host side of the Triton sequence ops: buffers, the choice of strategy, the
+launches, and the weight gradients (one large product each, after the loop).
+
+Nothing here checks its inputs: _ops.py does, before calling in.
+"""
+import contextlib
+import os
+
+import torch
+import triton
+
+from . import _kernels as K
+from ._compat import patch_interpreter
+
+patch_interpreter()
+
+STRATEGIES = ("auto", "persistent", "step")
+STRATEGY_ENV = "RNN_EXT_TRITON_STRATEGY"
+
+# ------------------------------------------------------------ crossover ----
+# strategy="auto" picks "persistent" when the weights a persistent program
+# keeps on chip for the whole sequence -- W_hh as n_gates tiles of
+# [pad(H), pad(K)] plus W_hr as [pad(H), pad(P)], padded to powers of two of
+# at least 16 -- take at most PERSISTENT_MAX_WEIGHT_BYTES, else "step".
+#
+# Why 32 KiB: the persistent kernels hold those tiles in registers (8 warps,
+# BLOCK_B = 16 rows) next to the state and the gate epilogue.  Compiled for
+# sm_90 with the ptxas of the Triton wheel (tests/_triton_sm90.py), the
+# largest persistent cases under this limit (LSTM and GRU with H up to 32
+# in fp32/fp64, up to 64 in fp16/bf16) fit in 255 registers per thread with
+# at most ~120 bytes of spill (fp64 forward with a projection: ~1 KiB; fp64
+# is for accuracy here, not speed), while the next size up, 64 KiB (fp32
+# H = 64), spills 0.2-1.9 KiB per thread in the backward kernels.  Below
+# the limit one launch for all T steps, with W_hh read once, beats T
+# launches that each re-read W_hh; above it the step kernel spreads W_hh
+# over many programs and SMs.  (Not yet timed on a GPU: tune this constant
+# with a benchmark there.)
+PERSISTENT_MAX_WEIGHT_BYTES = 32 * 1024
+PERSISTENT_NUM_WARPS = 8
+
+
+def _pad(n):
+    """Tile extent covering n: a power of two, at least 16 (tl.dot minimum)."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def persistent_weight_bytes(n_gates, H, K, P, dtype):
+    """Bytes of the padded weight tiles a persistent program keeps on chip."""
+    elems = n_gates * _pad(H) * _pad(K) + (_pad(H) * _pad(P) if P else 0)
+    return elems * torch.empty((), dtype=dtype).element_size()
+
+
+def use_persistent(n_gates, H, K, P, dtype):
+    """The crossover rule of strategy="auto"."""
+    return persistent_weight_bytes(n_gates, H, K, P, dtype) <= PERSISTENT_MAX_WEIGHT_BYTES
+
+
+def resolve_strategy(strategy, n_gates, H, K, P, dtype):
+    if strategy == "auto":
+        return "persistent" if use_persistent(n_gates, H, K, P, dtype) else "step"
+    return strategy
+
+
+def default_strategy():
+    """strategy=None means the environment's RNN_EXT_TRITON_STRATEGY, else auto."""
+    return os.environ.get(STRATEGY_ENV, "auto") or "auto"
+
+
+# ------------------------------------------------------------- buffers ----
+# Test hook: when True, every buffer a kernel is expected to fill completely
+# starts out as NaN instead of uninitialised memory, so an element a kernel
+# forgot to write shows up in the results.
+POISON_BUFFERS = False
+
+
+def _buffer(shape, like, dtype=None):
+    dtype = dtype or like.dtype
+    if POISON_BUFFERS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
+    return torch.empty(shape, dtype=dtype, device=like.device)
+
+
+def acc_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _tl_acc(dtype):
+    return K.tl.float64 if dtype == torch.float64 else K.tl.float32
+
+
+def _precision(dtype):
+    """fp32 products follow PyTorch's TF32 switch for matmuls, as cuBLAS does."""
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _device_guard(t):
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _lengths_on(lengths, like):
+    return None if lengths is None else lengths.to(like.device)
+
+
+# Tiles of the step kernels: BLOCK_B rows x BLOCK_N hidden units per
+# program, times 4 (LSTM) or 3 (GRU) gate accumulators; K is walked in
+# BLOCK_K chunks.  These sizes compile for sm_90 without register spills.
+def _step_tiles(B, dtype):
+    """(BLOCK_B, BLOCK_N, BLOCK_K, num_warps)"""
+    rows = max(16, triton.next_power_of_2(B))
+    if dtype in (torch.float16, torch.bfloat16):
+        block_b = min(64, rows)
+        return block_b, 32, 64, 8 if block_b == 64 else 4
+    if dtype == torch.float64:
+        return min(32, rows), 16, 16, 4
+    return min(32, rows), 32, 32, 4
+
+
+# Rows per persistent program: the dot minimum.  More programs over the
+# batch, and the least state next to the weights.
+PERSISTENT_BLOCK_B = 16
+
+
+# ---------------------------------------------------------------- LSTM ----
+def lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths, strategy):
+    T, B, G = gx.shape
+    H = G // 4
+    P = w_hr.shape[0] if w_hr is not None else 0
+    Kd = P or H
+    dt = gx.dtype
+    y = _buffer((T, B, Kd), gx)
+    ws = _buffer((T, B, 5 * H), gx, acc_dtype(dt))
+    proj_in = _buffer((T if P else 0, B, H), gx)
+    h_n = _buffer((B, Kd), gx)
+    c_n = _buffer((B, H), gx)
+    L = _lengths_on(lengths, gx)
+    has_len = L is not None
+    dummy = gx
+    prec = _precision(dt)
+    strategy = resolve_strategy(strategy, 4, H, Kd, P, dt)
+    with _device_guard(gx):
+        if strategy == "persistent":
+            grid = (triton.cdiv(B, PERSISTENT_BLOCK_B),)
+            K.lstm_fwd_persistent_kernel[grid](
+                gx, w_hh, b_hh if b_hh is not None else dummy, w_hr if P else dummy,
+                h0, c0, L if has_len else dummy, ws, y, proj_in if P else dummy, h_n, c_n,
+                T, B, H, Kd,
+                HAS_BIAS=b_hh is not None, HAS_LEN=has_len, PROJ=bool(P), PRECISION=prec,
+                BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H), BLOCK_K=_pad(Kd),
+                num_warps=PERSISTENT_NUM_WARPS)
+            return y, h_n, c_n, ws, proj_in
+        bb, bn, bk, warps = _step_tiles(B, dt)
+        grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
+        grid_p = (triton.cdiv(B, bb), triton.cdiv(P, bn)) if P else None
+        for t in range(T):
+            hprev = h0 if t == 0 else y[t - 1]
+            hout = proj_in[t] if P else y[t]
+            K.lstm_fwd_step_kernel[grid](
+                gx[t], hprev, w_hh, b_hh if b_hh is not None else dummy, c0, h0,
+                ws[t - 1] if t > 0 else ws[t], ws[t], hout, h_n, c_n,
+                L if has_len else dummy, t, T, B, H, Kd,
+                HAS_BIAS=b_hh is not None, HAS_LEN=has_len, FIRST=t == 0, WRITE_HN=not P,
+                PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+            if P:
+                # y_t = proj_in_t @ W_hr^T; M(k, n) = W_hr[n, k].
+                K.row_product_kernel[grid_p](
+                    proj_in[t], H, w_hr, 1, H, H,
+                    dummy, dummy, h0, y[t], h_n, L if has_len else dummy, t, T, B, P,
+                    ADD_GRAD=False, WRITE_FINAL=True, FIRST=t == 0, HAS_LEN=has_len,
+                    ACC=_tl_acc(dt), PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+    return y, h_n, c_n, ws, proj_in
+
+
+def lstm_backward(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, proj_in,
+                  lengths, grad_ws, strategy):
+    T, B, Kd = y.shape
+    H = ws.shape[2] // 5
+    P = w_hr.shape[0] if w_hr is not None else 0
+    dt = y.dtype
+    d_gates = _buffer((T, B, 4 * H), y)
+    d_proj = _buffer((T if P else 0, B, Kd), y)
+    L = _lengths_on(lengths, y)
+    has_len = L is not None
+    has_gws = grad_ws is not None
+    dummy = y
+    prec = _precision(dt)
+    strategy = resolve_strategy(strategy, 4, H, Kd, P, dt)
+    with _device_guard(y):
+        if strategy == "persistent":
+            d_h0 = _buffer((B, Kd), y)
+            d_c0 = _buffer((B, H), y)
+            grid = (triton.cdiv(B, PERSISTENT_BLOCK_B),)
+            K.lstm_bwd_persistent_kernel[grid](
+                grad_y, grad_h_n, grad_c_n, w_hh, w_hr if P else dummy, c0, ws,
+                grad_ws if has_gws else dummy, L if has_len else dummy,
+                d_gates, d_proj if P else dummy, d_h0, d_c0, T, B, H, Kd,
+                HAS_LEN=has_len, HAS_GWS=has_gws, PROJ=bool(P), PRECISION=prec,
+                BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H), BLOCK_K=_pad(Kd),
+                num_warps=PERSISTENT_NUM_WARPS)
+        else:
+            dc = grad_c_n.to(acc_dtype(dt), copy=True).contiguous()
+            bb, bn, bk, warps = _step_tiles(B, dt)
+            grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
+            grid_p = (triton.cdiv(B, bb), triton.cdiv(P, bn)) if P else None
+            for t in reversed(range(T)):
+                # d_gates of step t+1 times W_hh; nothing after the last step.
+                nxt, k_next = (d_gates[t + 1], 4 * H) if t + 1 < T else (d_gates[t], 0)
+                if P:
+                    K.row_product_kernel[grid_p](
+                        nxt, 4 * H, w_hh, P, 1, k_next,
+                        grad_y[t], grad_h_n, dummy, d_proj[t], dummy,
+                        L if has_len else dummy, t, T, B, P,
+                        ADD_GRAD=True, WRITE_FINAL=False, FIRST=False, HAS_LEN=has_len,
+                        ACC=_tl_acc(dt), PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+                    a, a_stride, m, m_k, k_a = d_proj[t], P, w_hr, H, P
+                else:
+                    a, a_stride, m, m_k, k_a = nxt, 4 * H, w_hh, H, k_next
+                K.lstm_bwd_step_kernel[grid](
+                    a, a_stride, m, m_k, 1, k_a, grad_y[t], grad_h_n,
+                    ws[t], ws[t - 1] if t > 0 else ws[t], c0,
+                    grad_ws[t] if has_gws else dummy, dc, d_gates[t],
+                    L if has_len else dummy, t, T, B, H,
+                    ADD_GRAD=not P, HAS_LEN=has_len, HAS_GWS=has_gws, FIRST=t == 0,
+                    PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+            # The gradient reaching h0: through step 0's product, or grad_h_n
+            # itself for rows of length 0 (whose d_gates are all zero).
+            d_h0 = torch.mm(d_gates[0], w_hh)
+            if has_len:
+                d_h0 = torch.where((L == 0).view(B, 1), grad_h_n, d_h0)
+            d_c0 = dc.to(dt)
+    # Weight gradients: one large product over all steps.  The recurrent
+    # input of step t is h0 (t = 0) or y[t-1]; inactive rows have zero
+    # gate gradients.
+    d_w_hh = torch.mm(d_gates[0].t(), h0)
+    if T > 1:
+        d_w_hh.addmm_(d_gates[1:].reshape((T - 1) * B, 4 * H).t(), y[:-1].reshape((T - 1) * B, Kd))
+    d_b_hh = d_gates.sum((0, 1))
+    if P:
+        d_w_hr = torch.mm(d_proj.reshape(T * B, P).t(), proj_in.reshape(T * B, H))
+    else:
+        d_w_hr = y.new_empty((0,))
+    return d_gates, d_w_hh, d_b_hh, d_w_hr, d_h0, d_c0
+
+
+# ----------------------------------------------------------------- GRU ----
+def gru_forward(gx, w_hh, b_hh, h0, lengths, strategy):
+    T, B, G = gx.shape
+    H = G // 3
+    dt = gx.dtype
+    y = _buffer((T, B, H), gx)
+    ws = _buffer((T, B, 4 * H), gx, acc_dtype(dt))
+    h_n = _buffer((B, H), gx)
+    L = _lengths_on(lengths, gx)
+    has_len = L is not None
+    dummy = gx
+    prec = _precision(dt)
+    strategy = resolve_strategy(strategy, 3, H, H, 0, dt)
+    with _device_guard(gx):
+        if strategy == "persistent":
+            grid = (triton.cdiv(B, PERSISTENT_BLOCK_B),)
+            K.gru_fwd_persistent_kernel[grid](
+                gx, w_hh, b_hh if b_hh is not None else dummy, h0, L if has_len else dummy,
+                ws, y, h_n, T, B, H,
+                HAS_BIAS=b_hh is not None, HAS_LEN=has_len, PRECISION=prec,
+                BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H),
+                num_warps=PERSISTENT_NUM_WARPS)
+            return y, h_n, ws
+        bb, bn, bk, warps = _step_tiles(B, dt)
+        grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
+        for t in range(T):
+            K.gru_fwd_step_kernel[grid](
+                gx[t], h0 if t == 0 else y[t - 1], w_hh, b_hh if b_hh is not None else dummy,
+                ws[t], y[t], h_n, L if has_len else dummy, t, T, B, H,
+                HAS_BIAS=b_hh is not None, HAS_LEN=has_len, FIRST=t == 0, PRECISION=prec,
+                BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+    return y, h_n, ws
+
+
+def gru_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, strategy):
+    T, B, H = y.shape
+    dt = y.dtype
+    d_gates = _buffer((T, B, 3 * H), y)
+    d_hh = _buffer((T, B, 3 * H), y)
+    L = _lengths_on(lengths, y)
+    has_len = L is not None
+    has_gws = grad_ws is not None
+    dummy = y
+    prec = _precision(dt)
+    strategy = resolve_strategy(strategy, 3, H, H, 0, dt)
+    with _device_guard(y):
+        if strategy == "persistent":
+            d_h0 = _buffer((B, H), y)
+            grid = (triton.cdiv(B, PERSISTENT_BLOCK_B),)
+            K.gru_bwd_persistent_kernel[grid](
+                grad_y, grad_h_n, w_hh, h0, y, ws, grad_ws if has_gws else dummy,
+                L if has_len else dummy, d_gates, d_hh, d_h0, T, B, H,
+                HAS_LEN=has_len, HAS_GWS=has_gws, PRECISION=prec,
+                BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H),
+                num_warps=PERSISTENT_NUM_WARPS)
+        else:
+            # Gradient reaching h_t other than through the product: grad_h_n
+            # until a row's last step, then dh_{t+1} * z_{t+1}.
+            carry = grad_h_n.to(acc_dtype(dt), copy=True).contiguous()
+            bb, bn, bk, warps = _step_tiles(B, dt)
+            grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
+            for t in reversed(range(T)):
+                nxt, k_next = (d_hh[t + 1], 3 * H) if t + 1 < T else (d_hh[t], 0)
+                K.gru_bwd_step_kernel[grid](
+                    nxt, k_next, w_hh, grad_y[t], h0 if t == 0 else y[t - 1], ws[t],
+                    grad_ws[t] if has_gws else dummy, carry, d_gates[t], d_hh[t],
+                    L if has_len else dummy, t, T, B, H,
+                    HAS_LEN=has_len, HAS_GWS=has_gws, PRECISION=prec,
+                    BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+            d_h0 = (carry + torch.mm(d_hh[0], w_hh).to(carry.dtype)).to(dt)
+    d_w_hh = torch.mm(d_hh[0].t(), h0)
+    if T > 1:
+        d_w_hh.addmm_(d_hh[1:].reshape((T - 1) * B, 3 * H).t(), y[:-1].reshape((T - 1) * B, H))
+    return d_gates, d_w_hh, d_hh.sum((0, 1)), d_h0

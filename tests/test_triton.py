@@ -1,0 +1,517 @@
+"""The Triton backend: both strategies (forced) on both sides of the
+crossover, against the reference and torch.nn (outputs, workspace, every
+gradient), opcheck of the custom ops, torch.compile, buffers poisoned with
+NaN, bad input, why_not, and a compile check of every kernel for sm_90.
+
+Without a GPU everything runs under the Triton interpreter on the CPU
+(conftest.py sets TRITON_INTERPRET=1), so the shapes are small.  Tests
+marked cuda repeat the parity checks on the GPU, with larger shapes and
+fp16/bf16 against cuDNN's own error.
+"""
+import contextlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import rnn_ext
+from _utils import (TOL, assert_all_close, make_inputs, make_module, outputs_and_grads,
+                    run_ops, run_torch)
+from rnn_ext import functional, reference
+from rnn_ext import triton as rnn_triton
+from test_ops_errors import GRU_BAD, LSTM_BAD, gru_args, lstm_args
+
+HAS_CUDA = torch.cuda.is_available()
+# The device the non-cuda tests run on: the interpreter on the CPU here, the
+# GPU where there is one (then TRITON_INTERPRET is not set).
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+TRITON_OK = rnn_ext.backends.why_not("triton", torch.device(DEVICE), torch.float32) is None
+pytestmark = pytest.mark.skipif(not TRITON_OK, reason="the Triton backend cannot run here")
+
+from rnn_ext.triton import _sequence as S  # noqa: E402  (after the interpreter switch)
+
+STRATEGIES = ["persistent", "step"]
+
+
+# --------------------------------------------------------------- helpers ----
+def _rand(*shape, dtype, device=DEVICE, scale=1.0):
+    return (torch.randn(*shape, dtype=torch.float64) * scale).to(device, dtype).requires_grad_()
+
+
+def make_args(kind, T, B, H, P=0, bias=True, dtype=torch.float64, device=DEVICE):
+    """Differentiable (input_gates, w_hh, b_hh, [w_hr,] h0, [c0]) for one layer."""
+    n = 4 if kind == "lstm" else 3
+    K = P or H
+    w_scale = 1.0 / K ** 0.5
+    args = dict(input_gates=_rand(T, B, n * H, dtype=dtype, device=device),
+                w_hh=_rand(n * H, K, dtype=dtype, device=device, scale=w_scale),
+                b_hh=_rand(n * H, dtype=dtype, device=device, scale=0.5) if bias else None,
+                h0=_rand(B, K, dtype=dtype, device=device, scale=0.5))
+    if kind == "lstm":
+        args["w_hr"] = _rand(P, H, dtype=dtype, device=device, scale=1.0 / H ** 0.5) if P else None
+        args["c0"] = _rand(B, H, dtype=dtype, device=device, scale=0.5)
+    return args
+
+
+def run(kind, args, lengths, strategy="reference"):
+    """(outputs incl. workspace) of the reference or of the Triton op."""
+    L = torch.tensor(lengths) if lengths is not None else None
+    if kind == "lstm":
+        a = (args["input_gates"], args["w_hh"], args["b_hh"], args["w_hr"], args["h0"], args["c0"])
+        if strategy == "reference":
+            return reference.lstm_reference(*a, L)
+        return rnn_triton.lstm(*a, lengths=L, strategy=strategy)
+    a = (args["input_gates"], args["w_hh"], args["b_hh"], args["h0"])
+    if strategy == "reference":
+        return reference.gru_reference(*a, L)
+    return rnn_triton.gru(*a, lengths=L, strategy=strategy)
+
+
+def grads(outputs, args, seed=3):
+    """Gradients of a random linear function of every output (workspace
+    included) with respect to every input."""
+    wrt = [v for v in args.values() if v is not None]
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)).sum()
+               for o in outputs)
+    return list(torch.autograd.grad(loss, wrt))
+
+
+def names(kind, args):
+    outs = ["output", "h_n", "c_n", "workspace"] if kind == "lstm" else ["output", "h_n", "workspace"]
+    return outs, ["grad " + k for k, v in args.items() if v is not None]
+
+
+def check_against_reference(kind, args, lengths, strategy, tol):
+    want = run(kind, args, lengths)
+    got = run(kind, args, lengths, strategy)
+    out_names, grad_names = names(kind, args)
+    for name, g, w in zip(out_names, got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape, name
+        torch.testing.assert_close(g, w, **tol, msg=lambda m: f"{name}: {m}")
+    for name, g, w in zip(grad_names, grads(got, args), grads(want, args)):
+        torch.testing.assert_close(g, w, **tol, msg=lambda m: f"{name}: {m}")
+
+
+@contextlib.contextmanager
+def allow_tf32(value):
+    """torch.backends.cuda.matmul.allow_tf32 is a property of a module-like
+    object (monkeypatch cannot restore it): set and restore it by hand."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = value
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+class LaunchCounter:
+    """Wraps a kernel to count its launches (kernel[grid](...))."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def counted(*args, **kwargs):
+            self.launches += 1
+            return launch(*args, **kwargs)
+        return counted
+
+
+# ------------------------------------------------------------- crossover ----
+def test_crossover_rule():
+    f32, f16, f64 = torch.float32, torch.float16, torch.float64
+    # LSTM: 4 gate tiles of [pad(H), pad(K)].
+    assert S.use_persistent(4, 32, 32, 0, f32) and not S.use_persistent(4, 33, 33, 0, f32)
+    assert S.use_persistent(4, 64, 64, 0, f16) and not S.use_persistent(4, 65, 65, 0, f16)
+    assert S.use_persistent(4, 32, 32, 0, f64) and not S.use_persistent(4, 33, 33, 0, f64)
+    # W_hr counts too: with H = 32, P = 32 fits (20 KiB), P = 64 does not (40 KiB).
+    assert S.persistent_weight_bytes(4, 32, 32, 32, f32) == (4 * 32 * 32 + 32 * 32) * 4
+    assert S.use_persistent(4, 32, 32, 32, f32) and not S.use_persistent(4, 32, 64, 64, f32)
+    # GRU: 3 gate tiles.
+    assert S.use_persistent(3, 32, 32, 0, f32) and not S.use_persistent(3, 64, 64, 0, f32)
+    assert S.resolve_strategy("auto", 4, 8, 8, 0, f32) == "persistent"
+    assert S.resolve_strategy("auto", 4, 40, 40, 0, f32) == "step"
+    assert S.resolve_strategy("step", 4, 8, 8, 0, f32) == "step"
+    assert S.resolve_strategy("persistent", 4, 400, 400, 0, f32) == "persistent"
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("H,expected", [(8, "persistent"), (40, "step")])
+def test_auto_launches_the_chosen_strategy(kind, H, expected, monkeypatch):
+    names_ = {"persistent": f"{kind}_fwd_persistent_kernel", "step": f"{kind}_fwd_step_kernel"}
+    counters = {s: LaunchCounter(getattr(S.K, n)) for s, n in names_.items()}
+    for s, n in names_.items():
+        monkeypatch.setattr(S.K, n, counters[s])
+    monkeypatch.delenv(S.STRATEGY_ENV, raising=False)
+    T = 3
+    args = make_args(kind, T, 2, H, dtype=torch.float32)
+    run(kind, args, None, strategy=None)
+    other = "step" if expected == "persistent" else "persistent"
+    assert counters[expected].launches == (1 if expected == "persistent" else T)
+    assert counters[other].launches == 0
+    # The environment variable forces the other one.
+    monkeypatch.setenv(S.STRATEGY_ENV, other)
+    run(kind, args, None, strategy=None)
+    assert counters[other].launches == (1 if other == "persistent" else T)
+
+
+# -------------------------------------------------- parity with reference ----
+# (kind, T, B, H, P, bias, lengths): small H (persistent under "auto") and
+# H > 32 (step under "auto"); B > 16 spans several batch tiles.
+CASES = [
+    ("lstm", 5, 3, 6, 0, True, [5, 2, 0]),
+    ("lstm", 4, 3, 6, 3, True, None),
+    ("lstm", 3, 18, 40, 0, False, [3, 1, 0, 2, 3, 3] * 3),
+    ("lstm", 3, 5, 36, 20, True, [2, 3, 0, 1, 3]),
+    ("gru", 5, 3, 6, 0, True, [1, 5, 0]),
+    ("gru", 4, 3, 7, 0, False, None),
+    ("gru", 3, 18, 40, 0, True, [3, 1, 0, 2, 3, 3] * 3),
+]
+
+
+def _case_id(case):
+    kind, T, B, H, P, bias, lengths = case
+    return f"{kind}-T{T}-B{B}-H{H}-P{P}-{'bias' if bias else 'nobias'}-{'len' if lengths else 'full'}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_matches_reference(case, strategy, dtype):
+    kind, T, B, H, P, bias, lengths = case
+    args = make_args(kind, T, B, H, P, bias, dtype)
+    tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    check_against_reference(kind, args, lengths, strategy, tol)
+
+
+# (kind, T, B, input_size, H, P, lengths); pack_padded_sequence wants
+# lengths >= 1.
+NN_CASES = [
+    ("lstm", 4, 3, 5, 8, 0, [4, 1, 3]),
+    ("lstm", 3, 4, 6, 40, 0, [3, 1, 2, 1]),
+    ("lstm", 3, 3, 4, 36, 20, [2, 3, 1]),
+    ("gru", 4, 3, 5, 8, 0, None),
+    ("gru", 3, 4, 6, 40, 0, [1, 3, 2, 1]),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("case", NN_CASES, ids=lambda c: f"{c[0]}-H{c[4]}-P{c[5]}-{'len' if c[6] else 'full'}")
+def test_matches_torch_nn(case, strategy, dtype, monkeypatch):
+    kind, T, B, I, H, P, lengths = case
+    monkeypatch.setenv(S.STRATEGY_ENV, strategy)
+    module = make_module(kind, I, H, P, True, dtype, DEVICE)
+    x, h0, c0 = make_inputs(kind, module, T, B, dtype, DEVICE)
+    L = torch.tensor(lengths) if lengths else None
+    wrt = [x, h0] + ([c0] if c0 is not None else []) + list(module.parameters())
+    want_out, want_grads = outputs_and_grads(run_torch(kind, module, x, h0, c0, L), wrt)
+    got_out, got_grads = outputs_and_grads(run_ops(kind, module, x, h0, c0, L, "triton"), wrt)
+    assert_all_close(got_out, want_out, dtype, ["output", "h_n", "c_n"])
+    assert_all_close(got_grads, want_grads, dtype)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="interpreter test (fp16 on the GPU: test_cuda_low_precision)")
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_fp16_under_the_interpreter(kind, strategy):
+    """fp16 storage, fp32 gates and cell state: no further from an fp64
+    reference than the fp16 reference itself (x2, plus a floor)."""
+    lengths = [4, 0, 2]
+    args64 = make_args(kind, 4, 3, 8, 0, True, torch.float64)
+    args16 = {k: (v.detach().half().requires_grad_() if v is not None else None) for k, v in args64.items()}
+    want = run(kind, args64, lengths)
+    want_g = grads(want, args64)
+    for who in ("reference", strategy):
+        got = run(kind, args16, lengths, who)
+        assert got[-1].dtype == torch.float32  # workspace in fp32
+        errs = [(g.double() - w).abs().max().item() for g, w in zip(got, want)]
+        errs += [(g.double() - w).abs().max().item() for g, w in zip(grads(got, args16), want_g)]
+        if who == "reference":
+            ref_errs = errs
+    for e, r in zip(errs, ref_errs):
+        assert e <= 2 * r + 1e-3, (errs, ref_errs)
+
+
+# ------------------------------------------------------- poisoned buffers ----
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("kind,P", [("lstm", 0), ("lstm", 3), ("gru", 0)])
+def test_every_buffer_element_is_written(kind, P, strategy, monkeypatch):
+    """Buffers start as NaN: an element a kernel forgets (a padded row, a
+    row past its length, a length-0 row's final state) shows up."""
+    monkeypatch.setattr(S, "POISON_BUFFERS", True)
+    assert torch.isnan(S._buffer((2,), torch.zeros(1))).all()  # the hook is live
+    lengths = [4, 2, 0, 1, 4]
+    args = make_args(kind, 4, 5, 6, P, True, torch.float64)
+    got = run(kind, args, lengths, strategy)
+    got_g = grads(got, args)
+    for t in list(got) + got_g:
+        assert not torch.isnan(t).any()
+    want = run(kind, args, lengths)
+    for g, w in zip(list(got) + got_g, list(want) + grads(want, args)):
+        torch.testing.assert_close(g, w, **TOL[torch.float64])
+
+
+# ---------------------------------------------------------------- opcheck ----
+def _t(*shape, grad):
+    return torch.randn(*shape, dtype=torch.float64, device=DEVICE, requires_grad=grad)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("proj,lengths", [(False, None), (True, [3, 0])], ids=["noproj-full", "proj-lengths"])
+def test_opcheck_lstm(proj, lengths, strategy):
+    T, B, H, P = 3, 2, 4, 3
+    hout = P if proj else H
+    L = torch.tensor(lengths) if lengths else None
+    for grad in (False, True):
+        fwd = (_t(T, B, 4 * H, grad=grad), _t(4 * H, hout, grad=grad), _t(4 * H, grad=grad),
+               _t(P, H, grad=grad) if proj else None, _t(B, hout, grad=grad), _t(B, H, grad=grad), L, strategy)
+        torch.library.opcheck(torch.ops.rnn_ext.triton_lstm_forward, fwd)
+    with torch.no_grad():
+        y, hn, cn, ws, pin = torch.ops.rnn_ext.triton_lstm_forward(*fwd)
+    bwd = (torch.randn_like(y), torch.randn_like(hn), torch.randn_like(cn), fwd[1].detach(),
+           fwd[3].detach() if proj else None, fwd[4].detach(), fwd[5].detach(), y, ws, pin, L,
+           torch.randn_like(ws), strategy)
+    torch.library.opcheck(torch.ops.rnn_ext.triton_lstm_backward, bwd)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("lengths", [None, [0, 3]], ids=["full", "lengths"])
+def test_opcheck_gru(lengths, strategy):
+    T, B, H = 3, 2, 4
+    L = torch.tensor(lengths) if lengths else None
+    for grad in (False, True):
+        fwd = (_t(T, B, 3 * H, grad=grad), _t(3 * H, H, grad=grad), _t(3 * H, grad=grad),
+               _t(B, H, grad=grad), L, strategy)
+        torch.library.opcheck(torch.ops.rnn_ext.triton_gru_forward, fwd)
+    with torch.no_grad():
+        y, hn, ws = torch.ops.rnn_ext.triton_gru_forward(*fwd)
+    bwd = (torch.randn_like(y), torch.randn_like(hn), fwd[1].detach(), fwd[3].detach(), y, ws, L,
+           torch.randn_like(ws), strategy)
+    torch.library.opcheck(torch.ops.rnn_ext.triton_gru_backward, bwd)
+
+
+# ---------------------------------------------------------- torch.compile ----
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_torch_compile_fullgraph(kind):
+    torch._dynamo.reset()
+    args = make_args(kind, 3, 3, 5, 0, True, torch.float32)
+    L = torch.tensor([3, 1, 0])
+    wrt = [v for v in args.values() if v is not None]
+
+    def f(*a):
+        if kind == "lstm":
+            y, hn, cn, ws = functional.lstm(a[0], a[1], a[2], None, a[3], a[4], lengths=L, backend="triton")
+            return (y * y).sum() + hn.sum() + cn.sum() + ws.sum()
+        y, hn, ws = functional.gru(*a, lengths=L, backend="triton")
+        return (y * y).sum() + hn.sum() + ws.sum()
+
+    backend = "inductor" if HAS_CUDA else "aot_eager"
+    compiled = torch.compile(f, fullgraph=True, backend=backend)
+    got = compiled(*wrt)
+    got_g = torch.autograd.grad(got, wrt)
+    want = f(*wrt)
+    want_g = torch.autograd.grad(want, wrt)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_g, want_g):
+        torch.testing.assert_close(g, w)
+
+
+# ---------------------------------------------------------------- why_not ----
+@pytest.mark.skipif(HAS_CUDA, reason="the interpreter is off where there is a GPU")
+def test_why_not_under_the_interpreter(monkeypatch):
+    cpu = torch.device("cpu")
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        assert rnn_triton.why_not(cpu, dtype) is None
+    assert "bfloat16" in rnn_triton.why_not(cpu, torch.bfloat16)
+    assert "dtype torch.int64" in rnn_triton.why_not(cpu, torch.int64)
+    assert "CUDA" in rnn_triton.why_not(torch.device("meta"), torch.float32)
+    with pytest.raises(RuntimeError, match="backend 'triton' cannot run.*bfloat16"):
+        functional.lstm(**{k: v.bfloat16() if isinstance(v, torch.Tensor) else v
+                           for k, v in lstm_args().items()}, backend="triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "TRITON_INTERPRET=1" in rnn_triton.why_not(cpu, torch.float32)
+    assert rnn_ext.backends.resolve("auto", cpu, torch.float32) == "cpu"
+
+
+def test_tf32_switch_sets_dot_precision():
+    with allow_tf32(True):
+        assert S._precision(torch.float32) == "tf32"
+        assert S._precision(torch.float64) == "ieee"
+        assert S._precision(torch.float16) == "ieee"
+    with allow_tf32(False):
+        assert S._precision(torch.float32) == "ieee"
+
+
+# -------------------------------------------------------------- bad input ----
+def _on_device(d):
+    return {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) and v.device.type == "cpu" else v)
+            for k, v in d.items()}
+
+
+@pytest.mark.parametrize("over,match", LSTM_BAD, ids=[m + str(i) for i, (_, m) in enumerate(LSTM_BAD)])
+def test_lstm_bad_input(over, match):
+    args = _on_device(lstm_args(**over))
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
+        functional.lstm(**args, backend="triton")
+
+
+@pytest.mark.parametrize("over,match", GRU_BAD, ids=[m + str(i) for i, (_, m) in enumerate(GRU_BAD)])
+def test_gru_bad_input(over, match):
+    args = _on_device(gru_args(**over))
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
+        functional.gru(**args, backend="triton")
+
+
+def test_op_level_checks():
+    a = _on_device(lstm_args())
+    g, w, b, h0, c0 = a["input_gates"], a["w_hh"], a["b_hh"], a["h0"], a["c0"]
+    op = torch.ops.rnn_ext.triton_lstm_forward
+    with pytest.raises(RuntimeError, match="triton_lstm_forward: lengths must be int64"):
+        op(g, w, b, None, h0, c0, torch.tensor([1, 2], dtype=torch.int32), "auto")
+    with pytest.raises(RuntimeError, match="lengths must be a CPU tensor"):
+        op(g, w, b, None, h0, c0, torch.tensor([1, 2], device="meta"), "auto")
+    with pytest.raises(RuntimeError, match="strategy must be one of"):
+        op(g, w, b, None, h0, c0, None, "fastest")
+    with pytest.raises(RuntimeError, match="h0 is on meta but input_gates is on"):
+        op(g, w, b, None, h0.to("meta"), c0, None, "auto")
+    y, hn, cn, ws, pin = op(g, w, b, None, h0, c0, None, "auto")
+    bwd = torch.ops.rnn_ext.triton_lstm_backward
+    with pytest.raises(RuntimeError, match="expected grad_output of shape"):
+        bwd(y[:, :, :-1], hn, cn, w, None, h0, c0, y, ws, pin, None, None, "auto")
+    with pytest.raises(RuntimeError, match="grad_workspace must match workspace"):
+        bwd(y, hn, cn, w, None, h0, c0, y, ws, pin, None, ws[:, :, 1:], "auto")
+    gb = _on_device(gru_args())
+    with pytest.raises(RuntimeError, match="expected w_hh of shape"):
+        torch.ops.rnn_ext.triton_gru_forward(gb["input_gates"], gb["w_hh"][:, :-1], gb["b_hh"], gb["h0"],
+                                             None, "auto")
+
+
+# ------------------------------------------------ GPU compile (no GPU) ----
+def test_kernels_compile_for_sm90():
+    """Every kernel, every dtype (bf16 included, which the interpreter cannot
+    run), with the launcher's tiles, compiles for an H100; below the
+    crossover the persistent kernels hardly spill (fp64, not a speed dtype
+    on this path, is only required to compile)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    helper = os.path.join(os.path.dirname(__file__), "_triton_sm90.py")
+    proc = subprocess.run([sys.executable, helper, "2"], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    kernels = {r["kernel"] for r in results}
+    assert kernels == {n for n in dir(S.K) if n.endswith("_kernel")}
+    assert {r["dtype"] for r in results} == {"fp32", "fp16", "bf16", "fp64"}
+    errors = [r for r in results if r["error"]]
+    assert not errors, errors[0]
+    for r in results:
+        if r["dtype"] != "fp64":
+            assert r["spill_bytes"] <= 128, r
+
+
+# ------------------------------------------------------------------- GPU ----
+# (kind, T, B, H, P, lengths): both sides of the crossover, several batch
+# and hidden tiles.
+CUDA_CASES = [
+    ("lstm", 20, 70, 32, 0, None),
+    ("lstm", 12, 37, 33, 0, "random"),
+    ("lstm", 10, 24, 96, 48, "random"),
+    ("lstm", 10, 40, 130, 0, None),
+    ("gru", 20, 70, 32, 0, "random"),
+    ("gru", 12, 37, 64, 0, None),
+    ("gru", 10, 24, 130, 0, "random"),
+]
+
+
+def _cuda_lengths(spec, T, B, low=0):
+    if spec is None:
+        return None
+    gen = torch.Generator().manual_seed(T * 1000 + B)
+    lengths = torch.randint(low, T + 1, (B,), generator=gen)
+    lengths[0] = T
+    return lengths.tolist()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("case", CUDA_CASES, ids=lambda c: f"{c[0]}-T{c[1]}-B{c[2]}-H{c[3]}-P{c[4]}")
+def test_cuda_matches_reference(case, strategy, dtype):
+    kind, T, B, H, P, lengths = case
+    args = make_args(kind, T, B, H, P, True, dtype, "cuda")
+    tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=2e-4, atol=5e-5)
+    with allow_tf32(False):
+        check_against_reference(kind, args, _cuda_lengths(lengths, T, B), strategy, tol)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("case", [("lstm", 16, 40, 11, 32, 0), ("lstm", 12, 33, 17, 96, 0),
+                                  ("lstm", 12, 33, 17, 64, 24), ("gru", 16, 40, 11, 32, 0),
+                                  ("gru", 12, 33, 17, 96, 0)],
+                         ids=lambda c: f"{c[0]}-H{c[4]}-P{c[5]}")
+def test_cuda_low_precision(case, strategy, dtype, monkeypatch):
+    """Error against an fp64 reference (torch.nn in fp64) at most twice
+    cuDNN's own error at this dtype, plus 1e-3: outputs and every gradient."""
+    kind, T, B, I, H, P = case
+    monkeypatch.setenv(S.STRATEGY_ENV, strategy)
+    lengths = torch.tensor(_cuda_lengths("random", T, B, low=1))  # torch.nn: >= 1
+    m64 = make_module(kind, I, H, P, True, torch.float64, "cuda")
+    x64, h064, c064 = make_inputs(kind, m64, T, B, torch.float64, "cuda")
+    m_lp = make_module(kind, I, H, P, True, dtype, "cuda")
+    m_lp.load_state_dict({k: v.to(dtype) for k, v in m64.state_dict().items()})
+    lp = [t.detach().to(dtype).requires_grad_() if t is not None else None for t in (x64, h064, c064)]
+
+    def wrt(m, x, h0, c0):
+        return [x, h0] + ([c0] if c0 is not None else []) + list(m.parameters())
+
+    def result(fn, m, x, h0, c0):
+        outs, gs = outputs_and_grads(fn(kind, m, x, h0, c0, lengths), wrt(m, x, h0, c0))
+        return [t.double() for t in outs + gs]
+
+    want = result(run_torch, m64, x64, h064, c064)
+    cudnn = result(run_torch, m_lp, *lp)
+    for t in wrt(m_lp, *lp):
+        t.grad = None
+    ours = result(lambda *a: run_ops(*a, backend="triton"), m_lp, *lp)
+    for k, (w, c, o) in enumerate(zip(want, cudnn, ours)):
+        err_cudnn = (c - w).abs().max().item()
+        err_ours = (o - w).abs().max().item()
+        assert err_ours <= 2 * err_cudnn + 1e-3, (k, err_ours, err_cudnn)
+
+
+@pytest.mark.cuda
+def test_cuda_tf32_follows_the_matmul_switch():
+    """With TF32 allowed the fp32 product is visibly less exact than with it
+    off (which matches the fp32 reference tightly)."""
+    args = make_args("lstm", 8, 64, 64, 0, True, torch.float32, "cuda")
+    want = run("lstm", {k: (v.double() if v is not None else None) for k, v in args.items()}, None)
+    errs = {}
+    for allow in (False, True):
+        with allow_tf32(allow):
+            got = run("lstm", args, None, "step")
+        errs[allow] = (got[0].double() - want[0]).abs().max().item()
+    assert errs[False] < 1e-5 and errs[True] > errs[False]
+
+
+def test_direct_api_defaults_and_rank_check():
+    """rnn_ext.triton.lstm/gru fill zero initial states; a wrong rank is
+    reported before any shape is used."""
+    args = make_args("lstm", 3, 2, 4, 0, True, torch.float64)
+    g, w, b = args["input_gates"], args["w_hh"], args["b_hh"]
+    got = rnn_triton.lstm(g, w, b, lengths=[3, 1])
+    zeros = torch.zeros(2, 4, dtype=torch.float64, device=DEVICE)
+    want = reference.lstm_reference(g, w, b, None, zeros, zeros, torch.tensor([3, 1]))
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y)
+    with pytest.raises(RuntimeError, match="input_gates must be 3-D"):
+        rnn_triton.lstm(g[0], w, b)
+    with pytest.raises(RuntimeError, match="input_gates must be 3-D"):
+        rnn_triton.gru(g[0], w[:12], b[:12])
