@@ -23,7 +23,9 @@ _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # ---------------------------------------------------------------- checks ----
 # The messages follow the C++ checks of csrc/ops/rnn_ops.cpp.
 def _shape(s):
-    return "[" + ", ".join(str(int(x)) for x in s) + "]"
+    # str(), not int(): under torch.compile a size is symbolic, and int()
+    # would specialise the graph on it (a recompile per sequence length).
+    return "[" + ", ".join(str(x) for x in s) + "]"
 
 
 def _check(cond, op, msg):
