@@ -74,15 +74,15 @@ def _gpu_shapes():
 # case alone would take most of the budget.
 CPU_SCALE = {
     "fastrnns": dict(T=16),
-    "latency": dict(T=48),
-    "throughput": dict(T=4),
-    "bidir": dict(T=8),
+    "latency": dict(T=24),
+    "throughput": dict(T=2),
+    "bidir": dict(T=6),
     "proj": dict(T=16),
     "packed": dict(T=16),
 }
 CPU_SCALE_NOTE = ("CPU grid: the GPU grid's shapes with shorter sequences "
-                  "(fastrnns T=100->16, latency T=1024->48, throughput T=100->4, "
-                  "bidir-2layer T=100->8, proj and packed T=100->16); batch and hidden "
+                  "(fastrnns T=100->16, latency T=1024->24, throughput T=100->2, "
+                  "bidir-2layer T=100->6, proj and packed T=100->16); batch and hidden "
                   "sizes, hence the per-step GEMM shapes, are unchanged.  "
                   "Run with --grid gpu for the full sizes.")
 

@@ -32,7 +32,7 @@ DEFAULT_BACKENDS = ("cuda", "triton", "cpu")  # "reference" is a readable Python
 # samples per implementation and case, and bounds on their number.
 TIMING = {
     "gpu": dict(warmup_calls=3, warmup_s=0.03, budget_s=0.15, min_reps=7, max_reps=100),
-    "cpu": dict(warmup_calls=1, warmup_s=0.0, budget_s=0.3, min_reps=3, max_reps=25),
+    "cpu": dict(warmup_calls=1, warmup_s=0.0, budget_s=0.25, min_reps=3, max_reps=25),
     "quick": dict(warmup_calls=1, warmup_s=0.0, budget_s=0.01, min_reps=2, max_reps=5),
 }
 MATMUL_N = {"gpu": 8192, "cpu": 1024, "quick": 512}
@@ -327,13 +327,16 @@ def run_case(case, device, backends, clock, timing_opts, seed):
                     y = output_data(m(inputs[0]))
                 diffs[name] = (y.float() - y_ref.float()).abs().max().item()
             steps[name], resets[name] = make_step(m, inputs, leaves, train, dy, shape.packed)
-            steps[name](0)  # fail here, not inside the timing loop
         except Exception as e:  # noqa: BLE001
             errors[name] = f"{type(e).__name__}: {e}"
-            steps.pop(name, None)
     del y_ref
 
-    samples = timing.measure(steps, clock, **timing_opts) if steps else {}
+    try:
+        samples = timing.measure(steps, clock, errors=errors, **timing_opts)
+    except Exception as e:  # noqa: BLE001 -- a failure while sampling: the case has no figures
+        samples = {}
+        for name in steps:
+            errors.setdefault(name, f"{type(e).__name__}: {e}")
     for name in list(modules):
         r = {"error": errors.get(name)}
         if name in samples:
@@ -352,6 +355,21 @@ def run_case(case, device, backends, clock, timing_opts, seed):
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return record
+
+
+def failed_case(case, backends, error, device):
+    """The record of a case that could not be set up (e.g. torch.nn itself
+    failed): every implementation carries the error."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    msg = f"{type(error).__name__}: {error}"
+    shape = case.shape
+    return {"id": case.id, "shape": shape.name, "group": shape.group, "cell": case.cell,
+            "mode": case.mode, "dtype": case.dtype, "sizes": shape.as_dict(),
+            "describe": shape.describe(), "tokens": C.tokens(shape),
+            "flops": C.flops(shape, case.cell, case.mode), "torch_path": "-", "input_sets": 0,
+            "results": {impl_name(b): {"error": msg} for b in [None, *backends]}}
 
 
 def add_figures(record, rate):
@@ -449,8 +467,11 @@ def run(args):
         for case in case_list:
             if bar is not None:
                 bar.set_postfix_str(case.id)
-            record = run_case(case, device, per_dtype[case.dtype]["backends"], clock, topts,
-                              args.seed)
+            try:
+                record = run_case(case, device, per_dtype[case.dtype]["backends"], clock, topts,
+                                  args.seed)
+            except Exception as e:  # noqa: BLE001 -- one broken case must not end a long run
+                record = failed_case(case, per_dtype[case.dtype]["backends"], e, device)
             records.append(add_figures(record, rates[case.dtype]))
             if bar is not None:
                 bar.update(1)

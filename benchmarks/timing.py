@@ -51,10 +51,12 @@ def summary(samples):
 
 
 def measure(impls, clock, *, warmup_calls=2, warmup_s=0.0, budget_s=0.5, min_reps=3,
-            max_reps=100):
+            max_reps=100, errors=None):
     """impls: {name: step(i)}, where step(i) runs one call on input set i.
     Returns {name: [seconds per sample]}.  Each implementation gets
-    clamp(budget_s / its warm-up time, min_reps, max_reps) samples."""
+    clamp(budget_s / its warm-up time, min_reps, max_reps) samples.  With an
+    `errors` dict, an implementation that raises during warm-up is left out
+    and its error recorded there; otherwise the exception propagates."""
     counters = {name: 0 for name in impls}
 
     def call(name):
@@ -66,14 +68,20 @@ def measure(impls, clock, *, warmup_calls=2, warmup_s=0.0, budget_s=0.5, min_rep
     for name in impls:
         start = time.perf_counter()
         n = 0
-        while n < warmup_calls or time.perf_counter() - start < warmup_s:
-            estimate[name] = clock.time(lambda: call(name))
-            n += 1
+        try:
+            while n < max(1, warmup_calls) or time.perf_counter() - start < warmup_s:
+                estimate[name] = clock.time(lambda: call(name))
+                n += 1
+        except Exception as e:  # noqa: BLE001 -- one failing implementation must not stop the rest
+            if errors is None:
+                raise
+            errors[name] = f"{type(e).__name__}: {e}"
+            estimate.pop(name, None)
     reps = {name: int(min(max_reps, max(min_reps, math.ceil(budget_s / max(t, 1e-9)))))
             for name, t in estimate.items()}
-    samples = {name: [] for name in impls}
-    for r in range(max(reps.values())):
-        for name in impls:
+    samples = {name: [] for name in estimate}
+    for r in range(max(reps.values(), default=0)):
+        for name in estimate:
             if r < reps[name]:
                 samples[name].append(clock.time(lambda: call(name)))
     return samples

@@ -287,3 +287,43 @@ def test_readme_renders_a_gpu_result(quick, tmp_path):
     assert len(rows) == len(result["cases"])
     text = readme.splice(f"a\n{readme.BEGIN}\nold\n{readme.END}\nb\n", body)
     assert readme.current(text) == body and text.startswith("a\n") and text.endswith("b\n")
+
+
+# ---------------------------------------------------------------- errors --
+def test_a_failing_backend_is_reported_and_the_rest_runs(tmp_path, monkeypatch):
+    import rnn_ext.reference
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setattr(rnn_ext.reference, "lstm_reference", broken)
+    paths, stdout, _ = run_main(QUICK + ["--out", str(tmp_path), "--cases", "fastrnns", "--modes", "infer",
+                                         "--backends", "cpu,reference", "--no-progress"])
+    with open(paths["json"]) as f:
+        result = json.load(f)
+    by_id = {c["id"]: c for c in result["cases"]}
+    lstm, gru = by_id["fastrnns/lstm/infer/fp32"]["results"], by_id["fastrnns/gru/infer/fp32"]["results"]
+    assert "broken on purpose" in lstm["rnn_ext.reference"]["error"]
+    assert "median_s" not in lstm["rnn_ext.reference"] and lstm["rnn_ext.cpu"]["median_s"] > 0
+    assert gru["rnn_ext.reference"]["error"] is None and gru["rnn_ext.reference"]["speedup"] > 0
+    assert "broken on purpose" in stdout
+    with open(paths["md"]) as f:
+        text = f.read()
+    assert "Errors:" in text and "Failed in: `fastrnns/lstm/infer/fp32`" in text
+
+
+def test_a_failing_case_does_not_end_the_run(tmp_path, monkeypatch):
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("torch.nn broken on purpose")
+
+    monkeypatch.setattr(torch.nn.GRU, "forward", broken)
+    paths, _, _ = run_main(QUICK + ["--out", str(tmp_path), "--cases", "fastrnns", "--modes", "train",
+                                    "--no-progress"])
+    with open(paths["json"]) as f:
+        result = json.load(f)
+    lstm, gru = result["cases"]
+    assert lstm["results"]["rnn_ext.cpu"]["speedup"] > 0
+    assert all("broken on purpose" in r["error"] for r in gru["results"].values())
+    assert gru["results"]["rnn_ext.cpu"]["speedup"] is None
+    with open(paths["png"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
