@@ -32,7 +32,7 @@ DEFAULT_BACKENDS = ("cuda", "triton", "cpu")  # "reference" is a readable Python
 # samples per implementation and case, and bounds on their number.
 TIMING = {
     "gpu": dict(warmup_calls=3, warmup_s=0.03, budget_s=0.15, min_reps=7, max_reps=100),
-    "cpu": dict(warmup_calls=1, warmup_s=0.0, budget_s=0.25, min_reps=3, max_reps=25),
+    "cpu": dict(warmup_calls=1, warmup_s=0.0, budget_s=0.2, min_reps=5, max_reps=25),
     "quick": dict(warmup_calls=1, warmup_s=0.0, budget_s=0.01, min_reps=2, max_reps=5),
 }
 MATMUL_N = {"gpu": 8192, "cpu": 1024, "quick": 512}
