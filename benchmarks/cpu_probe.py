@@ -8,14 +8,16 @@ For each (cell, B, H) it times, per time step, in microseconds:
   ext-gemm    hence the pointwise pass and the loop's per-step overhead;
   act         torch.sigmoid/torch.tanh over the same number of gate elements
               (ATen's vectorized activations): what the transcendental part
-              of the pointwise pass costs when vectorized;
-  nn          torch.nn's forward minus its input projection (one F.linear
-              over all steps), i.e. its recurrent part: oneDNN's fused RNN
+              of the pointwise pass costs when vectorized (at small sizes
+              mostly the three ops' dispatch overhead);
+  rnn_ext     the whole rnn_ext module forward (input projection included);
+  nn          the whole torch.nn module forward: oneDNN's fused RNN
               primitive for LSTM, PyTorch's per-step ATen ops for GRU.
 Each figure is the minimum over repeats (the run least disturbed by other
 processes) divided by T.  Findings: benchmarks/NOTES.md.
 """
 import argparse
+import copy
 import os
 import time
 
@@ -36,11 +38,13 @@ def best(fn, reps):
 
 
 def probe(cell, B, H, T, reps):
+    import rnn_ext
     from rnn_ext import functional
 
     G = 4 if cell == "lstm" else 3
     torch.manual_seed(0)
     module = (nn.LSTM if cell == "lstm" else nn.GRU)(H, H).eval()
+    ext_module = rnn_ext.convert(copy.deepcopy(module), backend="cpu").eval()
     w_hh, b_hh = module.weight_hh_l0.detach(), module.bias_hh_l0.detach()
     w_ih, b_ih = module.weight_ih_l0.detach(), module.bias_ih_l0.detach()
     x = torch.randn(T, B, H)
@@ -69,17 +73,10 @@ def probe(cell, B, H, T, reps):
             if cell == "lstm":
                 torch.tanh(acts[:, :H], out=act_out[:, :H])
 
-    def proj():
-        torch.nn.functional.linear(x, w_ih, b_ih)
-
-    def full():
-        module(x)
-
     with torch.no_grad():
-        t = {name: best(fn, reps) / T * 1e6 for name, fn in
-             (("gemm", gemm), ("ext", ext), ("act", act), ("proj", proj), ("full", full))}
-    t["nn"] = t["full"] - t["proj"]
-    return t
+        return {name: best(fn, reps) / T * 1e6 for name, fn in
+                (("gemm", gemm), ("ext", ext), ("act", act), ("rnn_ext", lambda: ext_module(x)),
+                 ("nn", lambda: module(x)))}
 
 
 def main(argv=None):
@@ -95,13 +92,13 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, T={args.T}, "
           f"min of {args.reps}, load average {load:.1f} on {os.cpu_count()} cores; us per step")
     print(f"{'cell':4s} {'B':>4s} {'H':>5s} {'gemm':>8s} {'ext':>8s} {'ext-gemm':>9s} {'act':>8s} "
-          f"{'nn':>8s} {'nn/ext':>7s}")
+          f"{'rnn_ext':>8s} {'nn':>8s} {'nn/rnn_ext':>10s}")
     for cell in args.cells.split(","):
         for B, H in SHAPES:
             t = probe(cell, B, H, args.T, args.reps)
             print(f"{cell:4s} {B:4d} {H:5d} {t['gemm']:8.1f} {t['ext']:8.1f} "
-                  f"{t['ext'] - t['gemm']:9.1f} {t['act']:8.1f} {t['nn']:8.1f} "
-                  f"{t['nn'] / t['ext']:7.2f}", flush=True)
+                  f"{t['ext'] - t['gemm']:9.1f} {t['act']:8.1f} {t['rnn_ext']:8.1f} {t['nn']:8.1f} "
+                  f"{t['nn'] / t['rnn_ext']:10.2f}", flush=True)
 
 
 if __name__ == "__main__":
