@@ -431,6 +431,8 @@ def run(args):
     if device.type == "cpu":
         notes.append("Peak memory is not measured on a CPU (PyTorch keeps no CPU allocator "
                      "statistics): the memory columns say n/m.")
+        notes.append("Where and why rnn_ext's CPU backend is slower than torch.nn: "
+                     "benchmarks/NOTES.md.")
     else:
         notes.append(f"fp32 TF32 {'on' if tf32 else 'off'} for both cuBLAS and cuDNN.")
 
