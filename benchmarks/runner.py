@@ -333,6 +333,7 @@ def run_case(case, device, backends, clock, timing_opts, seed):
         r = {"error": errors.get(name)}
         if name in samples:
             r.update(timing.summary(samples[name]))
+            r["samples_s"] = samples[name]
             peak, extra = (None, None)
             try:
                 peak, extra = timing.peak_memory(lambda: steps[name](0), resets[name], device)

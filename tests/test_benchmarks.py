@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import statistics
 import struct
 import subprocess
 import sys
@@ -102,6 +103,9 @@ def test_json_case_figures(quick):
             assert r["error"] is None, (case["id"], name, r["error"])
             assert isinstance(r["reps"], int) and 2 <= r["reps"] <= 3
             assert 0 < r["min_s"] <= r["q1_s"] <= r["median_s"] <= r["q3_s"] <= r["max_s"]
+            assert len(r["samples_s"]) == r["reps"]
+            assert r["median_s"] == statistics.median(r["samples_s"])
+            assert (r["min_s"], r["max_s"]) == (min(r["samples_s"]), max(r["samples_s"]))
             assert math.isclose(r["floor_ratio"], r["median_s"] / case["floor_s"], rel_tol=1e-12)
             assert r["peak_mem_bytes"] is None and r["step_mem_bytes"] is None  # CPU: not measured
             if name != "torch.nn":
