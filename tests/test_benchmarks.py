@@ -331,3 +331,34 @@ def test_a_failing_case_does_not_end_the_run(tmp_path, monkeypatch):
     assert gru["results"]["rnn_ext.cpu"]["speedup"] is None
     with open(paths["png"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------- GPU --
+@pytest.mark.cuda
+def test_quick_run_on_the_gpu(tmp_path):
+    import rnn_ext
+
+    paths, _, _ = run_main(["--quick", "--device", "cuda", "--dtypes", "fp32,fp16", "--budget", "0",
+                            "--min-reps", "2", "--max-reps", "3", "--out", str(tmp_path),
+                            "--no-progress"])
+    with open(paths["json"]) as f:
+        result = json.load(f)
+    meta = result["meta"]
+    assert meta["device_type"] == "cuda" and meta["gpu"]["name"] == meta["device"]
+    assert meta["tf32"] == {"cublas": False, "cudnn": False}
+    assert set(meta["matmul"]["flops_per_s"]) == {"fp32", "fp16"}
+    assert any(c["torch_path"] == "cuDNN" for c in result["cases"])
+    for case in result["cases"]:
+        if rnn_ext.WITH_CUDA:
+            assert "rnn_ext.cuda" in case["results"]
+        for name, r in case["results"].items():
+            assert r["error"] is None, (case["id"], name, r["error"])
+            assert r["median_s"] > 0
+            assert r["peak_mem_bytes"] >= r["step_mem_bytes"] >= 0
+            if case["mode"] == "train":
+                assert r["step_mem_bytes"] > 0
+            if name != "torch.nn":
+                assert math.isclose(r["speedup"], case["results"]["torch.nn"]["median_s"] / r["median_s"])
+    with open(paths["md"]) as f:
+        _, rows = markdown_rows(f.read())
+    assert len(rows) == len(result["cases"]) and all(row[-1] != "n/m" for row in rows)
