@@ -223,6 +223,11 @@ def write_chart(result, path):
     fig, axes = plt.subplots(1, len(dtypes), figsize=(4.5 * len(dtypes) + 2.5, 0.28 * n * max(1, len(exts)) / 1.5 + 2),
                              sharey=True, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    found = [c["results"].get(name, {}).get("speedup") for c in result["cases"] for name in exts]
+    found = [x for x in found if x]
+    # Symmetric log range around 1, in powers of 2, covering every bar.
+    span = max([1] + [math.ceil(abs(math.log2(x))) for x in found])
+    ticks = [2.0 ** k for k in range(-span, span + 1)]
     for ax, dtype in zip(axes[0], dtypes):
         for k, name in enumerate(exts):
             ys, xs = [], []
@@ -232,19 +237,26 @@ def write_chart(result, path):
                 if x:
                     ys.append(j + (k - (len(exts) - 1) / 2) * bar_h)
                     xs.append(x)
-            ax.barh(ys, xs, height=bar_h, color=colors[k % len(colors)], label=short(name))
+            # Bars grow from 1 (as fast as torch.nn): right is faster, left slower.
+            ax.barh(ys, [x - 1 for x in xs], left=1, height=bar_h, color=colors[k % len(colors)],
+                    label=short(name))
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_xscale("log", base=2)
+        ax.set_xlim(2.0 ** -span, 2.0 ** span)
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}x" for t in ticks], fontsize=8)
+        ax.minorticks_off()
         ax.set_title(dtype)
-        ax.set_xlabel("speed-up over torch.nn (log scale)")
-        ax.grid(axis="x", which="both", alpha=0.3)
+        ax.set_xlabel("speed-up over torch.nn (log scale; left of 1x: slower)")
+        ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(n))
     axes[0][0].set_yticklabels(labels, fontsize=8)
     axes[0][0].set_ylim(n - 0.5, -0.5)
-    if exts:
-        axes[0][-1].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"rnn_ext vs torch.nn: {result['meta']['device']}", fontsize=10)
-    fig.tight_layout()
+    if exts:
+        handles, names = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="upper right", fontsize=8, ncol=len(exts))
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return os.path.abspath(path)
