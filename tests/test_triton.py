@@ -31,6 +31,7 @@ DEVICE = "cuda" if HAS_CUDA else "cpu"
 TRITON_OK = rnn_ext.backends.why_not("triton", torch.device(DEVICE), torch.float32) is None
 pytestmark = pytest.mark.skipif(not TRITON_OK, reason="the Triton backend cannot run here")
 
+from rnn_ext.triton import _ops as _triton_ops  # noqa: E402,F401  (registers torch.ops.rnn_ext.triton_*)
 from rnn_ext.triton import _sequence as S  # noqa: E402  (after the interpreter switch)
 
 STRATEGIES = ["persistent", "step"]

@@ -65,14 +65,9 @@ def why_not(device, dtype):
 
 
 def _lengths(lengths):
-    if lengths is None or isinstance(lengths, torch.Tensor) and lengths.device.type == "cpu" \
-            and lengths.dtype == torch.int64:
-        return lengths
-    if not isinstance(lengths, torch.Tensor):
-        lengths = torch.as_tensor(lengths)
-    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
-        raise TypeError(f"rnn_ext: lengths must hold integers, got dtype {lengths.dtype}")
-    return lengths.to(device="cpu", dtype=torch.int64)
+    from ..functional import _lengths_tensor  # one conversion rule for every backend
+
+    return _lengths_tensor(lengths)
 
 
 def _check_rank(op, input_gates, gates):
