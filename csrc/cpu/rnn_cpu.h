@@ -9,12 +9,26 @@
 namespace rnn_ext {
 namespace cpu {
 
+// Each step kind is compiled for several x86-64 levels (AVX-512, AVX2+FMA,
+// baseline SSE2) and the loader picks the widest the CPU has: the build
+// stays portable and the loop runs as wide as ATen's own activations.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RNN_EXT_CPU_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define RNN_EXT_INLINE __attribute__((always_inline))
+#else
+#define RNN_EXT_CPU_CLONES
+#define RNN_EXT_INLINE
+#endif
+
 // Each row is tested once; the inner loop over its hidden units runs the
 // active or the inactive element, inlined, and `omp simd` vectorises it
 // (the elements of a step never overlap, so there is no aliasing to check).
+// Everything is inlined into the cloned step function, so that it is all
+// compiled for the clone's instruction set.
 template <typename Params, typename Active, typename Inactive>
-inline void rows(const Params& p, int64_t width, int64_t b_begin,
-                 int64_t b_end, Active active, Inactive inactive) {
+RNN_EXT_INLINE inline void rows(const Params& p, int64_t width, int64_t b_begin,
+                                int64_t b_end, Active active, Inactive inactive) {
   for (int64_t b = b_begin; b < b_end; ++b) {
     if (row_active(p.lengths, b, p.t)) {
 #pragma omp simd
@@ -25,17 +39,19 @@ inline void rows(const Params& p, int64_t width, int64_t b_begin,
   }
 }
 
-#define RNN_EXT_ROWS(name, width, ...)                                        \
-  rows(p, width, b0, b1, [&](int64_t b, int64_t j) { __VA_ARGS__(p, b, j); }, \
-       [&](int64_t b, int64_t j) { name##_inactive(p, b, j); })
+#define RNN_EXT_ROWS(name, width, ...)                                   \
+  rows(                                                                  \
+      p, width, b0, b1,                                                  \
+      [&](int64_t b, int64_t j) RNN_EXT_INLINE { __VA_ARGS__(p, b, j); }, \
+      [&](int64_t b, int64_t j) RNN_EXT_INLINE { name##_inactive(p, b, j); })
 
 template <typename T, typename Acc>
-void lstm_forward_rows(const LSTMForwardStep<T, Acc>& p, int64_t b0, int64_t b1) {
+RNN_EXT_CPU_CLONES void lstm_forward_rows(const LSTMForwardStep<T, Acc>& p, int64_t b0, int64_t b1) {
   RNN_EXT_ROWS(lstm_forward, p.H, lstm_forward_active);
 }
 
 template <typename T, typename Acc>
-void lstm_backward_rows(const LSTMBackwardStep<T, Acc>& p, int64_t b0, int64_t b1) {
+RNN_EXT_CPU_CLONES void lstm_backward_rows(const LSTMBackwardStep<T, Acc>& p, int64_t b0, int64_t b1) {
   if (p.grad_ws && p.dh_direct) RNN_EXT_ROWS(lstm_backward, p.H, lstm_backward_active<true, true>);
   else if (p.grad_ws) RNN_EXT_ROWS(lstm_backward, p.H, lstm_backward_active<true, false>);
   else if (p.dh_direct) RNN_EXT_ROWS(lstm_backward, p.H, lstm_backward_active<false, true>);
@@ -43,17 +59,17 @@ void lstm_backward_rows(const LSTMBackwardStep<T, Acc>& p, int64_t b0, int64_t b
 }
 
 template <typename T, typename Acc>
-void proj_grad_rows(const ProjGradStep<T, Acc>& p, int64_t b0, int64_t b1) {
+RNN_EXT_CPU_CLONES void proj_grad_rows(const ProjGradStep<T, Acc>& p, int64_t b0, int64_t b1) {
   RNN_EXT_ROWS(proj_grad, p.P, proj_grad_active);
 }
 
 template <typename T, typename Acc>
-void gru_forward_rows(const GRUForwardStep<T, Acc>& p, int64_t b0, int64_t b1) {
+RNN_EXT_CPU_CLONES void gru_forward_rows(const GRUForwardStep<T, Acc>& p, int64_t b0, int64_t b1) {
   RNN_EXT_ROWS(gru_forward, p.H, gru_forward_active);
 }
 
 template <typename T, typename Acc>
-void gru_backward_rows(const GRUBackwardStep<T, Acc>& p, int64_t b0, int64_t b1) {
+RNN_EXT_CPU_CLONES void gru_backward_rows(const GRUBackwardStep<T, Acc>& p, int64_t b0, int64_t b1) {
   if (p.grad_ws) RNN_EXT_ROWS(gru_backward, p.H, gru_backward_active<true>);
   else RNN_EXT_ROWS(gru_backward, p.H, gru_backward_active<false>);
 }
