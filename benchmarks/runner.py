@@ -102,6 +102,10 @@ def available_backends(requested, device, dtype):
     ok, skipped = [], {}
     for b in requested:
         reason = backends.why_not(b, device, dtype)
+        if reason is None and b == "triton" and device.type == "cpu":
+            # Runnable only under the Triton interpreter (as the test suite
+            # runs it): a correctness tool, not something to time.
+            reason = "on a CPU it runs only under the Triton interpreter, which is not timed"
         if reason is None:
             ok.append(b)
         else:
