@@ -2,8 +2,6 @@
 kernels), "triton", or "reference" (plain PyTorch).  "auto" picks the fastest
 one that can serve the device and dtype; a backend asked for by name that
 cannot serve the request raises an error saying why."""
-import os
-
 import torch
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
@@ -57,6 +55,3 @@ def resolve(backend, device, dtype):
         raise RuntimeError(f"rnn_ext: backend {backend!r} cannot run this request: {reason}")
     return backend
 
-
-def triton_interpreting():
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
