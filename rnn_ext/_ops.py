@@ -43,6 +43,16 @@ def _lstm_forward_fake(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths):
     )
 
 
+@torch.library.register_fake("rnn_ext::lstm_infer")
+def _lstm_infer_fake(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths):
+    return _lstm_forward_fake(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)[:3]
+
+
+@torch.library.register_fake("rnn_ext::gru_infer")
+def _gru_infer_fake(input_gates, w_hh, b_hh, h0, lengths):
+    return _gru_forward_fake(input_gates, w_hh, b_hh, h0, lengths)[:2]
+
+
 @torch.library.register_fake("rnn_ext::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0,
                         output, workspace, proj_input, lengths, grad_workspace):

@@ -23,15 +23,27 @@ def _state(state, batch, size, like):
     return like.new_zeros(batch, size) if state is None else state
 
 
+def _inference(need_workspace, *tensors):
+    """Whether the compiled kernels may skip the workspace: nobody asked for
+    it and no gradient will flow back through this call."""
+    if need_workspace:
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    return not any(t is not None and t.requires_grad for t in tensors)
+
+
 def lstm(input_gates, w_hh, b_hh=None, w_hr=None, h0=None, c0=None,
-         lengths=None, backend="auto"):
+         lengths=None, backend="auto", need_workspace=True):
     """One LSTM layer direction.
 
     input_gates: [T, B, 4H] (x W_ih^T + b_ih); w_hh: [4H, H] or [4H, P] with
     w_hr: [P, H]; h0: [B, H or P]; c0: [B, H]; lengths: [B] or None.
     Returns (output [T, B, H or P], h_n, c_n, workspace [T, B, 5H]); the
     workspace holds the activated gates i, f, g, o and the cell state c of
-    every step, and is differentiable.
+    every step, and is differentiable.  With need_workspace=False, a call
+    that needs no gradient may return None for it and skip writing it (the
+    compiled kernels then keep only what the next step reads).
     """
     if input_gates.dim() != 3:
         raise ValueError(f"rnn_ext.lstm: input_gates must be 3-D [T, B, 4H], got shape {tuple(input_gates.shape)}")
@@ -47,16 +59,20 @@ def lstm(input_gates, w_hh, b_hh=None, w_hr=None, h0=None, c0=None,
         from . import triton as rnn_triton
 
         return rnn_triton.lstm(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
+    if _inference(need_workspace, input_gates, w_hh, b_hh, w_hr, h0, c0):
+        return (*ops.lstm_infer(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths), None)
     y, h_n, c_n, ws, _ = ops.lstm_forward(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
     return y, h_n, c_n, ws
 
 
-def gru(input_gates, w_hh, b_hh=None, h0=None, lengths=None, backend="auto"):
+def gru(input_gates, w_hh, b_hh=None, h0=None, lengths=None, backend="auto",
+        need_workspace=True):
     """One GRU layer direction.
 
     input_gates: [T, B, 3H] (x W_ih^T + b_ih); w_hh: [3H, H]; h0: [B, H].
     Returns (output [T, B, H], h_n, workspace [T, B, 4H]); the workspace holds
-    r, z, n and hn = W_hn h + b_hn of every step.
+    r, z, n and hn = W_hn h + b_hn of every step (None with
+    need_workspace=False where no gradient is needed, as for lstm).
     """
     if input_gates.dim() != 3:
         raise ValueError(f"rnn_ext.gru: input_gates must be 3-D [T, B, 3H], got shape {tuple(input_gates.shape)}")
@@ -70,4 +86,6 @@ def gru(input_gates, w_hh, b_hh=None, h0=None, lengths=None, backend="auto"):
         from . import triton as rnn_triton
 
         return rnn_triton.gru(input_gates, w_hh, b_hh, h0, lengths)
+    if _inference(need_workspace, input_gates, w_hh, b_hh, h0):
+        return (*ops.gru_infer(input_gates, w_hh, b_hh, h0, lengths), None)
     return ops.gru_forward(input_gates, w_hh, b_hh, h0, lengths)

@@ -200,15 +200,17 @@ class _RNNBase(nn.Module):
             return states[0], states[1]
         return states[0], None
 
-    def _run(self, x, h0, c0, lengths):
+    def _run(self, x, h0, c0, lengths, want_internals=False):
         """All layers and directions over a padded [T, B, I] input.  Returns
         (output, h_n, c_n, workspaces), the workspaces per layer and
-        direction in the input's time order."""
+        direction in the input's time order (None where neither internals
+        nor gradients need them)."""
         cast = _autocast_dtype(x.device.type, self._cpu_autocast)
         with _no_autocast(x.device.type, cast):
-            return self._run_layers(x, h0, c0, lengths, cast if cast is not None else x.dtype)
+            return self._run_layers(x, h0, c0, lengths, cast if cast is not None else x.dtype,
+                                    want_internals)
 
-    def _run_layers(self, x, h0, c0, lengths, dtype):
+    def _run_layers(self, x, h0, c0, lengths, dtype, want_internals):
         to = (lambda t: None if t is None else t.to(dtype))  # noqa: E731
         x, h0, c0 = x.to(dtype), h0.to(dtype), to(c0)
         h_n, c_n, workspaces = [], [], []
@@ -223,14 +225,15 @@ class _RNNBase(nn.Module):
                     gx = reverse_within_lengths(gx, lengths)
                 if self._gates == 4:
                     y, h, c, ws = functional.lstm(gx, w_hh, b_hh, w_hr, h0[k], c0[k],
-                                                  lengths=lengths, backend=self.backend)
+                                                  lengths=lengths, backend=self.backend,
+                                                  need_workspace=want_internals)
                     c_n.append(c)
                 else:
                     y, h, ws = functional.gru(gx, w_hh, b_hh, h0[k], lengths=lengths,
-                                              backend=self.backend)
+                                              backend=self.backend, need_workspace=want_internals)
                 if direction == 1:
                     y = reverse_within_lengths(y, lengths)
-                    ws = reverse_within_lengths(ws, lengths)
+                    ws = None if ws is None else reverse_within_lengths(ws, lengths)
                 workspaces.append(ws)
                 outputs.append(y)
                 h_n.append(h)
@@ -273,7 +276,7 @@ class _RNNBase(nn.Module):
             if sorted_indices is not None:
                 h0 = h0.index_select(1, sorted_indices)
                 c0 = c0.index_select(1, sorted_indices) if c0 is not None else None
-            y, h_n, c_n, ws = self._run(x, h0, c0, lengths)
+            y, h_n, c_n, ws = self._run(x, h0, c0, lengths, want_internals)
             out = PackedSequence(pack_padded_sequence(y, lengths).data, batch_sizes,
                                  sorted_indices, unsorted_indices)
             inside = self._internals(ws) if want_internals else None
@@ -294,7 +297,7 @@ class _RNNBase(nn.Module):
         elif self.batch_first:
             input = input.transpose(0, 1)
         h0, c0 = self._states(hx, input.size(1), input, batched)
-        y, h_n, c_n, ws = self._run(input, h0, c0, None)
+        y, h_n, c_n, ws = self._run(input, h0, c0, None, want_internals)
         inside = self._internals(ws) if want_internals else None
         if not batched:
             y, h_n = y.squeeze(1), h_n.squeeze(1)
@@ -395,10 +398,11 @@ class _CellBase(nn.Module):
             gx = gx.unsqueeze(0)
             if self._gates == 4:
                 _, h, c, _ = functional.lstm(gx, to(self.weight_hh), to(self.bias_hh), None,
-                                             to(states[0]), to(states[1]), backend=self.backend)
+                                             to(states[0]), to(states[1]), backend=self.backend,
+                                             need_workspace=False)
                 return h, c
             _, h, _ = functional.gru(gx, to(self.weight_hh), to(self.bias_hh), to(states[0]),
-                                     backend=self.backend)
+                                     backend=self.backend, need_workspace=False)
             return (h,)
 
 

@@ -1,7 +1,8 @@
-// CPU kernels for the pointwise part of one step: plain loops over a range
-// of batch rows, calling the shared element functions.  The caller (the
-// PyTorch glue) splits the batch over threads and does the GEMMs with ATen.
-// No PyTorch here, so the C++ tests can use these directly.
+// CPU kernels for the pointwise part of one step: plain loops over a block
+// of batch rows and hidden units, calling the shared element functions.  The
+// CPU executor of the partitioned loop (cpu/persistent.h) runs each worker's
+// block of units through them.  No PyTorch here, so the C++ tests can use
+// these directly.
 #pragma once
 
 #include "rnn_ext/step_kernels.h"
@@ -27,51 +28,58 @@ namespace cpu {
 // Everything is inlined into the cloned step function, so that it is all
 // compiled for the clone's instruction set.
 template <typename Params, typename Active, typename Inactive>
-RNN_EXT_INLINE inline void rows(const Params& p, int64_t width, int64_t b_begin,
-                                int64_t b_end, Active active, Inactive inactive) {
+RNN_EXT_INLINE inline void rows(const Params& p, int64_t j_begin, int64_t j_end,
+                                int64_t b_begin, int64_t b_end, Active active,
+                                Inactive inactive) {
   for (int64_t b = b_begin; b < b_end; ++b) {
     if (row_active(p.lengths, b, p.t)) {
 #pragma omp simd
-      for (int64_t j = 0; j < width; ++j) active(b, j);
+      for (int64_t j = j_begin; j < j_end; ++j) active(b, j);
     } else {
-      for (int64_t j = 0; j < width; ++j) inactive(b, j);
+      for (int64_t j = j_begin; j < j_end; ++j) inactive(b, j);
     }
   }
 }
 
-#define RNN_EXT_ROWS(name, width, ...)                                   \
+// Rows [b0, b1) and units (or projection columns) [j0, j1) of one step.
+#define RNN_EXT_ROWS(name, ...)                                          \
   rows(                                                                  \
-      p, width, b0, b1,                                                  \
+      p, j0, j1, b0, b1,                                                 \
       [&](int64_t b, int64_t j) RNN_EXT_INLINE { __VA_ARGS__(p, b, j); }, \
       [&](int64_t b, int64_t j) RNN_EXT_INLINE { name##_inactive(p, b, j); })
 
 template <typename T, typename Acc>
-RNN_EXT_CPU_CLONES void lstm_forward_rows(const LSTMForwardStep<T, Acc>& p, int64_t b0, int64_t b1) {
-  RNN_EXT_ROWS(lstm_forward, p.H, lstm_forward_active);
+RNN_EXT_CPU_CLONES void lstm_forward_rows(const LSTMForwardStep<T, Acc>& p, int64_t b0, int64_t b1,
+                                          int64_t j0, int64_t j1) {
+  RNN_EXT_ROWS(lstm_forward, lstm_forward_active);
 }
 
 template <typename T, typename Acc>
-RNN_EXT_CPU_CLONES void lstm_backward_rows(const LSTMBackwardStep<T, Acc>& p, int64_t b0, int64_t b1) {
-  if (p.grad_ws && p.dh_direct) RNN_EXT_ROWS(lstm_backward, p.H, lstm_backward_active<true, true>);
-  else if (p.grad_ws) RNN_EXT_ROWS(lstm_backward, p.H, lstm_backward_active<true, false>);
-  else if (p.dh_direct) RNN_EXT_ROWS(lstm_backward, p.H, lstm_backward_active<false, true>);
-  else RNN_EXT_ROWS(lstm_backward, p.H, lstm_backward_active<false, false>);
+RNN_EXT_CPU_CLONES void lstm_backward_rows(const LSTMBackwardStep<T, Acc>& p, int64_t b0, int64_t b1,
+                                           int64_t j0, int64_t j1) {
+  if (p.grad_ws && p.dh_direct) RNN_EXT_ROWS(lstm_backward, lstm_backward_active<true, true>);
+  else if (p.grad_ws) RNN_EXT_ROWS(lstm_backward, lstm_backward_active<true, false>);
+  else if (p.dh_direct) RNN_EXT_ROWS(lstm_backward, lstm_backward_active<false, true>);
+  else RNN_EXT_ROWS(lstm_backward, lstm_backward_active<false, false>);
 }
 
 template <typename T, typename Acc>
-RNN_EXT_CPU_CLONES void proj_grad_rows(const ProjGradStep<T, Acc>& p, int64_t b0, int64_t b1) {
-  RNN_EXT_ROWS(proj_grad, p.P, proj_grad_active);
+RNN_EXT_CPU_CLONES void proj_grad_rows(const ProjGradStep<T, Acc>& p, int64_t b0, int64_t b1,
+                                       int64_t j0, int64_t j1) {
+  RNN_EXT_ROWS(proj_grad, proj_grad_active);
 }
 
 template <typename T, typename Acc>
-RNN_EXT_CPU_CLONES void gru_forward_rows(const GRUForwardStep<T, Acc>& p, int64_t b0, int64_t b1) {
-  RNN_EXT_ROWS(gru_forward, p.H, gru_forward_active);
+RNN_EXT_CPU_CLONES void gru_forward_rows(const GRUForwardStep<T, Acc>& p, int64_t b0, int64_t b1,
+                                         int64_t j0, int64_t j1) {
+  RNN_EXT_ROWS(gru_forward, gru_forward_active);
 }
 
 template <typename T, typename Acc>
-RNN_EXT_CPU_CLONES void gru_backward_rows(const GRUBackwardStep<T, Acc>& p, int64_t b0, int64_t b1) {
-  if (p.grad_ws) RNN_EXT_ROWS(gru_backward, p.H, gru_backward_active<true>);
-  else RNN_EXT_ROWS(gru_backward, p.H, gru_backward_active<false>);
+RNN_EXT_CPU_CLONES void gru_backward_rows(const GRUBackwardStep<T, Acc>& p, int64_t b0, int64_t b1,
+                                          int64_t j0, int64_t j1) {
+  if (p.grad_ws) RNN_EXT_ROWS(gru_backward, gru_backward_active<true>);
+  else RNN_EXT_ROWS(gru_backward, gru_backward_active<false>);
 }
 #undef RNN_EXT_ROWS
 

@@ -1,12 +1,11 @@
-// PyTorch glue: the op schemas of the rnn_ext namespace, input checks, and
-// the CPU implementations (the time loop of sequence.h with CPU kernels).
+// PyTorch glue: the op schemas of the rnn_ext namespace and the input
+// checks every device shares.  The devices' implementations are in
+// rnn_ops_cpu.cpp and rnn_ops_cuda.cpp.
 #include <torch/library.h>
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <sstream>
 
-#include "cpu/rnn_cpu.h"
 #include "ops/sequence.h"
 
 namespace rnn_ext {
@@ -133,28 +132,6 @@ Tensor gather_final(const Tensor& seq, const Tensor& init,
   return at::where((len == 0).view({B, 1}), init.to(seq.scalar_type()), last);
 }
 
-// The CPU kernel policy of the time loop: batch rows split over threads.
-struct CpuSteps {
-  template <typename T>
-  using kernel_type = T;
-
-  template <class P, class F>
-  static void rows(const P& p, int64_t width, F f) {
-    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, 5 * width));
-    at::parallel_for(0, p.B, grain, [&](int64_t b0, int64_t b1) { f(p, b0, b1); });
-  }
-  template <class T, class A>
-  static void lstm_forward(const LSTMForwardStep<T, A>& p) { rows(p, p.H, cpu::lstm_forward_rows<T, A>); }
-  template <class T, class A>
-  static void lstm_backward(const LSTMBackwardStep<T, A>& p) { rows(p, p.H, cpu::lstm_backward_rows<T, A>); }
-  template <class T, class A>
-  static void proj_grad(const ProjGradStep<T, A>& p) { rows(p, p.P, cpu::proj_grad_rows<T, A>); }
-  template <class T, class A>
-  static void gru_forward(const GRUForwardStep<T, A>& p) { rows(p, p.H, cpu::gru_forward_rows<T, A>); }
-  template <class T, class A>
-  static void gru_backward(const GRUBackwardStep<T, A>& p) { rows(p, p.H, cpu::gru_backward_rows<T, A>); }
-};
-
 TORCH_LIBRARY(rnn_ext, m) {
   m.def(
       "lstm_forward(Tensor input_gates, Tensor w_hh, Tensor? b_hh, "
@@ -170,18 +147,19 @@ TORCH_LIBRARY(rnn_ext, m) {
   m.def(
       "gru_forward(Tensor input_gates, Tensor w_hh, Tensor? b_hh, Tensor h0, "
       "Tensor? lengths) -> (Tensor output, Tensor h_n, Tensor workspace)");
+  // Inference: the forward ops without the workspace that backward needs.
+  m.def(
+      "lstm_infer(Tensor input_gates, Tensor w_hh, Tensor? b_hh, "
+      "Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths) -> "
+      "(Tensor output, Tensor h_n, Tensor c_n)");
+  m.def(
+      "gru_infer(Tensor input_gates, Tensor w_hh, Tensor? b_hh, Tensor h0, "
+      "Tensor? lengths) -> (Tensor output, Tensor h_n)");
   m.def(
       "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, "
       "Tensor h0, Tensor output, Tensor workspace, Tensor? lengths, "
       "Tensor? grad_workspace) -> (Tensor grad_input_gates, Tensor grad_w_hh, "
       "Tensor grad_b_hh, Tensor grad_h0)");
-}
-
-TORCH_LIBRARY_IMPL(rnn_ext, CPU, m) {
-  m.impl("lstm_forward", &lstm_forward<CpuSteps>);
-  m.impl("lstm_backward", &lstm_backward<CpuSteps>);
-  m.impl("gru_forward", &gru_forward<CpuSteps>);
-  m.impl("gru_backward", &gru_backward<CpuSteps>);
 }
 
 }  // namespace rnn_ext

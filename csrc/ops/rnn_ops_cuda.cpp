@@ -1,5 +1,5 @@
-// CUDA implementations of the rnn_ext ops: the time loop of sequence.h with
-// the CUDA pointwise kernels, on PyTorch's current stream.  Compiled only
+// CUDA implementations of the rnn_ext ops: the stepwise time loop of
+// sequence.h with the CUDA pointwise kernels, on PyTorch's current stream.  Compiled only
 // when the extension is built with CUDA.
 #include <torch/library.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -39,6 +39,8 @@ struct CudaSteps {
   static void gru_backward(const GRUBackwardStep<T, A>& p) { check_launch(cuda::gru_backward_step(p, stream())); }
 };
 
+using CudaLoops = StepwiseLoops<CudaSteps>;
+
 // The dispatcher does not set the device for custom ops: each entry point
 // guards it.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
@@ -46,7 +48,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
     const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
     const OptTensor& lengths) {
   c10::cuda::CUDAGuard guard(gx.device());
-  return lstm_forward<CudaSteps>(gx, w_hh, b_hh, w_hr, h0, c0, lengths);
+  return lstm_forward<CudaLoops>(gx, w_hh, b_hh, w_hr, h0, c0, lengths);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cuda(
@@ -55,7 +57,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cuda(
     const Tensor& c0, const Tensor& y, const Tensor& ws, const Tensor& proj_in,
     const OptTensor& lengths, const OptTensor& grad_ws) {
   c10::cuda::CUDAGuard guard(y.device());
-  return lstm_backward<CudaSteps>(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0,
+  return lstm_backward<CudaLoops>(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0,
                                   c0, y, ws, proj_in, lengths, grad_ws);
 }
 
@@ -65,7 +67,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_cuda(const Tensor& gx,
                                                     const Tensor& h0,
                                                     const OptTensor& lengths) {
   c10::cuda::CUDAGuard guard(gx.device());
-  return gru_forward<CudaSteps>(gx, w_hh, b_hh, h0, lengths);
+  return gru_forward<CudaLoops>(gx, w_hh, b_hh, h0, lengths);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_cuda(
@@ -73,14 +75,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_cuda(
     const Tensor& h0, const Tensor& y, const Tensor& ws,
     const OptTensor& lengths, const OptTensor& grad_ws) {
   c10::cuda::CUDAGuard guard(y.device());
-  return gru_backward<CudaSteps>(grad_y, grad_h_n, w_hh, h0, y, ws, lengths,
+  return gru_backward<CudaLoops>(grad_y, grad_h_n, w_hh, h0, y, ws, lengths,
                                  grad_ws);
+}
+
+std::tuple<Tensor, Tensor, Tensor> lstm_infer_cuda(
+    const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+    const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
+    const OptTensor& lengths) {
+  c10::cuda::CUDAGuard guard(gx.device());
+  return lstm_infer<CudaLoops>(gx, w_hh, b_hh, w_hr, h0, c0, lengths);
+}
+
+std::tuple<Tensor, Tensor> gru_infer_cuda(const Tensor& gx, const Tensor& w_hh,
+                                          const OptTensor& b_hh, const Tensor& h0,
+                                          const OptTensor& lengths) {
+  c10::cuda::CUDAGuard guard(gx.device());
+  return gru_infer<CudaLoops>(gx, w_hh, b_hh, h0, lengths);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnn_ext, CUDA, m) {
   m.impl("lstm_forward", &lstm_forward_cuda);
+  m.impl("lstm_infer", &lstm_infer_cuda);
+  m.impl("gru_infer", &gru_infer_cuda);
   m.impl("lstm_backward", &lstm_backward_cuda);
   m.impl("gru_forward", &gru_forward_cuda);
   m.impl("gru_backward", &gru_backward_cuda);

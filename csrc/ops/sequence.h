@@ -1,8 +1,9 @@
-// The time loop shared by every device: per step, one ATen GEMM for the
-// recurrent product (MKL/oneDNN on the CPU, cuBLAS on CUDA, following
-// PyTorch's TF32 switch) and one fused pointwise kernel from `Steps`, the
-// device's kernel policy (CpuSteps in rnn_ops.cpp, CudaSteps in
-// rnn_ops_cuda.cpp).  Nothing in the loop reads device memory on the host.
+// The stepwise time loop (the CUDA backend's today): per step, one ATen GEMM
+// for the recurrent product (cuBLAS, following PyTorch's TF32 switch) and
+// one fused pointwise kernel from `Steps`, the device's kernel policy
+// (CudaSteps in rnn_ops_cuda.cpp).  Nothing in the loop reads device memory
+// on the host.  The CPU runs the partitioned loop instead (partition.h,
+// rnn_ops_cpu.cpp); both share the checked entry points at the end.
 //
 // Two facts keep the loop free of copies:
 //  * The GEMM input at step t is the output of step t-1 for every row.  A
@@ -13,6 +14,8 @@
 //    it for active rows, and the GEMM accumulates (beta = 1) the next
 //    contribution into it, so a finished row keeps grad_h_n until its last
 //    step.
+// The recurrent product and the carried dh are kept in the accumulation
+// type (fp32 for fp16/bf16), so no carried quantity is rounded every step.
 // With lengths on the host that are sorted in decreasing order, the GEMMs of
 // step t cover only the rows still active.
 #pragma once
@@ -66,14 +69,55 @@ Tensor gather_final(const Tensor& seq, const Tensor& init,
 
 // out[:n] = a[:n] @ b, or out[:n] += a[:n] @ b: the first n rows are the
 // ones still active at this step (all rows unless lengths are sorted).
+// `out` may be fp32 for fp16/bf16 a and b: the product is then taken with
+// fp32 output (mm's out_dtype, a CUDA kernel), never rounded to 16 bits.
 inline void mm_rows(const Tensor& out, const Tensor& a, const Tensor& b,
                     int64_t n, bool accumulate = false) {
   if (n == 0) return;
   Tensor rows = out.narrow(0, 0, n);
-  if (accumulate)
-    rows.addmm_(a.narrow(0, 0, n), b);
-  else
-    at::mm_out(rows, a.narrow(0, 0, n), b);
+  const Tensor a_rows = a.narrow(0, 0, n);
+  if (out.scalar_type() != a.scalar_type()) {
+    if (accumulate)
+      rows.add_(at::mm(a_rows, b, out.scalar_type()));
+    else
+      at::mm_out(rows, a_rows, b, out.scalar_type());
+  } else if (accumulate) {
+    rows.addmm_(a_rows, b);
+  } else {
+    at::mm_out(rows, a_rows, b);
+  }
+}
+
+// Weight gradients of an LSTM layer after its time loop: one large product
+// over all steps.  The GEMM input of step t was h0 (t = 0) or y[t-1]; rows
+// that were inactive have zero gate gradients, so their (zeroed) outputs
+// contribute nothing.  Returns (dW_hh, db_hh, dW_hr).
+inline std::tuple<Tensor, Tensor, Tensor> lstm_weight_grads(
+    const Tensor& d_gates, const Tensor& h0, const Tensor& y,
+    const Tensor& d_proj, const Tensor& proj_in) {
+  const int64_t T_ = d_gates.size(0), B = d_gates.size(1), G = d_gates.size(2);
+  Tensor dw_hh = at::mm(d_gates[0].t(), h0);
+  if (T_ > 1)
+    dw_hh.addmm_(d_gates.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, G}).t(),
+                 y.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, y.size(2)}));
+  Tensor db_hh = d_gates.sum(at::IntArrayRef{0, 1});
+  Tensor dw_hr = d_proj.numel() > 0
+                     ? at::mm(d_proj.reshape({T_ * B, d_proj.size(2)}).t(),
+                              proj_in.reshape({T_ * B, proj_in.size(2)}))
+                     : at::empty({0}, y.options());
+  return {dw_hh, db_hh, dw_hr};
+}
+
+// Likewise for a GRU layer, from the gradients of h W_hh^T + b_hh.
+inline std::tuple<Tensor, Tensor> gru_weight_grads(const Tensor& d_hh,
+                                                   const Tensor& h0,
+                                                   const Tensor& y) {
+  const int64_t T_ = d_hh.size(0), B = d_hh.size(1), G = d_hh.size(2);
+  Tensor dw_hh = at::mm(d_hh[0].t(), h0);
+  if (T_ > 1)
+    dw_hh.addmm_(d_hh.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, G}).t(),
+                 y.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, y.size(2)}));
+  return {dw_hh, d_hh.sum(at::IntArrayRef{0, 1})};
 }
 
 template <class Steps, typename T>
@@ -90,7 +134,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_loop(
   Tensor y = at::empty({T_, B, Hout}, opts);
   Tensor ws = at::empty({T_, B, 5 * H}, opts.dtype(acc_dtype(gx.scalar_type())));
   Tensor proj_in = at::empty({P > 0 ? T_ : 0, B, H}, opts);
-  Tensor gh = at::empty({B, 4 * H}, opts);
+  Tensor gh = at::empty({B, 4 * H}, ws.options());
   const Tensor bias = b_hh ? *b_hh : at::zeros({4 * H}, opts);
   const Tensor c0_acc = c0.to(ws.scalar_type()).contiguous();
   const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
@@ -101,7 +145,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_loop(
     mm_rows(gh, h_prev, w_hh_t, n);
     const Acc* c_prev = t == 0 ? ptr<const Acc>(c0_acc) : ptr<const Acc>(ws[t - 1]) + 4 * H;
     LSTMForwardStep<KT, Acc> p{B, H, t, L.data(), ptr<const KT>(gx[t]),
-                               ptr<const KT>(gh), ptr<const KT>(bias), c_prev,
+                               ptr<const Acc>(gh), ptr<const KT>(bias), c_prev,
                                t == 0 ? H : 5 * H, ptr<Acc>(ws[t]),
                                ptr<KT>(P > 0 ? proj_in[t] : y[t])};
     Steps::lstm_forward(p);
@@ -128,15 +172,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_loop(
   const auto opts = y.options();
   const Lengths L = prepare_lengths(lengths, T_, B, y.device());
   Tensor d_gates = at::empty({T_, B, 4 * H}, opts);
-  Tensor dh_state = grad_h_n.clone(at::MemoryFormat::Contiguous);
+  Tensor dh_state = grad_h_n.to(ws.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
   Tensor dc_state = grad_c_n.to(ws.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
   const Tensor c0_acc = c0.to(ws.scalar_type()).contiguous();
   Tensor d_proj = at::empty({P > 0 ? T_ : 0, B, P}, opts);
-  Tensor dh_pre = at::empty({P > 0 ? B : 0, H}, opts);
+  Tensor dh_pre = at::empty({P > 0 ? B : 0, H}, ws.options());
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const int64_t n = L.rows(t, B);
     if (P > 0) {
-      ProjGradStep<KT, Acc> pp{B, P, t, L.data(), ptr<KT>(dh_state),
+      ProjGradStep<KT, Acc> pp{B, P, t, L.data(), ptr<Acc>(dh_state),
                                ptr<const KT>(grad_y[t]), ptr<KT>(d_proj[t])};
       Steps::proj_grad(pp);
       mm_rows(dh_pre, d_proj[t], *w_hr, n);
@@ -145,22 +189,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_loop(
         B, H, t, L.data(), ptr<const Acc>(ws[t]),
         t == 0 ? ptr<const Acc>(c0_acc) : ptr<const Acc>(ws[t - 1]) + 4 * H,
         t == 0 ? H : 5 * H, grad_ws ? ptr<const Acc>((*grad_ws)[t]) : nullptr,
-        P > 0 ? ptr<const KT>(dh_pre) : nullptr, ptr<KT>(dh_state),
+        P > 0 ? ptr<const Acc>(dh_pre) : nullptr, ptr<Acc>(dh_state),
         ptr<const KT>(grad_y[t]), ptr<Acc>(dc_state), ptr<KT>(d_gates[t])};
     Steps::lstm_backward(p);
     mm_rows(dh_state, d_gates[t], w_hh, n, /*accumulate=*/true);
   }
-  // Weight gradients: one large product over all steps.  The GEMM input of
-  // step t was h0 (t = 0) or y[t-1]; rows that were inactive have zero
-  // gate gradients, so their (zeroed) outputs contribute nothing.
-  Tensor dw_hh = at::mm(d_gates[0].t(), h0);
-  if (T_ > 1)
-    dw_hh.addmm_(d_gates.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, 4 * H}).t(),
-                 y.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, y.size(2)}));
-  Tensor db_hh = d_gates.sum(at::IntArrayRef{0, 1});
-  Tensor dw_hr = P > 0 ? at::mm(d_proj.reshape({T_ * B, P}).t(), proj_in.reshape({T_ * B, H}))
-                       : at::empty({0}, opts);
-  return {d_gates, dw_hh, db_hh, dw_hr, dh_state, dc_state.to(y.scalar_type())};
+  auto [dw_hh, db_hh, dw_hr] = lstm_weight_grads(d_gates, h0, y, d_proj, proj_in);
+  return {d_gates, dw_hh, db_hh, dw_hr, dh_state.to(y.scalar_type()),
+          dc_state.to(y.scalar_type())};
 }
 
 template <class Steps, typename T>
@@ -173,7 +209,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_loop(
   const auto opts = gx.options();
   Tensor y = at::empty({T_, B, H}, opts);
   Tensor ws = at::empty({T_, B, 4 * H}, opts.dtype(acc_dtype(gx.scalar_type())));
-  Tensor gh = at::empty({B, 3 * H}, opts);
+  Tensor gh = at::empty({B, 3 * H}, ws.options());
   const Tensor bias = b_hh ? *b_hh : at::zeros({3 * H}, opts);
   const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
   const Tensor w_hh_t = w_hh.t();
@@ -182,7 +218,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_loop(
     const Tensor h_prev = t == 0 ? h0 : y[t - 1];
     mm_rows(gh, h_prev, w_hh_t, n);
     GRUForwardStep<KT, Acc> p{B, H, t, L.data(), ptr<const KT>(gx[t]),
-                              ptr<const KT>(gh), ptr<const KT>(bias),
+                              ptr<const Acc>(gh), ptr<const KT>(bias),
                               ptr<const KT>(h_prev), ptr<Acc>(ws[t]),
                               ptr<KT>(y[t])};
     Steps::gru_forward(p);
@@ -202,29 +238,56 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_loop(
   const Lengths L = prepare_lengths(lengths, T_, B, y.device());
   Tensor d_gates = at::empty({T_, B, 3 * H}, opts);
   Tensor d_hh = at::empty({T_, B, 3 * H}, opts);
-  Tensor dh_state = grad_h_n.clone(at::MemoryFormat::Contiguous);
+  Tensor dh_state = grad_h_n.to(acc_dtype(y.scalar_type()), /*non_blocking=*/false, /*copy=*/true);
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const int64_t n = L.rows(t, B);
     GRUBackwardStep<KT, Acc> p{
         B, H, t, L.data(), ptr<const Acc>(ws[t]),
         ptr<const KT>(t == 0 ? h0 : y[t - 1]),
-        grad_ws ? ptr<const Acc>((*grad_ws)[t]) : nullptr, ptr<KT>(dh_state),
+        grad_ws ? ptr<const Acc>((*grad_ws)[t]) : nullptr, ptr<Acc>(dh_state),
         ptr<const KT>(grad_y[t]), ptr<KT>(d_gates[t]), ptr<KT>(d_hh[t])};
     Steps::gru_backward(p);
     mm_rows(dh_state, d_hh[t], w_hh, n, /*accumulate=*/true);
   }
-  Tensor dw_hh = at::mm(d_hh[0].t(), h0);
-  if (T_ > 1)
-    dw_hh.addmm_(d_hh.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, 3 * H}).t(),
-                 y.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, H}));
-  return {d_gates, dw_hh, d_hh.sum(at::IntArrayRef{0, 1}), dh_state};
+  auto [dw_hh, db_hh] = gru_weight_grads(d_hh, h0, y);
+  return {d_gates, dw_hh, db_hh, dh_state.to(y.scalar_type())};
 }
+
+// The stepwise loops as the entry points below call them.  They always keep
+// the workspace (the inference ops then drop it).
+template <class Steps>
+struct StepwiseLoops {
+  template <typename T>
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
+      const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+      const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
+      const OptTensor& lengths, bool /*training*/) {
+    return lstm_forward_loop<Steps, T>(gx, w_hh, b_hh, w_hr, h0, c0, lengths);
+  }
+  template <typename T, typename... Args>
+  static auto lstm_backward(const Args&... args) {
+    return lstm_backward_loop<Steps, T>(args...);
+  }
+  template <typename T>
+  static std::tuple<Tensor, Tensor, Tensor> gru_forward(
+      const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+      const Tensor& h0, const OptTensor& lengths, bool /*training*/) {
+    return gru_forward_loop<Steps, T>(gx, w_hh, b_hh, h0, lengths);
+  }
+  template <typename T, typename... Args>
+  static auto gru_backward(const Args&... args) {
+    return gru_backward_loop<Steps, T>(args...);
+  }
+};
 
 }  // namespace rnn_ext
 
 // ------------------------------------------------------------------------
 // Checked entry points, shared by every device: validate, make contiguous,
-// dispatch on dtype.  Defined here so each device's glue is a few lines.
+// dispatch on dtype, then run the device's `Loops` (StepwiseLoops below, or
+// the CPU's partitioned loops in rnn_ops_cpu.cpp).  Loops::lstm_forward and
+// gru_forward take a flag `training`: without it they may keep no workspace
+// (the inference ops return none).
 namespace rnn_ext {
 
 // Throws a clear error naming the problem; returns nothing.
@@ -245,22 +308,41 @@ inline OptTensor contiguous(const OptTensor& t) {
 #define RNN_EXT_DISPATCH(dtype, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
 
-template <class Steps>
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_checked(
     const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
     const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
-    const OptTensor& lengths) {
+    const OptTensor& lengths, bool training) {
   check_lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths);
   std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> out;
   RNN_EXT_DISPATCH(gx.scalar_type(), "rnn_ext::lstm_forward", [&] {
-    out = lstm_forward_loop<Steps, scalar_t>(
+    out = Loops::template lstm_forward<scalar_t>(
         gx.contiguous(), w_hh.contiguous(), contiguous(b_hh),
-        contiguous(w_hr), h0.contiguous(), c0.contiguous(), lengths);
+        contiguous(w_hr), h0.contiguous(), c0.contiguous(), lengths, training);
   });
   return out;
 }
 
-template <class Steps>
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
+    const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+    const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
+    const OptTensor& lengths) {
+  return lstm_forward_checked<Loops>(gx, w_hh, b_hh, w_hr, h0, c0, lengths, true);
+}
+
+// Inference: outputs and final states only.
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor> lstm_infer(
+    const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+    const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
+    const OptTensor& lengths) {
+  auto [y, h_n, c_n, ws, proj_in] =
+      lstm_forward_checked<Loops>(gx, w_hh, b_hh, w_hr, h0, c0, lengths, false);
+  return {y, h_n, c_n};
+}
+
+template <class Loops>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n,
     const Tensor& w_hh, const OptTensor& w_hr, const Tensor& h0,
@@ -282,7 +364,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
                            op, ": grad_workspace must match workspace");
   std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> out;
   RNN_EXT_DISPATCH(y.scalar_type(), "rnn_ext::lstm_backward", [&] {
-    out = lstm_backward_loop<Steps, scalar_t>(
+    out = Loops::template lstm_backward<scalar_t>(
         grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(),
         w_hh.contiguous(), contiguous(w_hr), h0.contiguous(), c0.contiguous(),
         y.contiguous(), ws.contiguous(), proj_in.contiguous(), lengths,
@@ -291,23 +373,38 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
   return out;
 }
 
-template <class Steps>
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor> gru_forward_checked(
+    const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+    const Tensor& h0, const OptTensor& lengths, bool training) {
+  check_gru_forward(gx, w_hh, b_hh, h0, lengths);
+  std::tuple<Tensor, Tensor, Tensor> out;
+  RNN_EXT_DISPATCH(gx.scalar_type(), "rnn_ext::gru_forward", [&] {
+    out = Loops::template gru_forward<scalar_t>(gx.contiguous(), w_hh.contiguous(),
+                                                contiguous(b_hh), h0.contiguous(),
+                                                lengths, training);
+  });
+  return out;
+}
+
+template <class Loops>
 std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& gx,
                                                const Tensor& w_hh,
                                                const OptTensor& b_hh,
                                                const Tensor& h0,
                                                const OptTensor& lengths) {
-  check_gru_forward(gx, w_hh, b_hh, h0, lengths);
-  std::tuple<Tensor, Tensor, Tensor> out;
-  RNN_EXT_DISPATCH(gx.scalar_type(), "rnn_ext::gru_forward", [&] {
-    out = gru_forward_loop<Steps, scalar_t>(gx.contiguous(), w_hh.contiguous(),
-                                            contiguous(b_hh), h0.contiguous(),
-                                            lengths);
-  });
-  return out;
+  return gru_forward_checked<Loops>(gx, w_hh, b_hh, h0, lengths, true);
 }
 
-template <class Steps>
+template <class Loops>
+std::tuple<Tensor, Tensor> gru_infer(const Tensor& gx, const Tensor& w_hh,
+                                     const OptTensor& b_hh, const Tensor& h0,
+                                     const OptTensor& lengths) {
+  auto [y, h_n, ws] = gru_forward_checked<Loops>(gx, w_hh, b_hh, h0, lengths, false);
+  return {y, h_n};
+}
+
+template <class Loops>
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
     const Tensor& h0, const Tensor& y, const Tensor& ws,
@@ -325,7 +422,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
                            op, ": grad_workspace must match workspace");
   std::tuple<Tensor, Tensor, Tensor, Tensor> out;
   RNN_EXT_DISPATCH(y.scalar_type(), "rnn_ext::gru_backward", [&] {
-    out = gru_backward_loop<Steps, scalar_t>(
+    out = Loops::template gru_backward<scalar_t>(
         grad_y.contiguous(), grad_h_n.contiguous(), w_hh.contiguous(),
         h0.contiguous(), y.contiguous(), ws.contiguous(), lengths,
         contiguous(grad_ws));

@@ -36,7 +36,7 @@ static LSTMStepResult lstm_step(int64_t B, int64_t H, const std::vector<double>&
   std::vector<double> gh(B * 4 * H, 0.0), bias(4 * H, 0.0), ws(B * 5 * H, -7.0), h(B * H, -7.0);
   LSTMForwardStep<double, double> p{B, H, 0, lengths, gx.data(), gh.data(), bias.data(),
                                     c0.data(), H, ws.data(), h.data()};
-  cpu::lstm_forward_rows(p, 0, B);
+  cpu::lstm_forward_rows(p, 0, B, 0, H);
   return {h, ws};
 }
 
@@ -82,7 +82,7 @@ static void test_lstm_backward_matches_finite_differences() {
   LSTMBackwardStep<double, double> p{B, H, 0, nullptr, fwd.ws.data(), c0.data(), H, nullptr,
                                      nullptr, dh_state.data(), grad_y.data(), dc_state.data(),
                                      dgates.data()};
-  cpu::lstm_backward_rows(p, 0, B);
+  cpu::lstm_backward_rows(p, 0, B, 0, H);
   const double eps = 1e-6;
   for (size_t k = 0; k < gx.size(); ++k) {
     auto up = gx, down = gx;
@@ -105,7 +105,7 @@ static std::vector<double> gru_step(int64_t B, int64_t H, const std::vector<doub
   std::vector<double> ws(B * 4 * H), y(B * H), bias(3 * H, 0.0);
   GRUForwardStep<double, double> p{B, H, 0, nullptr, gx.data(), gh.data(), bias.data(),
                                    h0.data(), ws.data(), y.data()};
-  cpu::gru_forward_rows(p, 0, B);
+  cpu::gru_forward_rows(p, 0, B, 0, H);
   if (ws_out) *ws_out = ws;
   return y;
 }
@@ -127,7 +127,7 @@ static void test_gru_backward_matches_finite_differences() {
   std::vector<double> dh_state = w, grad_y(B * H, 0.0), dgx(B * 3 * H), dgh(B * 3 * H);
   GRUBackwardStep<double, double> p{B, H, 0, nullptr, ws.data(), h0.data(), nullptr,
                                     dh_state.data(), grad_y.data(), dgx.data(), dgh.data()};
-  cpu::gru_backward_rows(p, 0, B);
+  cpu::gru_backward_rows(p, 0, B, 0, H);
   const double eps = 1e-6;
   for (size_t k = 0; k < gx.size(); ++k) {
     auto up = gx, down = gx;

@@ -54,12 +54,16 @@ struct LSTMForwardStep {
   int64_t B, H, t;
   const int64_t* lengths;  // [B] or null
   const T* gx;             // input gates at step t [B, 4H]
-  const T* gh;             // h_{t-1} W_hh^T [B, 4H]
+  const Acc* gh;           // h_{t-1} W_hh^T, in Acc (layout: gh_ld below)
   const T* b_hh;           // [4H] (zeros for a layer without bias)
   const Acc* c_prev;       // c_{t-1}: c0 (fp32 copy) or the cell column of
   int64_t c_prev_stride;   //   the previous workspace; row stride
   Acc* ws;                 // workspace of step t
   T* h_out;                // [B, H]: output (no projection) or projection input
+  // Layout of gh: element (b, gate k, unit j) at b*gh_ld + k*gh_gs + j - gh_j0.
+  // The defaults are the whole [B, 4H] product; a worker of the partitioned
+  // loop (partition.h) passes its own [B, 4, units] block instead.
+  int64_t gh_ld = 4 * H, gh_gs = H, gh_j0 = 0;
 };
 
 template <typename T, typename Acc>
@@ -67,10 +71,10 @@ RNN_HD void lstm_forward_active(const LSTMForwardStep<T, Acc>& p, int64_t b,
                                 int64_t j) {
   const int64_t H = p.H;
   const T* gx = p.gx + b * 4 * H;
-  const T* gh = p.gh + b * 4 * H;
+  const Acc* gh = p.gh + b * p.gh_ld + (j - p.gh_j0);
   Acc pre[4];
   for (int k = 0; k < 4; ++k) {
-    pre[k] = to_acc<Acc>(gx[k * H + j]) + to_acc<Acc>(gh[k * H + j]) +
+    pre[k] = to_acc<Acc>(gx[k * H + j]) + gh[k * p.gh_gs] +
              to_acc<Acc>(p.b_hh[k * H + j]);
   }
   const auto r = gates::lstm_forward(pre[0], pre[1], pre[2], pre[3],
@@ -103,9 +107,10 @@ struct LSTMBackwardStep {
   const Acc* grad_ws;      // gradient on the workspace at step t, or null
   // Where dh comes from.  With a projection: dh_direct [B, H] (already
   // multiplied by W_hr).  Without: dh_state [B, H] (carried from the step
-  // after, cleared here once consumed) plus grad_y [B, H].
-  const T* dh_direct;
-  T* dh_state;
+  // after, cleared here once consumed) plus grad_y [B, H].  What is carried
+  // from step to step is in Acc, so fp16/bf16 do not round it every step.
+  const Acc* dh_direct;
+  Acc* dh_state;
   const T* grad_y;
   Acc* dc_state;           // [B, H] gradient of the carried cell state
   T* grad_gates;           // [B, 4H] gradient of the pre-activations at step t
@@ -120,10 +125,10 @@ RNN_HD void lstm_backward_active(const LSTMBackwardStep<T, Acc>& p, int64_t b,
   const int64_t e = b * H + j;
   Acc dh;
   if constexpr (kDirect) {
-    dh = to_acc<Acc>(p.dh_direct[e]);
+    dh = p.dh_direct[e];
   } else {
-    dh = to_acc<Acc>(p.dh_state[e]) + to_acc<Acc>(p.grad_y[e]);
-    p.dh_state[e] = zero<T>();
+    dh = p.dh_state[e] + to_acc<Acc>(p.grad_y[e]);
+    p.dh_state[e] = Acc(0);
   }
   const Acc* ws = p.ws + b * 5 * H;
   Acc d_ws[5] = {0, 0, 0, 0, 0};
@@ -154,7 +159,7 @@ template <typename T, typename Acc>
 struct ProjGradStep {
   int64_t B, P, t;
   const int64_t* lengths;
-  T* dh_state;       // [B, P]
+  Acc* dh_state;     // [B, P]
   const T* grad_y;   // [B, P]
   T* grad_proj;      // [B, P] out
 };
@@ -163,9 +168,8 @@ template <typename T, typename Acc>
 RNN_HD void proj_grad_active(const ProjGradStep<T, Acc>& p, int64_t b,
                              int64_t k) {
   const int64_t e = b * p.P + k;
-  p.grad_proj[e] =
-      from_acc<T>(to_acc<Acc>(p.dh_state[e]) + to_acc<Acc>(p.grad_y[e]));
-  p.dh_state[e] = zero<T>();
+  p.grad_proj[e] = from_acc<T>(p.dh_state[e] + to_acc<Acc>(p.grad_y[e]));
+  p.dh_state[e] = Acc(0);
 }
 
 template <typename T, typename Acc>
@@ -180,11 +184,12 @@ struct GRUForwardStep {
   int64_t B, H, t;
   const int64_t* lengths;
   const T* gx;      // [B, 3H]
-  const T* gh;      // h_{t-1} W_hh^T [B, 3H]
+  const Acc* gh;    // h_{t-1} W_hh^T, in Acc; layout as in LSTMForwardStep
   const T* b_hh;    // [3H] (zeros for a layer without bias)
   const T* h_prev;  // [B, H]: h0 at t == 0, else output of step t-1
   Acc* ws;          // [B, 4H]
   T* y;             // [B, H]
+  int64_t gh_ld = 3 * H, gh_gs = H, gh_j0 = 0;
 };
 
 template <typename T, typename Acc>
@@ -200,10 +205,10 @@ RNN_HD void gru_forward_active(const GRUForwardStep<T, Acc>& p, int64_t b,
   const int64_t H = p.H;
   Acc* ws = p.ws + b * 4 * H;
   const T* gx = p.gx + b * 3 * H;
-  const T* gh = p.gh + b * 3 * H;
+  const Acc* gh = p.gh + b * p.gh_ld + (j - p.gh_j0);
   Acc hh[3];
   for (int k = 0; k < 3; ++k) {
-    hh[k] = to_acc<Acc>(gh[k * H + j]) + to_acc<Acc>(p.b_hh[k * H + j]);
+    hh[k] = gh[k * p.gh_gs] + to_acc<Acc>(p.b_hh[k * H + j]);
   }
   const auto r = gates::gru_forward(to_acc<Acc>(gx[j]) + hh[0],
                                     to_acc<Acc>(gx[H + j]) + hh[1],
@@ -224,7 +229,7 @@ struct GRUBackwardStep {
   const Acc* ws;       // [B, 4H] at step t
   const T* h_prev;     // [B, H]
   const Acc* grad_ws;  // [B, 4H] or null
-  T* dh_state;         // [B, H] in: carried gradient; out: direct part dh*z
+  Acc* dh_state;       // [B, H] in: carried gradient; out: direct part dh*z
   const T* grad_y;     // [B, H]
   T* grad_gates;       // [B, 3H] gradient of the input gates
   T* grad_hh;          // [B, 3H] gradient of h W_hh^T + b_hh
@@ -244,7 +249,7 @@ RNN_HD void gru_backward_active(const GRUBackwardStep<T, Acc>& p, int64_t b,
   T* gx = p.grad_gates + b * 3 * H;
   T* gh = p.grad_hh + b * 3 * H;
   const int64_t e = b * H + j;
-  const Acc dh = to_acc<Acc>(p.dh_state[e]) + to_acc<Acc>(p.grad_y[e]);
+  const Acc dh = p.dh_state[e] + to_acc<Acc>(p.grad_y[e]);
   const Acc* ws = p.ws + b * 4 * H;
   Acc d_ws[4] = {0, 0, 0, 0};
   if constexpr (kGradWs)
@@ -256,7 +261,7 @@ RNN_HD void gru_backward_active(const GRUBackwardStep<T, Acc>& p, int64_t b,
   gx[H + j] = gh[H + j] = from_acc<T>(r.pre_z);
   gx[2 * H + j] = from_acc<T>(r.x_n);
   gh[2 * H + j] = from_acc<T>(r.hn);
-  p.dh_state[e] = from_acc<T>(r.h_prev);
+  p.dh_state[e] = r.h_prev;
 }
 
 // The element each CUDA thread runs: active or inactive, by its row.

@@ -1,0 +1,129 @@
+// Single-threaded GEMMs for the workers of the CPU executor, in the two
+// shapes the partitioned loop needs:
+//   gemm_nt: c[m, n] (+)= a[m, k] w[n, k]^T   (forward: h times W_hh rows)
+//   gemm_nn: c[m, n] (+)= a[m, k] w[k, n]     (backward: gate grads times W_hh columns)
+// All row-major with leading dimensions; outputs in the accumulation type
+// (fp32 for fp16/bf16 inputs).
+//
+// Where the process has MKL (x86-64 builds of PyTorch link it into
+// libtorch_cpu and export its BLAS symbols), its kernels run: they are
+// declared weak here, so a build without them (CMake's kernel tests, other
+// platforms) links and falls back to the plain loops below.  Each worker
+// asks MKL for one thread (mkl_set_num_threads_local), since the workers
+// already are the parallelism.  No PyTorch here.
+#pragma once
+
+#include <stdint.h>
+
+#include <vector>
+
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*,
+            const float*, const int*, const float*, const int*, const float*, float*,
+            const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*,
+            const double*, const int*, const double*, const int*, const double*, double*,
+            const int*) __attribute__((weak));
+// CBLAS enums passed as ints: layout 101 = row-major, 111 = no transpose,
+// 112 = transpose; the 16-bit types are their raw bits.
+void cblas_gemm_bf16bf16f32(int, int, int, int, int, int, float, const uint16_t*, int,
+                            const uint16_t*, int, float, float*, int) __attribute__((weak));
+void cblas_gemm_f16f16f32(int, int, int, int, int, int, float, const uint16_t*, int,
+                          const uint16_t*, int, float, float*, int) __attribute__((weak));
+// MKL's C interface (mkl_service.h maps mkl_set_num_threads_local to it;
+// the lower-case symbol is the Fortran one, which takes a pointer).
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+}
+
+namespace rnn_ext {
+namespace cpu {
+namespace blas {
+
+// Which 16-bit format a storage type is; the PyTorch glue specialises this
+// for c10::BFloat16 and c10::Half (the kernels know no framework types).
+template <typename T>
+struct Float16Format;  // { static constexpr bool bf16 = ...; }
+
+inline bool have_mkl() { return sgemm_ != nullptr; }
+
+// Plain loops, in Acc: the fallback, and the reference of the C++ tests.
+template <typename T, typename Acc>
+void gemm_loops(bool w_transposed, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
+                const T* w, int64_t ldw, Acc* c, int64_t ldc, bool accumulate) {
+  std::vector<Acc> row(static_cast<size_t>(n));
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) row[j] = accumulate ? c[i * ldc + j] : Acc(0);
+    if (w_transposed) {  // w[n, k]: dot products
+      for (int64_t j = 0; j < n; ++j) {
+        Acc s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t q = 0; q < k; ++q)
+          s += static_cast<Acc>(a[i * lda + q]) * static_cast<Acc>(w[j * ldw + q]);
+        row[j] += s;
+      }
+    } else {  // w[k, n]: rows of w scaled and added
+      for (int64_t q = 0; q < k; ++q) {
+        const Acc x = static_cast<Acc>(a[i * lda + q]);
+        const T* wr = w + q * ldw;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) row[j] += x * static_cast<Acc>(wr[j]);
+      }
+    }
+    for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = row[j];
+  }
+}
+
+// Column-major BLAS view of the row-major products: c^T = op(w) a^T.
+inline void gemm(bool w_transposed, int64_t m, int64_t n, int64_t k, const float* a,
+                 int64_t lda, const float* w, int64_t ldw, float* c, int64_t ldc,
+                 bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  if (!sgemm_ || k == 0)
+    return gemm_loops(w_transposed, m, n, k, a, lda, w, ldw, c, ldc, accumulate);
+  const int M = int(n), N = int(m), K = int(k), LDW = int(ldw), LDA = int(lda), LDC = int(ldc);
+  const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  sgemm_(w_transposed ? "T" : "N", "N", &M, &N, &K, &one, w, &LDW, a, &LDA, &beta, c, &LDC);
+}
+
+inline void gemm(bool w_transposed, int64_t m, int64_t n, int64_t k, const double* a,
+                 int64_t lda, const double* w, int64_t ldw, double* c, int64_t ldc,
+                 bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  if (!dgemm_ || k == 0)
+    return gemm_loops(w_transposed, m, n, k, a, lda, w, ldw, c, ldc, accumulate);
+  const int M = int(n), N = int(m), K = int(k), LDW = int(ldw), LDA = int(lda), LDC = int(ldc);
+  const double one = 1.0, beta = accumulate ? 1.0 : 0.0;
+  dgemm_(w_transposed ? "T" : "N", "N", &M, &N, &K, &one, w, &LDW, a, &LDA, &beta, c, &LDC);
+}
+
+// fp16 / bf16 storage, fp32 products.
+template <typename T16>
+void gemm(bool w_transposed, int64_t m, int64_t n, int64_t k, const T16* a, int64_t lda,
+          const T16* w, int64_t ldw, float* c, int64_t ldc, bool accumulate) {
+  static_assert(sizeof(T16) == 2, "16-bit storage types only");
+  if (m <= 0 || n <= 0) return;
+  auto* f = Float16Format<T16>::bf16 ? cblas_gemm_bf16bf16f32 : cblas_gemm_f16f16f32;
+  if (!f || k == 0)
+    return gemm_loops(w_transposed, m, n, k, a, lda, w, ldw, c, ldc, accumulate);
+  f(101, 111, w_transposed ? 112 : 111, int(m), int(n), int(k), 1.0f,
+    reinterpret_cast<const uint16_t*>(a), int(lda), reinterpret_cast<const uint16_t*>(w),
+    int(ldw), accumulate ? 1.0f : 0.0f, c, int(ldc));
+}
+
+// While alive, MKL calls from this thread run on this thread alone.
+class SingleThreaded {
+ public:
+  SingleThreaded() : previous_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
+  ~SingleThreaded() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous_);
+  }
+  SingleThreaded(const SingleThreaded&) = delete;
+  SingleThreaded& operator=(const SingleThreaded&) = delete;
+
+ private:
+  int previous_;
+};
+
+}  // namespace blas
+}  // namespace cpu
+}  // namespace rnn_ext

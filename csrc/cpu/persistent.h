@@ -1,0 +1,167 @@
+// The CPU executor of the partitioned loop (rnn_ext/partition.h): workers
+// are the threads of one OpenMP team that lives for the whole sequence; each
+// keeps its rows of W_hh packed in its own slab (first touched by itself, so
+// they stay in its core's cache when they fit), multiplies with
+// single-threaded BLAS, runs the vectorised step loops of rnn_cpu.h over its
+// units, and meets the others at a spin-then-block barrier.  No PyTorch and
+// no allocation inside the time loop.
+#pragma once
+
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <atomic>
+
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+#include <thread>
+
+#include "cpu/blas.h"
+#include "cpu/rnn_cpu.h"
+#include "rnn_ext/partition.h"
+
+namespace rnn_ext {
+namespace cpu {
+
+// A reusable barrier for a fixed number of threads.  Waiters spin first (a
+// step of the loop takes microseconds, far less than a sleep and wake-up),
+// then sleep on a futex, so that oversubscribed or descheduled workers do
+// not burn the cores the others need.  The last thread to arrive starts a
+// new generation and wakes sleepers only if there are any.
+class Barrier {
+ public:
+  explicit Barrier(int threads) : threads_(threads) {}
+
+  void arrive_and_wait() {
+    if (threads_ <= 1) return;
+    const int gen = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_ - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_seq_cst);
+      if (sleepers_.load(std::memory_order_seq_cst) > 0) wake_all();
+      return;
+    }
+    for (int i = 0; i < kSpins; ++i) {
+      if (generation_.load(std::memory_order_acquire) != gen) return;
+      pause();
+    }
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    while (generation_.load(std::memory_order_seq_cst) == gen) sleep_while(gen);
+    sleepers_.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+ private:
+  static constexpr int kSpins = 1 << 14;  // about 10-50 us
+
+  static void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_pause();
+#endif
+  }
+  void sleep_while(int gen) {
+#if defined(__linux__)
+    syscall(SYS_futex, reinterpret_cast<int*>(&generation_), FUTEX_WAIT_PRIVATE, gen,
+            nullptr, nullptr, 0);
+#else
+    std::this_thread::yield();
+#endif
+  }
+  void wake_all() {
+#if defined(__linux__)
+    syscall(SYS_futex, reinterpret_cast<int*>(&generation_), FUTEX_WAKE_PRIVATE, 1 << 30,
+            nullptr, nullptr, 0);
+#endif
+  }
+
+  const int threads_;
+  alignas(64) std::atomic<int> arrived_{0};
+  alignas(64) std::atomic<int> generation_{0};
+  alignas(64) std::atomic<int> sleepers_{0};
+};
+static_assert(sizeof(std::atomic<int>) == sizeof(int), "futex needs a plain int");
+
+// What partition.h asks of a device, for one CPU worker.
+template <typename T, typename Acc>
+struct Executor {
+  Barrier* sync;
+  T* slab;  // [G*H, Hin] packed rows of all workers, or null to use W_hh in place
+
+  const T* resident_rows(const T* w, int64_t H, int64_t G, int64_t Hin,
+                         partition::Slice u) {
+    if (slab == nullptr) return w;  // one worker: its rows are W_hh itself
+    T* mine = slab + G * u.begin * Hin;
+    for (int64_t g = 0; g < G; ++g)
+      memcpy(mine + g * u.size() * Hin, w + (g * H + u.begin) * Hin,
+             sizeof(T) * u.size() * Hin);
+    return mine;
+  }
+  void gemm_nt(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* w,
+               int64_t ldw, Acc* c, int64_t ldc, bool accumulate) {
+    blas::gemm(true, m, n, k, a, lda, w, ldw, c, ldc, accumulate);
+  }
+  void gemm_nn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* w,
+               int64_t ldw, Acc* c, int64_t ldc, bool accumulate) {
+    blas::gemm(false, m, n, k, a, lda, w, ldw, c, ldc, accumulate);
+  }
+  void elements(const LSTMForwardStep<T, Acc>& p, int64_t j0, int64_t j1) {
+    lstm_forward_rows(p, 0, p.B, j0, j1);
+  }
+  void elements(const LSTMBackwardStep<T, Acc>& p, int64_t j0, int64_t j1) {
+    lstm_backward_rows(p, 0, p.B, j0, j1);
+  }
+  void elements(const ProjGradStep<T, Acc>& p, int64_t j0, int64_t j1) {
+    proj_grad_rows(p, 0, p.B, j0, j1);
+  }
+  void elements(const GRUForwardStep<T, Acc>& p, int64_t j0, int64_t j1) {
+    gru_forward_rows(p, 0, p.B, j0, j1);
+  }
+  void elements(const GRUBackwardStep<T, Acc>& p, int64_t j0, int64_t j1) {
+    gru_backward_rows(p, 0, p.B, j0, j1);
+  }
+  template <class F>
+  void for_each(int64_t b0, int64_t b1, int64_t j0, int64_t j1, F f) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t j = j0; j < j1; ++j) f(b, j);
+  }
+  void barrier() { sync->arrive_and_wait(); }
+};
+
+// Runs `worker(seq, k, executor)` for k in [0, K) on K threads, K = the
+// team OpenMP actually grants for `workers` (fewer inside a parallel
+// region); seq.workers is set to it, so the partition matches the team.
+// `slab` holds the packed weights when K > 1.
+template <typename T, typename Acc, class Seq, class Worker>
+void run(Seq seq, int64_t workers, T* slab, Worker worker) {
+  if (workers <= 1) {
+    seq.workers = 1;
+    Barrier sync(1);
+    Executor<T, Acc> ex{&sync, nullptr};
+    blas::SingleThreaded one;
+    worker(seq, 0, ex);
+    return;
+  }
+  Barrier* sync = nullptr;  // shared: made by one thread once the team is known
+#pragma omp parallel num_threads(static_cast<int>(workers)) shared(sync)
+  {
+    const int K = omp_get_num_threads();
+#pragma omp single
+    sync = new Barrier(K);
+    // (the end of `single` is a barrier: every thread sees `sync` now)
+    Seq mine = seq;
+    mine.workers = K;
+    Executor<T, Acc> ex{sync, K > 1 ? slab : nullptr};
+    blas::SingleThreaded one;
+    worker(mine, omp_get_thread_num(), ex);
+  }
+  delete sync;
+}
+
+}  // namespace cpu
+}  // namespace rnn_ext

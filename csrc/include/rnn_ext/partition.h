@@ -1,0 +1,305 @@
+// The partitioned recurrence: one algorithm for the whole sequence, written
+// once for every device.  No PyTorch, no device code here: an executor
+// supplies the device's pieces (CPU: cpu/persistent.h).
+//
+// K workers share a layer direction.  Worker k owns a slice of hidden units
+// with all their gates (4 for LSTM, 3 for GRU), so the pointwise update of
+// its units needs nothing from other workers:
+//
+//   forward step t   every worker reads all of h_{t-1}, multiplies it by its
+//                    own rows of W_hh (kept resident for the whole sequence),
+//                    runs the pointwise step for its units, writes its slice
+//                    of h_t; then all meet at one barrier.  With a projection
+//                    (LSTM proj_size), a second phase computes the projection
+//                    column slice by slice, with a second barrier.
+//   backward step t  dh for a worker's units needs the gate gradients of
+//                    every unit at step t+1: the worker multiplies them by
+//                    its columns of W_hh (dh_slice += d_gates_{t+1} W_hh[:,
+//                    slice]), runs the pointwise backward for its units,
+//                    writes its slice of the gate gradients; one barrier
+//                    (two with a projection).  Weight gradients stay one large
+//                    product after the loop (the caller's).
+//
+// Each worker runs the same function with its own k, like a CUDA block: the
+// functions below are that program.  An executor `ex` provides
+//   ex.resident_rows(w, H, G, Hin, u)   worker's rows of w [G*H, Hin] (the G
+//                                       gates of units u), as [G*|u|, Hin]
+//   ex.gemm_nt(m, n, k, a, lda, w, ldw, c, ldc, acc)  c[m,n] (+)= a[m,k] w[n,k]^T
+//   ex.gemm_nn(m, n, k, a, lda, w, ldw, c, ldc, acc)  c[m,n] (+)= a[m,k] w[k,n]
+//   ex.elements(step, j0, j1)           the pointwise step (step_kernels.h) for
+//                                       all batch rows and units [j0, j1)
+//   ex.for_each(b0, b1, j0, j1, f)      f(b, j) over a block (small glue loops)
+//   ex.barrier()                        all workers meet
+// GEMM inputs are in the storage type T, outputs in the accumulation type
+// Acc, so what is carried from step to step is never rounded to fp16/bf16.
+//
+// Variable lengths keep the semantics of the step kernels: a row is active
+// at step t while t < lengths[b]; an inactive row writes zeros to its
+// outputs and workspace and leaves every carried state alone.  With lengths
+// sorted in decreasing order (`active` given), the GEMMs of step t cover
+// only the rows still active.  Final states are written at each row's last
+// step, so no gather is needed after the loop.
+#pragma once
+
+#include <stdint.h>
+
+#include "rnn_ext/step_kernels.h"
+
+namespace rnn_ext {
+namespace partition {
+
+struct Slice {
+  int64_t begin, end;
+  RNN_HD int64_t size() const { return end - begin; }
+};
+
+// [0, n) cut into K contiguous slices, the k-th of them.  Slices are whole
+// multiples of `align` (vector width, MMA tile) except the last non-empty
+// one, and their sizes differ by at most one `align`; with more workers than
+// chunks, the last workers get empty slices (and still meet at barriers).
+RNN_HD Slice split(int64_t n, int64_t K, int64_t k, int64_t align) {
+  const int64_t chunks = (n + align - 1) / align;
+  const int64_t base = chunks / K, extra = chunks % K;
+  const int64_t c0 = k * base + (k < extra ? k : extra);
+  const int64_t c1 = c0 + base + (k < extra ? 1 : 0);
+  const int64_t b = c0 * align, e = c1 * align;
+  return {b < n ? b : n, e < n ? e : n};
+}
+
+// Rows the GEMMs of step t cover: the rows still active when lengths are
+// sorted in decreasing order (`active`, per step), else all B.
+RNN_HD int64_t gemm_rows(const int64_t* active, int64_t t, int64_t B) {
+  return active ? active[t] : B;
+}
+
+// Whether step t is row b's last (where its final state is taken).
+RNN_HD bool last_step(const int64_t* lengths, int64_t b, int64_t t, int64_t T) {
+  return lengths ? t == lengths[b] - 1 : t == T - 1;
+}
+
+// ---------------------------------------------------------------- LSTM ----
+template <typename T, typename Acc>
+struct LSTMForwardSeq {
+  int64_t steps, B, H, P;  // P = 0: no projection
+  int64_t workers, align;
+  const int64_t* lengths;  // [B] or null
+  const int64_t* active;   // [steps] rows active per step (sorted lengths) or null
+  const T* gx;             // [steps, B, 4H] input gates
+  const T* w_hh;           // [4H, Hin] (Hin = P or H)
+  const T* w_hr;           // [P, H] or null
+  const T* b_hh;           // [4H] (zeros for a layer without bias)
+  const T* h0;             // [B, Hin]
+  const Acc* c0;           // [B, H]
+  Acc* ws;                 // [ws_steps, B, 5H]: i, f, g, o, c of step t at
+  int64_t ws_steps;        //   t % ws_steps (steps: training; 2: inference)
+  T* proj_in;              // [proj_steps, B, H], likewise (P > 0)
+  int64_t proj_steps;
+  T* y;                    // [steps, B, Hout]
+  Acc* gates;              // [B, 4H] scratch: worker block [B, 4, |u|] at B*4*u.begin
+  Acc* proj_acc;           // [B, P] scratch (P > 0)
+  T* h_n;                  // [B, Hout], filled with h0 by the caller
+  T* c_n;                  // [B, H], filled with c0 by the caller
+};
+
+template <class Exec, typename T, typename Acc>
+RNN_HD void lstm_forward_worker(const LSTMForwardSeq<T, Acc>& s, int64_t k, Exec& ex) {
+  const int64_t B = s.B, H = s.H, P = s.P, Hin = P > 0 ? P : H;
+  const Slice u = split(H, s.workers, k, s.align);
+  const Slice pc = split(P, s.workers, k, s.align);
+  const int64_t nu = u.size();
+  const T* w = nu > 0 ? ex.resident_rows(s.w_hh, H, 4, Hin, u) : nullptr;
+  Acc* gates = s.gates + B * 4 * u.begin;
+  for (int64_t t = 0; t < s.steps; ++t) {
+    const int64_t n = gemm_rows(s.active, t, B);
+    const T* h_prev = t == 0 ? s.h0 : s.y + (t - 1) * B * Hin;
+    Acc* ws = s.ws + (t % s.ws_steps) * B * 5 * H;
+    T* h_out = P > 0 ? s.proj_in + (t % s.proj_steps) * B * H : s.y + t * B * H;
+    if (nu > 0) {
+      ex.gemm_nt(n, 4 * nu, Hin, h_prev, Hin, w, Hin, gates, 4 * nu, false);
+      const Acc* c_prev = t == 0 ? s.c0 : s.ws + ((t - 1) % s.ws_steps) * B * 5 * H + 4 * H;
+      LSTMForwardStep<T, Acc> p{B, H, t, s.lengths, s.gx + t * B * 4 * H, gates,
+                                s.b_hh, c_prev, t == 0 ? H : 5 * H, ws, h_out,
+                                4 * nu, nu, u.begin};
+      ex.elements(p, u.begin, u.end);
+      const int64_t T_ = s.steps;
+      const int64_t* len = s.lengths;
+      T* h_n = s.h_n;
+      T* c_n = s.c_n;
+      const bool proj = P > 0;
+      ex.for_each(0, B, u.begin, u.end, [=](int64_t b, int64_t j) {
+        if (last_step(len, b, t, T_)) {
+          c_n[b * H + j] = from_acc<T>(ws[b * 5 * H + 4 * H + j]);
+          if (!proj) h_n[b * H + j] = h_out[b * H + j];
+        }
+      });
+    }
+    ex.barrier();
+    if (P > 0) {
+      T* y = s.y + t * B * P;
+      if (pc.size() > 0) {
+        ex.gemm_nt(n, pc.size(), H, h_out, H, s.w_hr + pc.begin * H, H,
+                   s.proj_acc + pc.begin, P, false);
+        const Acc* acc = s.proj_acc;
+        const int64_t* len = s.lengths;
+        const int64_t T_ = s.steps;
+        T* h_n = s.h_n;
+        ex.for_each(0, B, pc.begin, pc.end, [=](int64_t b, int64_t c) {
+          const bool on = b < n && row_active(len, b, t);
+          y[b * P + c] = on ? from_acc<T>(acc[b * P + c]) : zero<T>();
+          if (on && last_step(len, b, t, T_)) h_n[b * P + c] = y[b * P + c];
+        });
+      }
+      ex.barrier();
+    }
+  }
+}
+
+template <typename T, typename Acc>
+struct LSTMBackwardSeq {
+  int64_t steps, B, H, P;
+  int64_t workers, align;
+  const int64_t* lengths;
+  const int64_t* active;
+  const T* w_hh;           // [4H, Hin]
+  const T* w_hr;           // [P, H] or null
+  const Acc* ws;           // [steps, B, 5H] from forward
+  const Acc* c0;           // [B, H]
+  const Acc* grad_ws;      // [steps, B, 5H] or null
+  const T* grad_y;         // [steps, B, Hout]
+  Acc* dh_state;           // [B, Hout] in: grad_h_n; out: grad_h0
+  Acc* dc_state;           // [B, H] in: grad_c_n; out: grad_c0
+  T* d_gates;              // [steps, B, 4H] out
+  T* d_proj;               // [steps, B, P] out (P > 0)
+  Acc* dh_pre;             // [B, H] scratch (P > 0)
+};
+
+template <class Exec, typename T, typename Acc>
+RNN_HD void lstm_backward_worker(const LSTMBackwardSeq<T, Acc>& s, int64_t k, Exec& ex) {
+  const int64_t B = s.B, H = s.H, P = s.P, Hin = P > 0 ? P : H;
+  const Slice u = split(H, s.workers, k, s.align);
+  const Slice pc = split(P, s.workers, k, s.align);
+  // The columns of the carried dh this worker accumulates: its projection
+  // columns with a projection, else its units.
+  const Slice dcols = P > 0 ? pc : u;
+  for (int64_t t = s.steps - 1; t >= 0; --t) {
+    const int64_t n = gemm_rows(s.active, t, B);
+    if (t + 1 < s.steps && dcols.size() > 0)
+      ex.gemm_nn(gemm_rows(s.active, t + 1, B), dcols.size(), 4 * H,
+                 s.d_gates + (t + 1) * B * 4 * H, 4 * H, s.w_hh + dcols.begin, Hin,
+                 s.dh_state + dcols.begin, Hin, true);
+    const T* grad_y = s.grad_y + t * B * Hin;
+    if (P > 0) {
+      T* d_proj = s.d_proj + t * B * P;
+      if (pc.size() > 0) {
+        ProjGradStep<T, Acc> pp{B, P, t, s.lengths, s.dh_state, grad_y, d_proj};
+        ex.elements(pp, pc.begin, pc.end);
+      }
+      ex.barrier();
+      if (u.size() > 0)
+        ex.gemm_nn(n, u.size(), P, d_proj, P, s.w_hr + u.begin, H, s.dh_pre + u.begin, H, false);
+    }
+    if (u.size() > 0) {
+      LSTMBackwardStep<T, Acc> p{
+          B, H, t, s.lengths, s.ws + t * B * 5 * H,
+          t == 0 ? s.c0 : s.ws + (t - 1) * B * 5 * H + 4 * H, t == 0 ? H : 5 * H,
+          s.grad_ws ? s.grad_ws + t * B * 5 * H : nullptr,
+          P > 0 ? s.dh_pre : nullptr, s.dh_state, grad_y, s.dc_state,
+          s.d_gates + t * B * 4 * H};
+      ex.elements(p, u.begin, u.end);
+    }
+    ex.barrier();
+  }
+  // What flows into h0: the product of step 0's gate gradients.
+  if (dcols.size() > 0)
+    ex.gemm_nn(gemm_rows(s.active, 0, B), dcols.size(), 4 * H, s.d_gates, 4 * H,
+               s.w_hh + dcols.begin, Hin, s.dh_state + dcols.begin, Hin, true);
+}
+
+// ----------------------------------------------------------------- GRU ----
+template <typename T, typename Acc>
+struct GRUForwardSeq {
+  int64_t steps, B, H;
+  int64_t workers, align;
+  const int64_t* lengths;
+  const int64_t* active;
+  const T* gx;             // [steps, B, 3H]
+  const T* w_hh;           // [3H, H]
+  const T* b_hh;           // [3H]
+  const T* h0;             // [B, H]
+  Acc* ws;                 // [ws_steps, B, 4H]: r, z, n, hn of step t at
+  int64_t ws_steps;        //   t % ws_steps (steps: training; 1: inference)
+  T* y;                    // [steps, B, H]
+  Acc* gates;              // [B, 3H] scratch: worker block [B, 3, |u|]
+  T* h_n;                  // [B, H], filled with h0 by the caller
+};
+
+template <class Exec, typename T, typename Acc>
+RNN_HD void gru_forward_worker(const GRUForwardSeq<T, Acc>& s, int64_t k, Exec& ex) {
+  const int64_t B = s.B, H = s.H;
+  const Slice u = split(H, s.workers, k, s.align);
+  const int64_t nu = u.size();
+  const T* w = nu > 0 ? ex.resident_rows(s.w_hh, H, 3, H, u) : nullptr;
+  Acc* gates = s.gates + B * 3 * u.begin;
+  for (int64_t t = 0; t < s.steps; ++t) {
+    if (nu > 0) {
+      const T* h_prev = t == 0 ? s.h0 : s.y + (t - 1) * B * H;
+      T* y = s.y + t * B * H;
+      ex.gemm_nt(gemm_rows(s.active, t, B), 3 * nu, H, h_prev, H, w, H, gates, 3 * nu, false);
+      GRUForwardStep<T, Acc> p{B, H, t, s.lengths, s.gx + t * B * 3 * H, gates, s.b_hh,
+                               h_prev, s.ws + (t % s.ws_steps) * B * 4 * H, y,
+                               3 * nu, nu, u.begin};
+      ex.elements(p, u.begin, u.end);
+      const int64_t T_ = s.steps;
+      const int64_t* len = s.lengths;
+      T* h_n = s.h_n;
+      ex.for_each(0, B, u.begin, u.end, [=](int64_t b, int64_t j) {
+        if (last_step(len, b, t, T_)) h_n[b * H + j] = y[b * H + j];
+      });
+    }
+    ex.barrier();
+  }
+}
+
+template <typename T, typename Acc>
+struct GRUBackwardSeq {
+  int64_t steps, B, H;
+  int64_t workers, align;
+  const int64_t* lengths;
+  const int64_t* active;
+  const T* w_hh;           // [3H, H]
+  const Acc* ws;           // [steps, B, 4H] from forward
+  const Acc* grad_ws;      // [steps, B, 4H] or null
+  const T* grad_y;         // [steps, B, H]
+  const T* h0;             // [B, H]
+  const T* y;              // [steps, B, H] forward output
+  Acc* dh_state;           // [B, H] in: grad_h_n; out: grad_h0
+  T* d_gates;              // [steps, B, 3H] out: gradient of the input gates
+  T* d_hh;                 // [steps, B, 3H] out: gradient of h W_hh^T + b_hh
+};
+
+template <class Exec, typename T, typename Acc>
+RNN_HD void gru_backward_worker(const GRUBackwardSeq<T, Acc>& s, int64_t k, Exec& ex) {
+  const int64_t B = s.B, H = s.H;
+  const Slice u = split(H, s.workers, k, s.align);
+  for (int64_t t = s.steps - 1; t >= 0; --t) {
+    if (u.size() > 0) {
+      if (t + 1 < s.steps)
+        ex.gemm_nn(gemm_rows(s.active, t + 1, B), u.size(), 3 * H,
+                   s.d_hh + (t + 1) * B * 3 * H, 3 * H, s.w_hh + u.begin, H,
+                   s.dh_state + u.begin, H, true);
+      GRUBackwardStep<T, Acc> p{B, H, t, s.lengths, s.ws + t * B * 4 * H,
+                                t == 0 ? s.h0 : s.y + (t - 1) * B * H,
+                                s.grad_ws ? s.grad_ws + t * B * 4 * H : nullptr,
+                                s.dh_state, s.grad_y + t * B * H,
+                                s.d_gates + t * B * 3 * H, s.d_hh + t * B * 3 * H};
+      ex.elements(p, u.begin, u.end);
+    }
+    ex.barrier();
+  }
+  if (u.size() > 0)
+    ex.gemm_nn(gemm_rows(s.active, 0, B), u.size(), 3 * H, s.d_hh, 3 * H,
+               s.w_hh + u.begin, H, s.dh_state + u.begin, H, true);
+}
+
+}  // namespace partition
+}  // namespace rnn_ext
