@@ -22,6 +22,8 @@ def test_lstm_ops(proj, lengths, grad):
     fwd_args = (_t(T, B, 4 * H, grad=grad), _t(4 * H, hout, grad=grad), _t(4 * H, grad=grad),
                 _t(P, H, grad=grad) if proj else None, _t(B, hout, grad=grad), _t(B, H, grad=grad), L)
     torch.library.opcheck(ops.lstm_forward, fwd_args)
+    if not grad:  # the inference op has no autograd: it is called without gradients only
+        torch.library.opcheck(ops.lstm_infer, fwd_args)
     with torch.no_grad():
         y, hn, cn, ws, proj_in = ops.lstm_forward(*fwd_args)
     bwd_args = (torch.randn_like(y), torch.randn_like(hn), torch.randn_like(cn), fwd_args[1].detach(),
@@ -37,6 +39,8 @@ def test_gru_ops(lengths, grad):
     fwd_args = (_t(T, B, 3 * H, grad=grad), _t(3 * H, H, grad=grad), _t(3 * H, grad=grad),
                 _t(B, H, grad=grad), L)
     torch.library.opcheck(ops.gru_forward, fwd_args)
+    if not grad:
+        torch.library.opcheck(ops.gru_infer, fwd_args)
     with torch.no_grad():
         y, hn, ws = ops.gru_forward(*fwd_args)
     bwd_args = (torch.randn_like(y), torch.randn_like(hn), fwd_args[1].detach(), fwd_args[3].detach(),

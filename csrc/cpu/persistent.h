@@ -1,7 +1,8 @@
 // The CPU executor of the partitioned loop (rnn_ext/partition.h): workers
 // are the threads of one OpenMP team that lives for the whole sequence; each
-// keeps its rows of W_hh packed in its own slab (first touched by itself, so
-// they stay in its core's cache when they fit), multiplies with
+// reads only its own rows of W_hh (so they stay in its core's cache when
+// they fit: W_hh's gate-major layout already makes each gate's rows of a
+// slice contiguous, so nothing is repacked), multiplies with
 // single-threaded BLAS, runs the vectorised step loops of rnn_cpu.h over its
 // units, and meets the others at a spin-then-block barrier.  No PyTorch and
 // no allocation inside the time loop.
@@ -9,7 +10,6 @@
 
 #include <omp.h>
 #include <stdint.h>
-#include <string.h>
 
 #include <atomic>
 
@@ -91,16 +91,10 @@ static_assert(sizeof(std::atomic<int>) == sizeof(int), "futex needs a plain int"
 template <typename T, typename Acc>
 struct Executor {
   Barrier* sync;
-  T* slab;  // [G*H, Hin] packed rows of all workers, or null to use W_hh in place
 
-  const T* resident_rows(const T* w, int64_t H, int64_t G, int64_t Hin,
-                         partition::Slice u) {
-    if (slab == nullptr) return w;  // one worker: its rows are W_hh itself
-    T* mine = slab + G * u.begin * Hin;
-    for (int64_t g = 0; g < G; ++g)
-      memcpy(mine + g * u.size() * Hin, w + (g * H + u.begin) * Hin,
-             sizeof(T) * u.size() * Hin);
-    return mine;
+  partition::GateRows<T> resident_rows(const T* w, int64_t H, int64_t /*G*/, int64_t Hin,
+                                       partition::Slice u) {
+    return {w + u.begin * Hin, H * Hin, Hin};
   }
   void gemm_nt(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* w,
                int64_t ldw, Acc* c, int64_t ldc, bool accumulate) {
@@ -136,13 +130,12 @@ struct Executor {
 // Runs `worker(seq, k, executor)` for k in [0, K) on K threads, K = the
 // team OpenMP actually grants for `workers` (fewer inside a parallel
 // region); seq.workers is set to it, so the partition matches the team.
-// `slab` holds the packed weights when K > 1.
 template <typename T, typename Acc, class Seq, class Worker>
-void run(Seq seq, int64_t workers, T* slab, Worker worker) {
+void run(Seq seq, int64_t workers, Worker worker) {
   if (workers <= 1) {
     seq.workers = 1;
     Barrier sync(1);
-    Executor<T, Acc> ex{&sync, nullptr};
+    Executor<T, Acc> ex{&sync};
     blas::SingleThreaded one;
     worker(seq, 0, ex);
     return;
@@ -156,7 +149,7 @@ void run(Seq seq, int64_t workers, T* slab, Worker worker) {
     // (the end of `single` is a barrier: every thread sees `sync` now)
     Seq mine = seq;
     mine.workers = K;
-    Executor<T, Acc> ex{sync, K > 1 ? slab : nullptr};
+    Executor<T, Acc> ex{sync};
     blas::SingleThreaded one;
     worker(mine, omp_get_thread_num(), ex);
   }

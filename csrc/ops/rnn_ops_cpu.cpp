@@ -57,11 +57,6 @@ const int64_t* active_rows(const Lengths& L) {
   return L.prefix ? L.active.data() : nullptr;
 }
 
-template <typename T, typename Acc, class Seq, class Worker>
-void run_workers(const Seq& s, int64_t workers, const Tensor& slab, Worker worker) {
-  cpu::run<T, Acc>(s, workers, slab.numel() > 0 ? ptr<T>(slab) : nullptr, worker);
-}
-
 struct CpuLoops {
   template <typename T>
   static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
@@ -88,14 +83,13 @@ struct CpuLoops {
     const int64_t K = workers_for(B, H, 4, Hin);
     Tensor gates = at::empty({B, 4 * H}, acc);
     Tensor proj_acc = at::empty({P > 0 ? B : 0, P}, acc);
-    Tensor slab = at::empty({K > 1 ? 4 * H : 0, Hin}, opts);
     partition::LSTMForwardSeq<T, Acc> s{
         T_, B, H, P, K, align_for(H, K), L.data(), active_rows(L),
         ptr<const T>(gx), ptr<const T>(w_hh), ptr<const T>(w_hr), ptr<const T>(bias),
         ptr<const T>(h0), ptr<const Acc>(c0_acc), ptr<Acc>(ws), ws_steps,
         ptr<T>(proj_in), std::max<int64_t>(proj_steps, 1), ptr<T>(y), ptr<Acc>(gates),
         ptr<Acc>(proj_acc), ptr<T>(h_n), ptr<T>(c_n)};
-    run_workers<T, Acc>(s, K, slab, [](const auto& seq, int64_t k, auto& ex) {
+    cpu::run<T, Acc>(s, K, [](const auto& seq, int64_t k, auto& ex) {
       partition::lstm_forward_worker(seq, k, ex);
     });
     return {y, h_n, c_n, ws, proj_in};
@@ -126,7 +120,7 @@ struct CpuLoops {
         ptr<const Acc>(c0_acc), ptr<const Acc>(grad_ws), ptr<const T>(grad_y),
         ptr<Acc>(dh_state), ptr<Acc>(dc_state), ptr<T>(d_gates), ptr<T>(d_proj),
         ptr<Acc>(dh_pre)};
-    run_workers<T, Acc>(s, K, Tensor(), [](const auto& seq, int64_t k, auto& ex) {
+    cpu::run<T, Acc>(s, K, [](const auto& seq, int64_t k, auto& ex) {
       partition::lstm_backward_worker(seq, k, ex);
     });
     auto [dw_hh, db_hh, dw_hr] = lstm_weight_grads(d_gates, h0, y, d_proj, proj_in);
@@ -151,12 +145,11 @@ struct CpuLoops {
     const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
     const int64_t K = workers_for(B, H, 3, H);
     Tensor gates = at::empty({B, 3 * H}, acc);
-    Tensor slab = at::empty({K > 1 ? 3 * H : 0, H}, opts);
     partition::GRUForwardSeq<T, Acc> s{
         T_, B, H, K, align_for(H, K), L.data(), active_rows(L),
         ptr<const T>(gx), ptr<const T>(w_hh), ptr<const T>(bias), ptr<const T>(h0),
         ptr<Acc>(ws), ws_steps, ptr<T>(y), ptr<Acc>(gates), ptr<T>(h_n)};
-    run_workers<T, Acc>(s, K, slab, [](const auto& seq, int64_t k, auto& ex) {
+    cpu::run<T, Acc>(s, K, [](const auto& seq, int64_t k, auto& ex) {
       partition::gru_forward_worker(seq, k, ex);
     });
     return {y, h_n, ws};
@@ -180,7 +173,7 @@ struct CpuLoops {
         ptr<const T>(w_hh), ptr<const Acc>(ws), ptr<const Acc>(grad_ws),
         ptr<const T>(grad_y), ptr<const T>(h0), ptr<const T>(y), ptr<Acc>(dh_state),
         ptr<T>(d_gates), ptr<T>(d_hh)};
-    run_workers<T, Acc>(s, K, Tensor(), [](const auto& seq, int64_t k, auto& ex) {
+    cpu::run<T, Acc>(s, K, [](const auto& seq, int64_t k, auto& ex) {
       partition::gru_backward_worker(seq, k, ex);
     });
     auto [dw_hh, db_hh] = gru_weight_grads(d_hh, h0, y);

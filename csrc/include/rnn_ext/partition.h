@@ -23,7 +23,8 @@
 // Each worker runs the same function with its own k, like a CUDA block: the
 // functions below are that program.  An executor `ex` provides
 //   ex.resident_rows(w, H, G, Hin, u)   worker's rows of w [G*H, Hin] (the G
-//                                       gates of units u), as [G*|u|, Hin]
+//                                       gates of units u) where they stay for
+//                                       the sequence, as GateRows
 //   ex.gemm_nt(m, n, k, a, lda, w, ldw, c, ldc, acc)  c[m,n] (+)= a[m,k] w[n,k]^T
 //   ex.gemm_nn(m, n, k, a, lda, w, ldw, c, ldc, acc)  c[m,n] (+)= a[m,k] w[k,n]
 //   ex.elements(step, j0, j1)           the pointwise step (step_kernels.h) for
@@ -54,17 +55,29 @@ struct Slice {
 };
 
 // [0, n) cut into K contiguous slices, the k-th of them.  Slices are whole
-// multiples of `align` (vector width, MMA tile) except the last non-empty
-// one, and their sizes differ by at most one `align`; with more workers than
-// chunks, the last workers get empty slices (and still meet at barriers).
+// multiples of `align` (vector width, MMA tile) except the last one, which
+// holds the partial chunk; the workers with one chunk more than the others
+// are the last ones, so the partial chunk evens out and sizes differ by at
+// most one `align`.  With more workers than chunks, the first workers get
+// empty slices (and still meet at every barrier).
 RNN_HD Slice split(int64_t n, int64_t K, int64_t k, int64_t align) {
   const int64_t chunks = (n + align - 1) / align;
-  const int64_t base = chunks / K, extra = chunks % K;
-  const int64_t c0 = k * base + (k < extra ? k : extra);
-  const int64_t c1 = c0 + base + (k < extra ? 1 : 0);
+  const int64_t base = chunks / K, extra = chunks % K, plain = K - extra;
+  const int64_t c0 = k * base + (k > plain ? k - plain : 0);
+  const int64_t c1 = c0 + base + (k >= plain ? 1 : 0);
   const int64_t b = c0 * align, e = c1 * align;
   return {b < n ? b : n, e < n ? e : n};
 }
+
+// A worker's rows of W_hh: those of gate g at gate(g), |u| rows of `ld`
+// elements.  In place in W_hh on the CPU (its cache keeps them); a GPU
+// executor copies them on chip once.
+template <typename T>
+struct GateRows {
+  const T* w;
+  int64_t gate_stride, ld;
+  RNN_HD const T* gate(int64_t g) const { return w + g * gate_stride; }
+};
 
 // Rows the GEMMs of step t cover: the rows still active when lengths are
 // sorted in decreasing order (`active`, per step), else all B.
@@ -107,7 +120,7 @@ RNN_HD void lstm_forward_worker(const LSTMForwardSeq<T, Acc>& s, int64_t k, Exec
   const Slice u = split(H, s.workers, k, s.align);
   const Slice pc = split(P, s.workers, k, s.align);
   const int64_t nu = u.size();
-  const T* w = nu > 0 ? ex.resident_rows(s.w_hh, H, 4, Hin, u) : nullptr;
+  const GateRows<T> w = ex.resident_rows(s.w_hh, H, 4, Hin, u);
   Acc* gates = s.gates + B * 4 * u.begin;
   for (int64_t t = 0; t < s.steps; ++t) {
     const int64_t n = gemm_rows(s.active, t, B);
@@ -115,7 +128,8 @@ RNN_HD void lstm_forward_worker(const LSTMForwardSeq<T, Acc>& s, int64_t k, Exec
     Acc* ws = s.ws + (t % s.ws_steps) * B * 5 * H;
     T* h_out = P > 0 ? s.proj_in + (t % s.proj_steps) * B * H : s.y + t * B * H;
     if (nu > 0) {
-      ex.gemm_nt(n, 4 * nu, Hin, h_prev, Hin, w, Hin, gates, 4 * nu, false);
+      for (int g = 0; g < 4; ++g)
+        ex.gemm_nt(n, nu, Hin, h_prev, Hin, w.gate(g), w.ld, gates + g * nu, 4 * nu, false);
       const Acc* c_prev = t == 0 ? s.c0 : s.ws + ((t - 1) % s.ws_steps) * B * 5 * H + 4 * H;
       LSTMForwardStep<T, Acc> p{B, H, t, s.lengths, s.gx + t * B * 4 * H, gates,
                                 s.b_hh, c_prev, t == 0 ? H : 5 * H, ws, h_out,
@@ -238,13 +252,15 @@ RNN_HD void gru_forward_worker(const GRUForwardSeq<T, Acc>& s, int64_t k, Exec& 
   const int64_t B = s.B, H = s.H;
   const Slice u = split(H, s.workers, k, s.align);
   const int64_t nu = u.size();
-  const T* w = nu > 0 ? ex.resident_rows(s.w_hh, H, 3, H, u) : nullptr;
+  const GateRows<T> w = ex.resident_rows(s.w_hh, H, 3, H, u);
   Acc* gates = s.gates + B * 3 * u.begin;
   for (int64_t t = 0; t < s.steps; ++t) {
     if (nu > 0) {
       const T* h_prev = t == 0 ? s.h0 : s.y + (t - 1) * B * H;
       T* y = s.y + t * B * H;
-      ex.gemm_nt(gemm_rows(s.active, t, B), 3 * nu, H, h_prev, H, w, H, gates, 3 * nu, false);
+      const int64_t n = gemm_rows(s.active, t, B);
+      for (int g = 0; g < 3; ++g)
+        ex.gemm_nt(n, nu, H, h_prev, H, w.gate(g), w.ld, gates + g * nu, 3 * nu, false);
       GRUForwardStep<T, Acc> p{B, H, t, s.lengths, s.gx + t * B * 3 * H, gates, s.b_hh,
                                h_prev, s.ws + (t % s.ws_steps) * B * 4 * H, y,
                                3 * nu, nu, u.begin};

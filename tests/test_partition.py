@@ -1,0 +1,196 @@
+"""The partitioned recurrence on the CPU (csrc/include/rnn_ext/partition.h run
+by csrc/cpu/persistent.h): every worker count gives the reference's numbers,
+each count is bitwise repeatable, and inference keeps no workspace."""
+import contextlib
+
+import pytest
+import torch
+
+import rnn_ext
+from _poison import poisoned_allocations
+from _utils import outputs_and_grads
+from rnn_ext import _C, functional
+
+ops = torch.ops.rnn_ext
+WORKERS = (1, 2, 3, 5, 8)
+# T, B, H, P, lengths: H=37 is not divisible by any count above; H=3 gives
+# more workers than units (empty slices that still meet at every barrier).
+CASES = [
+    (6, 4, 37, 0, None),
+    (6, 4, 37, 11, None),
+    (5, 5, 3, 0, [5, 4, 4, 2, 0]),   # sorted lengths: the GEMMs shrink
+    (5, 5, 20, 7, [2, 5, 0, 3, 5]),  # unsorted lengths, projection
+    (1, 1, 5, 0, None),
+]
+IDS = ["h37", "h37-proj", "h3-sorted", "h20-proj-unsorted", "t1-b1"]
+
+
+@contextlib.contextmanager
+def cpu_workers(n):
+    previous = _C._set_cpu_workers(n)
+    try:
+        yield
+    finally:
+        _C._set_cpu_workers(previous)
+
+
+def _inputs(kind, case, dtype=torch.float64, grad=True, seed=0):
+    T, B, H, P, lengths = case
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).requires_grad_(grad)
+
+    L = torch.tensor(lengths) if lengths else None
+    if kind == "lstm":
+        hout = P or H
+        return [r(T, B, 4 * H), r(4 * H, hout, scale=0.4), r(4 * H), r(P, H, scale=0.4) if P else None,
+                r(B, hout), r(B, H)], L
+    return [r(T, B, 3 * H), r(3 * H, H, scale=0.4), r(3 * H), r(B, H)], L
+
+
+def _run(kind, inputs, L, backend):
+    fn = functional.lstm if kind == "lstm" else functional.gru
+    outs = fn(*inputs, lengths=L, backend=backend)
+    return outputs_and_grads(outs, [t for t in inputs if t is not None])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("case", [c for c in CASES], ids=IDS)
+def test_every_worker_count_matches_reference(kind, case):
+    if kind == "gru" and case[3]:
+        pytest.skip("projection is LSTM only")
+    inputs, L = _inputs(kind, case)
+    ref_out, ref_grads = _run(kind, inputs, L, "reference")
+    results = {}
+    for k in WORKERS:
+        with cpu_workers(k):
+            out, grads = _run(kind, inputs, L, "cpu")
+            again = _run(kind, inputs, L, "cpu")
+        for a, b in zip(out + grads, again[0] + again[1]):
+            assert torch.equal(a, b), f"{k} workers: not bitwise repeatable"
+        for got, want in zip(out + grads, ref_out + ref_grads):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        results[k] = out + grads
+    for k in WORKERS[1:]:  # counts agree with each other to fp64 rounding
+        for a, b in zip(results[k], results[1]):
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("workers", [1, 3])
+def test_poisoned_buffers_every_element_written(kind, workers):
+    """NaN-filled allocations: every output, state and gradient element (and,
+    for inference, every output) is written by the partitioned loop."""
+    case = (5, 4, 9, 4 if kind == "lstm" else 0, [2, 5, 0, 4])
+    inputs, L = _inputs(kind, case)
+    fn = functional.lstm if kind == "lstm" else functional.gru
+    with cpu_workers(workers):
+        clean = _run(kind, inputs, L, "cpu")
+        with poisoned_allocations():
+            poisoned = _run(kind, inputs, L, "cpu")
+        with torch.no_grad():
+            infer_clean = fn(*inputs, lengths=L, backend="cpu", need_workspace=False)
+            with poisoned_allocations():
+                infer_poisoned = fn(*inputs, lengths=L, backend="cpu", need_workspace=False)
+    for a, b in zip(clean[0] + clean[1], poisoned[0] + poisoned[1]):
+        assert torch.equal(a, b)
+    assert infer_clean[-1] is None and infer_poisoned[-1] is None
+    for a, b in zip(infer_clean[:-1], infer_poisoned[:-1]):
+        assert torch.equal(a, b)
+    for a, b in zip(infer_clean[:-1], clean[0]):
+        assert torch.equal(a, b), "inference and training forwards differ"
+
+
+def _allocated_bytes(fn):
+    """Bytes the CPU allocator handed out while fn ran, whether freed again
+    or not: the allocation events of the profiler's event tree."""
+    from torch._C._profiler import _EventType
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        fn()
+    total, stack = 0, list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        e = stack.pop()
+        if e.tag == _EventType.Allocation and e.extra_fields.alloc_size > 0:
+            total += e.extra_fields.alloc_size
+        stack.extend(e.children)
+    return total
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_inference_writes_no_workspace(kind):
+    T, B, H = 64, 4, 16
+    G = 4 if kind == "lstm" else 3
+    inputs, _ = _inputs(kind, (T, B, H, 0, None), dtype=torch.float32, grad=False)
+    fn = functional.lstm if kind == "lstm" else functional.gru
+    workspace = T * B * (G + 1) * H * 4
+    outputs = T * B * H * 4
+    with cpu_workers(2):
+        train = _allocated_bytes(lambda: fn(*inputs, backend="cpu", need_workspace=True))
+        infer = _allocated_bytes(lambda: fn(*inputs, backend="cpu", need_workspace=False))
+    assert train >= workspace + outputs  # the check sees the workspace when there is one
+    assert infer < outputs + workspace // 8, (infer, outputs, workspace)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_modules_use_inference_ops_without_grad(kind):
+    """Under no_grad (and for inputs and weights that need no gradient), the
+    modules call the inference ops; with gradients, the training ops."""
+    cls = rnn_ext.LSTM if kind == "lstm" else rnn_ext.GRU
+    m = cls(4, 6, num_layers=2, bidirectional=True, backend="cpu").double()
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+
+    def op_names(fn):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fn()
+        return {e.name for e in prof.events() if e.name.startswith("rnn_ext::")}
+
+    with torch.no_grad():
+        names = op_names(lambda: m(x))
+    assert names == {f"rnn_ext::{kind}_infer"}, names
+    names = op_names(lambda: m(x))
+    assert names == {f"rnn_ext::{kind}_forward"}, names
+    with torch.no_grad():  # internals need the workspace, even without grad
+        names = op_names(lambda: m.forward_with_internals(x))
+    assert names == {f"rnn_ext::{kind}_forward"}, names
+    with torch.no_grad():
+        want = m(x)
+    got = m(x)
+    torch.testing.assert_close(got[0].detach(), want[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_low_precision_long_sequence_within_twice_torch_error(kind, dtype):
+    """What is carried from step to step (recurrent product, cell state, dh)
+    stays in fp32: at T=1024 the error of outputs and of every gradient is
+    at most 2x torch.nn's own error at that dtype, both against fp64."""
+    T, B, I, H = 1024, 1, 4, 16
+    torch.manual_seed(0)
+    nn_cls = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
+    ref = nn_cls(I, H).double()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+
+    def run(module_cls, dtype, **kw):
+        m = module_cls(I, H, **kw)
+        m.load_state_dict(ref.state_dict())
+        m = m.to(dtype)
+        xi = x.to(dtype).detach().clone().requires_grad_()
+        y, _ = m(xi)
+        g = torch.Generator().manual_seed(3)
+        w = torch.randn(y.shape, generator=g, dtype=torch.float64)
+        (y.double() * w).sum().backward()
+        return [y.double(), xi.grad.double()] + [p.grad.double() for p in m.parameters()]
+
+    exact = run(nn_cls, torch.float64)
+    theirs = run(nn_cls, dtype)
+    ours = run(rnn_ext.LSTM if kind == "lstm" else rnn_ext.GRU, dtype, backend="cpu")
+    names = ["output", "grad_input"] + [n for n, _ in ref.named_parameters()]
+    for name, e, t, o in zip(names, exact, theirs, ours):
+        scale = e.abs().max()
+        err_torch = (t - e).abs().max() / scale
+        err_ours = (o - e).abs().max() / scale
+        assert err_ours <= 2 * err_torch + 1e-3 * float(torch.finfo(dtype).eps), \
+            f"{name}: rnn_ext {err_ours:.3g} vs torch.nn {err_torch:.3g}"
