@@ -93,7 +93,7 @@ static std::vector<double> lstm_sequence(int64_t K) {
       proj_acc(B * P), h_n(h0), c_n(c0);
   partition::LSTMForwardSeq<double, double> s{
       T, B, H, P, K, 1, lengths.data(), nullptr, gx.data(), w.data(), wr.data(), bias.data(),
-      h0.data(), c0.data(), ws.data(), T, proj_in.data(), T, y.data(), gates.data(),
+      h0.data(), false, c0.data(), ws.data(), T, proj_in.data(), T, y.data(), gates.data(),
       proj_acc.data(), h_n.data(), c_n.data()};
   cpu::run<double, double>(s, K, [](const auto& seq, int64_t k, auto& ex) {
     partition::lstm_forward_worker(seq, k, ex);
@@ -126,7 +126,7 @@ static std::vector<double> gru_sequence(int64_t K) {
   std::vector<double> ws(T * B * 4 * H), y(T * B * H), gates(B * 3 * H), h_n(h0);
   partition::GRUForwardSeq<double, double> s{T, B, H, K, 1, lengths.data(), active.data(),
                                              gx.data(), w.data(), bias.data(), h0.data(),
-                                             ws.data(), T, y.data(), gates.data(), h_n.data()};
+                                             false, ws.data(), T, y.data(), gates.data(), h_n.data()};
   cpu::run<double, double>(s, K, [](const auto& seq, int64_t k, auto& ex) {
     partition::gru_forward_worker(seq, k, ex);
   });

@@ -26,6 +26,7 @@
 //                                       gates of units u) where they stay for
 //                                       the sequence, as GateRows
 //   ex.gemm_nt(m, n, k, a, lda, w, ldw, c, ldc, acc)  c[m,n] (+)= a[m,k] w[n,k]^T
+//                                       (k = 0: c = 0, or unchanged with acc)
 //   ex.gemm_nn(m, n, k, a, lda, w, ldw, c, ldc, acc)  c[m,n] (+)= a[m,k] w[k,n]
 //   ex.elements(step, j0, j1)           the pointwise step (step_kernels.h) for
 //                                       all batch rows and units [j0, j1)
@@ -102,6 +103,7 @@ struct LSTMForwardSeq {
   const T* w_hr;           // [P, H] or null
   const T* b_hh;           // [4H] (zeros for a layer without bias)
   const T* h0;             // [B, Hin]
+  bool h0_zero;            // h0 is all zeros: step 0 needs no recurrent product
   const Acc* c0;           // [B, H]
   Acc* ws;                 // [ws_steps, B, 5H]: i, f, g, o, c of step t at
   int64_t ws_steps;        //   t % ws_steps (steps: training; 2: inference)
@@ -128,8 +130,9 @@ RNN_HD void lstm_forward_worker(const LSTMForwardSeq<T, Acc>& s, int64_t k, Exec
     Acc* ws = s.ws + (t % s.ws_steps) * B * 5 * H;
     T* h_out = P > 0 ? s.proj_in + (t % s.proj_steps) * B * H : s.y + t * B * H;
     if (nu > 0) {
+      const int64_t depth = t == 0 && s.h0_zero ? 0 : Hin;  // 0: the product is zero
       for (int g = 0; g < 4; ++g)
-        ex.gemm_nt(n, nu, Hin, h_prev, Hin, w.gate(g), w.ld, gates + g * nu, 4 * nu, false);
+        ex.gemm_nt(n, nu, depth, h_prev, Hin, w.gate(g), w.ld, gates + g * nu, 4 * nu, false);
       const Acc* c_prev = t == 0 ? s.c0 : s.ws + ((t - 1) % s.ws_steps) * B * 5 * H + 4 * H;
       LSTMForwardStep<T, Acc> p{B, H, t, s.lengths, s.gx + t * B * 4 * H, gates,
                                 s.b_hh, c_prev, t == 0 ? H : 5 * H, ws, h_out,
@@ -240,6 +243,7 @@ struct GRUForwardSeq {
   const T* w_hh;           // [3H, H]
   const T* b_hh;           // [3H]
   const T* h0;             // [B, H]
+  bool h0_zero;            // as in LSTMForwardSeq
   Acc* ws;                 // [ws_steps, B, 4H]: r, z, n, hn of step t at
   int64_t ws_steps;        //   t % ws_steps (steps: training; 1: inference)
   T* y;                    // [steps, B, H]
@@ -259,8 +263,9 @@ RNN_HD void gru_forward_worker(const GRUForwardSeq<T, Acc>& s, int64_t k, Exec& 
       const T* h_prev = t == 0 ? s.h0 : s.y + (t - 1) * B * H;
       T* y = s.y + t * B * H;
       const int64_t n = gemm_rows(s.active, t, B);
+      const int64_t depth = t == 0 && s.h0_zero ? 0 : H;
       for (int g = 0; g < 3; ++g)
-        ex.gemm_nt(n, nu, H, h_prev, H, w.gate(g), w.ld, gates + g * nu, 3 * nu, false);
+        ex.gemm_nt(n, nu, depth, h_prev, H, w.gate(g), w.ld, gates + g * nu, 3 * nu, false);
       GRUForwardStep<T, Acc> p{B, H, t, s.lengths, s.gx + t * B * 3 * H, gates, s.b_hh,
                                h_prev, s.ws + (t % s.ws_steps) * B * 4 * H, y,
                                3 * nu, nu, u.begin};
