@@ -49,7 +49,7 @@ def extension():
     macros = []
     if want_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-        sources += ["csrc/ops/rnn_ops_cuda.cpp", "csrc/cuda/rnn_cuda.cu"]
+        sources += ["csrc/ops/rnn_ops_cuda.cpp", "csrc/cuda/rnn_cuda.cu", "csrc/cuda/persistent.cu"]
         macros.append(("RNN_EXT_WITH_CUDA", None))
         # -idirafter: the toolkit's own headers win; the pip packages' headers
         # (cuBLAS, cuSPARSE, ... which the toolkit may lack) fill the gaps.

@@ -7,8 +7,12 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
+#include <cstring>
+
+#include "cuda/persistent.h"
 #include "cuda/rnn_cuda.h"
-#include "ops/sequence.h"
+#include "ops/partitioned.h"
 
 namespace rnn_ext {
 namespace {
@@ -39,7 +43,82 @@ struct CudaSteps {
   static void gru_backward(const GRUBackwardStep<T, A>& p) { check_launch(cuda::gru_backward_step(p, stream())); }
 };
 
-using CudaLoops = StepwiseLoops<CudaSteps>;
+using StepwiseCudaLoops = StepwiseLoops<CudaSteps>;
+
+// The CUDA pieces of the partitioned loop (ops/partitioned.h): one
+// cooperative launch per layer direction (cuda/persistent.h).  NOT YET RUN
+// ON A GPU: used only when RNN_EXT_CUDA_PERSISTENT=1.
+struct CudaRunner {
+  template <typename T>
+  using kernel_type = typename CudaType<T>::type;
+
+  // As many workers as there are chunks of units, up to the number of
+  // blocks that can be resident at once (the cooperative launch's limit).
+  static int64_t workers(int64_t /*B*/, int64_t H, int64_t G, int64_t /*Hin*/,
+                         const Tensor& like) {
+    const int kind = G == 4 ? 0 : 2;  // the forward kernels are the larger
+    int limit = 0;
+    RNN_EXT_DISPATCH(like.scalar_type(), "rnn_ext::persistent_workers", [&] {
+      using K_ = kernel_type<scalar_t>;
+      check_launch(cuda::persistent_max_workers<K_, at::opmath_type<scalar_t>>(
+          like.get_device(), kind, &limit));
+    });
+    TORCH_CHECK(limit > 0, "rnn_ext: the persistent CUDA kernels cannot be resident on ",
+                like.device());
+    return std::max<int64_t>(1, std::min<int64_t>(limit, (H + 7) / 8));
+  }
+  static int64_t align(int64_t H, int64_t workers) { return H >= 32 * workers ? 8 : 1; }
+  // Testing h0 on the host would synchronise with the device.
+  static bool h0_zero(const Tensor&) { return false; }
+  static Tensor active(const Lengths& L, const Tensor& like) {
+    if (!L.prefix) return Tensor();
+    return at::tensor(L.active, at::kLong).to(like.device());
+  }
+  template <class Seq>
+  static void lstm_forward(const Seq& s, int64_t) { check_launch(cuda::lstm_forward_persistent(s, stream())); }
+  template <class Seq>
+  static void lstm_backward(const Seq& s, int64_t) { check_launch(cuda::lstm_backward_persistent(s, stream())); }
+  template <class Seq>
+  static void gru_forward(const Seq& s, int64_t) { check_launch(cuda::gru_forward_persistent(s, stream())); }
+  template <class Seq>
+  static void gru_backward(const Seq& s, int64_t) { check_launch(cuda::gru_backward_persistent(s, stream())); }
+
+ private:
+  static cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
+};
+
+using PersistentCudaLoops = PartitionedLoops<CudaRunner>;
+
+// The persistent kernels have not run on a GPU yet: they are used only when
+// asked for explicitly.
+bool persistent_requested() {
+  const char* v = std::getenv("RNN_EXT_CUDA_PERSISTENT");
+  return v != nullptr && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
+}
+
+// Each op runs the stepwise loops, or the persistent ones when requested.
+struct CudaLoops {
+  template <typename T, typename... Args>
+  static auto lstm_forward(const Args&... args) {
+    return persistent_requested() ? PersistentCudaLoops::lstm_forward<T>(args...)
+                                  : StepwiseCudaLoops::lstm_forward<T>(args...);
+  }
+  template <typename T, typename... Args>
+  static auto lstm_backward(const Args&... args) {
+    return persistent_requested() ? PersistentCudaLoops::lstm_backward<T>(args...)
+                                  : StepwiseCudaLoops::lstm_backward<T>(args...);
+  }
+  template <typename T, typename... Args>
+  static auto gru_forward(const Args&... args) {
+    return persistent_requested() ? PersistentCudaLoops::gru_forward<T>(args...)
+                                  : StepwiseCudaLoops::gru_forward<T>(args...);
+  }
+  template <typename T, typename... Args>
+  static auto gru_backward(const Args&... args) {
+    return persistent_requested() ? PersistentCudaLoops::gru_backward<T>(args...)
+                                  : StepwiseCudaLoops::gru_backward<T>(args...);
+  }
+};
 
 // The dispatcher does not set the device for custom ops: each entry point
 // guards it.

@@ -1,0 +1,40 @@
+// The CUDA executor of the partitioned loop (rnn_ext/partition.h): one
+// cooperative launch per layer direction runs the whole sequence; each
+// thread block is a worker that owns a slice of hidden units, and the
+// workers meet at a grid-wide barrier once per step (twice with a
+// projection).  Raw pointers, sizes and a stream in, a cudaError_t out: no
+// PyTorch here.
+//
+// NOT YET RUN ON A GPU.  This first version keeps W_hh in global memory (the
+// L2 and each SM's L1 hold a worker's rows across steps) and multiplies with
+// FFMA; the on-chip residency and tensor-core MMAs of the persistent design
+// (issue "The persistent recurrence, part 2") build on it.  The CUDA ops use
+// it only when RNN_EXT_CUDA_PERSISTENT=1; "auto" never does.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "rnn_ext/partition.h"
+
+namespace rnn_ext {
+namespace cuda {
+
+constexpr int kPersistentThreads = 256;
+
+// The most workers (blocks) of each kernel that can be resident at once on
+// `device`, which a cooperative launch requires: the fit rule's limit.
+template <typename T, typename Acc>
+cudaError_t persistent_max_workers(int device, int kind, int* workers);
+// kind: 0 LSTM forward, 1 LSTM backward, 2 GRU forward, 3 GRU backward.
+
+template <typename T, typename Acc>
+cudaError_t lstm_forward_persistent(const partition::LSTMForwardSeq<T, Acc>& s, cudaStream_t stream);
+template <typename T, typename Acc>
+cudaError_t lstm_backward_persistent(const partition::LSTMBackwardSeq<T, Acc>& s, cudaStream_t stream);
+template <typename T, typename Acc>
+cudaError_t gru_forward_persistent(const partition::GRUForwardSeq<T, Acc>& s, cudaStream_t stream);
+template <typename T, typename Acc>
+cudaError_t gru_backward_persistent(const partition::GRUBackwardSeq<T, Acc>& s, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace rnn_ext

@@ -1,0 +1,71 @@
+"""The persistent CUDA kernels (csrc/cuda/persistent.cu, the partitioned
+loop's CUDA executor), reached with RNN_EXT_CUDA_PERSISTENT=1: the same
+numbers as the reference for LSTM and GRU, projection, sorted and unsorted
+lengths, forward and backward, in every dtype; and every element written
+(poisoned allocations).  Marked `cuda`: none of this has run on a GPU yet."""
+import pytest
+import torch
+
+from _poison import poisoned_allocations
+from _utils import outputs_and_grads
+from rnn_ext import functional
+
+pytestmark = pytest.mark.cuda
+
+CASES = [  # T, B, H, P, lengths
+    (7, 3, 37, 0, None),
+    (7, 3, 37, 11, None),
+    (6, 5, 64, 0, [6, 5, 5, 2, 0]),
+    (6, 5, 300, 40, [2, 6, 0, 3, 6]),
+]
+
+
+@pytest.fixture
+def persistent(monkeypatch):
+    monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", "1")
+
+
+def _run(kind, case, dtype, backend):
+    T, B, H, P, lengths = case
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to("cuda", dtype).requires_grad_()
+
+    L = torch.tensor(lengths) if lengths else None
+    if kind == "lstm":
+        hout = P or H
+        inputs = [r(T, B, 4 * H), r(4 * H, hout, scale=0.2), r(4 * H), r(P, H, scale=0.2) if P else None,
+                  r(B, hout), r(B, H)]
+        outs = functional.lstm(*inputs, lengths=L, backend=backend)
+    else:
+        inputs = [r(T, B, 3 * H), r(3 * H, H, scale=0.2), r(3 * H), r(B, H)]
+        outs = functional.gru(*inputs, lengths=L, backend=backend)
+    return outputs_and_grads(outs, [t for t in inputs if t is not None])
+
+
+TOL = {torch.float64: 1e-10, torch.float32: 2e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+
+
+@pytest.mark.parametrize("dtype", list(TOL), ids=str)
+@pytest.mark.parametrize("case", CASES, ids=["h37", "h37-proj", "h64-sorted", "h300-proj-unsorted"])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_persistent_matches_reference(kind, case, dtype, persistent):
+    if kind == "gru" and case[3]:
+        pytest.skip("projection is LSTM only")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    got_o, got_g = _run(kind, case, dtype, "cuda")
+    want_o, want_g = _run(kind, case, torch.float64, "reference")
+    for got, want in zip(got_o + got_g, want_o + want_g):
+        scale = max(1.0, want.abs().max().item())
+        assert (got.double() - want).abs().max().item() <= TOL[dtype] * scale
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_persistent_writes_every_element(kind, persistent):
+    case = CASES[3] if kind == "lstm" else CASES[2]
+    clean = _run(kind, case, torch.float64, "cuda")
+    with poisoned_allocations():
+        poisoned = _run(kind, case, torch.float64, "cuda")
+    for a, b in zip(clean[0] + clean[1], poisoned[0] + poisoned[1]):
+        assert torch.equal(a, b)
