@@ -61,7 +61,7 @@ static void test_barrier() {
     std::vector<std::thread> pool;
     for (int k = 0; k < threads; ++k) {
       pool.emplace_back([&, k] {
-        for (int p = 1; p <= 2000; ++p) {
+        for (int p = 1; p <= 500; ++p) {
           phase[k].store(p);
           barrier.arrive_and_wait();
           for (int q = 0; q < threads; ++q)
