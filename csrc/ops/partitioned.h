@@ -8,7 +8,8 @@
 //   kernel_type<T>                     the kernels' storage type for ATen's T
 //   workers(B, H, G, Hin, like)        how many workers for this layer
 //   align(H, workers)                  the granularity of the unit slices
-//   h0_zero(h0)                        whether step 0 may skip its product
+//   h0_zero(h0, macs)                  whether step 0 may skip its product
+//                                      (macs: its multiply-adds)
 //   active(L, like)                    per-step active rows on the device, or undefined
 //   lstm_forward / lstm_backward / gru_forward / gru_backward (seq, workers)
 #pragma once
@@ -55,7 +56,7 @@ struct PartitionedLoops {
     partition::LSTMForwardSeq<K_, Acc> s{
         T_, B, H, P, K, Runner::align(H, K), L.data(), ptr<const int64_t>(active),
         ptr<const K_>(gx), ptr<const K_>(w_hh), ptr<const K_>(w_hr), ptr<const K_>(bias),
-        ptr<const K_>(h0), Runner::h0_zero(h0), ptr<const Acc>(c0_acc), ptr<Acc>(ws),
+        ptr<const K_>(h0), Runner::h0_zero(h0, B * 4 * H * Hin), ptr<const Acc>(c0_acc), ptr<Acc>(ws),
         ws_steps, ptr<K_>(proj_in), std::max<int64_t>(proj_steps, 1), ptr<K_>(y),
         ptr<Acc>(gates), ptr<Acc>(proj_acc), ptr<K_>(h_n), ptr<K_>(c_n)};
     Runner::lstm_forward(s, K);
@@ -117,7 +118,7 @@ struct PartitionedLoops {
     partition::GRUForwardSeq<K_, Acc> s{
         T_, B, H, K, Runner::align(H, K), L.data(), ptr<const int64_t>(active),
         ptr<const K_>(gx), ptr<const K_>(w_hh), ptr<const K_>(bias), ptr<const K_>(h0),
-        Runner::h0_zero(h0), ptr<Acc>(ws), ws_steps, ptr<K_>(y), ptr<Acc>(gates),
+        Runner::h0_zero(h0, B * 3 * H * H), ptr<Acc>(ws), ws_steps, ptr<K_>(y), ptr<Acc>(gates),
         ptr<K_>(h_n)};
     Runner::gru_forward(s, K);
     return {y, h_n, ws};

@@ -58,7 +58,11 @@ struct CpuRunner {
   static int64_t align(int64_t H, int64_t workers) { return H >= 64 * workers ? 16 : 1; }
   // A zero initial state (what the modules pass when hx is None) makes step
   // 0's recurrent product zero: skipping it saves 1/T of the recurrent work.
-  static bool h0_zero(const Tensor& h0) { return h0.count_nonzero().item<int64_t>() == 0; }
+  // The test costs a few microseconds of dispatch, so small products (a
+  // decoder's single steps) are not worth it.
+  static bool h0_zero(const Tensor& h0, int64_t macs) {
+    return macs >= (1 << 18) && h0.count_nonzero().item<int64_t>() == 0;
+  }
   static Tensor active(const Lengths& L, const Tensor&) {
     return L.prefix ? at::from_blob(const_cast<int64_t*>(L.active.data()),
                                     {static_cast<int64_t>(L.active.size())}, at::kLong)

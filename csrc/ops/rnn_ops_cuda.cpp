@@ -69,7 +69,7 @@ struct CudaRunner {
   }
   static int64_t align(int64_t H, int64_t workers) { return H >= 32 * workers ? 8 : 1; }
   // Testing h0 on the host would synchronise with the device.
-  static bool h0_zero(const Tensor&) { return false; }
+  static bool h0_zero(const Tensor&, int64_t) { return false; }
   static Tensor active(const Lengths& L, const Tensor& like) {
     if (!L.prefix) return Tensor();
     return at::tensor(L.active, at::kLong).to(like.device());
