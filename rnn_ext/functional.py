@@ -3,7 +3,7 @@ whole sequence, recurrent part only.  The input projection of all steps
 (x W_ih^T + b_ih) is computed by the caller as one large product."""
 import torch
 
-from . import backends, reference
+from . import _checks, _function, _ops, backends, reference
 from ._ops import ops
 
 
@@ -23,6 +23,22 @@ def _state(state, batch, size, like):
     return like.new_zeros(batch, size) if state is None else state
 
 
+_LSTM_FUNCTION = _function.autograd_function("LSTMForward", ops.lstm_forward.default,
+                                             _ops._lstm_setup_context, _ops._lstm_backward)
+_GRU_FUNCTION = _function.autograd_function("GRUForward", ops.gru_forward.default,
+                                            _ops._gru_setup_context, _ops._gru_backward)
+
+
+def _resolve(backend, input_gates):
+    chosen = backends.resolve(backend, input_gates.device, input_gates.dtype)
+    if chosen == "reference" and torch.jit.is_tracing():
+        raise RuntimeError(
+            "rnn_ext: backend 'reference' cannot be traced by torch.jit.trace: it is a Python loop "
+            "over the time steps, which a trace would record for this one sequence length only. "
+            "Use backend 'cpu' (or 'auto'), or torch.compile.")
+    return chosen
+
+
 def lstm(input_gates, w_hh, b_hh=None, w_hr=None, h0=None, c0=None,
          lengths=None, backend="auto"):
     """One LSTM layer direction.
@@ -32,22 +48,27 @@ def lstm(input_gates, w_hh, b_hh=None, w_hr=None, h0=None, c0=None,
     Returns (output [T, B, H or P], h_n, c_n, workspace [T, B, 5H]); the
     workspace holds the activated gates i, f, g, o and the cell state c of
     every step, and is differentiable.
+
+    Every backend runs the same input checks (rnn_ext._checks) first.  An
+    empty batch (B = 0) or hidden size 0 gives empty results, as in torch.nn.
     """
-    if input_gates.dim() != 3:
-        raise ValueError(f"rnn_ext.lstm: input_gates must be 3-D [T, B, 4H], got shape {tuple(input_gates.shape)}")
-    B, H = input_gates.shape[1], input_gates.shape[2] // 4
-    hout = w_hr.shape[0] if w_hr is not None else H
+    lengths = _lengths_tensor(lengths)
+    T, B, H, P = _checks.check_lstm_forward(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
+    _checks.check_length_values(lengths, T)
+    hout = P or H
     h0 = _state(h0, B, hout, input_gates)
     c0 = _state(c0, B, H, input_gates)
-    lengths = _lengths_tensor(lengths)
-    chosen = backends.resolve(backend, input_gates.device, input_gates.dtype)
+    if B == 0 or H == 0:
+        return _empty(input_gates, (h0, c0), hout, 5 * H)
+    chosen = _resolve(backend, input_gates)
     if chosen == "reference":
         return reference.lstm_reference(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
     if chosen == "triton":
         from . import triton as rnn_triton
 
         return rnn_triton.lstm(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
-    y, h_n, c_n, ws, _ = ops.lstm_forward(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
+    y, h_n, c_n, ws, _ = _function.call(ops.lstm_forward.default, _LSTM_FUNCTION,
+                                        (input_gates, w_hh, b_hh, w_hr, h0, c0, lengths))
     return y, h_n, c_n, ws
 
 
@@ -58,16 +79,28 @@ def gru(input_gates, w_hh, b_hh=None, h0=None, lengths=None, backend="auto"):
     Returns (output [T, B, H], h_n, workspace [T, B, 4H]); the workspace holds
     r, z, n and hn = W_hn h + b_hn of every step.
     """
-    if input_gates.dim() != 3:
-        raise ValueError(f"rnn_ext.gru: input_gates must be 3-D [T, B, 3H], got shape {tuple(input_gates.shape)}")
-    B, H = input_gates.shape[1], input_gates.shape[2] // 3
-    h0 = _state(h0, B, H, input_gates)
     lengths = _lengths_tensor(lengths)
-    chosen = backends.resolve(backend, input_gates.device, input_gates.dtype)
+    T, B, H = _checks.check_gru_forward(input_gates, w_hh, b_hh, h0, lengths)
+    _checks.check_length_values(lengths, T)
+    h0 = _state(h0, B, H, input_gates)
+    if B == 0 or H == 0:
+        return _empty(input_gates, (h0,), H, 4 * H)
+    chosen = _resolve(backend, input_gates)
     if chosen == "reference":
         return reference.gru_reference(input_gates, w_hh, b_hh, h0, lengths)
     if chosen == "triton":
         from . import triton as rnn_triton
 
         return rnn_triton.gru(input_gates, w_hh, b_hh, h0, lengths)
-    return ops.gru_forward(input_gates, w_hh, b_hh, h0, lengths)
+    return _function.call(ops.gru_forward.default, _GRU_FUNCTION,
+                          (input_gates, w_hh, b_hh, h0, lengths))
+
+
+def _empty(input_gates, states, hout, ws_width):
+    """The results of an empty batch or of hidden size 0 (every tensor has
+    no elements), as torch.nn gives them: still attached to the graph, so
+    that backward runs (and gives empty or zero gradients)."""
+    T, B, _ = input_gates.shape
+    output = input_gates[..., :0].sum(-1, keepdim=True).expand(T, B, hout) * 0
+    workspace = input_gates.new_zeros(T, B, ws_width, dtype=reference.acc_dtype(input_gates.dtype))
+    return (output, *(s.clone() for s in states), workspace)
