@@ -5,7 +5,9 @@ run them too).  The C++ ops keep equivalent checks only as guards for
 direct op calls (csrc/ops/rnn_ops.cpp); the messages here are the ones
 users see.
 
-Each check names the op, the argument and what was expected.  Sizes are
+Each check names the op, the argument and what was expected; a message is
+built only when a check fails (a call pays for the comparisons alone, and
+torch.compile traces no string formatting).  Sizes are
 printed with str(), not int(): under torch.compile a size is symbolic, and
 int() would specialise the graph on it (a recompile per sequence length).
 """
@@ -18,34 +20,38 @@ def _shape(s):
     return "[" + ", ".join(str(x) for x in s) + "]"
 
 
-def _check(cond, op, msg):
-    if not cond:
-        raise RuntimeError(f"{op}: {msg}")
+def _fail(op, msg):
+    raise RuntimeError(f"{op}: {msg}")
 
 
 def check_dense(op, name, t, like):
-    _check(isinstance(t, torch.Tensor), op, f"{name} must be a tensor, got {type(t).__name__}")
-    _check(t.layout == torch.strided, op, f"{name} must be a dense tensor")
-    _check(t.dtype == like.dtype, op, f"{name} has dtype {t.dtype} but input_gates has dtype "
-           f"{like.dtype}; all tensors must share one dtype")
-    _check(t.device == like.device, op, f"{name} is on {t.device} but input_gates is on {like.device}")
+    if not isinstance(t, torch.Tensor):
+        _fail(op, f"{name} must be a tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        _fail(op, f"{name} must be a dense tensor")
+    if t.dtype != like.dtype:
+        _fail(op, f"{name} has dtype {t.dtype} but input_gates has dtype {like.dtype}; "
+                  "all tensors must share one dtype")
+    if t.device != like.device:
+        _fail(op, f"{name} is on {t.device} but input_gates is on {like.device}")
 
 
 def check_same(op, name, t, like, shape):
     check_dense(op, name, t, like)
-    _check(tuple(t.shape) == tuple(shape), op,
-           f"expected {name} of shape {_shape(shape)}, got {_shape(t.shape)}")
+    if tuple(t.shape) != tuple(shape):
+        _fail(op, f"expected {name} of shape {_shape(shape)}, got {_shape(t.shape)}")
 
 
 def check_lengths(op, lengths, B):
     """Lengths as the ops take them: int64, on the CPU, shape [B]."""
     if lengths is None:
         return
-    _check(lengths.device.type == "cpu", op, "lengths must be a CPU tensor (as for "
-           f"pack_padded_sequence), got one on {lengths.device}")
-    _check(lengths.dtype == torch.int64, op, f"lengths must be int64, got {lengths.dtype}")
-    _check(lengths.dim() == 1 and lengths.shape[0] == B, op,
-           f"lengths must have shape [B] = [{B}], got {_shape(lengths.shape)}")
+    if lengths.device.type != "cpu":
+        _fail(op, f"lengths must be a CPU tensor (as for pack_padded_sequence), got one on {lengths.device}")
+    if lengths.dtype != torch.int64:
+        _fail(op, f"lengths must be int64, got {lengths.dtype}")
+    if not (lengths.dim() == 1 and lengths.shape[0] == B):
+        _fail(op, f"lengths must have shape [B] = [{B}], got {_shape(lengths.shape)}")
 
 
 def check_length_values(lengths, T):
@@ -61,15 +67,20 @@ def check_length_values(lengths, T):
 
 
 def check_input_gates(op, gx, n_gates, gate_str):
-    _check(isinstance(gx, torch.Tensor), op, f"input_gates must be a tensor, got {type(gx).__name__}")
-    _check(gx.dim() == 3, op, f"input_gates must be 3-D [T, B, {gate_str}], got {gx.dim()}-D")
-    _check(gx.dtype.is_floating_point, op, f"input_gates must be floating point, got dtype {gx.dtype}")
+    if not isinstance(gx, torch.Tensor):
+        _fail(op, f"input_gates must be a tensor, got {type(gx).__name__}")
+    if gx.dim() != 3:
+        _fail(op, f"input_gates must be 3-D [T, B, {gate_str}], got {gx.dim()}-D")
+    if not gx.dtype.is_floating_point:
+        _fail(op, f"input_gates must be floating point, got dtype {gx.dtype}")
     T, B, G = gx.shape
     # nn's message for a zero-length sequence; empty batches and hidden
     # size 0 are valid (the result is empty).
-    _check(T > 0, op, f"Expected sequence length to be larger than 0 in RNN, got input_gates of "
-           f"shape {_shape(gx.shape)}")
-    _check(G % n_gates == 0, op, f"last dim of input_gates must be {gate_str}, got {G}")
+    if T <= 0:
+        _fail(op, f"Expected sequence length to be larger than 0 in RNN, got input_gates of "
+                  f"shape {_shape(gx.shape)}")
+    if G % n_gates != 0:
+        _fail(op, f"last dim of input_gates must be {gate_str}, got {G}")
     return T, B, G // n_gates
 
 
@@ -80,8 +91,8 @@ def check_lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths, op="rnn_ext.lstm")
     hout = H
     if w_hr is not None:
         check_dense(op, "w_hr", w_hr, gx)
-        _check(w_hr.dim() == 2 and w_hr.shape[1] == H and w_hr.shape[0] > 0, op,
-               f"expected w_hr of shape [P, H] with H = {H}, got {_shape(w_hr.shape)}")
+        if not (w_hr.dim() == 2 and w_hr.shape[1] == H and w_hr.shape[0] > 0):
+            _fail(op, f"expected w_hr of shape [P, H] with H = {H}, got {_shape(w_hr.shape)}")
         hout = w_hr.shape[0]
     check_same(op, "w_hh", w_hh, gx, (4 * H, hout))
     if b_hh is not None:
@@ -108,14 +119,15 @@ def check_gru_forward(gx, w_hh, b_hh, h0, lengths, op="rnn_ext.gru"):
 
 def _check_workspace_grad(op, grad_ws, ws):
     if grad_ws is not None:
-        _check(tuple(grad_ws.shape) == tuple(ws.shape) and grad_ws.dtype == ws.dtype
-               and grad_ws.device == ws.device, op, "grad_workspace must match workspace")
+        if not (tuple(grad_ws.shape) == tuple(ws.shape) and grad_ws.dtype == ws.dtype
+                and grad_ws.device == ws.device):
+            _fail(op, "grad_workspace must match workspace")
 
 
 def check_lstm_backward(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, proj_in,
                         lengths, grad_ws, op):
-    _check(y.dim() == 3 and ws.dim() == 3 and ws.shape[2] % 5 == 0, op,
-           "output must be [T, B, H] and workspace [T, B, 5H]")
+    if not (y.dim() == 3 and ws.dim() == 3 and ws.shape[2] % 5 == 0):
+        _fail(op, "output must be [T, B, H] and workspace [T, B, 5H]")
     T, B, hout = y.shape
     H = ws.shape[2] // 5
     check_same(op, "grad_output", grad_y, y, y.shape)
@@ -127,20 +139,23 @@ def check_lstm_backward(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, p
     if w_hr is not None:
         check_same(op, "w_hr", w_hr, y, (hout, H))
         check_same(op, "proj_input", proj_in, y, (T, B, H))
-    _check(tuple(ws.shape[:2]) == (T, B) and ws.dtype == acc_dtype(y.dtype) and ws.device == y.device,
-           op, "workspace does not match output")
+    if not (tuple(ws.shape[:2]) == (T, B) and ws.dtype == acc_dtype(y.dtype)
+            and ws.device == y.device):
+        _fail(op, "workspace does not match output")
     _check_workspace_grad(op, grad_ws, ws)
     check_lengths(op, lengths, B)
 
 
 def check_gru_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, op):
-    _check(y.dim() == 3 and ws.dim() == 3, op, "output must be [T, B, H]")
+    if not (y.dim() == 3 and ws.dim() == 3):
+        _fail(op, "output must be [T, B, H]")
     T, B, H = y.shape
     check_same(op, "grad_output", grad_y, y, y.shape)
     check_same(op, "grad_h_n", grad_h_n, y, (B, H))
     check_same(op, "h0", h0, y, (B, H))
     check_same(op, "w_hh", w_hh, y, (3 * H, H))
-    _check(tuple(ws.shape) == (T, B, 4 * H) and ws.dtype == acc_dtype(y.dtype) and ws.device == y.device,
-           op, "workspace does not match output")
+    if not (tuple(ws.shape) == (T, B, 4 * H) and ws.dtype == acc_dtype(y.dtype)
+            and ws.device == y.device):
+        _fail(op, "workspace does not match output")
     _check_workspace_grad(op, grad_ws, ws)
     check_lengths(op, lengths, B)

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from .. import _checks, _function, reference
-from .._ops import _higher_order, _zeros_if_none
+from .._ops import _create_graph, _higher_order, _zeros_if_none
 from . import _sequence
 from ._sequence import STRATEGIES, acc_dtype
 
@@ -24,20 +24,23 @@ _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # The shape, dtype and device checks are rnn_ext._checks' (one copy for every
 # backend); here only what is particular to the Triton kernels.
 def _check_triton(op, gx, strategy):
-    _checks._check(gx.dtype in _FLOAT_DTYPES, op,
-                   f"input_gates has dtype {gx.dtype}, which the Triton kernels do not support")
-    _checks._check(strategy in STRATEGIES, op, f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if gx.dtype not in _FLOAT_DTYPES:
+        _checks._fail(op, f"input_gates has dtype {gx.dtype}, which the Triton kernels do not support")
+    if strategy not in STRATEGIES:
+        _checks._fail(op, f"strategy must be one of {STRATEGIES}, got {strategy!r}")
 
 
 def check_lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths, strategy, op="rnn_ext::triton_lstm_forward"):
-    _checks._check(h0 is not None and c0 is not None, op, "h0 and c0 are required")
+    if h0 is None or c0 is None:
+        _checks._fail(op, "h0 and c0 are required")
     dims = _checks.check_lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths, op=op)
     _check_triton(op, gx, strategy)
     return dims
 
 
 def check_gru_forward(gx, w_hh, b_hh, h0, lengths, strategy, op="rnn_ext::triton_gru_forward"):
-    _checks._check(h0 is not None, op, "h0 is required")
+    if h0 is None:
+        _checks._fail(op, "h0 is required")
     dims = _checks.check_gru_forward(gx, w_hh, b_hh, h0, lengths, op=op)
     _check_triton(op, gx, strategy)
     return dims
@@ -128,8 +131,9 @@ def _lstm_setup_context(ctx, inputs, output):
 
 
 def _lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, grad_ws, _grad_proj):
-    gx, w_hh, b_hh, w_hr, h0, c0, lengths, y, h_n, c_n, ws, proj_in = ctx.saved_tensors
-    if torch.is_grad_enabled():
+    saved = ctx.saved_tensors
+    gx, w_hh, b_hh, w_hr, h0, c0, lengths, y, h_n, c_n, ws, proj_in = saved
+    if _create_graph(saved):
         return _higher_order(ctx, reference.lstm_reference,
                              (gx, w_hh, b_hh, w_hr, h0, c0, lengths),
                              (y, h_n, c_n, ws), (grad_y, grad_h_n, grad_c_n, grad_ws)) + (None,)
@@ -194,8 +198,9 @@ def _gru_setup_context(ctx, inputs, output):
 
 
 def _gru_backward(ctx, grad_y, grad_h_n, grad_ws):
-    gx, w_hh, b_hh, h0, lengths, y, h_n, ws = ctx.saved_tensors
-    if torch.is_grad_enabled():
+    saved = ctx.saved_tensors
+    gx, w_hh, b_hh, h0, lengths, y, h_n, ws = saved
+    if _create_graph(saved):
         return _higher_order(ctx, reference.gru_reference, (gx, w_hh, b_hh, h0, lengths),
                              (y, h_n, ws), (grad_y, grad_h_n, grad_ws)) + (None,)
     d_gx, d_w_hh, d_b_hh, d_h0 = gru_backward(
