@@ -69,6 +69,8 @@ def check_length_values(lengths, T):
 def check_input_gates(op, gx, n_gates, gate_str):
     if not isinstance(gx, torch.Tensor):
         _fail(op, f"input_gates must be a tensor, got {type(gx).__name__}")
+    if gx.layout != torch.strided:
+        _fail(op, "input_gates must be a dense tensor")
     if gx.dim() != 3:
         _fail(op, f"input_gates must be 3-D [T, B, {gate_str}], got {gx.dim()}-D")
     if not gx.dtype.is_floating_point:
@@ -84,9 +86,38 @@ def check_input_gates(op, gx, n_gates, gate_str):
     return T, B, G // n_gates
 
 
+def _fits(t, dtype, device, shape):
+    """Whether t is a dense tensor of this dtype, device and shape."""
+    return (t.dtype == dtype and t.shape == shape and t.device == device
+            and t.layout == torch.strided)
+
+
+def _sequence_gates(gx, n_gates):
+    """(T, B, H) when input_gates is a usable [T, B, n_gates*H] tensor, else None."""
+    if (isinstance(gx, torch.Tensor) and gx.dim() == 3 and gx.dtype.is_floating_point
+            and gx.layout == torch.strided):
+        T, B, G = gx.shape
+        if T > 0 and G % n_gates == 0:
+            return T, B, G // n_gates
+    return None
+
+
 def check_lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths, op="rnn_ext.lstm"):
     """Returns (T, B, H, P) with P = 0 without projection.  h0 and c0 may be
     None (zeros)."""
+    # Every call pays for this one pass of comparisons only; the checks
+    # below, which say what is wrong, run when it fails.
+    dims = _sequence_gates(gx, 4)
+    if dims is not None and w_hr is None and lengths is None:
+        T, B, H = dims
+        dt, dev = gx.dtype, gx.device
+        try:
+            if (_fits(w_hh, dt, dev, (4 * H, H)) and (b_hh is None or _fits(b_hh, dt, dev, (4 * H,)))
+                    and (h0 is None or _fits(h0, dt, dev, (B, H)))
+                    and (c0 is None or _fits(c0, dt, dev, (B, H)))):
+                return T, B, H, 0
+        except AttributeError:  # not a tensor: the checks below say which
+            pass
     T, B, H = check_input_gates(op, gx, 4, "4H")
     hout = H
     if w_hr is not None:
@@ -107,6 +138,16 @@ def check_lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths, op="rnn_ext.lstm")
 
 def check_gru_forward(gx, w_hh, b_hh, h0, lengths, op="rnn_ext.gru"):
     """Returns (T, B, H).  h0 may be None (zeros)."""
+    dims = _sequence_gates(gx, 3)
+    if dims is not None and lengths is None:
+        T, B, H = dims
+        dt, dev = gx.dtype, gx.device
+        try:
+            if (_fits(w_hh, dt, dev, (3 * H, H)) and (b_hh is None or _fits(b_hh, dt, dev, (3 * H,)))
+                    and (h0 is None or _fits(h0, dt, dev, (B, H)))):
+                return dims
+        except AttributeError:
+            pass
     T, B, H = check_input_gates(op, gx, 3, "3H")
     check_same(op, "w_hh", w_hh, gx, (3 * H, H))
     if b_hh is not None:

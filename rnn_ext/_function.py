@@ -16,8 +16,17 @@ Under torch.compile the op is called as it is: Dynamo and AOTAutograd trace
 the registered autograd.
 """
 import torch
+import torch._functorch.utils
 
 _below_autograd = torch._C._AutoDispatchBelowAutograd
+_is_compiling = torch.compiler.is_compiling
+_tracing_state = torch._C._get_tracing_state  # what torch.jit.is_tracing() reads
+_functorch_active = torch._C._are_functorch_transforms_active
+_unwrap_dead_wrappers = torch._functorch.utils.unwrap_dead_wrappers
+
+
+def _apply_base(function, *args):
+    return super(torch.autograd.Function, function).apply(*args)
 
 
 def autograd_function(name, op, setup_context, backward):
@@ -37,9 +46,16 @@ def autograd_function(name, op, setup_context, backward):
 def call(op, function, args):
     """op(*args) with autograd: `function` (from autograd_function) when a
     gradient may be needed, else the kernel directly."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if _is_compiling() or _tracing_state() is not None:
         return op(*args)
-    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-        return function.apply(*args)
+    if torch.is_grad_enabled():
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.requires_grad:
+                if _functorch_active():
+                    return function.apply(*args)
+                # What Function.apply does outside torch.func, without its
+                # per-call inspect.signature binding of the arguments (the
+                # forward takes *args: binding changes nothing).
+                return _apply_base(function, *_unwrap_dead_wrappers(args))
     with _below_autograd():
         return op(*args)

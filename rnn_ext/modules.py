@@ -21,10 +21,13 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import backends, functional
 
 
-def _autocast_dtype(device_type, low_precision_on_cpu):
+def _autocast_dtype(device, low_precision_on_cpu):
     """The dtype a module computes in under autocast, as torch.nn does: on
     CUDA every RNN runs in the autocast dtype; on the CPU only nn.LSTM does,
     and nn.GRU and the cells stay in fp32.  None outside autocast."""
+    if not torch._C._is_any_autocast_enabled():
+        return None
+    device_type = device.type
     if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
         return None
     if device_type == "cpu" and not low_precision_on_cpu:
@@ -35,6 +38,18 @@ def _autocast_dtype(device_type, low_precision_on_cpu):
 def _no_autocast(device_type, cast):
     """Inside, the module casts explicitly; autocast must not re-cast."""
     return torch.autocast(device_type, enabled=False) if cast is not None else contextlib.nullcontext()
+
+
+_MISSING = object()
+
+
+def _weight(module, name):
+    """module.<name>: a parameter straight from the module's parameter dict
+    (nn.Module.__getattr__ costs about a microsecond a call, and a call of a
+    module reads every weight); anything else that holds the name (a
+    parametrization, weight_norm's recomputed tensor) through getattr."""
+    w = module._parameters.get(name, _MISSING)
+    return getattr(module, name) if w is _MISSING else w
 
 
 def reverse_within_lengths(x, lengths):
@@ -196,7 +211,7 @@ class _RNNBase(nn.Module):
 
     # ------------------------------------------------------------ forward --
     def _check_input(self, x):
-        weight = self.weight_ih_l0
+        weight = _weight(self, "weight_ih_l0")
         if x.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
             raise ValueError(f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
                              f"Convert input: input.to({weight.dtype}), or convert model: model.to({x.dtype})")
@@ -242,7 +257,7 @@ class _RNNBase(nn.Module):
         input's time order."""
         if x.size(0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        cast = _autocast_dtype(x.device.type, self._cpu_autocast)
+        cast = _autocast_dtype(x.device, self._cpu_autocast)
         if cast is None:
             return self._run_layers(x, h0, c0, lengths, batch_sizes, None)
         with _no_autocast(x.device.type, cast):
@@ -275,7 +290,7 @@ class _RNNBase(nn.Module):
             outputs = []
             for direction in range(D):
                 k = layer * D + direction
-                w_ih, w_hh, b_ih, b_hh, w_hr = (None if n is None else getattr(self, n)
+                w_ih, w_hh, b_ih, b_hh, w_hr = (None if n is None else _weight(self, n)
                                                 for n in self._layout[k])
                 if cast is not None:
                     w_ih, w_hh, b_ih, b_hh, w_hr = (None if w is None else w.to(cast)
@@ -452,23 +467,25 @@ class _CellBase(nn.Module):
     def _check(self, input, states):
         """nn's checks and messages (torch.nn.*Cell.forward and ATen's
         check_rnn_cell_forward_*), on batched input and states."""
-        if input.size(1) != self.input_size:
-            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
+        batch, features = input.shape
+        if features != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {features} "
                                f"expected {self.input_size}")
         for k, s in enumerate(states):
-            if input.size(0) != s.size(0):
-                raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{k} "
+            if batch != s.size(0):
+                raise RuntimeError(f"Input batch size {batch} doesn't match hidden{k} "
                                    f"batch size {s.size(0)}")
             if s.size(1) != self.hidden_size:
                 raise RuntimeError(f"hidden{k} has inconsistent hidden_size: got {s.size(1)}, "
                                    f"expected {self.hidden_size}")
         if not torch._C._is_any_autocast_enabled():
-            dtype = self.weight_ih.dtype
-            for name, t in (("input", input), *((f"hidden{k}", s) for k, s in enumerate(states))):
-                if t.dtype != dtype:
-                    raise RuntimeError(f"{self.mode}: {name} has dtype {t.dtype} but the weights have "
-                                       f"dtype {dtype}; convert the input (input.to({dtype})) or "
-                                       f"the module (module.to({t.dtype}))")
+            dtype = _weight(self, "weight_ih").dtype
+            if input.dtype != dtype or any(s.dtype != dtype for s in states):
+                name, t = next((n, t) for n, t in (("input", input), *((f"hidden{k}", s) for k, s in
+                                                    enumerate(states))) if t.dtype != dtype)
+                raise RuntimeError(f"{self.mode}: {name} has dtype {t.dtype} but the weights have "
+                                   f"dtype {dtype}; convert the input (input.to({dtype})) or "
+                                   f"the module (module.to({t.dtype}))")
 
     def _recurrence(self, gx, w_hh, b_hh, states):
         """One step's recurrent part: the new states, as a tuple."""
@@ -492,7 +509,7 @@ class _CellBase(nn.Module):
         elif not batched:
             hx = tuple(s.unsqueeze(0) for s in hx)
         self._check(input, hx)
-        cast = _autocast_dtype(input.device.type, False)
+        cast = _autocast_dtype(input.device, False)
         if cast is None:
             out = self._step(input, hx, None)
         else:
@@ -501,7 +518,7 @@ class _CellBase(nn.Module):
         return out if batched else tuple(s.squeeze(0) for s in out)
 
     def _step(self, input, states, cast):
-        w_ih, w_hh, b_ih, b_hh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        w_ih, w_hh, b_ih, b_hh = (_weight(self, n) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
         if cast is not None:
             input = input.to(cast)
             states = tuple(s.to(cast) for s in states)
