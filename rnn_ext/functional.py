@@ -98,9 +98,10 @@ def gru(input_gates, w_hh, b_hh=None, h0=None, lengths=None, backend="auto"):
 
 def _empty(input_gates, states, hout, ws_width):
     """The results of an empty batch or of hidden size 0 (every tensor has
-    no elements), as torch.nn gives them: still attached to the graph, so
-    that backward runs (and gives empty or zero gradients)."""
+    no elements), as torch.nn gives them: attached to the graph of the
+    inputs, so that backward runs (and gives empty or zero gradients)."""
     T, B, _ = input_gates.shape
-    output = input_gates[..., :0].sum(-1, keepdim=True).expand(T, B, hout) * 0
+    nothing = input_gates[..., :0].sum(-1, keepdim=True)  # [T, B, 1] zeros, in the graph
+    output = nothing.expand(T, B, hout) * 0
     workspace = input_gates.new_zeros(T, B, ws_width, dtype=reference.acc_dtype(input_gates.dtype))
-    return (output, *(s.clone() for s in states), workspace)
+    return (output, *(s + nothing[0] for s in states), workspace)

@@ -52,6 +52,31 @@ def _weight(module, name):
     return getattr(module, name) if w is _MISSING else w
 
 
+def _let_dynamo_break_at_pad_packed_sequence():
+    """torch.compile of a model that unpacks a PackedSequence
+    (pad_packed_sequence) crashes in Dynamo ("RuntimeError when making fake
+    tensor call"): the unpacking reads batch_sizes on the host, which fake
+    tensors do not hold, and batch_sizes always comes from outside the graph
+    (Dynamo graph-breaks at pack_padded_sequence).  nn's RNNs hide this by
+    sending the whole calling frame to eager mode; rnn_ext's modules are
+    traced, so the user's pad_packed_sequence after them is too.  Mark it as
+    Dynamo marks pack_padded_sequence: a graph break, never traced.  (Only
+    changes code that would crash.)"""
+    try:
+        from torch._dynamo import trace_rules
+        from torch._dynamo.variables import SkipFunctionVariable
+
+        name = "torch.nn.utils.rnn.pad_packed_sequence"
+        if trace_rules.manual_torch_name_rule_map.get(name) is not SkipFunctionVariable:
+            trace_rules.manual_torch_name_rule_map[name] = SkipFunctionVariable
+            trace_rules.clear_lru_cache()
+    except Exception:  # a PyTorch without these internals: nothing to do
+        pass
+
+
+_let_dynamo_break_at_pad_packed_sequence()
+
+
 def reverse_within_lengths(x, lengths):
     """x [T, B, ...] with each sequence b reversed over its first lengths[b]
     steps; steps past the end stay in place.  Without lengths, a flip."""

@@ -95,11 +95,23 @@ def _(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths, strategy):
             new((T, B, 5 * H), dtype=acc_dtype(input_gates.dtype)), new((T if P else 0, B, H)))
 
 
-@torch.library.custom_op("rnn_ext::triton_lstm_backward", mutates_args=())
-def lstm_backward(grad_output: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, w_hh: Tensor,
-                  w_hr: Optional[Tensor], h0: Tensor, c0: Tensor, output: Tensor, workspace: Tensor,
-                  proj_input: Tensor, lengths: Optional[Tensor], grad_workspace: Optional[Tensor],
-                  strategy: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+# The backward ops are defined without any autograd kernel (as the compiled
+# ops are): custom_op would give them an old-style autograd.Function, which
+# torch.func refuses even where nothing is differentiated.
+torch.library.define(
+    "rnn_ext::triton_lstm_backward",
+    "(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor w_hh, Tensor? w_hr, Tensor h0, "
+    "Tensor c0, Tensor output, Tensor workspace, Tensor proj_input, Tensor? lengths, "
+    "Tensor? grad_workspace, str strategy) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+torch.library.define(
+    "rnn_ext::triton_gru_backward",
+    "(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, Tensor h0, Tensor output, Tensor workspace, "
+    "Tensor? lengths, Tensor? grad_workspace, str strategy) -> (Tensor, Tensor, Tensor, Tensor)")
+
+
+@torch.library.impl("rnn_ext::triton_lstm_backward", ("CPU", "CUDA"))
+def _lstm_backward_impl(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, output, workspace,
+                        proj_input, lengths, grad_workspace, strategy):
     op = "rnn_ext::triton_lstm_backward"
     check_lstm_backward(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, output, workspace,
                         proj_input, lengths, grad_workspace, strategy)
@@ -111,7 +123,7 @@ def lstm_backward(grad_output: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, w_hh:
         proj_input.contiguous(), _c(lengths), _c(grad_workspace), strategy)
 
 
-@lstm_backward.register_fake
+@torch.library.register_fake("rnn_ext::triton_lstm_backward")
 def _(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, output, workspace, proj_input,
       lengths, grad_workspace, strategy):
     check_lstm_backward(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, output, workspace,
@@ -121,6 +133,9 @@ def _(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, output, workspace, pr
     new = output.new_empty
     return (new((T, B, 4 * H)), new(w_hh.shape), new((4 * H,)),
             new(w_hr.shape) if w_hr is not None else new((0,)), new(h0.shape), new(c0.shape))
+
+
+lstm_backward = torch.ops.rnn_ext.triton_lstm_backward.default
 
 
 def _lstm_setup_context(ctx, inputs, output):
@@ -168,10 +183,9 @@ def _(input_gates, w_hh, b_hh, h0, lengths, strategy):
     return new((T, B, H)), new((B, H)), new((T, B, 4 * H), dtype=acc_dtype(input_gates.dtype))
 
 
-@torch.library.custom_op("rnn_ext::triton_gru_backward", mutates_args=())
-def gru_backward(grad_output: Tensor, grad_h_n: Tensor, w_hh: Tensor, h0: Tensor, output: Tensor,
-                 workspace: Tensor, lengths: Optional[Tensor], grad_workspace: Optional[Tensor],
-                 strategy: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+@torch.library.impl("rnn_ext::triton_gru_backward", ("CPU", "CUDA"))
+def _gru_backward_impl(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths, grad_workspace,
+                       strategy):
     op = "rnn_ext::triton_gru_backward"
     check_gru_backward(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths, grad_workspace,
                        strategy)
@@ -182,13 +196,16 @@ def gru_backward(grad_output: Tensor, grad_h_n: Tensor, w_hh: Tensor, h0: Tensor
                                   _c(lengths), _c(grad_workspace), strategy)
 
 
-@gru_backward.register_fake
+@torch.library.register_fake("rnn_ext::triton_gru_backward")
 def _(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths, grad_workspace, strategy):
     check_gru_backward(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths, grad_workspace,
                        strategy)
     T, B, H = output.shape
     new = output.new_empty
     return new((T, B, 3 * H)), new(w_hh.shape), new((3 * H,)), new(h0.shape)
+
+
+gru_backward = torch.ops.rnn_ext.triton_gru_backward.default
 
 
 def _gru_setup_context(ctx, inputs, output):
