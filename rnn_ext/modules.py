@@ -543,7 +543,8 @@ class _CellBase(nn.Module):
         return out if batched else tuple(s.squeeze(0) for s in out)
 
     def _step(self, input, states, cast):
-        w_ih, w_hh, b_ih, b_hh = (_weight(self, n) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        w_ih, w_hh = _weight(self, "weight_ih"), _weight(self, "weight_hh")
+        b_ih, b_hh = _weight(self, "bias_ih"), _weight(self, "bias_hh")
         if cast is not None:
             input = input.to(cast)
             states = tuple(s.to(cast) for s in states)
