@@ -351,6 +351,11 @@ class _RNNBase(nn.Module):
         cells = ws[..., self._gates * H:(self._gates + 1) * H] if self._has_cell_state else None
         return Internals(gates, cells)
 
+    def _nn_attributes(self):
+        """Instance attributes torch.nn's class needs that rnn_ext keeps as
+        class attributes (for to_torch)."""
+        return {"mode": self.mode}
+
     def _state_out(self, h_n, c_n):
         return (h_n, c_n) if self._has_cell_state else h_n
 
@@ -512,6 +517,11 @@ class _CellBase(nn.Module):
                                    f"dtype {dtype}; convert the input (input.to({dtype})) or "
                                    f"the module (module.to({t.dtype}))")
 
+    def _nn_attributes(self):
+        """Instance attributes torch.nn's class needs that rnn_ext keeps as
+        class attributes (for to_torch): none for the cells."""
+        return {}
+
     def _recurrence(self, gx, w_hh, b_hh, states):
         """One step's recurrent part: the new states, as a tuple."""
         raise NotImplementedError
@@ -592,17 +602,10 @@ def _check_backend(backend):
 
 # ---------------------------------------------------------------- convert --
 # The torch.nn class each rnn_ext module replaces.  convert() and to_torch()
-# read only this table (and each class's _NN_STATE): a new module is one
-# more pair.
+# read only this table (and each class's _nn_attributes()); the tests of
+# nn's ModuleInfo inputs and the random configurations are parametrised
+# over it: a new module is one more pair.
 PAIRS = [(nn.LSTM, LSTM), (nn.GRU, GRU), (nn.LSTMCell, LSTMCell), (nn.GRUCell, GRUCell)]
-
-
-def _nn_state(module):
-    """Instance attributes torch.nn's class needs and rnn_ext's keeps as
-    class attributes or properties."""
-    if isinstance(module, _RNNBase):
-        return {"mode": module.mode}
-    return {}
 
 
 def _plain_class(module):
@@ -661,7 +664,7 @@ def convert(module, backend="auto"):
 def to_torch(module):
     """The reverse of convert(), in place: rnn_ext modules back to torch.nn ones."""
     def to_nn(m, nn_cls):
-        state = _nn_state(m)
+        state = m._nn_attributes()
         for ours in ("backend", "_layout"):
             m.__dict__.pop(ours, None)
         _retype(m, nn_cls)

@@ -13,7 +13,6 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 from torch.testing._internal.common_modules import ModuleErrorEnum, module_db
 
-import rnn_ext
 from _utils import cpu_backends
 from rnn_ext.modules import PAIRS
 
