@@ -47,6 +47,8 @@ def build(cls, constructor_input, backend=None):
 @pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("nn_cls,ext_cls", CASES, ids=[n.__name__ for n, _ in CASES])
 def test_module_info_samples(nn_cls, ext_cls, backend, training):
+    if training and backend == "triton":
+        pytest.skip("the samples have no dropout: training runs what eval runs (interpreted Triton is slow)")
     info = INFOS[nn_cls]
     extra = {}
     if "with_packed_sequence" in inspect.signature(info.module_inputs_func).parameters:
