@@ -91,20 +91,45 @@ def _zeros_if_none(grad, like):
     return torch.zeros_like(like) if grad is None else grad
 
 
+def _create_graph(saved):
+    """Whether backward must return differentiable gradients: it runs with
+    create_graph=True for plain autograd.  torch.func's transforms (vjp,
+    grad, jacrev) also run backward with create_graph=True, inside the
+    transform or (a vjp function called later) after it, on tensors that
+    autograd does not record at this level: a recomputation would be cut off
+    from its inputs.  They get the kernels' backward, which is exact."""
+    if not torch.is_grad_enabled():
+        return False
+    functorch = torch._C._functorch
+    if functorch.peek_interpreter_stack() is not None:
+        return False
+    return not any(t is not None and functorch.is_functorch_wrapped_tensor(t) for t in saved)
+
+
 def _higher_order(ctx, fn, inputs, outputs, grads):
     """Backward with create_graph=True (double backward): recompute the step
     with the differentiable reference and let PyTorch differentiate it, so
-    the returned gradients are themselves differentiable."""
+    the returned gradients are themselves differentiable.
+
+    An input whose gradient is wanted but that does not itself require grad
+    here is replaced by a detached copy that does: otherwise the
+    recomputation would not depend on it and its gradient would silently
+    come out as zero."""
     wanted = [i for i, (x, need) in enumerate(zip(inputs, ctx.needs_input_grad))
               if need and x is not None]
-    pairs = [(o, g) for o, g in zip(fn(*inputs), grads) if g is not None]
+    inputs = list(inputs)
+    for i in wanted:
+        if not inputs[i].requires_grad:
+            inputs[i] = inputs[i].detach().requires_grad_()
     result = [None] * len(inputs)
-    if wanted and pairs:
-        got = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
-                                  [g for _, g in pairs], create_graph=True,
-                                  allow_unused=True)
-        for i, g in zip(wanted, got):
-            result[i] = g
+    with torch.enable_grad():
+        pairs = [(o, g) for o, g in zip(fn(*inputs), grads) if g is not None]
+        if wanted and pairs:
+            got = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
+                                      [g for _, g in pairs], create_graph=True,
+                                      allow_unused=True)
+            for i, g in zip(wanted, got):
+                result[i] = g if g is not None else torch.zeros_like(inputs[i])
     return tuple(result)
 
 
@@ -115,8 +140,9 @@ def _lstm_setup_context(ctx, inputs, output):
 
 
 def _lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, grad_ws, _grad_proj):
-    gx, w_hh, b_hh, w_hr, h0, c0, lengths, y, h_n, c_n, ws, proj_in = ctx.saved_tensors
-    if torch.is_grad_enabled():
+    saved = ctx.saved_tensors
+    gx, w_hh, b_hh, w_hr, h0, c0, lengths, y, h_n, c_n, ws, proj_in = saved
+    if _create_graph(saved):
         return _higher_order(ctx, reference.lstm_reference,
                              (gx, w_hh, b_hh, w_hr, h0, c0, lengths),
                              (y, h_n, c_n, ws), (grad_y, grad_h_n, grad_c_n, grad_ws))
@@ -134,8 +160,9 @@ def _gru_setup_context(ctx, inputs, output):
 
 
 def _gru_backward(ctx, grad_y, grad_h_n, grad_ws):
-    gx, w_hh, b_hh, h0, lengths, y, h_n, ws = ctx.saved_tensors
-    if torch.is_grad_enabled():
+    saved = ctx.saved_tensors
+    gx, w_hh, b_hh, h0, lengths, y, h_n, ws = saved
+    if _create_graph(saved):
         return _higher_order(ctx, reference.gru_reference, (gx, w_hh, b_hh, h0, lengths),
                              (y, h_n, ws), (grad_y, grad_h_n, grad_ws))
     d_gx, d_w_hh, d_b_hh, d_h0 = ops.gru_backward(

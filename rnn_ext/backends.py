@@ -39,8 +39,27 @@ def why_not(backend, device, dtype):
     raise ValueError(f"rnn_ext: unknown backend {backend!r}; choose one of {BACKENDS}")
 
 
+# resolve()'s answers that depend only on its arguments (the compiled
+# backends, reference): a module call asks at every layer and step, and the
+# answer must cost next to nothing.  Answers involving Triton are not kept:
+# they depend on the environment (TRITON_INTERPRET) and on imports.
+_RESOLVED = {}
+
+
 def resolve(backend, device, dtype):
     """The backend that will run: `backend` itself, or auto's choice."""
+    key = (backend, device, dtype)
+    try:
+        return _RESOLVED[key]
+    except (KeyError, TypeError):  # TypeError: an unhashable device argument
+        pass
+    chosen = _resolve(backend, device, dtype)
+    if chosen != "triton" and isinstance(device, torch.device):
+        _RESOLVED[key] = chosen
+    return chosen
+
+
+def _resolve(backend, device, dtype):
     if backend not in BACKENDS:
         raise ValueError(f"rnn_ext: unknown backend {backend!r}; choose one of {BACKENDS}")
     device = torch.device(device)

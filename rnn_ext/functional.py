@@ -3,7 +3,7 @@ whole sequence, recurrent part only.  The input projection of all steps
 (x W_ih^T + b_ih) is computed by the caller as one large product."""
 import torch
 
-from . import backends, reference
+from . import _checks, _function, _ops, backends, reference
 from ._ops import ops
 
 
@@ -33,6 +33,22 @@ def _inference(need_workspace, *tensors):
     return not any(t is not None and t.requires_grad for t in tensors)
 
 
+_LSTM_FUNCTION = _function.autograd_function("LSTMForward", ops.lstm_forward.default,
+                                             _ops._lstm_setup_context, _ops._lstm_backward)
+_GRU_FUNCTION = _function.autograd_function("GRUForward", ops.gru_forward.default,
+                                            _ops._gru_setup_context, _ops._gru_backward)
+
+
+def _resolve(backend, input_gates):
+    chosen = backends.resolve(backend, input_gates.device, input_gates.dtype)
+    if chosen == "reference" and torch.jit.is_tracing():
+        raise RuntimeError(
+            "rnn_ext: backend 'reference' cannot be traced by torch.jit.trace: it is a Python loop "
+            "over the time steps, which a trace would record for this one sequence length only. "
+            "Use backend 'cpu' (or 'auto'), or torch.compile.")
+    return chosen
+
+
 def lstm(input_gates, w_hh, b_hh=None, w_hr=None, h0=None, c0=None,
          lengths=None, backend="auto", need_workspace=True):
     """One LSTM layer direction.
@@ -44,15 +60,19 @@ def lstm(input_gates, w_hh, b_hh=None, w_hr=None, h0=None, c0=None,
     every step, and is differentiable.  With need_workspace=False, a call
     that needs no gradient may return None for it and skip writing it (the
     compiled kernels then keep only what the next step reads).
+
+    Every backend runs the same input checks (rnn_ext._checks) first.  An
+    empty batch (B = 0) or hidden size 0 gives empty results, as in torch.nn.
     """
-    if input_gates.dim() != 3:
-        raise ValueError(f"rnn_ext.lstm: input_gates must be 3-D [T, B, 4H], got shape {tuple(input_gates.shape)}")
-    B, H = input_gates.shape[1], input_gates.shape[2] // 4
-    hout = w_hr.shape[0] if w_hr is not None else H
+    lengths = _lengths_tensor(lengths)
+    T, B, H, P = _checks.check_lstm_forward(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
+    _checks.check_length_values(lengths, T)
+    hout = P or H
     h0 = _state(h0, B, hout, input_gates)
     c0 = _state(c0, B, H, input_gates)
-    lengths = _lengths_tensor(lengths)
-    chosen = backends.resolve(backend, input_gates.device, input_gates.dtype)
+    if B == 0 or H == 0:
+        return _empty(input_gates, (h0, c0), hout, 5 * H)
+    chosen = _resolve(backend, input_gates)
     if chosen == "reference":
         return reference.lstm_reference(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
     if chosen == "triton":
@@ -60,8 +80,10 @@ def lstm(input_gates, w_hh, b_hh=None, w_hr=None, h0=None, c0=None,
 
         return rnn_triton.lstm(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
     if _inference(need_workspace, input_gates, w_hh, b_hh, w_hr, h0, c0):
-        return (*ops.lstm_infer(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths), None)
-    y, h_n, c_n, ws, _ = ops.lstm_forward(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
+        return (*_function.call_without_grad(ops.lstm_infer.default,
+                                             (input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)), None)
+    y, h_n, c_n, ws, _ = _function.call(ops.lstm_forward.default, _LSTM_FUNCTION,
+                                        (input_gates, w_hh, b_hh, w_hr, h0, c0, lengths))
     return y, h_n, c_n, ws
 
 
@@ -74,12 +96,13 @@ def gru(input_gates, w_hh, b_hh=None, h0=None, lengths=None, backend="auto",
     r, z, n and hn = W_hn h + b_hn of every step (None with
     need_workspace=False where no gradient is needed, as for lstm).
     """
-    if input_gates.dim() != 3:
-        raise ValueError(f"rnn_ext.gru: input_gates must be 3-D [T, B, 3H], got shape {tuple(input_gates.shape)}")
-    B, H = input_gates.shape[1], input_gates.shape[2] // 3
-    h0 = _state(h0, B, H, input_gates)
     lengths = _lengths_tensor(lengths)
-    chosen = backends.resolve(backend, input_gates.device, input_gates.dtype)
+    T, B, H = _checks.check_gru_forward(input_gates, w_hh, b_hh, h0, lengths)
+    _checks.check_length_values(lengths, T)
+    h0 = _state(h0, B, H, input_gates)
+    if B == 0 or H == 0:
+        return _empty(input_gates, (h0,), H, 4 * H)
+    chosen = _resolve(backend, input_gates)
     if chosen == "reference":
         return reference.gru_reference(input_gates, w_hh, b_hh, h0, lengths)
     if chosen == "triton":
@@ -87,5 +110,18 @@ def gru(input_gates, w_hh, b_hh=None, h0=None, lengths=None, backend="auto",
 
         return rnn_triton.gru(input_gates, w_hh, b_hh, h0, lengths)
     if _inference(need_workspace, input_gates, w_hh, b_hh, h0):
-        return (*ops.gru_infer(input_gates, w_hh, b_hh, h0, lengths), None)
-    return ops.gru_forward(input_gates, w_hh, b_hh, h0, lengths)
+        return (*_function.call_without_grad(ops.gru_infer.default,
+                                             (input_gates, w_hh, b_hh, h0, lengths)), None)
+    return _function.call(ops.gru_forward.default, _GRU_FUNCTION,
+                          (input_gates, w_hh, b_hh, h0, lengths))
+
+
+def _empty(input_gates, states, hout, ws_width):
+    """The results of an empty batch or of hidden size 0 (every tensor has
+    no elements), as torch.nn gives them: attached to the graph of the
+    inputs, so that backward runs (and gives empty or zero gradients)."""
+    T, B, _ = input_gates.shape
+    nothing = input_gates[..., :0].sum(-1, keepdim=True)  # [T, B, 1] zeros, in the graph
+    output = nothing.expand(T, B, hout) * 0
+    workspace = input_gates.new_zeros(T, B, ws_width, dtype=reference.acc_dtype(input_gates.dtype))
+    return (output, *(s + nothing[0] for s in states), workspace)

@@ -15,15 +15,19 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 from torch.nn import init
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import backends, functional
 
 
-def _autocast_dtype(device_type, low_precision_on_cpu):
+def _autocast_dtype(device, low_precision_on_cpu):
     """The dtype a module computes in under autocast, as torch.nn does: on
     CUDA every RNN runs in the autocast dtype; on the CPU only nn.LSTM does,
     and nn.GRU and the cells stay in fp32.  None outside autocast."""
+    if not torch._C._is_any_autocast_enabled():
+        return None
+    device_type = device.type
     if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
         return None
     if device_type == "cpu" and not low_precision_on_cpu:
@@ -34,6 +38,43 @@ def _autocast_dtype(device_type, low_precision_on_cpu):
 def _no_autocast(device_type, cast):
     """Inside, the module casts explicitly; autocast must not re-cast."""
     return torch.autocast(device_type, enabled=False) if cast is not None else contextlib.nullcontext()
+
+
+_MISSING = object()
+
+
+def _weight(module, name):
+    """module.<name>: a parameter straight from the module's parameter dict
+    (nn.Module.__getattr__ costs about a microsecond a call, and a call of a
+    module reads every weight); anything else that holds the name (a
+    parametrization, weight_norm's recomputed tensor) through getattr."""
+    w = module._parameters.get(name, _MISSING)
+    return getattr(module, name) if w is _MISSING else w
+
+
+def _let_dynamo_break_at_pad_packed_sequence():
+    """torch.compile of a model that unpacks a PackedSequence
+    (pad_packed_sequence) crashes in Dynamo ("RuntimeError when making fake
+    tensor call"): the unpacking reads batch_sizes on the host, which fake
+    tensors do not hold, and batch_sizes always comes from outside the graph
+    (Dynamo graph-breaks at pack_padded_sequence).  nn's RNNs hide this by
+    sending the whole calling frame to eager mode; rnn_ext's modules are
+    traced, so the user's pad_packed_sequence after them is too.  Mark it as
+    Dynamo marks pack_padded_sequence: a graph break, never traced.  (Only
+    changes code that would crash.)"""
+    try:
+        from torch._dynamo import trace_rules
+        from torch._dynamo.variables import SkipFunctionVariable
+
+        name = "torch.nn.utils.rnn.pad_packed_sequence"
+        if trace_rules.manual_torch_name_rule_map.get(name) is not SkipFunctionVariable:
+            trace_rules.manual_torch_name_rule_map[name] = SkipFunctionVariable
+            trace_rules.clear_lru_cache()
+    except Exception:  # a PyTorch without these internals: nothing to do
+        pass
+
+
+_let_dynamo_break_at_pad_packed_sequence()
 
 
 def reverse_within_lengths(x, lengths):
@@ -65,38 +106,47 @@ class Internals(NamedTuple):
     cell_states: Optional[torch.Tensor]
 
 
+def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size):
+    """nn.RNNBase's constructor checks, with its messages."""
+    if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+        raise ValueError("dropout should be a number in range [0, 1] representing the "
+                         "probability of an element being zeroed")
+    if dropout > 0 and num_layers == 1:
+        warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                      "non-zero dropout expects num_layers greater than 1, but got "
+                      f"dropout={dropout} and num_layers={num_layers}", stacklevel=3)
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+    if not isinstance(batch_first, bool):
+        raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                        ("num_layers", num_layers)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+        if value <= 0:
+            raise ValueError(f"{name} must be greater than zero")
+    if proj_size < 0:
+        raise ValueError("proj_size should be a positive integer or zero to disable projections")
+    if proj_size >= hidden_size:
+        raise ValueError("proj_size has to be smaller than hidden_size")
+
+
 class _RNNBase(nn.Module):
-    _gates = None  # gate blocks per hidden unit: 4 (LSTM) or 3 (GRU)
-    mode = None
+    """What LSTM and GRU share.  A subclass sets the class attributes below
+    and, where its recurrence differs, overrides _recurrence; everything else
+    (arguments, parameters, checks, layers, directions, packing, dropout)
+    is common."""
+    _gates = None          # gate blocks per hidden unit: 4 (LSTM), 3 (GRU)
+    _has_cell_state = False  # whether the state is (h, c), as for LSTM
+    mode = None            # nn's name for the module, used in messages
     _cpu_autocast = False  # whether torch.nn runs this in bf16 under CPU autocast
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None,
                  *, backend="auto"):
         super().__init__()
-        if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
-            raise ValueError("dropout should be a number in range [0, 1] representing the "
-                             "probability of an element being zeroed")
-        if dropout > 0 and num_layers == 1:
-            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
-                          "non-zero dropout expects num_layers greater than 1, but got "
-                          f"dropout={dropout} and num_layers={num_layers}")
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
-        if not isinstance(batch_first, bool):
-            raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
-                            ("num_layers", num_layers)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-            if value <= 0:
-                raise ValueError(f"{name} must be greater than zero")
-        if proj_size < 0:
-            raise ValueError("proj_size should be a positive integer or zero to disable projections")
-        if proj_size >= hidden_size:
-            raise ValueError("proj_size has to be smaller than hidden_size")
-        if backend not in backends.BACKENDS:
-            raise ValueError(f"rnn_ext: unknown backend {backend!r}; choose one of {backends.BACKENDS}")
+        _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        _check_backend(backend)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size, self.backend = bidirectional, proj_size, backend
@@ -121,7 +171,21 @@ class _RNNBase(nn.Module):
                     setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
                 self._flat_weights_names += [n for n, _ in params]
                 self._all_weights.append([n for n, _ in params])
+        self._init_layout()
         self.reset_parameters()
+
+    def _init_layout(self):
+        """Per layer and direction, the names of (w_ih, w_hh, b_ih, b_hh,
+        w_hr), None where absent: looked up once, not at every call."""
+        layout = []
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                suffix = "_reverse" if direction == 1 else ""
+                layout.append(tuple(
+                    f"{w}_l{layer}{suffix}" if use else None
+                    for w, use in (("weight_ih", True), ("weight_hh", True), ("bias_ih", self.bias),
+                                   ("bias_hh", self.bias), ("weight_hr", self.proj_size > 0))))
+        self._layout = layout
 
     @property
     def num_directions(self):
@@ -133,17 +197,24 @@ class _RNNBase(nn.Module):
         for weight in self.parameters():
             init.uniform_(weight, -stdv, stdv)
 
+    # nn.RNNBase's weight attributes, which code written for nn (weight_norm,
+    # parametrize, torch.func.functional_call, utilities) relies on.  There
+    # is no flat cuDNN buffer: the list always holds the current tensors,
+    # whatever replaced a parameter (a parametrization, weight_norm's
+    # recomputed weight, functional_call's tensors).
+    @property
+    def _flat_weights(self):
+        return [getattr(self, wn) if hasattr(self, wn) else None for wn in self._flat_weights_names]
+
+    def _init_flat_weights(self):
+        """Nothing to do: _flat_weights is always current."""
+
     def flatten_parameters(self):
-        """No-op, for code written for cuDNN: the fused ops need no flat buffer."""
+        """No-op, as nn's is off cuDNN: the fused ops need no flat buffer."""
 
     @property
     def all_weights(self):
         return [[getattr(self, name) for name in names] for names in self._all_weights]
-
-    def _layer_params(self, layer, direction):
-        suffix = "_reverse" if direction == 1 else ""
-        get = lambda n: getattr(self, f"{n}_l{layer}{suffix}", None)  # noqa: E731
-        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr")
 
     def extra_repr(self):
         s = "{input_size}, {hidden_size}"
@@ -165,7 +236,7 @@ class _RNNBase(nn.Module):
 
     # ------------------------------------------------------------ forward --
     def _check_input(self, x):
-        weight = self.weight_ih_l0
+        weight = _weight(self, "weight_ih_l0")
         if x.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
             raise ValueError(f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
                              f"Convert input: input.to({weight.dtype}), or convert model: model.to({x.dtype})")
@@ -173,19 +244,23 @@ class _RNNBase(nn.Module):
             raise RuntimeError(f"input.size(-1) must be equal to input_size. "
                                f"Expected {self.input_size}, got {x.size(-1)}")
 
-    def _check_hidden(self, h, expected, name):
+    def _check_hidden(self, h, expected, name, x):
         if tuple(h.shape) != expected:
             raise RuntimeError(f"Expected {name} size {expected}, got {list(h.shape)}")
+        if h.dtype != x.dtype and not torch._C._is_any_autocast_enabled():
+            raise RuntimeError(f"{self.mode}: {name} has dtype {h.dtype} but the input has dtype "
+                               f"{x.dtype}; input, hidden state and weights must share one dtype")
 
     def _states(self, hx, batch, x, batched):
-        """(h0, c0) as [layers*directions, B, .] tensors (c0 None for GRU)."""
+        """(h0, c0) as [layers*directions, B, .] tensors (c0 None without a
+        cell state)."""
         LD = self.num_layers * self.num_directions
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
-        lstm = self._gates == 4
+        lstm = self._has_cell_state
         if hx is None:
             h0 = x.new_zeros(LD, batch, real_hidden)
             return h0, (x.new_zeros(LD, batch, self.hidden_size) if lstm else None)
-        states = list(hx) if lstm else [hx]
+        states = [hx[0], hx[1]] if lstm else [hx]
         want = 3 if batched else 2
         if any(s.dim() != want for s in states):
             dims = ", ".join(f"{s.dim()}-D" for s in states)
@@ -194,62 +269,97 @@ class _RNNBase(nn.Module):
             raise RuntimeError(f"For {kind} input, {what} should also be {want}-D but got ({dims}) tensor(s)")
         if not batched:
             states = [s.unsqueeze(1) for s in states]
-        self._check_hidden(states[0], (LD, batch, real_hidden), "hidden" if not lstm else "hidden[0]")
+        self._check_hidden(states[0], (LD, batch, real_hidden), "hidden[0]" if lstm else "hidden", x)
         if lstm:
-            self._check_hidden(states[1], (LD, batch, self.hidden_size), "hidden[1]")
+            self._check_hidden(states[1], (LD, batch, self.hidden_size), "hidden[1]", x)
             return states[0], states[1]
         return states[0], None
 
-    def _run(self, x, h0, c0, lengths, want_internals=False):
-        """All layers and directions over a padded [T, B, I] input.  Returns
-        (output, h_n, c_n, workspaces), the workspaces per layer and
-        direction in the input's time order (None where neither internals
-        nor gradients need them)."""
-        cast = _autocast_dtype(x.device.type, self._cpu_autocast)
+    def _run(self, x, h0, c0, lengths, batch_sizes=None, want_internals=False):
+        """All layers and directions over a padded [T, B, I] input (in
+        sorted order when packed: batch_sizes given).  Returns (output, h_n,
+        c_n, workspaces), the workspaces per layer and direction in the
+        input's time order (None where neither internals nor gradients need
+        them: the compiled kernels then keep none)."""
+        if x.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        cast = _autocast_dtype(x.device, self._cpu_autocast)
+        if cast is None:
+            return self._run_layers(x, h0, c0, lengths, batch_sizes, None, want_internals)
         with _no_autocast(x.device.type, cast):
-            return self._run_layers(x, h0, c0, lengths, cast if cast is not None else x.dtype,
-                                    want_internals)
+            return self._run_layers(x, h0, c0, lengths, batch_sizes, cast, want_internals)
 
-    def _run_layers(self, x, h0, c0, lengths, dtype, want_internals):
-        to = (lambda t: None if t is None else t.to(dtype))  # noqa: E731
-        x, h0, c0 = x.to(dtype), h0.to(dtype), to(c0)
+    def _recurrence(self, gx, w_hh, b_hh, w_hr, h, c, lengths, need_workspace):
+        """One layer direction's recurrent part: (output, h_n, c_n or None,
+        workspace, which may be None unless need_workspace)."""
+        raise NotImplementedError
+
+    def _dropout(self, layer_output, lengths, batch_sizes):
+        """nn's dropout between layers, drawing the same random numbers: nn
+        applies it to the layer's output as it holds it, the [T, B, D*H]
+        tensor for padded input and the packed data for packed input."""
+        if batch_sizes is None:
+            return torch.nn.functional.dropout(layer_output, self.dropout, training=True)
+        data = pack_padded_sequence(layer_output, lengths).data
+        data = torch.nn.functional.dropout(data, self.dropout, training=True)
+        return pad_packed_sequence(PackedSequence(data, batch_sizes),
+                                   total_length=layer_output.size(0))[0]
+
+    def _run_layers(self, x, h0, c0, lengths, batch_sizes, cast, want_internals):
+        if cast is not None:  # autocast: the module computes in the autocast dtype
+            x, h0 = x.to(cast), h0.to(cast)
+            c0 = c0.to(cast) if c0 is not None else None
         h_n, c_n, workspaces = [], [], []
         layer_input = x
+        D = self.num_directions
         for layer in range(self.num_layers):
             outputs = []
-            for direction in range(self.num_directions):
-                k = layer * self.num_directions + direction
-                w_ih, w_hh, b_ih, b_hh, w_hr = map(to, self._layer_params(layer, direction))
+            for direction in range(D):
+                k = layer * D + direction
+                w_ih, w_hh, b_ih, b_hh, w_hr = (None if n is None else _weight(self, n)
+                                                for n in self._layout[k])
+                if cast is not None:
+                    w_ih, w_hh, b_ih, b_hh, w_hr = (None if w is None else w.to(cast)
+                                                    for w in (w_ih, w_hh, b_ih, b_hh, w_hr))
                 gx = torch.nn.functional.linear(layer_input, w_ih, b_ih)
                 if direction == 1:
                     gx = reverse_within_lengths(gx, lengths)
-                if self._gates == 4:
-                    y, h, c, ws = functional.lstm(gx, w_hh, b_hh, w_hr, h0[k], c0[k],
-                                                  lengths=lengths, backend=self.backend,
-                                                  need_workspace=want_internals)
-                    c_n.append(c)
-                else:
-                    y, h, ws = functional.gru(gx, w_hh, b_hh, h0[k], lengths=lengths,
-                                              backend=self.backend, need_workspace=want_internals)
+                y, h, c, ws = self._recurrence(gx, w_hh, b_hh, w_hr, h0[k],
+                                               None if c0 is None else c0[k], lengths,
+                                               want_internals)
                 if direction == 1:
                     y = reverse_within_lengths(y, lengths)
                     ws = None if ws is None else reverse_within_lengths(ws, lengths)
+                if c is not None:
+                    c_n.append(c)
                 workspaces.append(ws)
                 outputs.append(y)
                 h_n.append(h)
-            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+            layer_input = outputs[0] if D == 1 else torch.cat(outputs, dim=2)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                layer_input = torch.nn.functional.dropout(layer_input, self.dropout, training=True)
-        return layer_input, torch.stack(h_n), (torch.stack(c_n) if c_n else None), workspaces
+                layer_input = self._dropout(layer_input, lengths, batch_sizes)
+        h_n = h_n[0].unsqueeze(0) if len(h_n) == 1 else torch.stack(h_n)
+        if c_n:
+            c_n = c_n[0].unsqueeze(0) if len(c_n) == 1 else torch.stack(c_n)
+        else:
+            c_n = None
+        return layer_input, h_n, c_n, workspaces
 
     def _internals(self, workspaces):
         """Internals [LD, T, B, ...] from the kernels' workspaces [T, B, k*H]."""
         H = self.hidden_size
         ws = torch.stack(workspaces)  # [LD, T, B, 5H (LSTM) or 4H (GRU)]
-        LD, T, B = ws.shape[:3]
         gates = ws[..., :self._gates * H].unflatten(-1, (self._gates, H))
-        cells = ws[..., 4 * H:5 * H] if self._gates == 4 else None
+        cells = ws[..., self._gates * H:(self._gates + 1) * H] if self._has_cell_state else None
         return Internals(gates, cells)
+
+    def _nn_attributes(self):
+        """Instance attributes torch.nn's class needs that rnn_ext keeps as
+        class attributes (for to_torch)."""
+        return {"mode": self.mode}
+
+    def _state_out(self, h_n, c_n):
+        return (h_n, c_n) if self._has_cell_state else h_n
 
     def forward(self, input, hx=None):
         output, state, _ = self._forward(input, hx, False)
@@ -260,44 +370,49 @@ class _RNNBase(nn.Module):
         (and LSTM cell states) of every step, layer and direction."""
         return self._forward(input, hx, True)
 
-    def _forward(self, input, hx, want_internals):
-        name = self.mode
-        if isinstance(input, PackedSequence):
-            data, batch_sizes, sorted_indices, unsorted_indices = input
-            self._check_input(data)
-            if data.dim() != 2:
-                raise RuntimeError(f"input must have 2 dimensions, got {data.dim()}")
-            # Padded in sorted order (longest first): the kernels then shrink
-            # each step's work to the sequences still running.
-            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
-            if hx is not None:
-                hx = tuple(hx) if self._gates == 4 else hx
-            h0, c0 = self._states(hx, x.size(1), x, True)
-            if sorted_indices is not None:
-                h0 = h0.index_select(1, sorted_indices)
-                c0 = c0.index_select(1, sorted_indices) if c0 is not None else None
-            y, h_n, c_n, ws = self._run(x, h0, c0, lengths, want_internals)
-            out = PackedSequence(pack_padded_sequence(y, lengths).data, batch_sizes,
-                                 sorted_indices, unsorted_indices)
-            inside = self._internals(ws) if want_internals else None
-            if unsorted_indices is not None:
-                h_n = h_n.index_select(1, unsorted_indices)
-                c_n = c_n.index_select(1, unsorted_indices) if c_n is not None else None
-                if inside is not None:
-                    inside = Internals(*(None if t is None else t.index_select(2, unsorted_indices)
-                                         for t in inside))
-            return out, ((h_n, c_n) if self._gates == 4 else h_n), inside
+    # Packed input is handled in eager mode: packing and unpacking read the
+    # lengths on the host, which torch.compile's fake tensors cannot (nn's
+    # RNNs are not traced at all).  Under torch.compile this is a graph break;
+    # the rest of the model is still compiled.
+    @torch.compiler.disable
+    def _forward_packed(self, input, hx, want_internals):
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        self._check_input(data)
+        if data.dim() != 2:
+            raise RuntimeError(f"input must have 2 dimensions, got {data.dim()}")
+        # Padded in sorted order (longest first): the kernels then shrink
+        # each step's work to the sequences still running.
+        x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+        h0, c0 = self._states(hx, x.size(1), x, True)
+        if sorted_indices is not None:
+            h0 = h0.index_select(1, sorted_indices)
+            c0 = c0.index_select(1, sorted_indices) if c0 is not None else None
+        y, h_n, c_n, ws = self._run(x, h0, c0, lengths, batch_sizes, want_internals)
+        out = PackedSequence(pack_padded_sequence(y, lengths).data, batch_sizes,
+                             sorted_indices, unsorted_indices)
+        inside = self._internals(ws) if want_internals else None
+        if unsorted_indices is not None:
+            h_n = h_n.index_select(1, unsorted_indices)
+            c_n = c_n.index_select(1, unsorted_indices) if c_n is not None else None
+            if inside is not None:
+                inside = Internals(*(None if t is None else t.index_select(2, unsorted_indices)
+                                     for t in inside))
+        return out, self._state_out(h_n, c_n), inside
 
-        if input.dim() not in (2, 3):
-            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+    def _forward(self, input, hx, want_internals):
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx, want_internals)
+        dim = input.dim()
+        if dim not in (2, 3):
+            raise ValueError(f"{self.mode}: Expected input to be 2D or 3D, got {dim}D instead")
         self._check_input(input)
-        batched = input.dim() == 3
+        batched = dim == 3
         if not batched:
             input = input.unsqueeze(1)
         elif self.batch_first:
             input = input.transpose(0, 1)
         h0, c0 = self._states(hx, input.size(1), input, batched)
-        y, h_n, c_n, ws = self._run(input, h0, c0, None, want_internals)
+        y, h_n, c_n, ws = self._run(input, h0, c0, None, want_internals=want_internals)
         inside = self._internals(ws) if want_internals else None
         if not batched:
             y, h_n = y.squeeze(1), h_n.squeeze(1)
@@ -308,7 +423,7 @@ class _RNNBase(nn.Module):
             y = y.transpose(0, 1)
             if inside is not None:
                 inside = Internals(*(None if t is None else t.transpose(1, 2) for t in inside))
-        return y, ((h_n, c_n) if self._gates == 4 else h_n), inside
+        return y, self._state_out(h_n, c_n), inside
 
 
 class LSTM(_RNNBase):
@@ -317,8 +432,13 @@ class LSTM(_RNNBase):
     Takes nn.LSTM's arguments, plus `backend`: "auto" (default), "cpu",
     "cuda", "triton" or "reference"."""
     _gates = 4
+    _has_cell_state = True
     mode = "LSTM"
     _cpu_autocast = True
+
+    def _recurrence(self, gx, w_hh, b_hh, w_hr, h, c, lengths, need_workspace):
+        return functional.lstm(gx, w_hh, b_hh, w_hr, h, c, lengths=lengths, backend=self.backend,
+                               need_workspace=need_workspace)
 
 
 class GRU(_RNNBase):
@@ -328,21 +448,32 @@ class GRU(_RNNBase):
     mode = "GRU"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto"):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto",
+                 proj_size=0):
+        if proj_size != 0:  # nn.GRU takes proj_size only to refuse it
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, backend=backend)
+
+    def _recurrence(self, gx, w_hh, b_hh, w_hr, h, c, lengths, need_workspace):
+        y, h_n, ws = functional.gru(gx, w_hh, b_hh, h, lengths=lengths, backend=self.backend,
+                                    need_workspace=need_workspace)
+        return y, h_n, None, ws
 
 
 # ------------------------------------------------------------------ cells --
 class _CellBase(nn.Module):
+    """What LSTMCell and GRUCell share; a subclass sets the class attributes
+    and, where its step differs, overrides _recurrence."""
     _gates = None
+    _has_cell_state = False
+    _state_names = ("hidden",)  # how nn's messages name the states
     mode = None
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend="auto"):
         super().__init__()
-        if backend not in backends.BACKENDS:
-            raise ValueError(f"rnn_ext: unknown backend {backend!r}; choose one of {backends.BACKENDS}")
+        _check_backend(backend)
         self.input_size, self.hidden_size, self.bias, self.backend = input_size, hidden_size, bias, backend
         factory = {"device": device, "dtype": dtype}
         G = self._gates * hidden_size
@@ -368,61 +499,90 @@ class _CellBase(nn.Module):
         return s.format(**self.__dict__)
 
     def _check(self, input, states):
-        name = self.mode
-        if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        for k, s in enumerate(states):
-            if s is not None and s.dim() not in (1, 2):
-                what = f"hx[{k}]" if len(states) > 1 else "hidden"
-                raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {s.dim()}D instead")
-        if input.size(-1) != self.input_size:
-            raise RuntimeError(f"{name}: input has inconsistent input_size: got {input.size(-1)} "
+        """nn's checks and messages (torch.nn.*Cell.forward and ATen's
+        check_rnn_cell_forward_*), on batched input and states."""
+        batch, features = input.shape
+        if features != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {features} "
                                f"expected {self.input_size}")
-        batch = input.size(0) if input.dim() == 2 else None
         for k, s in enumerate(states):
-            if s is None:
-                continue
-            if s.size(-1) != self.hidden_size or (batch is not None and s.dim() == 2 and s.size(0) != batch):
-                raise RuntimeError(f"{name}: hidden state {k} has shape {list(s.shape)}; expected "
-                                   f"[{'' if batch is None else f'{batch}, '}{self.hidden_size}]")
-            if s.dim() != input.dim():
-                raise RuntimeError(f"{name}: input is {input.dim()}-D but hidden state {k} is {s.dim()}-D")
+            if batch != s.size(0):
+                raise RuntimeError(f"Input batch size {batch} doesn't match hidden{k} "
+                                   f"batch size {s.size(0)}")
+            if s.size(1) != self.hidden_size:
+                raise RuntimeError(f"hidden{k} has inconsistent hidden_size: got {s.size(1)}, "
+                                   f"expected {self.hidden_size}")
+        if not torch._C._is_any_autocast_enabled():
+            dtype = _weight(self, "weight_ih").dtype
+            if input.dtype != dtype or any(s.dtype != dtype for s in states):
+                name, t = next((n, t) for n, t in (("input", input), *((f"hidden{k}", s) for k, s in
+                                                    enumerate(states))) if t.dtype != dtype)
+                raise RuntimeError(f"{self.mode}: {name} has dtype {t.dtype} but the weights have "
+                                   f"dtype {dtype}; convert the input (input.to({dtype})) or "
+                                   f"the module (module.to({t.dtype}))")
 
-    def _step(self, input, states):
-        """One fused step: states are (h, c) for LSTMCell, (h,) for GRUCell."""
-        cast = _autocast_dtype(input.device.type, False)
-        dtype = cast if cast is not None else input.dtype
-        to = (lambda t: None if t is None else t.to(dtype))  # noqa: E731
-        with _no_autocast(input.device.type, cast):
-            gx = torch.nn.functional.linear(input.to(dtype), to(self.weight_ih), to(self.bias_ih))
-            gx = gx.unsqueeze(0)
-            if self._gates == 4:
-                _, h, c, _ = functional.lstm(gx, to(self.weight_hh), to(self.bias_hh), None,
-                                             to(states[0]), to(states[1]), backend=self.backend,
-                                             need_workspace=False)
-                return h, c
-            _, h, _ = functional.gru(gx, to(self.weight_hh), to(self.bias_hh), to(states[0]),
-                                     backend=self.backend, need_workspace=False)
-            return (h,)
+    def _nn_attributes(self):
+        """Instance attributes torch.nn's class needs that rnn_ext keeps as
+        class attributes (for to_torch): none for the cells."""
+        return {}
+
+    def _recurrence(self, gx, w_hh, b_hh, states):
+        """One step's recurrent part: the new states, as a tuple."""
+        raise NotImplementedError
+
+    def _cell_forward(self, input, hx):
+        """Shared forward: hx is None or a tuple of the states."""
+        mode = self.mode
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{mode}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for name, s in zip(self._state_names, hx):
+                if s.dim() not in (1, 2):
+                    raise ValueError(f"{mode}: Expected {name} to be 1D or 2D, got {s.dim()}D instead")
+        batched = input.dim() == 2
+        if not batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = input.new_zeros(input.size(0), self.hidden_size)
+            hx = (zeros,) * len(self._state_names)
+        elif not batched:
+            hx = tuple(s.unsqueeze(0) for s in hx)
+        self._check(input, hx)
+        cast = _autocast_dtype(input.device, False)
+        if cast is None:
+            out = self._step(input, hx, None)
+        else:
+            with _no_autocast(input.device.type, cast):
+                out = self._step(input, hx, cast)
+        return out if batched else tuple(s.squeeze(0) for s in out)
+
+    def _step(self, input, states, cast):
+        w_ih, w_hh = _weight(self, "weight_ih"), _weight(self, "weight_hh")
+        b_ih, b_hh = _weight(self, "bias_ih"), _weight(self, "bias_hh")
+        if cast is not None:
+            input = input.to(cast)
+            states = tuple(s.to(cast) for s in states)
+            w_ih, w_hh, b_ih, b_hh = (None if w is None else w.to(cast) for w in (w_ih, w_hh, b_ih, b_hh))
+        gx = torch.nn.functional.linear(input, w_ih, b_ih).unsqueeze(0)
+        return self._recurrence(gx, w_hh, b_hh, states)
 
 
 class LSTMCell(_CellBase):
     """Drop-in for torch.nn.LSTMCell: one step, pointwise part fused."""
     _gates = 4
+    _has_cell_state = True
+    _state_names = ("hx[0]", "hx[1]")
     mode = "LSTMCell"
 
     def forward(self, input, hx=None):
-        self._check(input, tuple(hx) if hx is not None else ())
-        batched = input.dim() == 2
-        if not batched:
-            input = input.unsqueeze(0)
-            hx = tuple(s.unsqueeze(0) for s in hx) if hx is not None else None
-        if hx is None:
-            zeros = input.new_zeros(input.size(0), self.hidden_size)
-            hx = (zeros, zeros)
-        h, c = self._step(input, hx)
-        if not batched:
-            h, c = h.squeeze(0), c.squeeze(0)
+        if isinstance(hx, torch.Tensor):
+            raise TypeError("LSTMCell: hx must be a tuple of two tensors (h_0, c_0), not a single "
+                            "Tensor")
+        return self._cell_forward(input, None if hx is None else tuple(hx))
+
+    def _recurrence(self, gx, w_hh, b_hh, states):
+        _, h, c, _ = functional.lstm(gx, w_hh, b_hh, None, states[0], states[1], backend=self.backend,
+                                     need_workspace=False)
         return h, c
 
 
@@ -432,70 +592,90 @@ class GRUCell(_CellBase):
     mode = "GRUCell"
 
     def forward(self, input, hx=None):
-        self._check(input, (hx,))
-        batched = input.dim() == 2
-        if not batched:
-            input = input.unsqueeze(0)
-            hx = hx.unsqueeze(0) if hx is not None else None
-        if hx is None:
-            hx = input.new_zeros(input.size(0), self.hidden_size)
-        (h,) = self._step(input, (hx,))
-        return h if batched else h.squeeze(0)
+        (h,) = self._cell_forward(input, None if hx is None else (hx,))
+        return h
+
+    def _recurrence(self, gx, w_hh, b_hh, states):
+        _, h, _ = functional.gru(gx, w_hh, b_hh, states[0], backend=self.backend,
+                                 need_workspace=False)
+        return (h,)
+
+
+def _check_backend(backend):
+    if backend not in backends.BACKENDS:
+        raise ValueError(f"rnn_ext: unknown backend {backend!r}; choose one of {backends.BACKENDS}")
 
 
 # ---------------------------------------------------------------- convert --
-_TO_EXT = {nn.LSTM: LSTM, nn.GRU: GRU, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell}
-_TO_TORCH = {v: k for k, v in _TO_EXT.items()}
-_CONFIG = {
-    LSTM: ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
-           "bidirectional", "proj_size"),
-    GRU: ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
-          "bidirectional"),
-    LSTMCell: ("input_size", "hidden_size", "bias"),
-    GRUCell: ("input_size", "hidden_size", "bias"),
-}
+# The torch.nn class each rnn_ext module replaces.  convert() and to_torch()
+# read only this table (and each class's _nn_attributes()); the tests of
+# nn's ModuleInfo inputs and the random configurations are parametrised
+# over it: a new module is one more pair.
+PAIRS = [(nn.LSTM, LSTM), (nn.GRU, GRU), (nn.LSTMCell, LSTMCell), (nn.GRUCell, GRUCell)]
 
 
-def _swap(module, target_cls, ext_cls, **extra):
-    """A `target_cls` module with `module`'s configuration that holds the
-    very same Parameter objects (so optimizers and tied weights still see
-    them), built on the meta device so no random initialisation runs."""
-    config = {k: getattr(module, k) for k in _CONFIG[ext_cls]}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the dropout warning was given once already
-        new = target_cls(**config, device="meta", **extra)
-    for name, param in module.named_parameters(recurse=False):
-        setattr(new, name, param)
-    new.train(module.training)
-    return new
+def _plain_class(module):
+    """The module's class, seen through torch.nn.utils.parametrize, which
+    swaps in a generated subclass holding the parametrized properties."""
+    cls = type(module)
+    if parametrize.is_parametrized(module):
+        cls = cls.__bases__[0]
+    return cls
 
 
-def _replace(module, mapping, make):
-    if type(module) in mapping:
-        return make(module)
-    for name, child in module.named_children():
-        new = _replace(child, mapping, make)
-        if new is not child:
-            setattr(module, name, new)
+def _retype(module, new_cls):
+    """Turn `module` into a `new_cls` in place: the same object, so hooks,
+    buffers, extra attributes, the training flag, parametrizations, the very
+    same Parameters and every other reference to the module are kept."""
+    if parametrize.is_parametrized(module):
+        # Rebuild parametrize's generated subclass on top of new_cls.
+        generated = type(module)
+        namespace = {k: v for k, v in generated.__dict__.items() if k not in ("__dict__", "__weakref__")}
+        new_cls = type(f"Parametrized{new_cls.__name__}", (new_cls,), namespace)
+    module.__class__ = new_cls
+
+
+def _replace(module, mapping, retype, seen):
+    if id(module) in seen:
+        return module
+    seen.add(id(module))
+    cls = _plain_class(module)
+    if cls in mapping:
+        retype(module, mapping[cls])
+        return module
+    for child in module.children():
+        _replace(child, mapping, retype, seen)
     return module
 
 
 def convert(module, backend="auto"):
-    """Replace every nn.LSTM, nn.GRU, nn.LSTMCell and nn.GRUCell inside
-    `module` (or `module` itself) by its rnn_ext counterpart, sharing the
-    same parameters (so weights, device and dtype are kept).  Returns the
-    converted module; submodules are replaced in place."""
-    if backend not in backends.BACKENDS:
-        raise ValueError(f"rnn_ext: unknown backend {backend!r}; choose one of {backends.BACKENDS}")
-    return _replace(module, _TO_EXT,
-                    lambda m: _swap(m, _TO_EXT[type(m)], _TO_EXT[type(m)], backend=backend))
+    """Turn every nn.LSTM, nn.GRU, nn.LSTMCell and nn.GRUCell inside
+    `module` (or `module` itself) into its rnn_ext counterpart, in place:
+    each stays the same object with the same Parameters, hooks, buffers,
+    attributes, training flag and parametrizations (weight_norm included),
+    and a module used in several places stays one module.  Returns `module`."""
+    _check_backend(backend)
+
+    def to_ext(m, ext_cls):
+        for stale in ("_flat_weights", "_flat_weight_refs", "mode"):  # nn's; ours are computed
+            m.__dict__.pop(stale, None)
+        _retype(m, ext_cls)
+        m.backend = backend
+        if isinstance(m, _RNNBase):
+            m._init_layout()
+
+    return _replace(module, dict(PAIRS), to_ext, set())
 
 
 def to_torch(module):
-    """The reverse of convert(): rnn_ext modules back to torch.nn ones."""
-    def make(m):
-        new = _swap(m, _TO_TORCH[type(m)], type(m))
-        if isinstance(new, nn.RNNBase):
-            new._init_flat_weights()
-        return new
-    return _replace(module, _TO_TORCH, make)
+    """The reverse of convert(), in place: rnn_ext modules back to torch.nn ones."""
+    def to_nn(m, nn_cls):
+        state = m._nn_attributes()
+        for ours in ("backend", "_layout"):
+            m.__dict__.pop(ours, None)
+        _retype(m, nn_cls)
+        m.__dict__.update(state)
+        if isinstance(m, nn.RNNBase):
+            m._init_flat_weights()
+
+    return _replace(module, {ext: nn_cls for nn_cls, ext in PAIRS}, to_nn, set())

@@ -362,3 +362,26 @@ def test_quick_run_on_the_gpu(tmp_path):
     with open(paths["md"]) as f:
         _, rows = markdown_rows(f.read())
     assert len(rows) == len(result["cases"]) and all(row[-1] != "n/m" for row in rows)
+
+
+def test_overhead_probe_times_every_module_against_nn():
+    """python -m benchmarks.overhead: one row per module, shape and mode, with
+    nn's and rnn_ext's time per single-step call and their ratio."""
+    from benchmarks import overhead
+
+    threads = torch.get_num_threads()
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            overhead.main(["--rounds", "1", "--calls", "2", "--shapes", "1x4,2x3", "--backend", "cpu"])
+    finally:
+        torch.set_num_threads(threads)
+    rows = [line.split() for line in out.getvalue().splitlines()[2:]]
+    assert {(r[0], r[1], r[2], r[3]) for r in rows} == {
+        (kind, mode, B, H) for kind in overhead.KINDS for mode in ("infer", "train")
+        for B, H in (("1", "4"), ("2", "3"))}
+    for r in rows:
+        t_nn, t_ext, ratio = float(r[4]), float(r[5]), float(r[6])
+        assert t_nn > 0 and t_ext > 0
+        assert math.isclose(ratio, t_nn / t_ext, rel_tol=0.05, abs_tol=0.01)
+        assert (len(r) == 8) == (r[1] == "infer")  # the bare ops' time, in inference

@@ -28,7 +28,7 @@ def gru_args(**over):
 LSTM_BAD = [
     (dict(input_gates=torch.randn(B, 4 * H)), "3-D"),
     (dict(input_gates=torch.randn(T, B, 4 * H + 1)), "4H"),
-    (dict(input_gates=torch.randn(0, B, 4 * H)), "non-empty"),
+    (dict(input_gates=torch.randn(0, B, 4 * H)), "sequence length"),
     (dict(w_hh=torch.randn(4 * H, H + 1)), "w_hh"),
     (dict(w_hh=torch.randn(4 * H)), "w_hh"),
     (dict(b_hh=torch.randn(3 * H)), "b_hh"),
@@ -42,10 +42,13 @@ LSTM_BAD = [
     (dict(lengths=[-1, 2]), "out of range"),
     (dict(lengths=[1, 2, 3]), "lengths"),
     (dict(lengths=[1.0, 2.0]), "integers"),
+    (dict(lengths=[[1, 2]]), "lengths must have shape"),
 ]
 
 
-@pytest.mark.parametrize("backend", ["cpu"])
+# One set of checks (rnn_ext/_checks.py) for every backend: the reference
+# backend rejects what the kernels reject.
+@pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("over,match", LSTM_BAD, ids=[m + str(i) for i, (_, m) in enumerate(LSTM_BAD)])
 def test_lstm_bad_input(over, match, backend):
     with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
@@ -59,13 +62,17 @@ GRU_BAD = [
     (dict(h0=torch.randn(B, H + 1)), "h0"),
     (dict(b_hh=torch.randn(3 * H, dtype=torch.float64)), "dtype"),
     (dict(lengths=[T + 1, 1]), "out of range"),
+    (dict(lengths=[-2, 1]), "out of range"),
+    (dict(lengths=[[1], [2]]), "lengths must have shape"),
+    (dict(input_gates=torch.randn(0, B, 3 * H)), "sequence length"),
 ]
 
 
+@pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("over,match", GRU_BAD, ids=[m + str(i) for i, (_, m) in enumerate(GRU_BAD)])
-def test_gru_bad_input(over, match):
+def test_gru_bad_input(over, match, backend):
     with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
-        functional.gru(**gru_args(**over), backend="cpu")
+        functional.gru(**gru_args(**over), backend=backend)
 
 
 def test_device_mismatch_is_named():
@@ -105,3 +112,35 @@ def test_backward_shape_errors(backend):
     with pytest.raises(RuntimeError, match="grad_output"):
         o.ops.lstm_backward(torch.randn(T, B, H + 1), hn, cn, a["w_hh"], None, a["h0"], a["c0"],
                             y, ws, p, None, None)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_empty_batch_and_hidden_size_zero_give_empty_results(backend):
+    """nn returns empty outputs for B = 0 (and hidden size 0 cells); so do the
+    ops, still attached to the graph."""
+    gx = torch.randn(T, 0, 4 * H, requires_grad=True)
+    y, hn, cn, ws = functional.lstm(gx, torch.randn(4 * H, H), torch.randn(4 * H), backend=backend)
+    assert y.shape == (T, 0, H) and hn.shape == cn.shape == (0, H) and ws.shape == (T, 0, 5 * H)
+    y.sum().backward()
+    assert gx.grad.shape == gx.shape
+    gx = torch.randn(1, B, 0, requires_grad=True)
+    y, hn, ws = functional.gru(gx, torch.randn(0, 0), None, torch.randn(B, 0), backend=backend)
+    assert y.shape == (1, B, 0) and hn.shape == (B, 0)
+
+
+def test_jit_trace_of_the_reference_backend_is_refused():
+    """The reference backend is a Python loop: a trace would fix the length."""
+    import rnn_ext
+
+    m = rnn_ext.GRU(3, 4, backend="reference")
+    with pytest.raises(RuntimeError, match="cannot be traced"):
+        torch.jit.trace(m, torch.randn(5, 2, 3))
+
+
+def test_jit_trace_of_the_cpu_backend_follows_the_length():
+    import rnn_ext
+
+    m = rnn_ext.LSTM(3, 4, backend="cpu")
+    traced = torch.jit.trace(m, torch.randn(5, 2, 3), check_trace=False)
+    x = torch.randn(8, 2, 3)
+    torch.testing.assert_close(traced(x)[0], m(x)[0])

@@ -85,25 +85,29 @@ def _strategy(strategy):
 def lstm(input_gates, w_hh, b_hh=None, w_hr=None, h0=None, c0=None, lengths=None, strategy=None):
     """One LSTM layer direction with the Triton kernels; returns
     (output, h_n, c_n, workspace).  h0/c0 default to zeros."""
-    from . import _ops  # noqa: F401  (registers the ops)
+    from .. import _function
+    from . import _ops  # registers the ops
 
     _check_rank("rnn_ext::triton_lstm_forward", input_gates, "4H")
     B, H = input_gates.shape[1], input_gates.shape[2] // 4
     hout = w_hr.shape[0] if w_hr is not None and w_hr.dim() == 2 else H
     h0 = input_gates.new_zeros(B, hout) if h0 is None else h0
     c0 = input_gates.new_zeros(B, H) if c0 is None else c0
-    y, h_n, c_n, ws, _ = torch.ops.rnn_ext.triton_lstm_forward(
-        input_gates, w_hh, b_hh, w_hr, h0, c0, _lengths(lengths), _strategy(strategy))
+    y, h_n, c_n, ws, _ = _function.call(
+        torch.ops.rnn_ext.triton_lstm_forward.default, _ops.LSTM_FUNCTION,
+        (input_gates, w_hh, b_hh, w_hr, h0, c0, _lengths(lengths), _strategy(strategy)))
     return y, h_n, c_n, ws
 
 
 def gru(input_gates, w_hh, b_hh=None, h0=None, lengths=None, strategy=None):
     """One GRU layer direction with the Triton kernels; returns
     (output, h_n, workspace).  h0 defaults to zeros."""
-    from . import _ops  # noqa: F401  (registers the ops)
+    from .. import _function
+    from . import _ops  # registers the ops
 
     _check_rank("rnn_ext::triton_gru_forward", input_gates, "3H")
     if h0 is None:
         h0 = input_gates.new_zeros(input_gates.shape[1], input_gates.shape[2] // 3)
-    return tuple(torch.ops.rnn_ext.triton_gru_forward(
-        input_gates, w_hh, b_hh, h0, _lengths(lengths), _strategy(strategy)))
+    return tuple(_function.call(
+        torch.ops.rnn_ext.triton_gru_forward.default, _ops.GRU_FUNCTION,
+        (input_gates, w_hh, b_hh, h0, _lengths(lengths), _strategy(strategy))))

@@ -11,8 +11,8 @@ from typing import Optional
 
 import torch
 
-from .. import reference
-from .._ops import _higher_order, _zeros_if_none
+from .. import _checks, _function, reference
+from .._ops import _create_graph, _higher_order, _zeros_if_none
 from . import _sequence
 from ._sequence import STRATEGIES, acc_dtype
 
@@ -21,135 +21,45 @@ _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 # ---------------------------------------------------------------- checks ----
-# The messages follow the C++ checks of csrc/ops/rnn_ops.cpp.
-def _shape(s):
-    # str(), not int(): under torch.compile a size is symbolic, and int()
-    # would specialise the graph on it (a recompile per sequence length).
-    return "[" + ", ".join(str(x) for x in s) + "]"
-
-
-def _check(cond, op, msg):
-    if not cond:
-        raise RuntimeError(f"{op}: {msg}")
-
-
-def _check_dense(op, name, t, like):
-    _check(t.layout == torch.strided, op, f"{name} must be a dense tensor")
-    _check(t.dtype == like.dtype, op, f"{name} has dtype {t.dtype} but input_gates has dtype "
-           f"{like.dtype}; all tensors must share one dtype")
-    _check(t.device == like.device, op, f"{name} is on {t.device} but input_gates is on {like.device}")
-
-
-def _check_same(op, name, t, like, shape):
-    _check_dense(op, name, t, like)
-    _check(tuple(t.shape) == tuple(shape), op,
-           f"expected {name} of shape {_shape(shape)}, got {_shape(t.shape)}")
-
-
-def _check_lengths(op, lengths, B):
-    if lengths is None:
-        return
-    _check(lengths.device.type == "cpu", op, "lengths must be a CPU tensor (as for "
-           f"pack_padded_sequence), got one on {lengths.device}")
-    _check(lengths.dtype == torch.int64, op, f"lengths must be int64, got {lengths.dtype}")
-    _check(lengths.dim() == 1 and lengths.shape[0] == B, op,
-           f"lengths must have shape [B] = [{B}], got {_shape(lengths.shape)}")
-
-
-def _check_length_values(lengths, T):
-    """Values are only known on real tensors (not in fake/meta mode)."""
-    if lengths is None:
-        return
-    bad = ((lengths < 0) | (lengths > T)).nonzero()
-    if bad.numel():
-        b = int(bad[0, 0])
-        raise RuntimeError(f"rnn_ext: lengths[{b}] = {int(lengths[b])} is out of range [0, T] with T = {T}")
-
-
-def _check_input_gates(op, gx, n_gates, gate_str):
-    _check(gx.dim() == 3, op, f"input_gates must be 3-D [T, B, {gate_str}], got {gx.dim()}-D")
-    _check(gx.dtype.is_floating_point, op, f"input_gates must be floating point, got {gx.dtype}")
-    _check(gx.dtype in _FLOAT_DTYPES, op, f"input_gates has dtype {gx.dtype}, which the Triton kernels do not support")
-    T, B, G = gx.shape
-    _check(T > 0 and B > 0 and G > 0, op, f"input_gates must be non-empty, got {_shape(gx.shape)}")
-    _check(G % n_gates == 0, op, f"last dim of input_gates must be {gate_str}, got {G}")
-    return T, B, G // n_gates
-
-
-def _check_strategy(op, strategy):
-    _check(strategy in STRATEGIES, op, f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+# The shape, dtype and device checks are rnn_ext._checks' (one copy for every
+# backend); here only what is particular to the Triton kernels.
+def _check_triton(op, gx, strategy):
+    if gx.dtype not in _FLOAT_DTYPES:
+        _checks._fail(op, f"input_gates has dtype {gx.dtype}, which the Triton kernels do not support")
+    if strategy not in STRATEGIES:
+        _checks._fail(op, f"strategy must be one of {STRATEGIES}, got {strategy!r}")
 
 
 def check_lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths, strategy, op="rnn_ext::triton_lstm_forward"):
-    T, B, H = _check_input_gates(op, gx, 4, "4H")
-    hout = H
-    if w_hr is not None:
-        _check_dense(op, "w_hr", w_hr, gx)
-        _check(w_hr.dim() == 2 and w_hr.shape[1] == H and w_hr.shape[0] > 0, op,
-               f"expected w_hr of shape [P, H] with H = {H}, got {_shape(w_hr.shape)}")
-        hout = w_hr.shape[0]
-    _check_same(op, "w_hh", w_hh, gx, (4 * H, hout))
-    if b_hh is not None:
-        _check_same(op, "b_hh", b_hh, gx, (4 * H,))
-    _check_same(op, "h0", h0, gx, (B, hout))
-    _check_same(op, "c0", c0, gx, (B, H))
-    _check_lengths(op, lengths, B)
-    _check_strategy(op, strategy)
-    return T, B, H, (w_hr.shape[0] if w_hr is not None else 0)
+    if h0 is None or c0 is None:
+        _checks._fail(op, "h0 and c0 are required")
+    dims = _checks.check_lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths, op=op)
+    _check_triton(op, gx, strategy)
+    return dims
 
 
 def check_gru_forward(gx, w_hh, b_hh, h0, lengths, strategy, op="rnn_ext::triton_gru_forward"):
-    T, B, H = _check_input_gates(op, gx, 3, "3H")
-    _check_same(op, "w_hh", w_hh, gx, (3 * H, H))
-    if b_hh is not None:
-        _check_same(op, "b_hh", b_hh, gx, (3 * H,))
-    _check_same(op, "h0", h0, gx, (B, H))
-    _check_lengths(op, lengths, B)
-    _check_strategy(op, strategy)
-    return T, B, H
-
-
-def _check_workspace_grad(op, grad_ws, ws):
-    if grad_ws is not None:
-        _check(tuple(grad_ws.shape) == tuple(ws.shape) and grad_ws.dtype == ws.dtype
-               and grad_ws.device == ws.device, op, "grad_workspace must match workspace")
+    if h0 is None:
+        _checks._fail(op, "h0 is required")
+    dims = _checks.check_gru_forward(gx, w_hh, b_hh, h0, lengths, op=op)
+    _check_triton(op, gx, strategy)
+    return dims
 
 
 def check_lstm_backward(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, proj_in,
                         lengths, grad_ws, strategy, op="rnn_ext::triton_lstm_backward"):
-    _check(y.dim() == 3 and ws.dim() == 3 and ws.shape[2] % 5 == 0, op,
-           "output must be [T, B, H] and workspace [T, B, 5H]")
-    T, B, hout = y.shape
-    H = ws.shape[2] // 5
-    _check_same(op, "grad_output", grad_y, y, y.shape)
-    _check_same(op, "grad_h_n", grad_h_n, y, (B, hout))
-    _check_same(op, "grad_c_n", grad_c_n, y, (B, H))
-    _check_same(op, "h0", h0, y, (B, hout))
-    _check_same(op, "c0", c0, y, (B, H))
-    _check_same(op, "w_hh", w_hh, y, (4 * H, hout))
-    if w_hr is not None:
-        _check_same(op, "w_hr", w_hr, y, (hout, H))
-        _check_same(op, "proj_input", proj_in, y, (T, B, H))
-    _check(tuple(ws.shape[:2]) == (T, B) and ws.dtype == acc_dtype(y.dtype) and ws.device == y.device,
-           op, "workspace does not match output")
-    _check_workspace_grad(op, grad_ws, ws)
-    _check_lengths(op, lengths, B)
-    _check_strategy(op, strategy)
+    _checks.check_lstm_backward(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, proj_in,
+                                lengths, grad_ws, op)
+    _check_triton(op, y, strategy)
 
 
 def check_gru_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, strategy,
                        op="rnn_ext::triton_gru_backward"):
-    _check(y.dim() == 3 and ws.dim() == 3, op, "output must be [T, B, H]")
-    T, B, H = y.shape
-    _check_same(op, "grad_output", grad_y, y, y.shape)
-    _check_same(op, "grad_h_n", grad_h_n, y, (B, H))
-    _check_same(op, "h0", h0, y, (B, H))
-    _check_same(op, "w_hh", w_hh, y, (3 * H, H))
-    _check(tuple(ws.shape) == (T, B, 4 * H) and ws.dtype == acc_dtype(y.dtype) and ws.device == y.device,
-           op, "workspace does not match output")
-    _check_workspace_grad(op, grad_ws, ws)
-    _check_lengths(op, lengths, B)
-    _check_strategy(op, strategy)
+    _checks.check_gru_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, op)
+    _check_triton(op, y, strategy)
+
+
+_check_length_values = _checks.check_length_values
 
 
 def _usable(op, t):
@@ -185,11 +95,23 @@ def _(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths, strategy):
             new((T, B, 5 * H), dtype=acc_dtype(input_gates.dtype)), new((T if P else 0, B, H)))
 
 
-@torch.library.custom_op("rnn_ext::triton_lstm_backward", mutates_args=())
-def lstm_backward(grad_output: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, w_hh: Tensor,
-                  w_hr: Optional[Tensor], h0: Tensor, c0: Tensor, output: Tensor, workspace: Tensor,
-                  proj_input: Tensor, lengths: Optional[Tensor], grad_workspace: Optional[Tensor],
-                  strategy: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+# The backward ops are defined without any autograd kernel (as the compiled
+# ops are): custom_op would give them an old-style autograd.Function, which
+# torch.func refuses even where nothing is differentiated.
+torch.library.define(
+    "rnn_ext::triton_lstm_backward",
+    "(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor w_hh, Tensor? w_hr, Tensor h0, "
+    "Tensor c0, Tensor output, Tensor workspace, Tensor proj_input, Tensor? lengths, "
+    "Tensor? grad_workspace, str strategy) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+torch.library.define(
+    "rnn_ext::triton_gru_backward",
+    "(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, Tensor h0, Tensor output, Tensor workspace, "
+    "Tensor? lengths, Tensor? grad_workspace, str strategy) -> (Tensor, Tensor, Tensor, Tensor)")
+
+
+@torch.library.impl("rnn_ext::triton_lstm_backward", ("CPU", "CUDA"))
+def _lstm_backward_impl(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, output, workspace,
+                        proj_input, lengths, grad_workspace, strategy):
     op = "rnn_ext::triton_lstm_backward"
     check_lstm_backward(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, output, workspace,
                         proj_input, lengths, grad_workspace, strategy)
@@ -201,7 +123,7 @@ def lstm_backward(grad_output: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, w_hh:
         proj_input.contiguous(), _c(lengths), _c(grad_workspace), strategy)
 
 
-@lstm_backward.register_fake
+@torch.library.register_fake("rnn_ext::triton_lstm_backward")
 def _(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, output, workspace, proj_input,
       lengths, grad_workspace, strategy):
     check_lstm_backward(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, output, workspace,
@@ -213,6 +135,9 @@ def _(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, output, workspace, pr
             new(w_hr.shape) if w_hr is not None else new((0,)), new(h0.shape), new(c0.shape))
 
 
+lstm_backward = torch.ops.rnn_ext.triton_lstm_backward.default
+
+
 def _lstm_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(output[4])
@@ -221,8 +146,9 @@ def _lstm_setup_context(ctx, inputs, output):
 
 
 def _lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, grad_ws, _grad_proj):
-    gx, w_hh, b_hh, w_hr, h0, c0, lengths, y, h_n, c_n, ws, proj_in = ctx.saved_tensors
-    if torch.is_grad_enabled():
+    saved = ctx.saved_tensors
+    gx, w_hh, b_hh, w_hr, h0, c0, lengths, y, h_n, c_n, ws, proj_in = saved
+    if _create_graph(saved):
         return _higher_order(ctx, reference.lstm_reference,
                              (gx, w_hh, b_hh, w_hr, h0, c0, lengths),
                              (y, h_n, c_n, ws), (grad_y, grad_h_n, grad_c_n, grad_ws)) + (None,)
@@ -234,6 +160,8 @@ def _lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, grad_ws, _grad_proj):
 
 
 lstm_forward.register_autograd(_lstm_backward, setup_context=_lstm_setup_context)
+LSTM_FUNCTION = _function.autograd_function("TritonLSTMForward", torch.ops.rnn_ext.triton_lstm_forward.default,
+                                            _lstm_setup_context, _lstm_backward)
 
 
 # ----------------------------------------------------------------- GRU ----
@@ -255,10 +183,9 @@ def _(input_gates, w_hh, b_hh, h0, lengths, strategy):
     return new((T, B, H)), new((B, H)), new((T, B, 4 * H), dtype=acc_dtype(input_gates.dtype))
 
 
-@torch.library.custom_op("rnn_ext::triton_gru_backward", mutates_args=())
-def gru_backward(grad_output: Tensor, grad_h_n: Tensor, w_hh: Tensor, h0: Tensor, output: Tensor,
-                 workspace: Tensor, lengths: Optional[Tensor], grad_workspace: Optional[Tensor],
-                 strategy: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+@torch.library.impl("rnn_ext::triton_gru_backward", ("CPU", "CUDA"))
+def _gru_backward_impl(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths, grad_workspace,
+                       strategy):
     op = "rnn_ext::triton_gru_backward"
     check_gru_backward(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths, grad_workspace,
                        strategy)
@@ -269,13 +196,16 @@ def gru_backward(grad_output: Tensor, grad_h_n: Tensor, w_hh: Tensor, h0: Tensor
                                   _c(lengths), _c(grad_workspace), strategy)
 
 
-@gru_backward.register_fake
+@torch.library.register_fake("rnn_ext::triton_gru_backward")
 def _(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths, grad_workspace, strategy):
     check_gru_backward(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths, grad_workspace,
                        strategy)
     T, B, H = output.shape
     new = output.new_empty
     return new((T, B, 3 * H)), new(w_hh.shape), new((3 * H,)), new(h0.shape)
+
+
+gru_backward = torch.ops.rnn_ext.triton_gru_backward.default
 
 
 def _gru_setup_context(ctx, inputs, output):
@@ -285,8 +215,9 @@ def _gru_setup_context(ctx, inputs, output):
 
 
 def _gru_backward(ctx, grad_y, grad_h_n, grad_ws):
-    gx, w_hh, b_hh, h0, lengths, y, h_n, ws = ctx.saved_tensors
-    if torch.is_grad_enabled():
+    saved = ctx.saved_tensors
+    gx, w_hh, b_hh, h0, lengths, y, h_n, ws = saved
+    if _create_graph(saved):
         return _higher_order(ctx, reference.gru_reference, (gx, w_hh, b_hh, h0, lengths),
                              (y, h_n, ws), (grad_y, grad_h_n, grad_ws)) + (None,)
     d_gx, d_w_hh, d_b_hh, d_h0 = gru_backward(
@@ -296,3 +227,5 @@ def _gru_backward(ctx, grad_y, grad_h_n, grad_ws):
 
 
 gru_forward.register_autograd(_gru_backward, setup_context=_gru_setup_context)
+GRU_FUNCTION = _function.autograd_function("TritonGRUForward", torch.ops.rnn_ext.triton_gru_forward.default,
+                                           _gru_setup_context, _gru_backward)
