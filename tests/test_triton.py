@@ -8,7 +8,6 @@ Without a GPU everything runs under the Triton interpreter on the CPU
 marked cuda repeat the parity checks on the GPU, with larger shapes and
 fp16/bf16 against cuDNN's own error.
 """
-import contextlib
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ import torch
 import rnn_ext
 from _utils import (TOL, assert_all_close, make_inputs, make_module, outputs_and_grads,
                     run_ops, run_torch)
+from _utils import tf32
 from rnn_ext import functional, reference
 from rnn_ext import triton as rnn_triton
 from test_ops_errors import GRU_BAD, LSTM_BAD, gru_args, lstm_args
@@ -95,18 +95,6 @@ def check_against_reference(kind, args, lengths, strategy, tol):
         torch.testing.assert_close(g, w, **tol, msg=lambda m: f"{name}: {m}")
     for name, g, w in zip(grad_names, grads(got, args), grads(want, args)):
         torch.testing.assert_close(g, w, **tol, msg=lambda m: f"{name}: {m}")
-
-
-@contextlib.contextmanager
-def allow_tf32(value):
-    """torch.backends.cuda.matmul.allow_tf32 is a property of a module-like
-    object (monkeypatch cannot restore it): set and restore it by hand."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = value
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 class LaunchCounter:
@@ -342,11 +330,11 @@ def test_why_not_under_the_interpreter(monkeypatch):
 
 
 def test_tf32_switch_sets_dot_precision():
-    with allow_tf32(True):
+    with tf32(True):
         assert S._precision(torch.float32) == "tf32"
         assert S._precision(torch.float64) == "ieee"
         assert S._precision(torch.float16) == "ieee"
-    with allow_tf32(False):
+    with tf32(False):
         assert S._precision(torch.float32) == "ieee"
 
 
@@ -447,7 +435,7 @@ def test_cuda_matches_reference(case, strategy, dtype):
     kind, T, B, H, P, lengths = case
     args = make_args(kind, T, B, H, P, True, dtype, "cuda")
     tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=2e-4, atol=5e-5)
-    with allow_tf32(False):
+    with tf32(False):
         check_against_reference(kind, args, _cuda_lengths(lengths, T, B), strategy, tol)
 
 
@@ -496,7 +484,7 @@ def test_cuda_tf32_follows_the_matmul_switch():
     want = run("lstm", {k: (v.double() if v is not None else None) for k, v in args.items()}, None)
     errs = {}
     for allow in (False, True):
-        with allow_tf32(allow):
+        with tf32(allow):
             got = run("lstm", args, None, "step")
         errs[allow] = (got[0].double() - want[0]).abs().max().item()
     assert errs[False] < 1e-5 and errs[True] > errs[False]
