@@ -4,6 +4,7 @@ results that can be committed (README "On a GPU machine").
     make gpu-check PHASE=<phase> OUT=<dir> [PYTHON=python3] [DRY_RUN=1]
     python -m gpu_check <phase> --out <dir> [--dry-run]
     python -m gpu_check land <dir>...      copy results into benchmarks/results/
+    python -m gpu_check auto-table <result.json>   rnn_ext/auto_table.json ("auto") from a GPU result
 
 Phases (each ends well inside 8 minutes on an H100 and writes at most 8 files):
   test       devices and versions, then the whole pytest suite in parallel

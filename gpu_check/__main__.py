@@ -1,4 +1,4 @@
-"""python -m gpu_check <phase> --out DIR [--dry-run]  |  python -m gpu_check land DIR...
+"""python -m gpu_check <phase> --out DIR [--dry-run]  |  land DIR...  |  auto-table RESULT.json
 (see gpu_check/__init__.py; `make gpu-check` builds the extension first)."""
 import argparse
 import datetime
@@ -107,6 +107,19 @@ def land(dirs, results_dir=RESULTS_DIR, allow_cpu=False):
 def main(argv=None):
     if argv is None:
         argv = sys.argv[1:]
+    if argv and argv[0] == "auto-table":
+        from rnn_ext import backends
+
+        from . import autotable
+
+        p = argparse.ArgumentParser(prog="python -m gpu_check auto-table",
+                                    description=autotable.__doc__.splitlines()[0])
+        p.add_argument("result", help="a GPU result: benchmarks/results/<gpu>_<date>.json")
+        p.add_argument("--out", default=backends.AUTO_TABLE_FILE)
+        a = p.parse_args(argv[1:])
+        table = autotable.write(a.result, a.out)
+        print(f"{os.path.relpath(a.out)}: {len(table['points'])} points; {table['source']}")
+        return 0
     if argv and argv[0] == "land":
         p = argparse.ArgumentParser(prog="python -m gpu_check land",
                                     description="copy a GPU run's results into benchmarks/results/")

@@ -40,13 +40,14 @@ def lstm(input_gates, w_hh, b_hh=None, w_hr=None, h0=None, c0=None,
     h0 = _state(h0, B, hout, input_gates)
     c0 = _state(c0, B, H, input_gates)
     lengths = _lengths_tensor(lengths)
-    chosen = backends.resolve(backend, input_gates.device, input_gates.dtype)
+    chosen, strategy, _ = backends.resolve_choice(backend, input_gates.device, input_gates.dtype,
+                                                  "lstm", H, B)
     if chosen == "reference":
         return reference.lstm_reference(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
     if chosen == "triton":
         from . import triton as rnn_triton
 
-        return rnn_triton.lstm(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
+        return rnn_triton.lstm(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths, strategy=strategy)
     y, h_n, c_n, ws, _ = ops.lstm_forward(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
     return y, h_n, c_n, ws
 
@@ -63,11 +64,12 @@ def gru(input_gates, w_hh, b_hh=None, h0=None, lengths=None, backend="auto"):
     B, H = input_gates.shape[1], input_gates.shape[2] // 3
     h0 = _state(h0, B, H, input_gates)
     lengths = _lengths_tensor(lengths)
-    chosen = backends.resolve(backend, input_gates.device, input_gates.dtype)
+    chosen, strategy, _ = backends.resolve_choice(backend, input_gates.device, input_gates.dtype,
+                                                  "gru", H, B)
     if chosen == "reference":
         return reference.gru_reference(input_gates, w_hh, b_hh, h0, lengths)
     if chosen == "triton":
         from . import triton as rnn_triton
 
-        return rnn_triton.gru(input_gates, w_hh, b_hh, h0, lengths)
+        return rnn_triton.gru(input_gates, w_hh, b_hh, h0, lengths, strategy=strategy)
     return ops.gru_forward(input_gates, w_hh, b_hh, h0, lengths)
