@@ -45,15 +45,18 @@ ctest: $(DEPS)
 # The extension is built in place with that python (all cores, sm_90 unless
 # TORCH_CUDA_ARCH_LIST says otherwise); DRY_RUN=1 skips the build and runs
 # what a machine without a GPU can (tests/test_gpu_check.py does).
-GPU_PHASES = test sanitize probe all $(foreach d,fp32 fp16 bf16,$(foreach c,lstm gru,bench-$(d)-$(c)))
+# PHASE=build only builds.
+GPU_PHASES = build test sanitize probe all $(foreach d,fp32 fp16 bf16,$(foreach c,lstm gru,bench-$(d)-$(c)))
 gpu-check:
-	@if [ -z "$(filter $(PHASE),$(GPU_PHASES))" ] || [ -z "$(OUT)" ]; then \
+	@if [ -z "$(filter $(PHASE),$(GPU_PHASES))" ] || [ -z "$(OUT)$(filter build,$(PHASE))" ]; then \
 	  echo "usage: make gpu-check PHASE=<phase> OUT=<dir> [PYTHON=python3] [DRY_RUN=1]"; \
 	  echo "phases: $(GPU_PHASES)"; exit 2; fi
 ifneq ($(DRY_RUN),1)
 	TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS=$$(nproc) $(PYTHON) setup.py build_ext --inplace -q
 endif
+ifneq ($(PHASE),build)
 	$(PYTHON) -m gpu_check $(PHASE) --out $(OUT) $(if $(filter 1,$(DRY_RUN)),--dry-run)
+endif
 
 clean:
 	rm -rf build *.egg-info rnn_ext/*.so $(BUILT)

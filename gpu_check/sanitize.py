@@ -38,7 +38,7 @@ def _sanitizer_errors(text):
 
 def run(out, dry_run):
     env = common.environment()
-    smoke = [common.python(), "-m", "gpu_check.smoke"]
+    smoke = [common.python(), "-m", "gpu_check.smoke"] + (["--device", "cpu"] if dry_run else [])
     runs = {}
     r = common.run(smoke, os.path.join(out, "smoke.log"), LIMITS["smoke"])
     with open(os.path.join(out, "smoke.log")) as f:
