@@ -23,7 +23,8 @@ def pytest_command(junit, dry_run, env, workers=None):
            f"--junitxml={junit}", "--durations=25"]
     cmd += DRY_RUN_TESTS if dry_run else ["tests"]
     if env.get("pytest_xdist") and not dry_run:
-        cmd += ["-n", str(workers or min(16, os.cpu_count() or 1)), "--dist", "loadfile"]
+        # loadgroup: test by test, except the groups that share a costly fixture.
+        cmd += ["-n", str(workers or min(16, os.cpu_count() or 1)), "--dist", "loadgroup"]
     if env.get("pytest_timeout"):
         cmd += [f"--timeout={PER_TEST_TIMEOUT_S}"]
     return cmd
