@@ -15,11 +15,11 @@ AUTO_TABLE_FILE), whose "points" are the fastest rnn_ext backend of each
 benchmarked (cell, dtype, hidden size, batch); a request takes the nearest
 measured point of its cell and dtype (sizes compared on a log scale), and
 the device's default order where none is measured.  RNN_EXT_AUTO_TABLE names
-another file (an empty value: the default table).  The table is keyed by
+another file (an empty value: the default table).  The table is read once,
+at import (reload_auto_table() reads it again).  The table is keyed by
 cell name strings ("lstm", "gru", and any cell added later), so a new cell
 needs no code here: it takes the default order until it is measured.
 """
-import functools
 import json
 import math
 import os
@@ -82,8 +82,12 @@ class Choice(NamedTuple):
     source: str = ""                # where the choice comes from
 
 
-@functools.lru_cache(maxsize=None)
-def _load_table(path):
+def _read_table():
+    """RNN_EXT_AUTO_TABLE's file, else rnn_ext/auto_table.json where a GPU run
+    wrote one, else the default."""
+    path = os.environ.get(AUTO_TABLE_ENV)
+    if path is None:
+        path = AUTO_TABLE_FILE if os.path.exists(AUTO_TABLE_FILE) else ""
     if not path:
         return DEFAULT_AUTO_TABLE
     with open(path) as f:
@@ -94,13 +98,21 @@ def _load_table(path):
     return table
 
 
+# Read once, at import: "auto" runs inside torch.compile'd code, where a file
+# read would break the graph.
+_TABLE = _read_table()
+
+
 def auto_table():
-    """The table "auto" uses: RNN_EXT_AUTO_TABLE's file, else
-    rnn_ext/auto_table.json where a GPU run wrote one, else the default."""
-    path = os.environ.get(AUTO_TABLE_ENV)
-    if path is None:
-        path = AUTO_TABLE_FILE if os.path.exists(AUTO_TABLE_FILE) else ""
-    return _load_table(path)
+    """The table "auto" uses (see the module docstring)."""
+    return _TABLE
+
+
+def reload_auto_table():
+    """Reads the table again (after RNN_EXT_AUTO_TABLE or the file changed)."""
+    global _TABLE
+    _TABLE = _read_table()
+    return _TABLE
 
 
 def _nearest(points, hidden_size, batch):

@@ -25,6 +25,12 @@ TABLE = dict(source="test table", order={"cuda": ["cuda", "triton"], "cpu": ["cp
                      _point("gru", "fp32", 256, 1, "triton", "step")])
 
 
+@pytest.fixture(autouse=True)
+def _restore_table():
+    yield
+    backends.reload_auto_table()
+
+
 @pytest.fixture
 def everything_serves(monkeypatch):
     monkeypatch.setattr(backends, "why_not", lambda b, d, t: None)
@@ -32,7 +38,7 @@ def everything_serves(monkeypatch):
 
 def test_default_table_is_named_and_keeps_todays_order(monkeypatch):
     monkeypatch.setenv(backends.AUTO_TABLE_ENV, "")
-    table = backends.auto_table()
+    table = backends.reload_auto_table()
     assert table is backends.DEFAULT_AUTO_TABLE and "no GPU measurement" in table["source"]
     assert table["order"] == {"cuda": ["cuda", "triton"], "cpu": ["cpu"]} and table["points"] == []
     assert backends.resolve("auto", "cpu", torch.float32) == "cpu"
@@ -81,7 +87,7 @@ def test_a_gpu_result_fills_the_table(tmp_path, monkeypatch, everything_serves):
                                                                                       (1024, 64, "cuda")]
     assert "NVIDIA H100" in table["source"]
     monkeypatch.setenv(backends.AUTO_TABLE_ENV, str(out))
-    assert backends.auto_table()["source"] == table["source"]
+    assert backends.reload_auto_table()["source"] == table["source"]
     assert backends.resolve("auto", "cuda", torch.float16, "lstm", 300, 2) == "triton"
     assert backends.resolve("auto", "cuda", torch.float16, "lstm", 900, 32) == "cuda"
     with pytest.raises(ValueError, match="GPU result"):
@@ -100,6 +106,7 @@ def test_the_tables_strategy_reaches_the_triton_kernels(tmp_path, monkeypatch):
     path = tmp_path / "t.json"
     path.write_text(json.dumps(table))
     monkeypatch.setenv(backends.AUTO_TABLE_ENV, str(path))
+    backends.reload_auto_table()
     monkeypatch.delenv(S.STRATEGY_ENV, raising=False)
     launches = []
     for name in ("lstm_fwd_step_kernel", "lstm_fwd_persistent_kernel"):
