@@ -1,6 +1,9 @@
 # make test   set up (venv, dependencies, build) and run every test
 # make bench  set up and run the benchmark against torch.nn
 # Set-up is done once and reused; a fresh machine needs a few minutes.
+# make gpu-check PHASE=<phase> OUT=<dir> [PYTHON=python3] [DRY_RUN=1]
+#             the GPU bring-up kit (gpu_check/, README "On a GPU machine"):
+#             the machine's own python, no venv, nothing installed
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,7 +13,7 @@ BUILT  := $(VENV)/.ext-built
 SOURCES := setup.py $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu')
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build ctest pytest clean
+.PHONY: test bench build ctest pytest clean gpu-check
 
 test: pytest ctest
 
@@ -38,6 +41,22 @@ ctest: $(DEPS)
 	$(VENV)/bin/cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release > /dev/null
 	$(VENV)/bin/cmake --build build/cmake --parallel $(MAX_JOBS)
 	cd build/cmake && ../../$(VENV)/bin/ctest --output-on-failure
+
+# The extension is built in place with that python (all cores, sm_90 unless
+# TORCH_CUDA_ARCH_LIST says otherwise); DRY_RUN=1 skips the build and runs
+# what a machine without a GPU can (tests/test_gpu_check.py does).
+# PHASE=build only builds.
+GPU_PHASES = build test sanitize probe all $(foreach d,fp32 fp16 bf16,$(foreach c,lstm gru,bench-$(d)-$(c)))
+gpu-check:
+	@if [ -z "$(filter $(PHASE),$(GPU_PHASES))" ] || [ -z "$(OUT)$(filter build,$(PHASE))" ]; then \
+	  echo "usage: make gpu-check PHASE=<phase> OUT=<dir> [PYTHON=python3] [DRY_RUN=1]"; \
+	  echo "phases: $(GPU_PHASES)"; exit 2; fi
+ifneq ($(DRY_RUN),1)
+	TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS=$$(nproc) $(PYTHON) setup.py build_ext --inplace -q
+endif
+ifneq ($(PHASE),build)
+	$(PYTHON) -m gpu_check $(PHASE) --out $(OUT) $(if $(filter 1,$(DRY_RUN)),--dry-run)
+endif
 
 clean:
 	rm -rf build *.egg-info rnn_ext/*.so $(BUILT)

@@ -77,6 +77,9 @@ setup(
     version="0.1.0",
     description="Fused LSTM and GRU kernels for PyTorch (CPU, CUDA C++, Triton)",
     packages=find_packages(include=["rnn_ext", "rnn_ext.*"]),
+    # The Triton crossover's table (triton/persistent_sm90.json) and auto's
+    # table where a GPU run wrote one (auto_table.json).
+    package_data={"rnn_ext": ["*.json"], "rnn_ext.triton": ["*.json"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     python_requires=">=3.10",

@@ -72,6 +72,9 @@ def parse_args(argv=None):
     p.add_argument("--min-reps", type=int, default=None)
     p.add_argument("--max-reps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deadline", type=float, default=None,
+                   help="seconds after which no further case starts (the rest are recorded as not "
+                        "run), so that a run ends within a time limit")
     p.add_argument("--out", default=None, help=f"output folder (default {os.path.relpath(OUT_DIR, ROOT)})")
     p.add_argument("--results", action="store_true",
                    help="write into benchmarks/results/ (GPU runs, to be committed)")
@@ -468,6 +471,11 @@ def run(args):
         for case in case_list:
             if bar is not None:
                 bar.set_postfix_str(case.id)
+            if args.deadline is not None and time.perf_counter() - started > args.deadline:
+                record = failed_case(case, per_dtype[case.dtype]["backends"], TimeoutError(
+                    f"not run: the run's --deadline of {args.deadline:g} s had passed"), device)
+                records.append(add_figures(record, rates[case.dtype]))
+                continue
             try:
                 record = run_case(case, device, per_dtype[case.dtype]["backends"], clock, topts,
                                   args.seed)

@@ -39,14 +39,17 @@ _GRU_FUNCTION = _function.autograd_function("GRUForward", ops.gru_forward.defaul
                                             _ops._gru_setup_context, _ops._gru_backward)
 
 
-def _resolve(backend, input_gates):
-    chosen = backends.resolve(backend, input_gates.device, input_gates.dtype)
+def _resolve(backend, input_gates, cell, hidden_size, batch):
+    """(backend, Triton strategy) for this call: `backend`, or auto's choice
+    from its table (rnn_ext.backends)."""
+    chosen, strategy, _ = backends.resolve_choice(backend, input_gates.device, input_gates.dtype,
+                                                  cell, hidden_size, batch)
     if chosen == "reference" and torch.jit.is_tracing():
         raise RuntimeError(
             "rnn_ext: backend 'reference' cannot be traced by torch.jit.trace: it is a Python loop "
             "over the time steps, which a trace would record for this one sequence length only. "
             "Use backend 'cpu' (or 'auto'), or torch.compile.")
-    return chosen
+    return chosen, strategy
 
 
 def lstm(input_gates, w_hh, b_hh=None, w_hr=None, h0=None, c0=None,
@@ -72,13 +75,13 @@ def lstm(input_gates, w_hh, b_hh=None, w_hr=None, h0=None, c0=None,
     c0 = _state(c0, B, H, input_gates)
     if B == 0 or H == 0:
         return _empty(input_gates, (h0, c0), hout, 5 * H)
-    chosen = _resolve(backend, input_gates)
+    chosen, strategy = _resolve(backend, input_gates, "lstm", H, B)
     if chosen == "reference":
         return reference.lstm_reference(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
     if chosen == "triton":
         from . import triton as rnn_triton
 
-        return rnn_triton.lstm(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
+        return rnn_triton.lstm(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths, strategy=strategy)
     if _inference(need_workspace, input_gates, w_hh, b_hh, w_hr, h0, c0):
         return (*_function.call_without_grad(ops.lstm_infer.default,
                                              (input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)), None)
@@ -102,13 +105,13 @@ def gru(input_gates, w_hh, b_hh=None, h0=None, lengths=None, backend="auto",
     h0 = _state(h0, B, H, input_gates)
     if B == 0 or H == 0:
         return _empty(input_gates, (h0,), H, 4 * H)
-    chosen = _resolve(backend, input_gates)
+    chosen, strategy = _resolve(backend, input_gates, "gru", H, B)
     if chosen == "reference":
         return reference.gru_reference(input_gates, w_hh, b_hh, h0, lengths)
     if chosen == "triton":
         from . import triton as rnn_triton
 
-        return rnn_triton.gru(input_gates, w_hh, b_hh, h0, lengths)
+        return rnn_triton.gru(input_gates, w_hh, b_hh, h0, lengths, strategy=strategy)
     if _inference(need_workspace, input_gates, w_hh, b_hh, h0):
         return (*_function.call_without_grad(ops.gru_infer.default,
                                              (input_gates, w_hh, b_hh, h0, lengths)), None)

@@ -1,6 +1,8 @@
 """Shared test helpers: running one nn.LSTM / nn.GRU layer through torch.nn
 and through the rnn_ext sequence ops with the same weights, and comparing
 outputs and gradients."""
+import contextlib
+
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -9,6 +11,21 @@ from rnn_ext import functional
 
 # Tolerances: fp64 tight; fp32 reflects reordered sums over H terms.
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=2e-5)}
+
+
+@contextlib.contextmanager
+def tf32(enabled):
+    """TF32 for fp32 products, on both sides of a comparison with torch.nn:
+    cuBLAS (which the Triton kernels follow: _sequence._precision) and cuDNN,
+    whose RNNs use TF32 for fp32 by default (about 1e-3 relative error, far
+    above the fp32 tolerances here).  Restores both switches on exit.
+    conftest.py turns TF32 off around every test."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def cpu_backends():

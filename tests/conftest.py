@@ -26,3 +26,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """fp32 is compared with torch.nn (cuDNN on a GPU) in full fp32 precision:
+    TF32 off for cuBLAS and cuDNN alike in every test.  A test about TF32
+    turns it on with _utils.tf32(True)."""
+    from _utils import tf32
+
+    with tf32(False):
+        yield

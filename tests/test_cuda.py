@@ -5,7 +5,7 @@ capture of forward and backward.  Poisoned outputs: tests/test_poison.py."""
 import pytest
 import torch
 
-from _utils import make_inputs, make_module, outputs_and_grads, run_ops, run_torch
+from _utils import make_inputs, make_module, outputs_and_grads, run_ops, run_torch, tf32 as tf32_switch
 from rnn_ext import functional
 
 pytestmark = pytest.mark.cuda
@@ -26,14 +26,9 @@ def _errors(kind, module, x, h0, c0, lengths, run, dtype, tf32=False):
                     module.bias, dtype, "cuda")
     m.load_state_dict(module.state_dict())
     args = [t.detach().to(dtype).requires_grad_() if t is not None else None for t in (x, h0, c0)]
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    try:
+    with tf32_switch(tf32):
         got_o, got_g = outputs_and_grads(run(kind, m, *args, lengths),
                                          [a for a in args if a is not None] + list(m.parameters()))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = True
     return [(g.double() - w).abs().max().item() for g, w in zip(got_o + got_g, want_o + want_g)], \
            [w.abs().max().item() for w in want_o + want_g]
 
@@ -117,7 +112,6 @@ def test_random_shapes(seed):
     module = make_module(kind, I, H, P, True, torch.float32, "cuda")
     x, h0, c0 = make_inputs(kind, module, T, B, torch.float32, "cuda")
     wrt = [x, h0] + ([c0] if c0 is not None else []) + list(module.parameters())
-    torch.backends.cuda.matmul.allow_tf32 = False
     a_o, a_g = outputs_and_grads(run_ops(kind, module, x, h0, c0, lengths, "cuda"), wrt)
     b_o, b_g = outputs_and_grads(run_ops(kind, module, x, h0, c0, lengths, "reference"), wrt)
     for a, b in zip(a_o + a_g, b_o + b_g):

@@ -8,7 +8,6 @@ Without a GPU everything runs under the Triton interpreter on the CPU
 marked cuda repeat the parity checks on the GPU, with larger shapes and
 fp16/bf16 against cuDNN's own error.
 """
-import contextlib
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ import torch
 import rnn_ext
 from _utils import (TOL, assert_all_close, make_inputs, make_module, outputs_and_grads,
                     run_ops, run_torch)
+from _utils import tf32
 from rnn_ext import functional, reference
 from rnn_ext import triton as rnn_triton
 from test_ops_errors import GRU_BAD, LSTM_BAD, gru_args, lstm_args
@@ -97,18 +97,6 @@ def check_against_reference(kind, args, lengths, strategy, tol):
         torch.testing.assert_close(g, w, **tol, msg=lambda m: f"{name}: {m}")
 
 
-@contextlib.contextmanager
-def allow_tf32(value):
-    """torch.backends.cuda.matmul.allow_tf32 is a property of a module-like
-    object (monkeypatch cannot restore it): set and restore it by hand."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = value
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
-
-
 class LaunchCounter:
     """Wraps a kernel to count its launches (kernel[grid](...))."""
 
@@ -126,20 +114,61 @@ class LaunchCounter:
 
 # ------------------------------------------------------------- crossover ----
 def test_crossover_rule():
+    """"auto" runs persistent exactly where every kernel of the size, compiled
+    for sm_90 (persistent_sm90.json), fits shared memory without spill."""
     f32, f16, f64 = torch.float32, torch.float16, torch.float64
-    # LSTM: 4 gate tiles of [pad(H), pad(K)].
-    assert S.use_persistent(4, 32, 32, 0, f32) and not S.use_persistent(4, 33, 33, 0, f32)
-    assert S.use_persistent(4, 64, 64, 0, f16) and not S.use_persistent(4, 65, 65, 0, f16)
-    assert S.use_persistent(4, 32, 32, 0, f64) and not S.use_persistent(4, 33, 33, 0, f64)
-    # W_hr counts too: with H = 32, P = 32 fits (20 KiB), P = 64 does not (40 KiB).
-    assert S.persistent_weight_bytes(4, 32, 32, 32, f32) == (4 * 32 * 32 + 32 * 32) * 4
-    assert S.use_persistent(4, 32, 32, 32, f32) and not S.use_persistent(4, 32, 64, 64, f32)
-    # GRU: 3 gate tiles.
-    assert S.use_persistent(3, 32, 32, 0, f32) and not S.use_persistent(3, 64, 64, 0, f32)
-    assert S.resolve_strategy("auto", 4, 8, 8, 0, f32) == "persistent"
-    assert S.resolve_strategy("auto", 4, 40, 40, 0, f32) == "step"
+    dtypes = {"fp32": f32, "fp16": f16, "bf16": torch.bfloat16, "fp64": f64}
+    admitted = 0
+    for (fam, dt, prec, bh, bk, aligned), entries in S._fit.table().items():
+        proj = fam == "lstm_proj"
+        n_gates = 3 if fam == "gru" else 4
+        fits = all(e["shared_bytes"] <= 227 * 1024 and e["spill_bytes"] == 0 for e in entries)
+        # Sizes that pad to these tiles with this alignment (a multiple of 16 or not).
+        hs = [bh] if aligned else [bh // 2 + 1, bh - 1] if bh > 16 else [1, 15]
+        ps = ([bk] if aligned else [bk // 2 + 1, bk - 1] if bk > 16 else [1, 15]) if proj else [0]
+        for H in hs:
+            for P in ps:
+                assert S.use_persistent(n_gates, H, P or H, P, dtypes[dt], None, prec) == fits, (fam, dt, prec, H, P)
+        admitted += fits
+    assert admitted > 0
+    # Past the table: larger tiles than the first size over the limit.
+    assert not S.use_persistent(4, 1000, 1000, 0, f16)
+    # The old rule (32 KiB of weights) stopped GRU fp16 at H=64; H=128 fits.
+    assert S.use_persistent(3, 128, 128, 0, f16) and S.resolve_strategy("auto", 3, 128, 128, 0, f16) == "persistent"
+    # ... but an H that is not a multiple of 16 compiles to another kernel, which spills there.
+    assert not S.use_persistent(3, 100, 100, 0, f16)
+    assert S.resolve_strategy("auto", 4, 130, 130, 0, f32) == "step"
     assert S.resolve_strategy("step", 4, 8, 8, 0, f32) == "step"
-    assert S.resolve_strategy("persistent", 4, 400, 400, 0, f32) == "persistent"
+    # By name a spilling kernel may run (slower); fp64 LSTM H=64 spills.
+    assert not S.use_persistent(4, 64, 64, 0, f64)
+    assert S.resolve_strategy("persistent", 4, 64, 64, 0, f64) == "persistent"
+
+
+@pytest.mark.parametrize("n_gates,H,P,dtype", [(4, 130, 0, torch.float32), (4, 130, 0, torch.float64),
+                                               (3, 130, 0, torch.float32), (3, 130, 0, torch.float64),
+                                               (4, 96, 48, torch.float64)],
+                         ids=["lstm-H130-fp32", "lstm-H130-fp64", "gru-H130-fp32", "gru-H130-fp64",
+                              "lstm-H96-P48-fp64"])
+def test_persistent_that_cannot_fit_is_refused_by_name(n_gates, H, P, dtype):
+    """The kernels the GPU tests used to force (352 KiB to 2 MiB of shared
+    memory): a clear error naming the limit, not OutOfResources after
+    minutes of compiling."""
+    with pytest.raises(RuntimeError, match=r"strategy 'persistent' cannot run .*(shared memory|larger than any measured).*"
+                                           r"227 KiB.*Use strategy 'step'"):
+        S.resolve_strategy("persistent", n_gates, H, P or H, P, dtype)
+
+
+def test_persistent_that_cannot_fit_fails_before_any_launch(monkeypatch):
+    counters = {n: LaunchCounter(getattr(S.K, n)) for n in dir(S.K) if n.endswith("_kernel")}
+    for n, c in counters.items():
+        monkeypatch.setattr(S.K, n, c)
+    args = make_args("lstm", 2, 2, 130, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="needs? .*KiB of shared memory|227 KiB"):
+        run("lstm", args, None, strategy="persistent")
+    monkeypatch.setenv(S.STRATEGY_ENV, "persistent")
+    with pytest.raises(RuntimeError, match=f"environment variable {S.STRATEGY_ENV}"):
+        run("lstm", args, None, strategy=None)
+    assert sum(c.launches for c in counters.values()) == 0
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -342,11 +371,11 @@ def test_why_not_under_the_interpreter(monkeypatch):
 
 
 def test_tf32_switch_sets_dot_precision():
-    with allow_tf32(True):
+    with tf32(True):
         assert S._precision(torch.float32) == "tf32"
         assert S._precision(torch.float64) == "ieee"
         assert S._precision(torch.float16) == "ieee"
-    with allow_tf32(False):
+    with tf32(False):
         assert S._precision(torch.float32) == "ieee"
 
 
@@ -395,25 +424,78 @@ def test_op_level_checks():
 
 
 # ------------------------------------------------ GPU compile (no GPU) ----
-def test_kernels_compile_for_sm90():
-    """Every kernel, every dtype (bf16 included, which the interpreter cannot
-    run), with the launcher's tiles, compiles for an H100; below the
-    crossover the persistent kernels hardly spill (fp64, not a speed dtype
-    on this path, is only required to compile)."""
+@pytest.fixture(scope="module")
+def sm90():
+    """What tests/_triton_sm90.py compiles for an H100: one record per kernel
+    launch of its grid (shared memory, registers, spill, the specialisation)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     helper = os.path.join(os.path.dirname(__file__), "_triton_sm90.py")
-    proc = subprocess.run([sys.executable, helper, "2"], capture_output=True, text=True, env=env,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, helper, "--workers", "2"], capture_output=True, text=True, env=env,
+                          timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
-    kernels = {r["kernel"] for r in results}
-    assert kernels == {n for n in dir(S.K) if n.endswith("_kernel")}
-    assert {r["dtype"] for r in results} == {"fp32", "fp16", "bf16", "fp64"}
-    errors = [r for r in results if r["error"]]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fits(r):
+    return r["shared_bytes"] <= S._fit.SM90_SHARED_LIMIT and r["spill_bytes"] == 0
+
+
+@pytest.mark.xdist_group("sm90")
+def test_kernels_compile_for_sm90(sm90):
+    """Every kernel, every dtype (bf16 included, which the interpreter cannot
+    run), as the launcher launches it, compiles for an H100; the step
+    kernels hardly spill (fp64, not a speed dtype, is only required to compile)."""
+    assert {r["kernel"] for r in sm90} == {n for n in dir(S.K) if n.endswith("_kernel")}
+    assert {r["dtype"] for r in sm90} == {"fp32", "fp16", "bf16", "fp64"}
+    errors = [r for r in sm90 if r["error"]]
     assert not errors, errors[0]
-    for r in results:
-        if r["dtype"] != "fp64":
+    for r in sm90:
+        if r["strategy"] == "step" and r["dtype"] != "fp64":
             assert r["spill_bytes"] <= 128, r
+
+
+@pytest.mark.xdist_group("sm90")
+def test_sm90_compiles_what_a_launch_compiles(sm90):
+    """The launch binder's specialisation: an H that is a multiple of 16 is
+    specialised (divisibility 16), one that is not is not; pointers are
+    16-byte aligned; the tiles are the launcher's constexprs."""
+    persistent = [r for r in sm90 if r["strategy"] == "persistent" and r["kernel"] == "lstm_fwd_persistent_kernel"]
+    by_h = {r["H"]: r for r in persistent if r["family"] == "lstm" and r["dtype"] == "fp16"}
+    assert any(h % 16 == 0 for h in by_h) and any(h % 16 for h in by_h)
+    for h, r in by_h.items():
+        assert ("H" in r["specialised"]) == (h % 16 == 0), r
+        assert "gx_ptr" in r["specialised"]
+        assert r["constexprs"]["BLOCK_H"] == S._pad(h) and r["constexprs"]["BLOCK_B"] == S.PERSISTENT_BLOCK_B
+        assert r["num_warps"] == S.PERSISTENT_NUM_WARPS
+    assert all(r["shared_bytes"] > 0 for r in persistent)
+
+
+@pytest.mark.xdist_group("sm90")
+def test_crossover_admits_exactly_the_persistent_kernels_that_fit_sm90(sm90):
+    """Every persistent kernel "auto" admits fits an H100 block (shared memory
+    <= 227 KiB, no spill); the next size up does not (so the crossover is
+    the largest that fits); and the table the crossover reads
+    (persistent_sm90.json) agrees with these fresh compiles."""
+    persistent = [r for r in sm90 if r["strategy"] == "persistent"]
+    assert {r["family"] for r in persistent} == set(S._fit.FAMILIES)
+    assert any(r["admitted"] for r in persistent) and any(not r["admitted"] for r in persistent)
+    launches = {}
+    for r in persistent:
+        launches.setdefault((r["family"], r["dtype"], r["precision"], r["H"], r["P"]), []).append(r)
+    for key, rs in launches.items():
+        assert len({r["admitted"] for r in rs}) == 1
+        fits = all(_fits(r) for r in rs)
+        assert rs[0]["admitted"] == fits, (key, [(r["kernel"], r["shared_bytes"], r["spill_bytes"]) for r in rs])
+    table = S._fit.table()
+    for r in persistent:
+        if r.get("lengths", True) is not False:  # the table's flags and T, B
+            entries = table.get((r["family"], r["dtype"], r["precision"], r["block_h"], r["block_k"],
+                                 r["aligned"]), [])
+            mine = [e for e in entries if e["kernel"] == r["kernel"]]
+            if r["shared_bytes"] > S._fit.SM90_SHARED_LIMIT and not mine:
+                continue  # past the end of the table: does not fit either way
+            assert mine and mine[0]["shared_bytes"] == r["shared_bytes"], (r, mine)
+            assert mine[0]["spill_bytes"] == r["spill_bytes"], (r, mine)
 
 
 # ------------------------------------------------------------------- GPU ----
@@ -447,8 +529,13 @@ def test_cuda_matches_reference(case, strategy, dtype):
     kind, T, B, H, P, lengths = case
     args = make_args(kind, T, B, H, P, True, dtype, "cuda")
     tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=2e-4, atol=5e-5)
-    with allow_tf32(False):
-        check_against_reference(kind, args, _cuda_lengths(lengths, T, B), strategy, tol)
+    n_gates = 4 if kind == "lstm" else 3
+    if strategy == "persistent" and S.why_not_persistent(n_gates, H, P or H, P, dtype, "cuda", allow_spill=True):
+        # Its kernels need more shared memory than a block has: refused by name.
+        with pytest.raises(RuntimeError, match="strategy 'persistent' cannot run"):
+            run(kind, args, _cuda_lengths(lengths, T, B), strategy)
+        return
+    check_against_reference(kind, args, _cuda_lengths(lengths, T, B), strategy, tol)
 
 
 @pytest.mark.cuda
@@ -496,7 +583,7 @@ def test_cuda_tf32_follows_the_matmul_switch():
     want = run("lstm", {k: (v.double() if v is not None else None) for k, v in args.items()}, None)
     errs = {}
     for allow in (False, True):
-        with allow_tf32(allow):
+        with tf32(allow):
             got = run("lstm", args, None, "step")
         errs[allow] = (got[0].double() - want[0]).abs().max().item()
     assert errs[False] < 1e-5 and errs[True] > errs[False]

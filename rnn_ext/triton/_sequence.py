@@ -9,6 +9,7 @@ import os
 import torch
 import triton
 
+from . import _fit
 from . import _kernels as K
 from ._compat import patch_interpreter
 
@@ -18,24 +19,17 @@ STRATEGIES = ("auto", "persistent", "step")
 STRATEGY_ENV = "RNN_EXT_TRITON_STRATEGY"
 
 # ------------------------------------------------------------ crossover ----
-# strategy="auto" picks "persistent" when the weights a persistent program
-# keeps on chip for the whole sequence -- W_hh as n_gates tiles of
-# [pad(H), pad(K)] plus W_hr as [pad(H), pad(P)], padded to powers of two of
-# at least 16 -- take at most PERSISTENT_MAX_WEIGHT_BYTES, else "step".
-#
-# Why 32 KiB: the persistent kernels hold those tiles in registers (8 warps,
-# BLOCK_B = 16 rows) next to the state and the gate epilogue.  Compiled for
-# sm_90 with the ptxas of the Triton wheel (tests/_triton_sm90.py), the
-# largest persistent cases under this limit (LSTM and GRU with H up to 32
-# in fp32/fp64, up to 64 in fp16/bf16) fit in 255 registers per thread with
-# at most ~120 bytes of spill (fp64 forward with a projection: ~1 KiB; fp64
-# is for accuracy here, not speed), while the next size up, 64 KiB (fp32
-# H = 64), spills 0.2-1.9 KiB per thread in the backward kernels.  Below
-# the limit one launch for all T steps, with W_hh read once, beats T
-# launches that each re-read W_hh; above it the step kernel spreads W_hh
-# over many programs and SMs.  (Not yet timed on a GPU: tune this constant
-# with a benchmark there.)
-PERSISTENT_MAX_WEIGHT_BYTES = 32 * 1024
+# strategy="auto" runs a sequence "persistent" -- one launch for all T steps,
+# W_hh read once and kept on chip -- whenever its persistent kernels fit one
+# thread block of the GPU, else "step" (T launches, each spreading W_hh over
+# many programs and SMs).  What fits is measured, not guessed: _fit.py reads
+# the shared memory, registers and spill of the kernels compiled for sm_90
+# (rnn_ext/triton/persistent_sm90.json, written by tests/_triton_sm90.py and
+# checked against fresh compiles in make test).  The tiles are W_hh as
+# n_gates tiles of [pad(H), pad(K)] plus W_hr as [pad(H), pad(P)], padded to
+# powers of two of at least 16; whether H and K are multiples of 16 matters
+# too (Triton's launcher specialises the kernel on it).  (Whether persistent is also the faster one
+# at every size that fits has not been timed on a GPU yet.)
 PERSISTENT_NUM_WARPS = 8
 
 
@@ -44,20 +38,39 @@ def _pad(n):
     return max(16, triton.next_power_of_2(n))
 
 
-def persistent_weight_bytes(n_gates, H, K, P, dtype):
-    """Bytes of the padded weight tiles a persistent program keeps on chip."""
-    elems = n_gates * _pad(H) * _pad(K) + (_pad(H) * _pad(P) if P else 0)
-    return elems * torch.empty((), dtype=dtype).element_size()
+def why_not_persistent(n_gates, H, K, P, dtype, device=None, precision="ieee", allow_spill=False):
+    """None if the persistent kernels fit the GPU, else the reason (see _fit)."""
+    limit = _fit.shared_limit(device)
+    aligned = _fit.aligned(H, K)
+    reason = _fit.why_not_fit(n_gates, _pad(H), _pad(K), P, dtype, precision, limit, allow_spill, aligned)
+    if reason is None:
+        return None
+    cell = "GRU" if n_gates == 3 else "LSTM"
+    size = f"H={H}" + (f" P={P}" if P else "")
+    largest = _fit.largest_fitting_block_h(n_gates, _pad(K), P, dtype, precision, limit, allow_spill, aligned)
+    if largest:
+        hint = f"; the largest hidden size that fits is {largest}" + (f" (with P={P})" if P else "")
+    else:
+        hint = "; no hidden size fits" + (f" with P={P}" if P else "")
+    return f"a {cell} with {size} in {str(dtype).replace('torch.', '')}: {reason}{hint}"
 
 
-def use_persistent(n_gates, H, K, P, dtype):
-    """The crossover rule of strategy="auto"."""
-    return persistent_weight_bytes(n_gates, H, K, P, dtype) <= PERSISTENT_MAX_WEIGHT_BYTES
+def use_persistent(n_gates, H, K, P, dtype, device=None, precision="ieee"):
+    """The crossover rule of strategy="auto": the kernels fit, without spill."""
+    return why_not_persistent(n_gates, H, K, P, dtype, device, precision) is None
 
 
-def resolve_strategy(strategy, n_gates, H, K, P, dtype):
+def resolve_strategy(strategy, n_gates, H, K, P, dtype, device=None, precision="ieee"):
+    """"auto" -> the strategy that runs; "persistent" asked for by name (or
+    by RNN_EXT_TRITON_STRATEGY) where its kernels cannot launch is an error,
+    raised before anything is compiled."""
     if strategy == "auto":
-        return "persistent" if use_persistent(n_gates, H, K, P, dtype) else "step"
+        return "persistent" if use_persistent(n_gates, H, K, P, dtype, device, precision) else "step"
+    if strategy == "persistent":
+        reason = why_not_persistent(n_gates, H, K, P, dtype, device, precision, allow_spill=True)
+        if reason is not None:
+            raise RuntimeError(f"rnn_ext: Triton strategy 'persistent' cannot run {reason}. "
+                               f"Use strategy 'step' or 'auto' (environment variable {STRATEGY_ENV}).")
     return strategy
 
 
@@ -138,7 +151,7 @@ def lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths, strategy):
     has_len = L is not None
     dummy = gx
     prec = _precision(dt)
-    strategy = resolve_strategy(strategy, 4, H, Kd, P, dt)
+    strategy = resolve_strategy(strategy, 4, H, Kd, P, dt, gx.device, prec)
     with _device_guard(gx):
         if strategy == "persistent":
             grid = (triton.cdiv(B, PERSISTENT_BLOCK_B),)
@@ -185,7 +198,7 @@ def lstm_backward(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, proj_in
     has_gws = grad_ws is not None
     dummy = y
     prec = _precision(dt)
-    strategy = resolve_strategy(strategy, 4, H, Kd, P, dt)
+    strategy = resolve_strategy(strategy, 4, H, Kd, P, dt, y.device, prec)
     with _device_guard(y):
         if strategy == "persistent":
             d_h0 = _buffer((B, Kd), y)
@@ -255,7 +268,7 @@ def gru_forward(gx, w_hh, b_hh, h0, lengths, strategy):
     has_len = L is not None
     dummy = gx
     prec = _precision(dt)
-    strategy = resolve_strategy(strategy, 3, H, H, 0, dt)
+    strategy = resolve_strategy(strategy, 3, H, H, 0, dt, gx.device, prec)
     with _device_guard(gx):
         if strategy == "persistent":
             grid = (triton.cdiv(B, PERSISTENT_BLOCK_B),)
@@ -287,7 +300,7 @@ def gru_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, strategy):
     has_gws = grad_ws is not None
     dummy = y
     prec = _precision(dt)
-    strategy = resolve_strategy(strategy, 3, H, H, 0, dt)
+    strategy = resolve_strategy(strategy, 3, H, H, 0, dt, y.device, prec)
     with _device_guard(y):
         if strategy == "persistent":
             d_h0 = _buffer((B, H), y)
