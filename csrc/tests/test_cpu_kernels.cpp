@@ -164,6 +164,18 @@ static void test_host_exp_and_activations() {
   expect_near(gates::tanh_(-50.0f), -1.0, 0.0, "tanh(-50)");
   for (float x = -9.0f; x <= 9.0f; x += 0.013f)
     expect_near(gates::tanh_(x), std::tanh(static_cast<double>(x)), 2e-7, "tanh");
+  // Relative error, down to tiny arguments: a tanh that cancels near 0
+  // (1 - 2 / (e^{2x} + 1)) is off by about 1e-7 absolute there, which is
+  // all of tanh(1e-7).  Within 3 fp32 ulps everywhere.
+  double worst_rel = 0;
+  for (float a = 1e-30f; a < 20.0f; a *= 1.0137f) {
+    for (float x : {a, -a}) {
+      const double want = std::tanh(static_cast<double>(x));
+      worst_rel = std::max(worst_rel, std::fabs(gates::tanh_(x) - want) / std::fabs(want));
+    }
+  }
+  expect_near(worst_rel, 0.0, 3 * 5.96e-8, "tanh relative error");
+  expect_near(gates::tanh_(0.0f), 0.0, 0.0, "tanh(0)");
 }
 
 int main() {
