@@ -71,3 +71,28 @@ def gru(input_gates, w_hh, b_hh=None, h0=None, lengths=None, backend="auto"):
 
         return rnn_triton.gru(input_gates, w_hh, b_hh, h0, lengths)
     return ops.gru_forward(input_gates, w_hh, b_hh, h0, lengths)
+
+
+def rnn(input_gates, w_hh, b_hh=None, h0=None, lengths=None, nonlinearity="tanh",
+        backend="auto"):
+    """One Elman RNN layer direction (nn.RNN's cell): h' = act(x W_ih^T +
+    b_ih + h W_hh^T + b_hh) with act "tanh" or "relu".
+
+    input_gates: [T, B, H] (x W_ih^T + b_ih); w_hh: [H, H]; h0: [B, H].
+    Returns (output [T, B, H], h_n, workspace [T, B, H]); the workspace holds
+    the activated output of every step in the accumulation type.
+    """
+    reference.check_nonlinearity(nonlinearity)
+    if input_gates.dim() != 3:
+        raise ValueError(f"rnn_ext.rnn: input_gates must be 3-D [T, B, H], got shape {tuple(input_gates.shape)}")
+    B, H = input_gates.shape[1], input_gates.shape[2]
+    h0 = _state(h0, B, H, input_gates)
+    lengths = _lengths_tensor(lengths)
+    chosen = backends.resolve(backend, input_gates.device, input_gates.dtype)
+    if chosen == "reference":
+        return reference.rnn_reference(input_gates, w_hh, b_hh, h0, lengths, nonlinearity)
+    if chosen == "triton":
+        from . import triton as rnn_triton
+
+        return rnn_triton.rnn(input_gates, w_hh, b_hh, h0, lengths, nonlinearity=nonlinearity)
+    return ops.rnn_forward(input_gates, w_hh, b_hh, h0, lengths, nonlinearity)

@@ -1,4 +1,5 @@
-"""Drop-in replacements for nn.LSTM, nn.GRU, nn.LSTMCell and nn.GRUCell: the
+"""Drop-in replacements for nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell
+and nn.RNNCell: the
 same constructor arguments, parameter names, shapes and initialisation, the
 same forward inputs and outputs, run by the fused sequence ops.
 
@@ -55,7 +56,8 @@ class Internals(NamedTuple):
     tensors in the input's batch order).  Steps past a sequence's end are 0.
 
     gates:       [layers*directions, T, B, G, H] activated gates:
-                 G = 4 (i, f, g, o) for LSTM, 3 (r, z, n) for GRU
+                 G = 4 (i, f, g, o) for LSTM, 3 (r, z, n) for GRU,
+                 1 (the activated output h) for RNN
     cell_states: [layers*directions, T, B, H] LSTM cell state c_t; None for GRU
 
     They are the values the fused kernels keep for backward (no second
@@ -66,8 +68,9 @@ class Internals(NamedTuple):
 
 
 class _RNNBase(nn.Module):
-    _gates = None  # gate blocks per hidden unit: 4 (LSTM) or 3 (GRU)
+    _gates = None  # gate blocks per hidden unit: 4 (LSTM), 3 (GRU) or 1 (RNN)
     mode = None
+    _name = None  # the name nn's messages use, when it is not `mode` (RNN)
     _cpu_autocast = False  # whether torch.nn runs this in bf16 under CPU autocast
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -225,6 +228,9 @@ class _RNNBase(nn.Module):
                     y, h, c, ws = functional.lstm(gx, w_hh, b_hh, w_hr, h0[k], c0[k],
                                                   lengths=lengths, backend=self.backend)
                     c_n.append(c)
+                elif self._gates == 1:
+                    y, h, ws = functional.rnn(gx, w_hh, b_hh, h0[k], lengths=lengths,
+                                              nonlinearity=self.nonlinearity, backend=self.backend)
                 else:
                     y, h, ws = functional.gru(gx, w_hh, b_hh, h0[k], lengths=lengths,
                                               backend=self.backend)
@@ -258,7 +264,7 @@ class _RNNBase(nn.Module):
         return self._forward(input, hx, True)
 
     def _forward(self, input, hx, want_internals):
-        name = self.mode
+        name = self._name or self.mode
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self._check_input(data)
@@ -334,6 +340,7 @@ class GRU(_RNNBase):
 class _CellBase(nn.Module):
     _gates = None
     mode = None
+    _cpu_autocast = False  # whether torch.nn runs this in bf16 under CPU autocast
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend="auto"):
@@ -387,7 +394,7 @@ class _CellBase(nn.Module):
 
     def _step(self, input, states):
         """One fused step: states are (h, c) for LSTMCell, (h,) for GRUCell."""
-        cast = _autocast_dtype(input.device.type, False)
+        cast = _autocast_dtype(input.device.type, self._cpu_autocast)
         dtype = cast if cast is not None else input.dtype
         to = (lambda t: None if t is None else t.to(dtype))  # noqa: E731
         with _no_autocast(input.device.type, cast):
@@ -397,6 +404,10 @@ class _CellBase(nn.Module):
                 _, h, c, _ = functional.lstm(gx, to(self.weight_hh), to(self.bias_hh), None,
                                              to(states[0]), to(states[1]), backend=self.backend)
                 return h, c
+            if self._gates == 1:
+                _, h, _ = functional.rnn(gx, to(self.weight_hh), to(self.bias_hh), to(states[0]),
+                                         nonlinearity=self.nonlinearity, backend=self.backend)
+                return (h,)
             _, h, _ = functional.gru(gx, to(self.weight_hh), to(self.bias_hh), to(states[0]),
                                      backend=self.backend)
             return (h,)
@@ -439,16 +450,62 @@ class GRUCell(_CellBase):
         return h if batched else h.squeeze(0)
 
 
+class RNN(_RNNBase):
+    """Drop-in for torch.nn.RNN (Elman RNN, nonlinearity "tanh" or "relu"),
+    run by rnn_ext's fused kernels.  Takes nn.RNN's arguments in nn.RNN's
+    order, plus `backend`."""
+    _gates = 1
+    _name = "RNN"
+    _cpu_autocast = True
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
+                 backend="auto"):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, backend=backend)
+        self.mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+
+
+class RNNCell(_CellBase):
+    """Drop-in for torch.nn.RNNCell: one Elman step ("tanh" or "relu"),
+    pointwise part fused."""
+    _gates = 1
+    mode = "RNNCell"
+    _cpu_autocast = True
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+                 dtype=None, *, backend="auto"):
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend)
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s + (f", nonlinearity={self.nonlinearity}" if self.nonlinearity != "tanh" else "")
+
+    def forward(self, input, hx=None):
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        # One state, as GRUCell: the same shape handling.
+        return GRUCell.forward(self, input, hx)
+
+
 # ---------------------------------------------------------------- convert --
-_TO_EXT = {nn.LSTM: LSTM, nn.GRU: GRU, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell}
+_TO_EXT = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell,
+           nn.RNNCell: RNNCell}
 _TO_TORCH = {v: k for k, v in _TO_EXT.items()}
 _CONFIG = {
     LSTM: ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
            "bidirectional", "proj_size"),
     GRU: ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
           "bidirectional"),
+    RNN: ("input_size", "hidden_size", "num_layers", "nonlinearity", "bias", "batch_first",
+          "dropout", "bidirectional"),
     LSTMCell: ("input_size", "hidden_size", "bias"),
     GRUCell: ("input_size", "hidden_size", "bias"),
+    RNNCell: ("input_size", "hidden_size", "bias", "nonlinearity"),
 }
 
 
@@ -477,9 +534,9 @@ def _replace(module, mapping, make):
 
 
 def convert(module, backend="auto"):
-    """Replace every nn.LSTM, nn.GRU, nn.LSTMCell and nn.GRUCell inside
-    `module` (or `module` itself) by its rnn_ext counterpart, sharing the
-    same parameters (so weights, device and dtype are kept).  Returns the
+    """Replace every nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell and
+    nn.RNNCell inside `module` (or `module` itself) by its rnn_ext
+    counterpart, sharing the same parameters (so weights, device and dtype are kept).  Returns the
     converted module; submodules are replaced in place."""
     if backend not in backends.BACKENDS:
         raise ValueError(f"rnn_ext: unknown backend {backend!r}; choose one of {backends.BACKENDS}")

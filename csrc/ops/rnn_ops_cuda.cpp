@@ -37,6 +37,10 @@ struct CudaSteps {
   static void gru_forward(const GRUForwardStep<T, A>& p) { check_launch(cuda::gru_forward_step(p, stream())); }
   template <class T, class A>
   static void gru_backward(const GRUBackwardStep<T, A>& p) { check_launch(cuda::gru_backward_step(p, stream())); }
+  template <class T, class A>
+  static void rnn_forward(const RNNForwardStep<T, A>& p) { check_launch(cuda::rnn_forward_step(p, stream())); }
+  template <class T, class A>
+  static void rnn_backward(const RNNBackwardStep<T, A>& p) { check_launch(cuda::rnn_backward_step(p, stream())); }
 };
 
 // The dispatcher does not set the device for custom ops: each entry point
@@ -77,6 +81,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_cuda(
                                  grad_ws);
 }
 
+std::tuple<Tensor, Tensor, Tensor> rnn_forward_cuda(
+    const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+    const Tensor& h0, const OptTensor& lengths, c10::string_view nonlinearity) {
+  c10::cuda::CUDAGuard guard(gx.device());
+  return rnn_forward<CudaSteps>(gx, w_hh, b_hh, h0, lengths, nonlinearity);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward_cuda(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
+    const Tensor& h0, const Tensor& y, const Tensor& ws,
+    const OptTensor& lengths, const OptTensor& grad_ws,
+    c10::string_view nonlinearity) {
+  c10::cuda::CUDAGuard guard(y.device());
+  return rnn_backward<CudaSteps>(grad_y, grad_h_n, w_hh, h0, y, ws, lengths,
+                                 grad_ws, nonlinearity);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnn_ext, CUDA, m) {
@@ -84,6 +105,8 @@ TORCH_LIBRARY_IMPL(rnn_ext, CUDA, m) {
   m.impl("lstm_backward", &lstm_backward_cuda);
   m.impl("gru_forward", &gru_forward_cuda);
   m.impl("gru_backward", &gru_backward_cuda);
+  m.impl("rnn_forward", &rnn_forward_cuda);
+  m.impl("rnn_backward", &rnn_backward_cuda);
 }
 
 }  // namespace rnn_ext

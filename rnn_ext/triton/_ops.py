@@ -1,5 +1,5 @@
 """The Triton sequence ops as torch.library custom ops
-(torch.ops.rnn_ext.triton_{lstm,gru}_{forward,backward}): input checks,
+(torch.ops.rnn_ext.triton_{lstm,gru,rnn}_{forward,backward}): input checks,
 fake (meta) implementations and autograd, so that torch.compile traces them
 without a graph break and torch.library.opcheck passes.
 
@@ -296,3 +296,102 @@ def _gru_backward(ctx, grad_y, grad_h_n, grad_ws):
 
 
 gru_forward.register_autograd(_gru_backward, setup_context=_gru_setup_context)
+
+
+# ----------------------------------------------------------------- RNN ----
+def _check_nonlinearity(op, nonlinearity):
+    _check(nonlinearity in reference.NONLINEARITIES, op,
+           f"unknown nonlinearity '{nonlinearity}'; choose 'tanh' or 'relu'")
+
+
+def check_rnn_forward(gx, w_hh, b_hh, h0, lengths, nonlinearity, strategy,
+                      op="rnn_ext::triton_rnn_forward"):
+    _check_nonlinearity(op, nonlinearity)
+    T, B, H = _check_input_gates(op, gx, 1, "H")
+    _check_same(op, "w_hh", w_hh, gx, (H, H))
+    if b_hh is not None:
+        _check_same(op, "b_hh", b_hh, gx, (H,))
+    _check_same(op, "h0", h0, gx, (B, H))
+    _check_lengths(op, lengths, B)
+    _check_strategy(op, strategy)
+    return T, B, H
+
+
+def check_rnn_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, nonlinearity, strategy,
+                       op="rnn_ext::triton_rnn_backward"):
+    _check_nonlinearity(op, nonlinearity)
+    _check(y.dim() == 3 and ws.dim() == 3, op, "output must be [T, B, H]")
+    T, B, H = y.shape
+    _check_same(op, "grad_output", grad_y, y, y.shape)
+    _check_same(op, "grad_h_n", grad_h_n, y, (B, H))
+    _check_same(op, "h0", h0, y, (B, H))
+    _check_same(op, "w_hh", w_hh, y, (H, H))
+    _check(tuple(ws.shape) == (T, B, H) and ws.dtype == acc_dtype(y.dtype) and ws.device == y.device,
+           op, "workspace does not match output")
+    _check_workspace_grad(op, grad_ws, ws)
+    _check_lengths(op, lengths, B)
+    _check_strategy(op, strategy)
+
+
+@torch.library.custom_op("rnn_ext::triton_rnn_forward", mutates_args=())
+def rnn_forward(input_gates: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], h0: Tensor,
+                lengths: Optional[Tensor], nonlinearity: str, strategy: str
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    op = "rnn_ext::triton_rnn_forward"
+    T = check_rnn_forward(input_gates, w_hh, b_hh, h0, lengths, nonlinearity, strategy)[0]
+    _check_length_values(lengths, T)
+    _usable(op, input_gates)
+    return _sequence.rnn_forward(input_gates.contiguous(), w_hh.contiguous(), _c(b_hh),
+                                 h0.contiguous(), _c(lengths), nonlinearity == "relu", strategy)
+
+
+@rnn_forward.register_fake
+def _(input_gates, w_hh, b_hh, h0, lengths, nonlinearity, strategy):
+    T, B, H = check_rnn_forward(input_gates, w_hh, b_hh, h0, lengths, nonlinearity, strategy)
+    new = input_gates.new_empty
+    return new((T, B, H)), new((B, H)), new((T, B, H), dtype=acc_dtype(input_gates.dtype))
+
+
+@torch.library.custom_op("rnn_ext::triton_rnn_backward", mutates_args=())
+def rnn_backward(grad_output: Tensor, grad_h_n: Tensor, w_hh: Tensor, h0: Tensor, output: Tensor,
+                 workspace: Tensor, lengths: Optional[Tensor], grad_workspace: Optional[Tensor],
+                 nonlinearity: str, strategy: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    op = "rnn_ext::triton_rnn_backward"
+    check_rnn_backward(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths, grad_workspace,
+                       nonlinearity, strategy)
+    _check_length_values(lengths, output.shape[0])
+    _usable(op, output)
+    return _sequence.rnn_backward(grad_output.contiguous(), grad_h_n.contiguous(), w_hh.contiguous(),
+                                  h0.contiguous(), output.contiguous(), workspace.contiguous(),
+                                  _c(lengths), _c(grad_workspace), nonlinearity == "relu", strategy)
+
+
+@rnn_backward.register_fake
+def _(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths, grad_workspace, nonlinearity,
+      strategy):
+    check_rnn_backward(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths, grad_workspace,
+                       nonlinearity, strategy)
+    T, B, H = output.shape
+    new = output.new_empty
+    return new((T, B, H)), new(w_hh.shape), new((H,)), new(h0.shape)
+
+
+def _rnn_setup_context(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
+    ctx.nonlinearity, ctx.strategy = inputs[5], inputs[6]
+    ctx.save_for_backward(*inputs[:5], *output)
+
+
+def _rnn_backward(ctx, grad_y, grad_h_n, grad_ws):
+    gx, w_hh, b_hh, h0, lengths, y, h_n, ws = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        return _higher_order(ctx, reference.rnn_reference,
+                             (gx, w_hh, b_hh, h0, lengths, ctx.nonlinearity),
+                             (y, h_n, ws), (grad_y, grad_h_n, grad_ws)) + (None,)
+    d_gx, d_w_hh, d_b_hh, d_h0 = rnn_backward(
+        _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n), w_hh, h0, y, ws, lengths,
+        grad_ws, ctx.nonlinearity, ctx.strategy)
+    return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None, None, None
+
+
+rnn_forward.register_autograd(_rnn_backward, setup_context=_rnn_setup_context)

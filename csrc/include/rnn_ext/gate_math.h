@@ -5,6 +5,7 @@
 // Formulas and gate order are exactly those of torch.nn:
 //   LSTM (i, f, g, o):  c' = f*c + i*g,  h' = o*tanh(c')
 //   GRU  (r, z, n):     n = tanh(x_n + r*(W_hn h + b_hn)),  h' = (1-z)*n + z*h
+//   RNN:                h' = tanh(pre) or relu(pre), pre = x W_ih^T + b_ih + h W_hh^T + b_hh
 // `Acc` is the accumulation type: float for fp16/bf16 storage, else the
 // storage type itself.
 #pragma once
@@ -184,6 +185,30 @@ RNN_HD GRUBackward<Acc> gru_backward(Acc r, Acc z, Acc n, Acc hn, Acc h_prev,
   out.pre_z = dz * z * (Acc(1) - z);
   out.h_prev = dh * z;
   return out;
+}
+
+// ----------------------------------------------------------------- RNN ----
+// The Elman cell of nn.RNN: one activation of the summed pre-activation.
+// kReLU picks relu over tanh at compile time, so a CPU loop over a row
+// keeps no branch on it.
+template <bool kReLU, typename Acc>
+RNN_HD Acc rnn_forward(Acc pre) {
+  if constexpr (kReLU)
+    return pre > Acc(0) ? pre : Acc(0);
+  else
+    return tanh_(pre);
+}
+
+// h: the activated output of the step (what the workspace keeps); dh: its
+// gradient (d_act, one a caller placed on the saved activation, included).
+// Returns the gradient of the pre-activation.  relu's gradient at 0 is 0,
+// as in torch (threshold_backward on the result).
+template <bool kReLU, typename Acc>
+RNN_HD Acc rnn_backward(Acc h, Acc dh) {
+  if constexpr (kReLU)
+    return h > Acc(0) ? dh : Acc(0);
+  else
+    return dh * (Acc(1) - h * h);
 }
 
 }  // namespace gates
