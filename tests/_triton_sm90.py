@@ -100,6 +100,18 @@ def jobs():
                 out.append(("row_product_kernel", dt, dict(tiles, ADD_GRAD=not first, WRITE_FINAL=first,
                                                            FIRST=first, HAS_LEN=True, ACC=acc), warps, "step"))
             out.append(("gru_bwd_step_kernel", dt, dict(tiles, HAS_LEN=True, HAS_GWS=True), warps, "step"))
+            # RNN (one W_hh tile): tanh for both strategies, relu for the step kernels too.
+            bh = _largest_persistent_h(1, dt, False)
+            common = dict(HAS_LEN=True, RELU=False, PRECISION=prec, BLOCK_B=S.PERSISTENT_BLOCK_B, BLOCK_H=bh)
+            out.append(("rnn_fwd_persistent_kernel", dt, dict(common, HAS_BIAS=True), S.PERSISTENT_NUM_WARPS,
+                        "persistent"))
+            out.append(("rnn_bwd_persistent_kernel", dt, dict(common, HAS_GWS=True), S.PERSISTENT_NUM_WARPS,
+                        "persistent"))
+            for relu in (False, True):
+                out.append(("rnn_fwd_step_kernel", dt, dict(tiles, HAS_BIAS=True, HAS_LEN=True, FIRST=relu,
+                                                            RELU=relu), warps, "step"))
+                out.append(("rnn_bwd_step_kernel", dt, dict(tiles, HAS_LEN=True, HAS_GWS=True, RELU=relu),
+                            warps, "step"))
     return out
 
 

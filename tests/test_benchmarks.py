@@ -200,7 +200,7 @@ def test_selection_flags_and_reference_backend(tmp_path):
 
 
 def test_bad_flags_are_refused(tmp_path):
-    for argv in (["--cases", "no-such-case"], ["--cells", "rnn"], ["--backends", "mkl"],
+    for argv in (["--cases", "no-such-case"], ["--cells", "transformer"], ["--backends", "mkl"],
                  ["--dtypes", "fp8"], ["--results"]):
         with pytest.raises(SystemExit) as e:
             run_main(QUICK + ["--out", str(tmp_path)] + argv)
