@@ -16,7 +16,8 @@ FP32_BACKENDS = [b for b in cpu_backends() if b != "reference"]
 
 
 def _modules(kind, backend, input_size=I, hidden_size=H, **kw):
-    nn_cls, ext_cls = {"lstm": (nn.LSTM, rnn_ext.LSTM), "gru": (nn.GRU, rnn_ext.GRU)}[kind]
+    nn_cls, ext_cls = {"lstm": (nn.LSTM, rnn_ext.LSTM), "gru": (nn.GRU, rnn_ext.GRU),
+                       "rnn": (nn.RNN, rnn_ext.RNN)}[kind]
     truth = nn_cls(input_size, hidden_size, **kw).double()
     ref32 = nn_cls(input_size, hidden_size, **kw)
     ext32 = ext_cls(input_size, hidden_size, **kw, backend=backend)
@@ -55,7 +56,7 @@ def _errors(kind, backend, scale, input_size=I, **kw):
 
 @pytest.mark.parametrize("backend", FP32_BACKENDS)
 @pytest.mark.parametrize("scale", list(SCALES))
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_fp32_error_within_twice_nn(kind, scale, backend):
     for k, ours, theirs, floor in _errors(kind, backend, SCALES[scale], bias=False):
         assert ours <= 2 * theirs + floor, (k, ours, theirs)

@@ -23,14 +23,17 @@ class Model(nn.Module):
         self.lstm = rnn_ext.LSTM(I, H, num_layers=2, bidirectional=True, dropout=dropout,
                                  backend=backend)
         self.gru = rnn_ext.GRU(2 * H, H, batch_first=False, backend=backend)
+        self.rnn = rnn_ext.RNN(H, H, nonlinearity="relu", backend=backend)
         self.cell = rnn_ext.LSTMCell(H, H, backend=backend)
+        self.rnn_cell = rnn_ext.RNNCell(H, H, backend=backend)
         self.head = nn.Linear(H, 1)
 
     def forward(self, x):
         y, _ = self.lstm(x)
         y, h = self.gru(y)
+        y, _ = self.rnn(y)
         h2, _ = self.cell(h[0])
-        return self.head(y).mean() + h2.sum()
+        return self.head(y).mean() + self.rnn_cell(h2).sum()
 
 
 @pytest.mark.parametrize("backend", COMPILE_BACKENDS)

@@ -490,6 +490,8 @@ CUDA_CASES = [
     ("gru", 20, 70, 32, 0, "random"),
     ("gru", 12, 37, 64, 0, None),
     ("gru", 10, 24, 130, 0, "random"),
+    ("rnn_tanh", 20, 70, 64, 0, "random"),
+    ("rnn_relu", 10, 24, 130, 0, None),
 ]
 
 
@@ -519,7 +521,8 @@ def test_cuda_matches_reference(case, strategy, dtype):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("case", [("lstm", 16, 40, 11, 32, 0), ("lstm", 12, 33, 17, 96, 0),
                                   ("lstm", 12, 33, 17, 64, 24), ("gru", 16, 40, 11, 32, 0),
-                                  ("gru", 12, 33, 17, 96, 0)],
+                                  ("gru", 12, 33, 17, 96, 0), ("rnn_tanh", 16, 40, 11, 32, 0),
+                                  ("rnn_tanh", 12, 33, 17, 160, 0)],
                          ids=lambda c: f"{c[0]}-H{c[4]}-P{c[5]}")
 def test_cuda_low_precision(case, strategy, dtype, monkeypatch):
     """Error against an fp64 reference (torch.nn in fp64) at most twice

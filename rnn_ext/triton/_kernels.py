@@ -859,10 +859,12 @@ def rnn_bwd_persistent_kernel(
         gws_ptr,  # [T, B, H] (if HAS_GWS)
         len_ptr,
         dg_ptr,   # out [T, B, H]
-        dh0_ptr,  # out [B, H]
         T, B, H,
         HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, RELU: tl.constexpr,
         PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The gradient of h0 is left to the host (d_pre_0 @ W_hh, one GEMM):
+    a second product site after the loop would hold W_hh in a second layout
+    and spill in fp32 at the crossover."""
     ACC = ws_ptr.dtype.element_ty
     DT = dg_ptr.dtype.element_ty
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -874,7 +876,6 @@ def rnn_bwd_persistent_kernel(
                 mask=(offs_h[:, None] < H) & (offs_h[None, :] < H), other=0.0)
     idx = offs_b[:, None] * H + offs_h[None, :]
     ghn = tl.load(ghn_ptr + idx, mask=mask, other=0.0).to(ACC)
-    zero = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
     # Gradient of the pre-activation of step t+1, in the storage type (as
     # the step strategy reads it back from memory).
     d_pre = tl.zeros([BLOCK_B, BLOCK_H], dtype=DT)
@@ -883,17 +884,16 @@ def rnn_bwd_persistent_kernel(
         active = (t < L)[:, None]
         last = (t == L - 1)[:, None]
         step = tl.cast(t, tl.int64) * B * H
-        dh = tl.dot(d_pre, w, zero, input_precision=PRECISION, out_dtype=ACC)
-        dh += tl.load(gy_ptr + step + idx, mask=mask, other=0.0).to(ACC)
+        # The loaded gradients are the product's accumulator: fewer live
+        # tiles than adding them after it (no spill in fp32 at the crossover).
+        dh = tl.load(gy_ptr + step + idx, mask=mask, other=0.0).to(ACC)
         dh += tl.where(last, ghn, 0.0)
         if HAS_GWS:
             dh += tl.load(gws_ptr + step + idx, mask=mask, other=0.0)
+        dh = tl.dot(d_pre, w, dh, input_precision=PRECISION, out_dtype=ACC)
         h = tl.load(ws_ptr + step + idx, mask=mask, other=0.0)
         d_pre = tl.where(active, _rnn_act_grad(h, dh, RELU), 0.0).to(DT)
         tl.store(dg_ptr + step + idx, d_pre, mask=mask)
-    dh0 = tl.dot(d_pre, w, zero, input_precision=PRECISION, out_dtype=ACC)
-    dh0 += tl.where((L == 0)[:, None], ghn, 0.0)
-    tl.store(dh0_ptr + idx, dh0.to(DT), mask=mask)
 
 
 def _is_interpreted(fn):

@@ -365,11 +365,10 @@ def rnn_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, relu, stra
     strategy = resolve_strategy(strategy, 1, H, H, 0, dt)
     with _device_guard(y):
         if strategy == "persistent":
-            d_h0 = _buffer((B, H), y)
             grid = (triton.cdiv(B, PERSISTENT_BLOCK_B),)
             K.rnn_bwd_persistent_kernel[grid](
                 grad_y, grad_h_n, w_hh, ws, grad_ws if has_gws else dummy,
-                L if has_len else dummy, d_gates, d_h0, T, B, H,
+                L if has_len else dummy, d_gates, T, B, H,
                 HAS_LEN=has_len, HAS_GWS=has_gws, RELU=relu, PRECISION=prec,
                 BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H), num_warps=PERSISTENT_NUM_WARPS)
         else:
@@ -383,11 +382,11 @@ def rnn_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, relu, stra
                     L if has_len else dummy, t, T, B, H,
                     HAS_LEN=has_len, HAS_GWS=has_gws, RELU=relu, PRECISION=prec,
                     BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
-            # The gradient reaching h0: through step 0's product, or grad_h_n
-            # itself for rows of length 0 (whose gradients are all zero).
-            d_h0 = torch.mm(d_gates[0], w_hh)
-            if has_len:
-                d_h0 = torch.where((L == 0).view(B, 1), grad_h_n, d_h0)
+    # The gradient reaching h0 (both strategies): through step 0's product,
+    # or grad_h_n itself for rows of length 0 (whose gradients are all zero).
+    d_h0 = torch.mm(d_gates[0], w_hh)
+    if has_len:
+        d_h0 = torch.where((L == 0).view(B, 1), grad_h_n, d_h0)
     # One gradient serves the input gates and the recurrent product.
     d_w_hh = torch.mm(d_gates[0].t(), h0)
     if T > 1:
