@@ -58,7 +58,7 @@ class Internals(NamedTuple):
     gates:       [layers*directions, T, B, G, H] activated gates:
                  G = 4 (i, f, g, o) for LSTM, 3 (r, z, n) for GRU,
                  1 (the activated output h) for RNN
-    cell_states: [layers*directions, T, B, H] LSTM cell state c_t; None for GRU
+    cell_states: [layers*directions, T, B, H] LSTM cell state c_t; None for GRU and RNN
 
     They are the values the fused kernels keep for backward (no second
     computation), differentiable, in fp32 for fp16/bf16 models.
