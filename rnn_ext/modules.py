@@ -1,7 +1,7 @@
 """Drop-in replacements for nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell
-and nn.RNNCell: the
-same constructor arguments, parameter names, shapes and initialisation, the
-same forward inputs and outputs, run by the fused sequence ops.
+and nn.RNNCell: the same constructor arguments, parameter names, shapes and
+initialisation, the same forward inputs and outputs, run by the fused
+sequence ops.
 
 They are plain nn.Modules rather than subclasses of nn.LSTM / nn.GRU on
 purpose: Dynamo graph-breaks on every instance of those classes, and these
@@ -393,7 +393,8 @@ class _CellBase(nn.Module):
                 raise RuntimeError(f"{name}: input is {input.dim()}-D but hidden state {k} is {s.dim()}-D")
 
     def _step(self, input, states):
-        """One fused step: states are (h, c) for LSTMCell, (h,) for GRUCell."""
+        """One fused step: states are (h, c) for LSTMCell, (h,) for GRUCell
+        and RNNCell."""
         cast = _autocast_dtype(input.device.type, self._cpu_autocast)
         dtype = cast if cast is not None else input.dtype
         to = (lambda t: None if t is None else t.to(dtype))  # noqa: E731
@@ -536,8 +537,9 @@ def _replace(module, mapping, make):
 def convert(module, backend="auto"):
     """Replace every nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell and
     nn.RNNCell inside `module` (or `module` itself) by its rnn_ext
-    counterpart, sharing the same parameters (so weights, device and dtype are kept).  Returns the
-    converted module; submodules are replaced in place."""
+    counterpart, sharing the same parameters (so weights, device and dtype
+    are kept).  Returns the converted module; submodules are replaced in
+    place."""
     if backend not in backends.BACKENDS:
         raise ValueError(f"rnn_ext: unknown backend {backend!r}; choose one of {backends.BACKENDS}")
     return _replace(module, _TO_EXT,
