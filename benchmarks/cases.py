@@ -1,7 +1,7 @@
 """The benchmark grid: shapes, the cases built from them, and their FLOPs.
 
 A *shape* is one named problem size (e.g. "fastrnns", "latency-b4-h512").
-A *case* is a shape run for one cell (lstm, gru), one mode (infer: forward
+A *case* is a shape run for one cell (lstm, gru, rnn: nn.RNN with tanh), one mode (infer: forward
 under torch.no_grad; train: forward plus backward) and one dtype.  Every case
 runs on torch.nn and on each selected rnn_ext backend.
 
@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-CELLS = ("lstm", "gru")
+CELLS = ("lstm", "gru", "rnn")
 MODES = ("infer", "train")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
-GATES = {"lstm": 4, "gru": 3}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 For each (cell, B, H) it times, per time step, in microseconds:
   gemm        the recurrent product alone, torch.mm(h [B,H], W_hh^T) into a
               preallocated output: what rnn_ext's time loop calls each step;
-  ext         rnn_ext's recurrent op (rnn_ext.functional.lstm/gru, backend
+  ext         rnn_ext's recurrent op (rnn_ext.functional.lstm/gru/rnn, backend
               "cpu", no_grad): GEMM + fused pointwise pass + per-step overhead;
   ext-gemm    hence the pointwise pass and the loop's per-step overhead;
   act         torch.sigmoid/torch.tanh over the same number of gate elements
@@ -41,9 +41,9 @@ def probe(cell, B, H, T, reps):
     import rnn_ext
     from rnn_ext import functional
 
-    G = 4 if cell == "lstm" else 3
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
     torch.manual_seed(0)
-    module = (nn.LSTM if cell == "lstm" else nn.GRU)(H, H).eval()
+    module = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell](H, H).eval()
     ext_module = rnn_ext.convert(copy.deepcopy(module), backend="cpu").eval()
     w_hh, b_hh = module.weight_hh_l0.detach(), module.bias_hh_l0.detach()
     w_ih, b_ih = module.weight_ih_l0.detach(), module.bias_ih_l0.detach()
@@ -54,7 +54,8 @@ def probe(cell, B, H, T, reps):
     w_t = w_hh.t()
     acts = torch.randn(B, G * H)
     act_out = torch.empty(B, G * H)
-    n_sig = 3 if cell == "lstm" else 2  # LSTM: i, f, o (+ tanh of g and c); GRU: r, z (+ tanh of n)
+    # LSTM: i, f, o (+ tanh of g and c); GRU: r, z (+ tanh of n); RNN: (tanh of h)
+    n_sig = {"lstm": 3, "gru": 2, "rnn": 0}[cell]
 
     def gemm():
         for _ in range(T):
@@ -63,6 +64,8 @@ def probe(cell, B, H, T, reps):
     def ext():
         if cell == "lstm":
             functional.lstm(gx, w_hh, b_hh, None, h, h, backend="cpu")
+        elif cell == "rnn":
+            functional.rnn(gx, w_hh, b_hh, h, backend="cpu")
         else:
             functional.gru(gx, w_hh, b_hh, h, backend="cpu")
 
@@ -84,7 +87,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--T", type=int, default=16)
     p.add_argument("--reps", type=int, default=7)
-    p.add_argument("--cells", default="lstm,gru")
+    p.add_argument("--cells", default="lstm,gru", help="lstm, gru, rnn")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -55,7 +55,7 @@ def parse_args(argv=None):
                         "auto: gpu on a GPU, cpu on a CPU")
     p.add_argument("--quick", action="store_true", help="same as --grid quick (under a minute on a CPU)")
     p.add_argument("--cases", default="", help="case (shape) names or patterns; default all")
-    p.add_argument("--cells", default="lstm,gru", help="lstm, gru")
+    p.add_argument("--cells", default=",".join(C.CELLS), help="lstm, gru, rnn (nn.RNN, tanh)")
     p.add_argument("--modes", default="infer,train", help="infer (forward, no_grad), train (forward+backward)")
     p.add_argument("--dtypes", default=None,
                    help="fp32, fp16, bf16 (fp64 too); default fp32,fp16,bf16 on a GPU, fp32 on a CPU")
@@ -202,11 +202,11 @@ def make_module(shape, cell, backend, device, dtype, ref=None):
     if cell == "lstm" and shape.proj:
         kw["proj_size"] = shape.proj
     if backend is None:
-        cls = nn.LSTM if cell == "lstm" else nn.GRU
+        cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]
         return cls(shape.I, shape.H, **kw).to(device=device, dtype=dtype)
     import rnn_ext
 
-    cls = rnn_ext.LSTM if cell == "lstm" else rnn_ext.GRU
+    cls = {"lstm": rnn_ext.LSTM, "gru": rnn_ext.GRU, "rnn": rnn_ext.RNN}[cell]
     module = cls(shape.I, shape.H, backend=backend, device=device, dtype=dtype, **kw)
     module.load_state_dict(ref.state_dict())
     return module

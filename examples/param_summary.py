@@ -35,6 +35,7 @@ class Tagger(nn.Module):
         self.embedding = nn.Embedding(vocab, embed)
         self.lstm = rnn_ext.LSTM(embed, hidden, num_layers=2, bidirectional=True)
         self.gru = rnn_ext.GRU(2 * hidden, hidden)
+        self.rnn = rnn_ext.RNN(hidden, hidden, nonlinearity="relu")
         self.head = nn.Linear(hidden, classes)
 
 

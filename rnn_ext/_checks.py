@@ -138,20 +138,31 @@ def check_lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths, op="rnn_ext.lstm")
 
 def check_gru_forward(gx, w_hh, b_hh, h0, lengths, op="rnn_ext.gru"):
     """Returns (T, B, H).  h0 may be None (zeros)."""
-    dims = _sequence_gates(gx, 3)
+    return _check_one_state(gx, w_hh, b_hh, h0, lengths, op, 3, "3H")
+
+
+def check_rnn_forward(gx, w_hh, b_hh, h0, lengths, op="rnn_ext.rnn"):
+    """Returns (T, B, H) of an Elman RNN layer (one gate).  h0 may be None."""
+    return _check_one_state(gx, w_hh, b_hh, h0, lengths, op, 1, "H")
+
+
+def _check_one_state(gx, w_hh, b_hh, h0, lengths, op, n_gates, gate_str):
+    """GRU and RNN: a hidden state only, W_hh of [G*H, H]."""
+    G = n_gates
+    dims = _sequence_gates(gx, G)
     if dims is not None and lengths is None:
         T, B, H = dims
         dt, dev = gx.dtype, gx.device
         try:
-            if (_fits(w_hh, dt, dev, (3 * H, H)) and (b_hh is None or _fits(b_hh, dt, dev, (3 * H,)))
+            if (_fits(w_hh, dt, dev, (G * H, H)) and (b_hh is None or _fits(b_hh, dt, dev, (G * H,)))
                     and (h0 is None or _fits(h0, dt, dev, (B, H)))):
                 return dims
         except AttributeError:
             pass
-    T, B, H = check_input_gates(op, gx, 3, "3H")
-    check_same(op, "w_hh", w_hh, gx, (3 * H, H))
+    T, B, H = check_input_gates(op, gx, G, gate_str)
+    check_same(op, "w_hh", w_hh, gx, (G * H, H))
     if b_hh is not None:
-        check_same(op, "b_hh", b_hh, gx, (3 * H,))
+        check_same(op, "b_hh", b_hh, gx, (G * H,))
     if h0 is not None:
         check_same(op, "h0", h0, gx, (B, H))
     check_lengths(op, lengths, B)
@@ -188,14 +199,23 @@ def check_lstm_backward(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, p
 
 
 def check_gru_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, op):
+    _check_one_state_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, op, 3, 4)
+
+
+def check_rnn_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, op):
+    _check_one_state_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, op, 1, 1)
+
+
+def _check_one_state_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, op, n_gates,
+                              ws_blocks):
     if not (y.dim() == 3 and ws.dim() == 3):
         _fail(op, "output must be [T, B, H]")
     T, B, H = y.shape
     check_same(op, "grad_output", grad_y, y, y.shape)
     check_same(op, "grad_h_n", grad_h_n, y, (B, H))
     check_same(op, "h0", h0, y, (B, H))
-    check_same(op, "w_hh", w_hh, y, (3 * H, H))
-    if not (tuple(ws.shape) == (T, B, 4 * H) and ws.dtype == acc_dtype(y.dtype)
+    check_same(op, "w_hh", w_hh, y, (n_gates * H, H))
+    if not (tuple(ws.shape) == (T, B, ws_blocks * H) and ws.dtype == acc_dtype(y.dtype)
             and ws.device == y.device):
         _fail(op, "workspace does not match output")
     _check_workspace_grad(op, grad_ws, ws)

@@ -53,6 +53,11 @@ def _gru_infer_fake(input_gates, w_hh, b_hh, h0, lengths):
     return _gru_forward_fake(input_gates, w_hh, b_hh, h0, lengths)[:2]
 
 
+@torch.library.register_fake("rnn_ext::rnn_infer")
+def _rnn_infer_fake(input_gates, w_hh, b_hh, h0, lengths, nonlinearity):
+    return _rnn_forward_fake(input_gates, w_hh, b_hh, h0, lengths, nonlinearity)[:2]
+
+
 @torch.library.register_fake("rnn_ext::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0,
                         output, workspace, proj_input, lengths, grad_workspace):
@@ -84,6 +89,22 @@ def _gru_backward_fake(grad_output, grad_h_n, w_hh, h0, output, workspace,
     T, B, H = output.shape
     new = output.new_empty
     return new((T, B, 3 * H)), new(w_hh.shape), new((3 * H,)), new(h0.shape)
+
+
+@torch.library.register_fake("rnn_ext::rnn_forward")
+def _rnn_forward_fake(input_gates, w_hh, b_hh, h0, lengths, nonlinearity):
+    _check_devices("rnn_forward", lengths, input_gates=input_gates, w_hh=w_hh, b_hh=b_hh, h0=h0)
+    T, B, H = input_gates.shape
+    new = input_gates.new_empty
+    return new((T, B, H)), new((B, H)), new((T, B, H), dtype=acc_dtype(input_gates.dtype))
+
+
+@torch.library.register_fake("rnn_ext::rnn_backward")
+def _rnn_backward_fake(grad_output, grad_h_n, w_hh, h0, output, workspace,
+                       lengths, grad_workspace, nonlinearity):
+    T, B, H = output.shape
+    new = output.new_empty
+    return new((T, B, H)), new(w_hh.shape), new((H,)), new(h0.shape)
 
 
 # -------------------------------------------------------------- autograd ----
@@ -171,7 +192,28 @@ def _gru_backward(ctx, grad_y, grad_h_n, grad_ws):
     return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None
 
 
+def _rnn_setup_context(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
+    ctx.nonlinearity = inputs[5]
+    ctx.save_for_backward(*inputs[:5], *output)
+
+
+def _rnn_backward(ctx, grad_y, grad_h_n, grad_ws):
+    saved = ctx.saved_tensors
+    gx, w_hh, b_hh, h0, lengths, y, h_n, ws = saved
+    if _create_graph(saved):
+        return _higher_order(ctx, reference.rnn_reference,
+                             (gx, w_hh, b_hh, h0, lengths, ctx.nonlinearity),
+                             (y, h_n, ws), (grad_y, grad_h_n, grad_ws))
+    d_gx, d_w_hh, d_b_hh, d_h0 = ops.rnn_backward(
+        _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n), w_hh, h0, y,
+        ws, lengths, grad_ws, ctx.nonlinearity)
+    return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None, None
+
+
 torch.library.register_autograd("rnn_ext::lstm_forward", _lstm_backward,
                                 setup_context=_lstm_setup_context)
 torch.library.register_autograd("rnn_ext::gru_forward", _gru_backward,
                                 setup_context=_gru_setup_context)
+torch.library.register_autograd("rnn_ext::rnn_forward", _rnn_backward,
+                                setup_context=_rnn_setup_context)

@@ -37,6 +37,8 @@ _LSTM_FUNCTION = _function.autograd_function("LSTMForward", ops.lstm_forward.def
                                              _ops._lstm_setup_context, _ops._lstm_backward)
 _GRU_FUNCTION = _function.autograd_function("GRUForward", ops.gru_forward.default,
                                             _ops._gru_setup_context, _ops._gru_backward)
+_RNN_FUNCTION = _function.autograd_function("RNNForward", ops.rnn_forward.default,
+                                            _ops._rnn_setup_context, _ops._rnn_backward)
 
 
 def _resolve(backend, input_gates, cell, hidden_size, batch):
@@ -117,6 +119,37 @@ def gru(input_gates, w_hh, b_hh=None, h0=None, lengths=None, backend="auto",
                                              (input_gates, w_hh, b_hh, h0, lengths)), None)
     return _function.call(ops.gru_forward.default, _GRU_FUNCTION,
                           (input_gates, w_hh, b_hh, h0, lengths))
+
+
+def rnn(input_gates, w_hh, b_hh=None, h0=None, lengths=None, nonlinearity="tanh",
+        backend="auto", need_workspace=True):
+    """One Elman RNN layer direction (nn.RNN's cell): h' = act(x W_ih^T +
+    b_ih + h W_hh^T + b_hh) with act "tanh" or "relu".
+
+    input_gates: [T, B, H] (x W_ih^T + b_ih); w_hh: [H, H]; h0: [B, H].
+    Returns (output [T, B, H], h_n, workspace [T, B, H]); the workspace holds
+    the activated output of every step in the accumulation type (None with
+    need_workspace=False where no gradient is needed, as for lstm).
+    """
+    reference.check_nonlinearity(nonlinearity)
+    lengths = _lengths_tensor(lengths)
+    T, B, H = _checks.check_rnn_forward(input_gates, w_hh, b_hh, h0, lengths)
+    _checks.check_length_values(lengths, T)
+    h0 = _state(h0, B, H, input_gates)
+    if B == 0 or H == 0:
+        return _empty(input_gates, (h0,), H, H)
+    chosen, _ = _resolve(backend, input_gates, "rnn", H, B)
+    if chosen == "reference":
+        return reference.rnn_reference(input_gates, w_hh, b_hh, h0, lengths, nonlinearity)
+    if chosen == "triton":
+        from . import triton as rnn_triton
+
+        return rnn_triton.rnn(input_gates, w_hh, b_hh, h0, lengths, nonlinearity=nonlinearity)
+    if _inference(need_workspace, input_gates, w_hh, b_hh, h0):
+        return (*_function.call_without_grad(ops.rnn_infer.default,
+                                             (input_gates, w_hh, b_hh, h0, lengths, nonlinearity)), None)
+    return _function.call(ops.rnn_forward.default, _RNN_FUNCTION,
+                          (input_gates, w_hh, b_hh, h0, lengths, nonlinearity))
 
 
 def _empty(input_gates, states, hout, ws_width):

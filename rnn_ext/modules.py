@@ -1,6 +1,7 @@
-"""Drop-in replacements for nn.LSTM, nn.GRU, nn.LSTMCell and nn.GRUCell: the
-same constructor arguments, parameter names, shapes and initialisation, the
-same forward inputs and outputs, run by the fused sequence ops.
+"""Drop-in replacements for nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell
+and nn.RNNCell: the same constructor arguments, parameter names, shapes and
+initialisation, the same forward inputs and outputs, run by the fused
+sequence ops.
 
 They are plain nn.Modules rather than subclasses of nn.LSTM / nn.GRU on
 purpose: Dynamo graph-breaks on every instance of those classes, and these
@@ -96,8 +97,9 @@ class Internals(NamedTuple):
     tensors in the input's batch order).  Steps past a sequence's end are 0.
 
     gates:       [layers*directions, T, B, G, H] activated gates:
-                 G = 4 (i, f, g, o) for LSTM, 3 (r, z, n) for GRU
-    cell_states: [layers*directions, T, B, H] LSTM cell state c_t; None for GRU
+                 G = 4 (i, f, g, o) for LSTM, 3 (r, z, n) for GRU,
+                 1 (the activated output h) for RNN
+    cell_states: [layers*directions, T, B, H] LSTM cell state c_t; None for GRU and RNN
 
     They are the values the fused kernels keep for backward (no second
     computation), differentiable, in fp32 for fp16/bf16 models.
@@ -132,11 +134,11 @@ def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropou
 
 
 class _RNNBase(nn.Module):
-    """What LSTM and GRU share.  A subclass sets the class attributes below
+    """What LSTM, GRU and RNN share.  A subclass sets the class attributes below
     and, where its recurrence differs, overrides _recurrence; everything else
     (arguments, parameters, checks, layers, directions, packing, dropout)
     is common."""
-    _gates = None          # gate blocks per hidden unit: 4 (LSTM), 3 (GRU)
+    _gates = None          # gate blocks per hidden unit: 4 (LSTM), 3 (GRU), 1 (RNN)
     _has_cell_state = False  # whether the state is (h, c), as for LSTM
     mode = None            # nn's name for the module, used in messages
     _cpu_autocast = False  # whether torch.nn runs this in bf16 under CPU autocast
@@ -348,7 +350,7 @@ class _RNNBase(nn.Module):
     def _internals(self, workspaces):
         """Internals [LD, T, B, ...] from the kernels' workspaces [T, B, k*H]."""
         H = self.hidden_size
-        ws = torch.stack(workspaces)  # [LD, T, B, 5H (LSTM) or 4H (GRU)]
+        ws = torch.stack(workspaces)  # [LD, T, B, 5H (LSTM), 4H (GRU) or H (RNN)]
         gates = ws[..., :self._gates * H].unflatten(-1, (self._gates, H))
         cells = ws[..., self._gates * H:(self._gates + 1) * H] if self._has_cell_state else None
         return Internals(gates, cells)
@@ -463,12 +465,13 @@ class GRU(_RNNBase):
 
 # ------------------------------------------------------------------ cells --
 class _CellBase(nn.Module):
-    """What LSTMCell and GRUCell share; a subclass sets the class attributes
-    and, where its step differs, overrides _recurrence."""
+    """What LSTMCell, GRUCell and RNNCell share; a subclass sets the class
+    attributes and, where its step differs, overrides _recurrence."""
     _gates = None
     _has_cell_state = False
     _state_names = ("hidden",)  # how nn's messages name the states
     mode = None
+    _cpu_autocast = False  # whether torch.nn runs this in bf16 under CPU autocast
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend="auto"):
@@ -548,7 +551,7 @@ class _CellBase(nn.Module):
         elif not batched:
             hx = tuple(s.unsqueeze(0) for s in hx)
         self._check(input, hx)
-        cast = _autocast_dtype(input.device, False)
+        cast = _autocast_dtype(input.device, self._cpu_autocast)
         if cast is None:
             out = self._step(input, hx, None)
         else:
@@ -606,12 +609,74 @@ def _check_backend(backend):
         raise ValueError(f"rnn_ext: unknown backend {backend!r}; choose one of {backends.BACKENDS}")
 
 
+class RNN(_RNNBase):
+    """Drop-in for torch.nn.RNN (Elman RNN, nonlinearity "tanh" or "relu"),
+    run by rnn_ext's fused kernels.  Takes nn.RNN's arguments in nn.RNN's
+    order, plus `backend`."""
+    _gates = 1
+    mode = "RNN"  # nn's messages say RNN; nn's own mode (RNN_TANH, RNN_RELU) is _nn_attributes'
+    _cpu_autocast = True
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
+                 backend="auto", proj_size=0):
+        if proj_size != 0:  # nn.RNN takes proj_size only to refuse it
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, backend=backend)
+
+    def _nn_attributes(self):
+        return {"mode": "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"}
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s + (f", nonlinearity={self.nonlinearity}" if self.nonlinearity != "tanh" else "")
+
+    def _recurrence(self, gx, w_hh, b_hh, w_hr, h, c, lengths, need_workspace):
+        y, h_n, ws = functional.rnn(gx, w_hh, b_hh, h, lengths=lengths,
+                                    nonlinearity=self.nonlinearity, backend=self.backend,
+                                    need_workspace=need_workspace)
+        return y, h_n, None, ws
+
+
+class RNNCell(_CellBase):
+    """Drop-in for torch.nn.RNNCell: one Elman step ("tanh" or "relu"),
+    pointwise part fused."""
+    _gates = 1
+    mode = "RNNCell"
+    _cpu_autocast = True  # nn runs RNNCell in bf16 under CPU autocast
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+                 dtype=None, *, backend="auto"):
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend)
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s + (f", nonlinearity={self.nonlinearity}" if self.nonlinearity != "tanh" else "")
+
+    def forward(self, input, hx=None):
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        (h,) = self._cell_forward(input, None if hx is None else (hx,))
+        return h
+
+    def _recurrence(self, gx, w_hh, b_hh, states):
+        _, h, _ = functional.rnn(gx, w_hh, b_hh, states[0], nonlinearity=self.nonlinearity,
+                                 backend=self.backend, need_workspace=False)
+        return (h,)
+
+
 # ---------------------------------------------------------------- convert --
 # The torch.nn class each rnn_ext module replaces.  convert() and to_torch()
 # read only this table (and each class's _nn_attributes()); the tests of
 # nn's ModuleInfo inputs and the random configurations are parametrised
 # over it: a new module is one more pair.
-PAIRS = [(nn.LSTM, LSTM), (nn.GRU, GRU), (nn.LSTMCell, LSTMCell), (nn.GRUCell, GRUCell)]
+PAIRS = [(nn.LSTM, LSTM), (nn.GRU, GRU), (nn.RNN, RNN), (nn.LSTMCell, LSTMCell),
+         (nn.GRUCell, GRUCell), (nn.RNNCell, RNNCell)]
 
 
 def _plain_class(module):
@@ -649,7 +714,7 @@ def _replace(module, mapping, retype, seen):
 
 
 def convert(module, backend="auto"):
-    """Turn every nn.LSTM, nn.GRU, nn.LSTMCell and nn.GRUCell inside
+    """Turn every nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell and nn.RNNCell inside
     `module` (or `module` itself) into its rnn_ext counterpart, in place:
     each stays the same object with the same Parameters, hooks, buffers,
     attributes, training flag and parametrizations (weight_norm included),

@@ -6,6 +6,7 @@ Each function computes exactly what the fused ops compute, including the
 workspace the fused kernels keep for backward:
   LSTM workspace [T, B, 5H] = i, f, g, o (activated gates), c (cell state)
   GRU  workspace [T, B, 4H] = r, z, n (activated gates), hn = W_hn h + b_hn
+  RNN  workspace [T, B, H]  = h (the activated output, in the accumulation type)
 Rows past their length keep their state and give zeros (output and
 workspace), as pad_packed_sequence does.  fp16/bf16 inputs keep the cell
 state and the gate math in fp32, like the kernels.
@@ -75,5 +76,35 @@ def gru_reference(input_gates, w_hh, b_hh, h0, lengths=None):
         h_new = ((1 - z) * n + z * h.to(acc)).to(dtype)
         outputs.append(_zero_past_end(active, h_new))
         workspace.append(_zero_past_end(active, torch.cat([r, z, n, h_n], dim=1)))
+        h = _keep(active, h_new, h)
+    return torch.stack(outputs), h, torch.stack(workspace)
+
+
+NONLINEARITIES = ("tanh", "relu")
+
+
+def check_nonlinearity(nonlinearity):
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+
+
+def rnn_reference(input_gates, w_hh, b_hh, h0, lengths=None, nonlinearity="tanh"):
+    """The Elman cell of nn.RNN.  input_gates [T, B, H] = x W_ih^T + b_ih;
+    returns (output [T, B, H], h_n [B, H], workspace [T, B, H])."""
+    check_nonlinearity(nonlinearity)
+    act = torch.tanh if nonlinearity == "tanh" else torch.relu
+    T, B, _ = input_gates.shape
+    dtype, acc = input_gates.dtype, acc_dtype(input_gates.dtype)
+    h = h0
+    outputs, workspace = [], []
+    for t in range(T):
+        active = _active(lengths, t, B, input_gates.device)
+        pre = input_gates[t].to(acc) + (h @ w_hh.t()).to(acc)
+        if b_hh is not None:
+            pre = pre + b_hh.to(acc)
+        h_acc = act(pre)
+        h_new = h_acc.to(dtype)
+        outputs.append(_zero_past_end(active, h_new))
+        workspace.append(_zero_past_end(active, h_acc))
         h = _keep(active, h_new, h)
     return torch.stack(outputs), h, torch.stack(workspace)

@@ -1,6 +1,9 @@
-"""Shared test helpers: running one nn.LSTM / nn.GRU layer through torch.nn
-and through the rnn_ext sequence ops with the same weights, and comparing
-outputs and gradients."""
+"""Shared test helpers: running one nn.LSTM / nn.GRU / nn.RNN layer through
+torch.nn and through the rnn_ext sequence ops with the same weights, and
+comparing outputs and gradients.
+
+A `kind` is "lstm", "gru", or "rnn_tanh" / "rnn_relu" (nn.RNN with that
+nonlinearity)."""
 import contextlib
 
 import torch
@@ -36,10 +39,21 @@ def cpu_backends():
     return names
 
 
+RNN_KINDS = ("rnn_tanh", "rnn_relu")
+KINDS = ("lstm", "gru") + RNN_KINDS
+
+
+def nonlinearity(kind):
+    """"tanh" or "relu" for an RNN kind, else None."""
+    return kind[len("rnn_"):] if kind in RNN_KINDS else None
+
+
 def make_module(kind, input_size, hidden_size, proj_size=0, bias=True,
                 dtype=torch.float64, device="cpu"):
     if kind == "lstm":
         m = torch.nn.LSTM(input_size, hidden_size, bias=bias, proj_size=proj_size)
+    elif kind in RNN_KINDS:
+        m = torch.nn.RNN(input_size, hidden_size, bias=bias, nonlinearity=nonlinearity(kind))
     else:
         m = torch.nn.GRU(input_size, hidden_size, bias=bias)
     return m.to(device=device, dtype=dtype)
@@ -77,6 +91,10 @@ def run_ops(kind, module, x, h0, c0, lengths=None, backend="auto"):
         y, hn, cn, _ = functional.lstm(gx, module.weight_hh_l0, b_hh, w_hr, h0, c0,
                                        lengths=lengths, backend=backend)
         return y, hn, cn
+    if kind in RNN_KINDS:
+        y, hn, _ = functional.rnn(gx, module.weight_hh_l0, b_hh, h0, lengths=lengths,
+                                  nonlinearity=nonlinearity(kind), backend=backend)
+        return y, hn, None
     y, hn, _ = functional.gru(gx, module.weight_hh_l0, b_hh, h0, lengths=lengths,
                               backend=backend)
     return y, hn, None

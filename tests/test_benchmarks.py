@@ -200,7 +200,7 @@ def test_selection_flags_and_reference_backend(tmp_path):
 
 
 def test_bad_flags_are_refused(tmp_path):
-    for argv in (["--cases", "no-such-case"], ["--cells", "rnn"], ["--backends", "mkl"],
+    for argv in (["--cases", "no-such-case"], ["--cells", "transformer"], ["--backends", "mkl"],
                  ["--dtypes", "fp8"], ["--results"]):
         with pytest.raises(SystemExit) as e:
             run_main(QUICK + ["--out", str(tmp_path)] + argv)
@@ -322,7 +322,7 @@ def test_a_failing_case_does_not_end_the_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.nn.GRU, "forward", broken)
     paths, _, _ = run_main(QUICK + ["--out", str(tmp_path), "--cases", "fastrnns", "--modes", "train",
-                                    "--no-progress"])
+                                    "--cells", "lstm,gru", "--no-progress"])
     with open(paths["json"]) as f:
         result = json.load(f)
     lstm, gru = result["cases"]

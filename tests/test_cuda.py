@@ -1,5 +1,5 @@
 """CUDA backend (marked `cuda`: skipped without a GPU).  Parity with
-nn.LSTM / nn.GRU on cuDNN and with the reference in all four dtypes,
+nn.LSTM / nn.GRU / nn.RNN on cuDNN and with the reference in all four dtypes,
 gradcheck and opcheck on CUDA, a sweep of random shapes, and CUDA graph
 capture of forward and backward.  Poisoned outputs: tests/test_poison.py."""
 import pytest
@@ -44,7 +44,7 @@ CASES = [  # T, B, I, H, P, bias, lengths
 
 
 def _kind_cases():
-    return [(k, c) for k in ("lstm", "gru") for c in CASES if k == "lstm" or not c[4]]
+    return [(k, c) for k in ("lstm", "gru", "rnn_tanh", "rnn_relu") for c in CASES if k == "lstm" or not c[4]]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
@@ -98,13 +98,18 @@ def test_gradcheck_and_opcheck_on_cuda(proj):
     g_args = (r(T, B, 3 * H), r(3 * H, H), r(3 * H), r(B, H))
     assert torch.autograd.gradcheck(lambda *a: functional.gru(*a, lengths=L, backend="cuda"), g_args)
     torch.library.opcheck(torch.ops.rnn_ext.gru_forward, g_args + (L,))
+    r_args = (r(T, B, H), r(H, H), r(H), r(B, H))
+    for nl in ("tanh", "relu"):
+        assert torch.autograd.gradcheck(
+            lambda *a: functional.rnn(*a, lengths=L, nonlinearity=nl, backend="cuda"), r_args)
+        torch.library.opcheck(torch.ops.rnn_ext.rnn_forward, r_args + (L, nl))
 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_random_shapes(seed):
     g = torch.Generator().manual_seed(seed)
     pick = lambda *c: c[torch.randint(len(c), (1,), generator=g).item()]  # noqa: E731
-    kind = pick("lstm", "gru")
+    kind = pick("lstm", "gru", "rnn_tanh", "rnn_relu")
     T, B, I = pick(1, 2, 17, 64), pick(1, 3, 33, 128), pick(1, 7, 64)
     H = pick(1, 13, 256, 1024, 1031)
     P = pick(0, 0, max(1, H // 3)) if kind == "lstm" and H > 1 else 0
@@ -118,10 +123,10 @@ def test_random_shapes(seed):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_cuda_graph_capture_of_forward_and_backward(kind):
     T, B, H = 8, 4, 32
-    G = 4 if kind == "lstm" else 3
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
     r = lambda *s: torch.randn(*s, device="cuda", requires_grad=True)  # noqa: E731
     gx, w, b, h0 = r(T, B, G * H), r(G * H, H), r(G * H), r(B, H)
     c0 = r(B, H)
@@ -130,6 +135,9 @@ def test_cuda_graph_capture_of_forward_and_backward(kind):
         if kind == "lstm":
             y, hn, cn, _ = functional.lstm(gx, w, b, None, h0, c0, backend="cuda")
             loss = y.square().sum() + hn.sum() + cn.sum()
+        elif kind == "rnn":
+            y, hn, _ = functional.rnn(gx, w, b, h0, nonlinearity="tanh", backend="cuda")
+            loss = y.square().sum() + hn.sum()
         else:
             y, hn, _ = functional.gru(gx, w, b, h0, backend="cuda")
             loss = y.square().sum() + hn.sum()

@@ -52,3 +52,5 @@ def test_param_summary():
     # 2 layers x 2 directions; layer 2 input is 2H: 4H*(I+H+2) + 3 * 4H*(...)
     H, I = 8, 100
     assert lstm[2] == 2 * 4 * H * (I + H + 2) + 2 * 4 * H * (2 * H + H + 2)
+    rnn = next(r for r in rows if r[0] == "rnn")
+    assert rnn[1] == "RNN" and rnn[2] == H * (H + H + 2)  # W_ih, W_hh, b_ih, b_hh

@@ -23,14 +23,17 @@ class Model(nn.Module):
         self.lstm = rnn_ext.LSTM(I, H, num_layers=2, bidirectional=True, dropout=dropout,
                                  backend=backend)
         self.gru = rnn_ext.GRU(2 * H, H, batch_first=False, backend=backend)
+        self.rnn = rnn_ext.RNN(H, H, nonlinearity="relu", backend=backend)
         self.cell = rnn_ext.LSTMCell(H, H, backend=backend)
+        self.rnn_cell = rnn_ext.RNNCell(H, H, backend=backend)
         self.head = nn.Linear(H, 1)
 
     def forward(self, x):
         y, _ = self.lstm(x)
         y, h = self.gru(y)
+        y, _ = self.rnn(y)
         h2, _ = self.cell(h[0])
-        return self.head(y).mean() + h2.sum()
+        return self.head(y).mean() + self.rnn_cell(h2).sum()
 
 
 @pytest.mark.parametrize("backend", COMPILE_BACKENDS)
@@ -61,7 +64,9 @@ def test_torch_compile_inductor_forward():
 
 AUTOCAST_MODULES = {"lstm": (nn.LSTM, rnn_ext.LSTM, (6, 3, I)), "gru": (nn.GRU, rnn_ext.GRU, (6, 3, I)),
                     "lstmcell": (nn.LSTMCell, rnn_ext.LSTMCell, (3, I)),
-                    "grucell": (nn.GRUCell, rnn_ext.GRUCell, (3, I))}
+                    "grucell": (nn.GRUCell, rnn_ext.GRUCell, (3, I)),
+                    "rnn": (nn.RNN, rnn_ext.RNN, (6, 3, I)),
+                    "rnncell": (nn.RNNCell, rnn_ext.RNNCell, (3, I))}
 
 
 def _flat(out):
@@ -72,8 +77,9 @@ def _flat(out):
 
 @pytest.mark.parametrize("kind", list(AUTOCAST_MODULES))
 def test_cpu_autocast_bf16_like_nn(kind):
-    """Under CPU autocast nn.LSTM runs in bf16 while nn.GRU and the cells
-    stay in fp32: each rnn_ext module does as its nn counterpart."""
+    """Under CPU autocast nn.LSTM, nn.RNN and nn.RNNCell run in bf16 while
+    nn.GRU and the LSTM and GRU cells stay in fp32: each rnn_ext module does
+    as its nn counterpart."""
     nn_cls, ext_cls, shape = AUTOCAST_MODULES[kind]
     ref, ext = nn_cls(I, H), ext_cls(I, H)
     ext.load_state_dict(ref.state_dict())
@@ -85,7 +91,7 @@ def test_cpu_autocast_bf16_like_nn(kind):
         assert g.dtype == w.dtype
         # No worse than twice nn's own error at that dtype, plus a small floor.
         assert (g.double() - t).abs().max() <= 2 * (w.double() - t).abs().max() + 1e-2
-    if kind == "lstm":
+    if kind in ("lstm", "rnn", "rnncell"):
         assert got[0].dtype == torch.bfloat16
 
 
@@ -103,9 +109,9 @@ def test_double_backward_through_modules():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_backward_in_eval_mode(kind):
-    m = (rnn_ext.LSTM if kind == "lstm" else rnn_ext.GRU)(I, H, num_layers=2).double()
+    m = {"lstm": rnn_ext.LSTM, "gru": rnn_ext.GRU, "rnn": rnn_ext.RNN}[kind](I, H, num_layers=2).double()
     x = torch.randn(5, 2, I, dtype=torch.float64, requires_grad=True)
     (g_train,) = torch.autograd.grad(m(x)[0].sum(), x)
     m.eval()

@@ -61,16 +61,35 @@ def test_gru_gates_match_a_hand_written_loop(backend):
     torch.testing.assert_close(inside.gates[0], by_hand_gru(m, x))
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_activations_match_a_hand_written_loop(nonlinearity, backend):
+    m = rnn_ext.RNN(I, H, nonlinearity=nonlinearity, backend=backend).double()
+    x = torch.randn(T, B, I, dtype=DT)
+    y, h_n, inside = m.forward_with_internals(x)
+    act = torch.tanh if nonlinearity == "tanh" else torch.relu
+    h, want = x.new_zeros(B, H), []
+    for t in range(T):
+        h = act(x[t] @ m.weight_ih_l0.t() + m.bias_ih_l0 + h @ m.weight_hh_l0.t() + m.bias_hh_l0)
+        want.append(h)
+    assert inside.cell_states is None and inside.gates.shape == (1, T, B, 1, H)
+    torch.testing.assert_close(inside.gates[0, :, :, 0], torch.stack(want))
+    torch.testing.assert_close(inside.gates[0, :, :, 0], y)
+
+
+CLASSES = {"lstm": rnn_ext.LSTM, "gru": rnn_ext.GRU, "rnn": rnn_ext.RNN}
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_layers_directions_and_layouts(kind):
-    cls = rnn_ext.LSTM if kind == "lstm" else rnn_ext.GRU
+    cls = CLASSES[kind]
     m = cls(I, H, num_layers=2, bidirectional=True, batch_first=True).double()
     ref = cls(I, H, num_layers=2, bidirectional=True, batch_first=True, backend="reference").double()
     ref.load_state_dict(m.state_dict())
     x = torch.randn(B, T, I, dtype=DT)
     _, state, inside = m.forward_with_internals(x)
     _, _, want = ref.forward_with_internals(x)
-    G = 4 if kind == "lstm" else 3
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
     assert inside.gates.shape == (4, B, T, G, H)
     torch.testing.assert_close(inside.gates, want.gates)
     if kind == "lstm":
@@ -82,9 +101,9 @@ def test_layers_directions_and_layouts(kind):
     torch.testing.assert_close(one.gates, inside.gates[:, 0])
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_packed_internals_are_padded_in_input_order(kind):
-    cls = rnn_ext.LSTM if kind == "lstm" else rnn_ext.GRU
+    cls = CLASSES[kind]
     m = cls(I, H, bidirectional=True).double()
     x = torch.randn(T, B, I, dtype=DT)
     lengths = [3, T, 2]
@@ -107,12 +126,14 @@ def test_internals_are_differentiable(backend):
     assert torch.autograd.gradcheck(f, (x,))
     g = rnn_ext.GRU(2, 3, backend=backend).double()
     assert torch.autograd.gradcheck(lambda x: g.forward_with_internals(x)[2].gates, (x,))
+    r = rnn_ext.RNN(2, 3, backend=backend).double()
+    assert torch.autograd.gradcheck(lambda x: r.forward_with_internals(x)[2].gates, (x,))
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_chunked_state_passing_equals_one_call(kind, backend):
-    cls = rnn_ext.LSTM if kind == "lstm" else rnn_ext.GRU
+    cls = CLASSES[kind]
     m = cls(I, H, num_layers=2, backend=backend).double()
     x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
     y_whole, s_whole = m(x)

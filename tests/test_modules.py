@@ -1,7 +1,10 @@
-"""rnn_ext.LSTM / GRU / LSTMCell / GRUCell against torch.nn: constructor,
-parameters, state_dict, forward inputs and outputs, numbers and gradients."""
+"""rnn_ext.LSTM / GRU / RNN / LSTMCell / GRUCell / RNNCell against torch.nn:
+constructor, parameters, state_dict, forward inputs and outputs, numbers
+and gradients.  A kind is "lstm", "gru", "rnn_tanh" or "rnn_relu"."""
 import copy
+import inspect
 import itertools
+import typing
 
 import pytest
 import torch
@@ -16,12 +19,30 @@ LENGTHS = {"packed_sorted": [5, 3, 2], "packed_unsorted": [2, 5, 4]}
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=2e-5)}
 
 
+KINDS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+
+
+def classes(kind):
+    """(nn class, rnn_ext class, extra constructor arguments) of a kind."""
+    if kind.startswith("rnn_"):
+        return nn.RNN, rnn_ext.RNN, {"nonlinearity": kind[len("rnn_"):]}
+    return {"lstm": (nn.LSTM, rnn_ext.LSTM, {}), "gru": (nn.GRU, rnn_ext.GRU, {})}[kind]
+
+
+def cell_classes(kind):
+    if kind.startswith("rnn_"):
+        return nn.RNNCell, rnn_ext.RNNCell, {"nonlinearity": kind[len("rnn_"):]}
+    return {"lstm": (nn.LSTMCell, rnn_ext.LSTMCell, {}), "gru": (nn.GRUCell, rnn_ext.GRUCell, {})}[kind]
+
+
 def grid():
     for kind, layers, bidir, batch_first, proj, bias, inp, h0 in itertools.product(
-            ["lstm", "gru"], [1, 2, 3], [False, True], [False, True], [0, P], [True, False],
+            KINDS, [1, 2, 3], [False, True], [False, True], [0, P], [True, False],
             INPUTS, [False, True]):
-        if kind == "gru" and proj:
+        if kind != "lstm" and proj:
             continue
+        if kind.startswith("rnn_") and layers == 3:
+            continue  # two layers already pass state and gradients between layers
         yield pytest.param(kind, layers, bidir, batch_first, proj, bias, inp, h0,
                            id=f"{kind}-L{layers}-{'bi' if bidir else 'uni'}-{'bf' if batch_first else 'tf'}"
                               f"-P{proj}-{'bias' if bias else 'nobias'}-{inp}-{'h0' if h0 else 'noh0'}")
@@ -29,8 +50,9 @@ def grid():
 
 def pair(kind, dtype=torch.float64, **kw):
     """An nn module and an rnn_ext module holding the same weights."""
-    ref = (nn.LSTM if kind == "lstm" else nn.GRU)(I, H, **kw).to(dtype)
-    ext = (rnn_ext.LSTM if kind == "lstm" else rnn_ext.GRU)(I, H, **kw).to(dtype)
+    nn_cls, ext_cls, extra = classes(kind)
+    ref = nn_cls(I, H, **extra, **kw).to(dtype)
+    ext = ext_cls(I, H, **extra, **kw).to(dtype)
     ext.load_state_dict(ref.state_dict())
     return ref, ext
 
@@ -82,7 +104,7 @@ def make_hx(kind, layers, bidir, proj, inp, dtype):
     LD = layers * (2 if bidir else 1)
     batch = () if inp == "unbatched" else (B,)
     h = torch.randn(LD, *batch, proj or H, dtype=dtype, requires_grad=True)
-    if kind == "gru":
+    if kind != "lstm":
         return h
     return h, torch.randn(LD, *batch, H, dtype=dtype, requires_grad=True)
 
@@ -100,38 +122,44 @@ def test_parity_grid_fp64(kind, layers, bidir, batch_first, proj, bias, inp, h0)
 
 @pytest.mark.parametrize("backend", ["auto", "cpu", "reference"])
 @pytest.mark.parametrize("inp", INPUTS)
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_parity_fp32(kind, inp, backend):
-    kw = dict(num_layers=2, bidirectional=True)
+    nn_cls, ext_cls, kw = classes(kind)
+    kw = dict(kw, num_layers=2, bidirectional=True)
     if kind == "lstm":
         kw["proj_size"] = P
-    ref = (nn.LSTM if kind == "lstm" else nn.GRU)(I, H, **kw)
-    ext = (rnn_ext.LSTM if kind == "lstm" else rnn_ext.GRU)(I, H, **kw, backend=backend)
+    ref = nn_cls(I, H, **kw)
+    ext = ext_cls(I, H, **kw, backend=backend)
     ext.load_state_dict(ref.state_dict())
     x = make_input(inp, False, torch.float32)
     hx = make_hx(kind, 2, True, P if kind == "lstm" else 0, inp, torch.float32)
     check_pair(ref, ext, x, inp, False, hx, torch.float32)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_same_parameters_names_shapes_and_init(kind):
-    kw = dict(num_layers=2, bidirectional=True, **({"proj_size": 2} if kind == "lstm" else {}))
+    nn_cls, ext_cls, extra = classes(kind)
+    kw = dict(extra, num_layers=2, bidirectional=True, **({"proj_size": 2} if kind == "lstm" else {}))
     torch.manual_seed(3)
-    ref = (nn.LSTM if kind == "lstm" else nn.GRU)(I, H, **kw)
+    ref = nn_cls(I, H, **kw)
     torch.manual_seed(3)
-    ext = (rnn_ext.LSTM if kind == "lstm" else rnn_ext.GRU)(I, H, **kw)
+    ext = ext_cls(I, H, **kw)
     assert list(ref.state_dict()) == list(ext.state_dict())
     for (n1, p1), (n2, p2) in zip(ref.named_parameters(), ext.named_parameters()):
         assert n1 == n2 and p1.shape == p2.shape
         assert torch.equal(p1, p2), n1
     assert [[p.shape for p in ws] for ws in ref.all_weights] == [[p.shape for p in ws] for ws in ext.all_weights]
     assert repr(ref) == repr(ext)
+    assert getattr(ref, "mode") == getattr(ext, "mode")
+    if kind.startswith("rnn_"):
+        assert ref.nonlinearity == ext.nonlinearity
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_state_dict_both_ways(kind):
     ref, ext = pair(kind, torch.float32, num_layers=2)
-    back = (nn.LSTM if kind == "lstm" else nn.GRU)(I, H, num_layers=2)
+    nn_cls, _, extra = classes(kind)
+    back = nn_cls(I, H, num_layers=2, **extra)
     back.load_state_dict(ext.state_dict())
     for a, b in zip(ref.state_dict().values(), back.state_dict().values()):
         assert torch.equal(a, b)
@@ -151,7 +179,31 @@ def test_default_constructor_arguments_match_nn():
         assert getattr(lstm, attr) == value == getattr(nn.LSTM(3, 4), attr)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def _nn_signature(cls):
+    """nn.RNN's own signature is (*args, **kwargs); its typed overload
+    gives the real one."""
+    overloads = typing.get_overloads(cls.__init__)
+    if overloads:
+        return inspect.signature(overloads[0])
+    return inspect.signature(cls.__init__)
+
+
+@pytest.mark.parametrize("ours,theirs", [(rnn_ext.RNN, nn.RNN), (rnn_ext.RNNCell, nn.RNNCell)],
+                         ids=["RNN", "RNNCell"])
+def test_rnn_signatures_match_nn_positionally_and_by_keyword(ours, theirs):
+    want = [(p.name, p.default, p.kind) for p in _nn_signature(theirs).parameters.values()
+            if p.name != "self"]
+    got = [(p.name, p.default, p.kind) for p in inspect.signature(ours).parameters.values()]
+    assert got[:len(want)] == want
+    assert [(p[0], p[2]) for p in got[len(want):]] == [("backend", inspect.Parameter.KEYWORD_ONLY)]
+    # The same positional call builds the same module.
+    args = (3, 4, 2, "relu", False, True, 0.0, True) if theirs is nn.RNN else (3, 4, False, "relu")
+    a, b = theirs(*args), ours(*args)
+    assert repr(a) == repr(b) and a.nonlinearity == b.nonlinearity == "relu"
+    assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_dropout_only_in_training_and_deterministic(kind):
     ref, ext = pair(kind, torch.float64, num_layers=3, dropout=0.5)
     x = torch.randn(T, B, I, dtype=torch.float64)
@@ -172,10 +224,12 @@ def test_dropout_only_in_training_and_deterministic(kind):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("with_hx", [True, False])
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_cells(kind, with_hx, batched, bias):
-    ref = (nn.LSTMCell if kind == "lstm" else nn.GRUCell)(I, H, bias=bias).double()
-    ext = (rnn_ext.LSTMCell if kind == "lstm" else rnn_ext.GRUCell)(I, H, bias=bias).double()
+    nn_cls, ext_cls, extra = cell_classes(kind)
+    ref = nn_cls(I, H, bias=bias, **extra).double()
+    ext = ext_cls(I, H, bias=bias, **extra).double()
+    assert repr(ref) == repr(ext)
     ext.load_state_dict(ref.state_dict())
     batch = (B,) if batched else ()
     x = torch.randn(*batch, I, dtype=torch.float64, requires_grad=True)
@@ -196,17 +250,20 @@ def test_cells(kind, with_hx, batched, bias):
         torch.testing.assert_close(a, b, **TOL[torch.float64])
 
 
-def test_cells_over_a_sequence_match_the_layer():
+@pytest.mark.parametrize("kind", ["lstm", "rnn_relu"])
+def test_cells_over_a_sequence_match_the_layer(kind):
     torch.manual_seed(0)
-    layer = rnn_ext.LSTM(I, H).double()
-    cell = rnn_ext.LSTMCell(I, H).double()
+    _, layer_cls, extra = classes(kind)
+    _, cell_cls, _ = cell_classes(kind)
+    layer = layer_cls(I, H, **extra).double()
+    cell = cell_cls(I, H, **extra).double()
     cell.load_state_dict({k.replace("_l0", ""): v for k, v in layer.state_dict().items()})
     x = torch.randn(T, B, I, dtype=torch.float64)
     y, _ = layer(x)
     hx = None
     for t in range(T):
         hx = cell(x[t], hx)
-        torch.testing.assert_close(hx[0], y[t])
+        torch.testing.assert_close(hx[0] if kind == "lstm" else hx, y[t])
 
 
 class Tagger(nn.Module):
@@ -259,6 +316,41 @@ def test_convert_keeps_parameters_device_dtype_and_mode():
     assert rnn_ext.convert(nn.GRU(2, 3)).__class__ is rnn_ext.GRU
 
 
+class Elman(nn.Module):
+    """The tutorials' character-level classifier: nn.RNN (relu, two layers,
+    batch-first) and an nn.RNNCell decoder step."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(4, 6, num_layers=2, nonlinearity="relu", batch_first=True)
+        self.cell = nn.RNNCell(6, 5, nonlinearity="tanh")
+
+    def forward(self, x):
+        y, h = self.rnn(x)
+        return self.cell(y[:, -1], None).sum() + h.sum()
+
+
+def test_convert_and_to_torch_rnn_round_trip():
+    torch.manual_seed(0)
+    model = Elman().double()
+    params = list(model.parameters())
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    want = model(x)
+    want_g = torch.autograd.grad(want, params)
+    rnn_ext.convert(model)
+    assert type(model.rnn) is rnn_ext.RNN and type(model.cell) is rnn_ext.RNNCell
+    assert model.rnn.nonlinearity == "relu" and model.rnn.num_layers == 2 and model.rnn.batch_first
+    assert all(a is b for a, b in zip(params, model.parameters()))
+    got = model(x)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got, params), want_g):
+        torch.testing.assert_close(a, b)
+    rnn_ext.to_torch(model)
+    assert type(model.rnn) is nn.RNN and type(model.cell) is nn.RNNCell
+    assert model.rnn.nonlinearity == "relu" and model.cell.nonlinearity == "tanh"
+    torch.testing.assert_close(model(x), want)
+
+
 def test_to_torch_reverses_convert():
     model = nn.Sequential(nn.GRU(3, 4, bidirectional=True), nn.Linear(8, 2))
     x = torch.randn(5, 2, 3)
@@ -296,6 +388,14 @@ BAD_CALLS = {
     "cell 3-D hidden": lambda lib: lib.GRUCell(I, H)(torch.randn(B, I), torch.randn(1, B, H)),
     "cell wrong input size": lambda lib: lib.GRUCell(I, H)(torch.randn(B, I + 2)),
     "cell wrong hidden size": lambda lib: lib.LSTMCell(I, H)(torch.randn(B, I), (torch.randn(B, H + 1), torch.randn(B, H))),
+    "rnn unknown nonlinearity": lambda lib: lib.RNN(I, H, nonlinearity="sigmoid"),
+    "rnn h0 wrong shape": lambda lib: lib.RNN(I, H)(torch.randn(T, B, I), torch.randn(1, B + 1, H)),
+    "rnn wrong input size": lambda lib: lib.RNN(I, H, nonlinearity="relu")(torch.randn(T, B, I + 1)),
+    "rnn 4-D input": lambda lib: lib.RNN(I, H)(torch.randn(T, B, I, 1)),
+    "rnn dtype mismatch": lambda lib: lib.RNN(I, H)(torch.randn(T, B, I, dtype=torch.float64)),
+    "rnncell unknown nonlinearity": lambda lib: lib.RNNCell(I, H, nonlinearity="sigmoid")(torch.randn(B, I)),
+    "rnncell 3-D input": lambda lib: lib.RNNCell(I, H)(torch.randn(1, B, I)),
+    "rnncell wrong input size": lambda lib: lib.RNNCell(I, H)(torch.randn(B, I + 2)),
 }
 
 

@@ -75,6 +75,50 @@ def test_gru_bad_input(over, match, backend):
         functional.gru(**gru_args(**over), backend=backend)
 
 
+def rnn_args(**over):
+    args = dict(input_gates=torch.randn(T, B, H), w_hh=torch.randn(H, H), b_hh=torch.randn(H),
+                h0=torch.randn(B, H), lengths=None)
+    args.update(over)
+    return args
+
+
+RNN_BAD = [
+    (dict(input_gates=torch.randn(T, B)), "3-D"),
+    (dict(input_gates=torch.randn(T, 0, H)), "non-empty"),
+    (dict(w_hh=torch.randn(H, H + 2)), "w_hh"),
+    (dict(b_hh=torch.randn(H + 1)), "b_hh"),
+    (dict(h0=torch.randn(B, H + 1)), "h0"),
+    (dict(h0=torch.randn(B, H, dtype=torch.float64)), "dtype"),
+    (dict(lengths=[T + 1, 1]), "out of range"),
+    (dict(nonlinearity="sigmoid"), "nonlinearity"),
+]
+
+
+@pytest.mark.parametrize("over,match", RNN_BAD, ids=[m + str(i) for i, (_, m) in enumerate(RNN_BAD)])
+def test_rnn_bad_input(over, match):
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
+        functional.rnn(**rnn_args(**over), backend="cpu")
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_rnn_unknown_nonlinearity_on_every_backend(backend):
+    with pytest.raises(ValueError, match="Unknown nonlinearity 'sigmoid'"):
+        functional.rnn(**rnn_args(), nonlinearity="sigmoid", backend=backend)
+
+
+def test_rnn_op_rejects_unknown_nonlinearity():
+    import rnn_ext._ops as o
+
+    a = rnn_args()
+    with pytest.raises(RuntimeError, match="unknown nonlinearity 'gelu'"):
+        o.ops.rnn_forward(a["input_gates"], a["w_hh"], a["b_hh"], a["h0"], None, "gelu")
+    y, hn, ws = o.ops.rnn_forward(a["input_gates"], a["w_hh"], a["b_hh"], a["h0"], None, "relu")
+    with pytest.raises(RuntimeError, match="unknown nonlinearity"):
+        o.ops.rnn_backward(y, hn, a["w_hh"], a["h0"], y, ws, None, None, "gelu")
+    with pytest.raises(RuntimeError, match="expected w_hh of shape"):
+        o.ops.rnn_backward(y, hn, a["w_hh"][:, :-1], a["h0"], y, ws, None, None, "relu")
+
+
 def test_device_mismatch_is_named():
     args = lstm_args(h0=torch.randn(B, H, device="meta"))
     with pytest.raises(RuntimeError, match="meta"):

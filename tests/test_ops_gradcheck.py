@@ -55,6 +55,17 @@ def test_gru_gradcheck(lengths, backend):
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_gradcheck(nonlinearity, lengths, backend):
+    args = (_rand(T, B, H), _rand(H, H), _rand(H), _rand(B, H))
+    L = LENGTHS[lengths]
+    assert torch.autograd.gradcheck(
+        lambda *a: functional.rnn(*a, lengths=L, nonlinearity=nonlinearity, backend=backend), args,
+        fast_mode=_fast(backend))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
 def test_no_bias_gradcheck(backend):
     gx, w_hh, _, _, h0, c0 = lstm_inputs(False)
     assert torch.autograd.gradcheck(
@@ -63,6 +74,9 @@ def test_no_bias_gradcheck(backend):
     args = (_rand(T, B, 3 * H), _rand(3 * H, H), _rand(B, H))
     assert torch.autograd.gradcheck(
         lambda g, w, h: functional.gru(g, w, None, h, backend=backend), args, fast_mode=_fast(backend))
+    args = (_rand(T, B, H), _rand(H, H), _rand(B, H))
+    assert torch.autograd.gradcheck(
+        lambda g, w, h: functional.rnn(g, w, None, h, backend=backend), args, fast_mode=_fast(backend))
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
@@ -75,3 +89,15 @@ def test_double_backward(backend):
     args = (_rand(T, B, 3 * H), _rand(3 * H, H), _rand(3 * H), _rand(B, H))
     assert torch.autograd.gradgradcheck(
         lambda *a: functional.gru(*a, lengths=L, backend=backend)[:2], args, fast_mode=_fast(backend))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_double_backward(nonlinearity, backend):
+    """Smaller than the LSTM/GRU case and with random projections
+    (fast_mode): the full second-order Jacobian is slow and adds nothing."""
+    L = [3, 0]
+    args = (_rand(3, 2, 3), _rand(3, 3), _rand(3), _rand(2, 3))
+    assert torch.autograd.gradgradcheck(
+        lambda *a: functional.rnn(*a, lengths=L, nonlinearity=nonlinearity, backend=backend),
+        args, fast_mode=True)

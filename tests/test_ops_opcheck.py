@@ -46,3 +46,18 @@ def test_gru_ops(lengths, grad):
     bwd_args = (torch.randn_like(y), torch.randn_like(hn), fwd_args[1].detach(), fwd_args[3].detach(),
                 y, ws, L, None)
     torch.library.opcheck(ops.gru_backward, bwd_args)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["nograd", "grad"])
+@pytest.mark.parametrize("lengths", [None, [1, 3]], ids=["full", "lengths"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_ops(nonlinearity, lengths, grad):
+    L = torch.tensor(lengths) if lengths else None
+    fwd_args = (_t(T, B, H, grad=grad), _t(H, H, grad=grad), _t(H, grad=grad), _t(B, H, grad=grad), L,
+                nonlinearity)
+    torch.library.opcheck(ops.rnn_forward, fwd_args)
+    with torch.no_grad():
+        y, hn, ws = ops.rnn_forward(*fwd_args)
+    bwd_args = (torch.randn_like(y), torch.randn_like(hn), fwd_args[1].detach(), fwd_args[3].detach(),
+                y, ws, L, torch.randn_like(ws), nonlinearity)
+    torch.library.opcheck(ops.rnn_backward, bwd_args)

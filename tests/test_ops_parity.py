@@ -1,10 +1,10 @@
-"""The sequence ops against nn.LSTM / nn.GRU with the same weights: outputs,
+"""The sequence ops against nn.LSTM / nn.GRU / nn.RNN with the same weights: outputs,
 final states and every gradient (input, h0, c0, all weights and biases), on
 every backend that runs on the CPU."""
 import pytest
 import torch
 
-from _utils import (assert_all_close, cpu_backends, make_inputs, make_module,
+from _utils import (KINDS, assert_all_close, cpu_backends, make_inputs, make_module,
                     outputs_and_grads, run_ops, run_torch)
 
 # (T, B, input_size, hidden_size, proj_size, bias, lengths)
@@ -25,9 +25,9 @@ def _ids(case):
     return f"T{T}-B{B}-I{I}-H{H}-P{P}-{'bias' if bias else 'nobias'}-{'len' if lengths else 'full'}"
 
 
-# nn.GRU has no projection: GRU runs the cases without one.
+# nn.GRU and nn.RNN have no projection: they run the cases without one.
 KIND_CASES = [pytest.param(kind, case, id=f"{kind}-{_ids(case)}")
-              for kind in ("lstm", "gru") for case in CASES if kind == "lstm" or not case[4]]
+              for kind in KINDS for case in CASES if kind == "lstm" or not case[4]]
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
@@ -48,7 +48,7 @@ def test_matches_torch_nn(kind, case, dtype, backend):
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_outputs_past_the_end_are_zero_and_state_is_kept(kind, backend):
     module = make_module(kind, 3, 4)
     x, h0, c0 = make_inputs(kind, module, 6, 3, torch.float64)

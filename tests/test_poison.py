@@ -25,9 +25,12 @@ def _run(kind, case, backend, device):
         hout = P or H
         inputs = [r(T, B, 4 * H), r(4 * H, hout), r(4 * H), r(P, H) if P else None, r(B, hout), r(B, H)]
         outs = functional.lstm(*inputs, lengths=L, backend=backend)
-    else:
+    elif kind == "gru":
         inputs = [r(T, B, 3 * H), r(3 * H, H), r(3 * H), r(B, H)]
         outs = functional.gru(*inputs, lengths=L, backend=backend)
+    else:
+        inputs = [r(T, B, H), r(H, H), r(H), r(B, H)]
+        outs = functional.rnn(*inputs, lengths=L, nonlinearity=kind[len("rnn_"):], backend=backend)
     wrt = [t for t in inputs if t is not None]
     weights = [torch.randn(o.shape, generator=g, dtype=o.dtype).to(device) for o in outs]
     grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, weights)), wrt)
@@ -45,17 +48,17 @@ def check(kind, case, backend, device):
 
 @pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("case", CASES, ids=str)
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 def test_every_output_written_cpu(kind, case, backend):
-    if kind == "gru" and case[3]:
+    if kind != "lstm" and case[3]:
         case = case[:3] + (0,) + case[4:]
     check(kind, case, backend, "cpu")
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("case", CASES, ids=str)
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 def test_every_output_written_cuda(kind, case):
-    if kind == "gru" and case[3]:
+    if kind != "lstm" and case[3]:
         case = case[:3] + (0,) + case[4:]
     check(kind, case, "cuda", "cuda")

@@ -22,7 +22,7 @@ from _utils import (TOL, assert_all_close, make_inputs, make_module, outputs_and
 from _utils import tf32
 from rnn_ext import functional, reference
 from rnn_ext import triton as rnn_triton
-from test_ops_errors import GRU_BAD, LSTM_BAD, gru_args, lstm_args
+from test_ops_errors import GRU_BAD, LSTM_BAD, RNN_BAD, gru_args, lstm_args, rnn_args
 
 HAS_CUDA = torch.cuda.is_available()
 # The device the non-cuda tests run on: the interpreter on the CPU here, the
@@ -43,8 +43,9 @@ def _rand(*shape, dtype, device=DEVICE, scale=1.0):
 
 
 def make_args(kind, T, B, H, P=0, bias=True, dtype=torch.float64, device=DEVICE):
-    """Differentiable (input_gates, w_hh, b_hh, [w_hr,] h0, [c0]) for one layer."""
-    n = 4 if kind == "lstm" else 3
+    """Differentiable (input_gates, w_hh, b_hh, [w_hr,] h0, [c0]) for one
+    layer; kind "lstm", "gru", "rnn_tanh" or "rnn_relu"."""
+    n = {"lstm": 4, "gru": 3}.get(kind, 1)
     K = P or H
     w_scale = 1.0 / K ** 0.5
     args = dict(input_gates=_rand(T, B, n * H, dtype=dtype, device=device),
@@ -66,6 +67,11 @@ def run(kind, args, lengths, strategy="reference"):
             return reference.lstm_reference(*a, L)
         return rnn_triton.lstm(*a, lengths=L, strategy=strategy)
     a = (args["input_gates"], args["w_hh"], args["b_hh"], args["h0"])
+    if kind.startswith("rnn_"):
+        nl = kind[len("rnn_"):]
+        if strategy == "reference":
+            return reference.rnn_reference(*a, L, nonlinearity=nl)
+        return rnn_triton.rnn(*a, lengths=L, nonlinearity=nl, strategy=strategy)
     if strategy == "reference":
         return reference.gru_reference(*a, L)
     return rnn_triton.gru(*a, lengths=L, strategy=strategy)
@@ -191,6 +197,21 @@ def test_auto_launches_the_chosen_strategy(kind, H, expected, monkeypatch):
     assert counters[other].launches == (1 if other == "persistent" else T)
 
 
+@pytest.mark.parametrize("H", [8, 100])
+def test_rnn_auto_launches_the_chosen_strategy(H, monkeypatch):
+    """RNN keeps one W_hh tile: the crossover rule with n_gates = 1."""
+    counters = {s: LaunchCounter(getattr(S.K, f"rnn_fwd_{s}_kernel")) for s in ("persistent", "step")}
+    for s, c in counters.items():
+        monkeypatch.setattr(S.K, f"rnn_fwd_{s}_kernel", c)
+    monkeypatch.delenv(S.STRATEGY_ENV, raising=False)
+    expected = "persistent" if S.use_persistent(1, H, H, 0, torch.float32) else "step"
+    assert expected == ("persistent" if H == 8 else "step")
+    T = 3
+    run("rnn_tanh", make_args("rnn_tanh", T, 2, H, dtype=torch.float32), None, strategy=None)
+    assert counters[expected].launches == (1 if expected == "persistent" else T)
+    assert counters["step" if expected == "persistent" else "persistent"].launches == 0
+
+
 # -------------------------------------------------- parity with reference ----
 # (kind, T, B, H, P, bias, lengths): small H (persistent under "auto") and
 # H > 32 (step under "auto"); B > 16 spans several batch tiles.
@@ -202,6 +223,9 @@ CASES = [
     ("gru", 5, 3, 6, 0, True, [1, 5, 0]),
     ("gru", 4, 3, 7, 0, False, None),
     ("gru", 3, 18, 40, 0, True, [3, 1, 0, 2, 3, 3] * 3),
+    ("rnn_tanh", 5, 3, 6, 0, True, [1, 5, 0]),
+    ("rnn_relu", 4, 3, 7, 0, False, None),
+    ("rnn_relu", 3, 18, 40, 0, True, [3, 1, 0, 2, 3, 3] * 3),
 ]
 
 
@@ -228,6 +252,8 @@ NN_CASES = [
     ("lstm", 3, 3, 4, 36, 20, [2, 3, 1]),
     ("gru", 4, 3, 5, 8, 0, None),
     ("gru", 3, 4, 6, 40, 0, [1, 3, 2, 1]),
+    ("rnn_tanh", 4, 3, 5, 8, 0, [4, 1, 3]),
+    ("rnn_relu", 3, 4, 6, 40, 0, None),
 ]
 
 
@@ -249,7 +275,7 @@ def test_matches_torch_nn(case, strategy, dtype, monkeypatch):
 
 @pytest.mark.skipif(HAS_CUDA, reason="interpreter test (fp16 on the GPU: test_cuda_low_precision)")
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 def test_fp16_under_the_interpreter(kind, strategy):
     """fp16 storage, fp32 gates and cell state: no further from an fp64
     reference than the fp16 reference itself (x2, plus a floor)."""
@@ -271,7 +297,7 @@ def test_fp16_under_the_interpreter(kind, strategy):
 
 # ------------------------------------------------------- poisoned buffers ----
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("kind,P", [("lstm", 0), ("lstm", 3), ("gru", 0)])
+@pytest.mark.parametrize("kind,P", [("lstm", 0), ("lstm", 3), ("gru", 0), ("rnn_tanh", 0), ("rnn_relu", 0)])
 def test_every_buffer_element_is_written(kind, P, strategy, monkeypatch):
     """Buffers start as NaN: an element a kernel forgets (a padded row, a
     row past its length, a length-0 row's final state) shows up."""
@@ -327,8 +353,24 @@ def test_opcheck_gru(lengths, strategy):
     torch.library.opcheck(torch.ops.rnn_ext.triton_gru_backward, bwd)
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("nonlinearity,lengths", [("tanh", None), ("relu", [0, 3])], ids=["tanh-full", "relu-lengths"])
+def test_opcheck_rnn(nonlinearity, lengths, strategy):
+    T, B, H = 3, 2, 4
+    L = torch.tensor(lengths) if lengths else None
+    for grad in (False, True):
+        fwd = (_t(T, B, H, grad=grad), _t(H, H, grad=grad), _t(H, grad=grad), _t(B, H, grad=grad), L,
+               nonlinearity, strategy)
+        torch.library.opcheck(torch.ops.rnn_ext.triton_rnn_forward, fwd)
+    with torch.no_grad():
+        y, hn, ws = torch.ops.rnn_ext.triton_rnn_forward(*fwd)
+    bwd = (torch.randn_like(y), torch.randn_like(hn), fwd[1].detach(), fwd[3].detach(), y, ws, L,
+           torch.randn_like(ws), nonlinearity, strategy)
+    torch.library.opcheck(torch.ops.rnn_ext.triton_rnn_backward, bwd)
+
+
 # ---------------------------------------------------------- torch.compile ----
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
 def test_torch_compile_fullgraph(kind):
     torch._dynamo.reset()
     args = make_args(kind, 3, 3, 5, 0, True, torch.float32)
@@ -339,6 +381,9 @@ def test_torch_compile_fullgraph(kind):
         if kind == "lstm":
             y, hn, cn, ws = functional.lstm(a[0], a[1], a[2], None, a[3], a[4], lengths=L, backend="triton")
             return (y * y).sum() + hn.sum() + cn.sum() + ws.sum()
+        if kind == "rnn_relu":
+            y, hn, ws = functional.rnn(*a, lengths=L, nonlinearity="relu", backend="triton")
+            return (y * y).sum() + hn.sum() + ws.sum()
         y, hn, ws = functional.gru(*a, lengths=L, backend="triton")
         return (y * y).sum() + hn.sum() + ws.sum()
 
@@ -399,6 +444,13 @@ def test_gru_bad_input(over, match):
         functional.gru(**args, backend="triton")
 
 
+@pytest.mark.parametrize("over,match", RNN_BAD, ids=[m + str(i) for i, (_, m) in enumerate(RNN_BAD)])
+def test_rnn_bad_input(over, match):
+    args = _on_device(rnn_args(**over))
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
+        functional.rnn(**args, backend="triton")
+
+
 def test_op_level_checks():
     a = _on_device(lstm_args())
     g, w, b, h0, c0 = a["input_gates"], a["w_hh"], a["b_hh"], a["h0"], a["c0"]
@@ -421,6 +473,14 @@ def test_op_level_checks():
     with pytest.raises(RuntimeError, match="expected w_hh of shape"):
         torch.ops.rnn_ext.triton_gru_forward(gb["input_gates"], gb["w_hh"][:, :-1], gb["b_hh"], gb["h0"],
                                              None, "auto")
+    rb = _on_device(rnn_args())
+    rnn_op = torch.ops.rnn_ext.triton_rnn_forward
+    with pytest.raises(RuntimeError, match="triton_rnn_forward: unknown nonlinearity 'gelu'"):
+        rnn_op(rb["input_gates"], rb["w_hh"], rb["b_hh"], rb["h0"], None, "gelu", "auto")
+    y, hn, ws = rnn_op(rb["input_gates"], rb["w_hh"], rb["b_hh"], rb["h0"], None, "tanh", "auto")
+    with pytest.raises(RuntimeError, match="workspace does not match output"):
+        torch.ops.rnn_ext.triton_rnn_backward(y, hn, rb["w_hh"], rb["h0"], y, ws[:, :, 1:], None, None,
+                                              "tanh", "auto")
 
 
 # ------------------------------------------------ GPU compile (no GPU) ----
@@ -429,6 +489,9 @@ def sm90():
     """What tests/_triton_sm90.py compiles for an H100: one record per kernel
     launch of its grid (shared memory, registers, spill, the specialisation)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # The rnn_ext of this checkout, not whichever one is installed.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
     helper = os.path.join(os.path.dirname(__file__), "_triton_sm90.py")
     proc = subprocess.run([sys.executable, helper, "--workers", "2"], capture_output=True, text=True, env=env,
                           timeout=1500)
@@ -509,6 +572,8 @@ CUDA_CASES = [
     ("gru", 20, 70, 32, 0, "random"),
     ("gru", 12, 37, 64, 0, None),
     ("gru", 10, 24, 130, 0, "random"),
+    ("rnn_tanh", 20, 70, 64, 0, "random"),
+    ("rnn_relu", 10, 24, 130, 0, None),
 ]
 
 
@@ -543,7 +608,8 @@ def test_cuda_matches_reference(case, strategy, dtype):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("case", [("lstm", 16, 40, 11, 32, 0), ("lstm", 12, 33, 17, 96, 0),
                                   ("lstm", 12, 33, 17, 64, 24), ("gru", 16, 40, 11, 32, 0),
-                                  ("gru", 12, 33, 17, 96, 0)],
+                                  ("gru", 12, 33, 17, 96, 0), ("rnn_tanh", 16, 40, 11, 32, 0),
+                                  ("rnn_tanh", 12, 33, 17, 160, 0)],
                          ids=lambda c: f"{c[0]}-H{c[4]}-P{c[5]}")
 def test_cuda_low_precision(case, strategy, dtype, monkeypatch):
     """Error against an fp64 reference (torch.nn in fp64) at most twice

@@ -119,6 +119,12 @@ struct Executor {
   void elements(const GRUBackwardStep<T, Acc>& p, int64_t j0, int64_t j1) {
     gru_backward_rows(p, 0, p.B, j0, j1);
   }
+  void elements(const RNNForwardStep<T, Acc>& p, int64_t j0, int64_t j1) {
+    rnn_forward_rows(p, 0, p.B, j0, j1);
+  }
+  void elements(const RNNBackwardStep<T, Acc>& p, int64_t j0, int64_t j1) {
+    rnn_backward_rows(p, 0, p.B, j0, j1);
+  }
   template <class F>
   void for_each(int64_t b0, int64_t b1, int64_t j0, int64_t j1, F f) {
     for (int64_t b = b0; b < b1; ++b)

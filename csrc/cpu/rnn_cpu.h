@@ -81,6 +81,21 @@ RNN_EXT_CPU_CLONES void gru_backward_rows(const GRUBackwardStep<T, Acc>& p, int6
   if (p.grad_ws) RNN_EXT_ROWS(gru_backward, gru_backward_active<true>);
   else RNN_EXT_ROWS(gru_backward, gru_backward_active<false>);
 }
+template <typename T, typename Acc>
+RNN_EXT_CPU_CLONES void rnn_forward_rows(const RNNForwardStep<T, Acc>& p, int64_t b0, int64_t b1,
+                                         int64_t j0, int64_t j1) {
+  if (p.relu) RNN_EXT_ROWS(rnn_forward, rnn_forward_active<true>);
+  else RNN_EXT_ROWS(rnn_forward, rnn_forward_active<false>);
+}
+
+template <typename T, typename Acc>
+RNN_EXT_CPU_CLONES void rnn_backward_rows(const RNNBackwardStep<T, Acc>& p, int64_t b0, int64_t b1,
+                                          int64_t j0, int64_t j1) {
+  if (p.relu && p.grad_ws) RNN_EXT_ROWS(rnn_backward, rnn_backward_active<true, true>);
+  else if (p.relu) RNN_EXT_ROWS(rnn_backward, rnn_backward_active<true, false>);
+  else if (p.grad_ws) RNN_EXT_ROWS(rnn_backward, rnn_backward_active<false, true>);
+  else RNN_EXT_ROWS(rnn_backward, rnn_backward_active<false, false>);
+}
 #undef RNN_EXT_ROWS
 
 }  // namespace cpu

@@ -67,6 +67,12 @@ struct BlockExecutor {
   __device__ void elements(const GRUBackwardStep<T, Acc>& p, int64_t j0, int64_t j1) {
     for_each(0, p.B, j0, j1, [&](int64_t b, int64_t j) { gru_backward_element(p, b, j); });
   }
+  __device__ void elements(const RNNForwardStep<T, Acc>& p, int64_t j0, int64_t j1) {
+    for_each(0, p.B, j0, j1, [&](int64_t b, int64_t j) { rnn_forward_element(p, b, j); });
+  }
+  __device__ void elements(const RNNBackwardStep<T, Acc>& p, int64_t j0, int64_t j1) {
+    for_each(0, p.B, j0, j1, [&](int64_t b, int64_t j) { rnn_backward_element(p, b, j); });
+  }
   // grid.sync() also orders every block's global writes before the others'
   // reads after it.
   __device__ void barrier() { cg::this_grid().sync(); }
@@ -95,6 +101,19 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     gru_backward_kernel(const partition::GRUBackwardSeq<T, Acc> s) {
   BlockExecutor<T, Acc> ex;
   partition::gru_backward_worker(s, blockIdx.x, ex);
+}
+
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    rnn_forward_kernel(const partition::RNNForwardSeq<T, Acc> s) {
+  BlockExecutor<T, Acc> ex;
+  partition::rnn_forward_worker(s, blockIdx.x, ex);
+}
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    rnn_backward_kernel(const partition::RNNBackwardSeq<T, Acc> s) {
+  BlockExecutor<T, Acc> ex;
+  partition::rnn_backward_worker(s, blockIdx.x, ex);
 }
 
 template <class Seq>
@@ -126,7 +145,9 @@ cudaError_t persistent_max_workers(int device, int kind, int* workers) {
     case 0: return max_resident(lstm_forward_kernel<T, Acc>, device, workers);
     case 1: return max_resident(lstm_backward_kernel<T, Acc>, device, workers);
     case 2: return max_resident(gru_forward_kernel<T, Acc>, device, workers);
-    default: return max_resident(gru_backward_kernel<T, Acc>, device, workers);
+    case 3: return max_resident(gru_backward_kernel<T, Acc>, device, workers);
+    case 4: return max_resident(rnn_forward_kernel<T, Acc>, device, workers);
+    default: return max_resident(rnn_backward_kernel<T, Acc>, device, workers);
   }
 }
 
@@ -147,6 +168,15 @@ cudaError_t gru_backward_persistent(const partition::GRUBackwardSeq<T, Acc>& s, 
   return launch(gru_backward_kernel<T, Acc>, s, stream);
 }
 
+template <typename T, typename Acc>
+cudaError_t rnn_forward_persistent(const partition::RNNForwardSeq<T, Acc>& s, cudaStream_t stream) {
+  return launch(rnn_forward_kernel<T, Acc>, s, stream);
+}
+template <typename T, typename Acc>
+cudaError_t rnn_backward_persistent(const partition::RNNBackwardSeq<T, Acc>& s, cudaStream_t stream) {
+  return launch(rnn_backward_kernel<T, Acc>, s, stream);
+}
+
 #define RNN_EXT_INSTANTIATE(T, Acc)                                                          \
   template cudaError_t persistent_max_workers<T, Acc>(int, int, int*);                       \
   template cudaError_t lstm_forward_persistent<T, Acc>(                                      \
@@ -156,7 +186,11 @@ cudaError_t gru_backward_persistent(const partition::GRUBackwardSeq<T, Acc>& s, 
   template cudaError_t gru_forward_persistent<T, Acc>(const partition::GRUForwardSeq<T, Acc>&, \
                                                       cudaStream_t);                         \
   template cudaError_t gru_backward_persistent<T, Acc>(                                      \
-      const partition::GRUBackwardSeq<T, Acc>&, cudaStream_t);
+      const partition::GRUBackwardSeq<T, Acc>&, cudaStream_t);                               \
+  template cudaError_t rnn_forward_persistent<T, Acc>(const partition::RNNForwardSeq<T, Acc>&, \
+                                                      cudaStream_t);                         \
+  template cudaError_t rnn_backward_persistent<T, Acc>(                                      \
+      const partition::RNNBackwardSeq<T, Acc>&, cudaStream_t);
 RNN_EXT_INSTANTIATE(float, float)
 RNN_EXT_INSTANTIATE(double, double)
 RNN_EXT_INSTANTIATE(__half, float)

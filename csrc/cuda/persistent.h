@@ -25,7 +25,8 @@ constexpr int kPersistentThreads = 256;
 // `device`, which a cooperative launch requires: the fit rule's limit.
 template <typename T, typename Acc>
 cudaError_t persistent_max_workers(int device, int kind, int* workers);
-// kind: 0 LSTM forward, 1 LSTM backward, 2 GRU forward, 3 GRU backward.
+// kind: 0 LSTM forward, 1 LSTM backward, 2 GRU forward, 3 GRU backward,
+// 4 RNN forward, 5 RNN backward.
 
 template <typename T, typename Acc>
 cudaError_t lstm_forward_persistent(const partition::LSTMForwardSeq<T, Acc>& s, cudaStream_t stream);
@@ -35,6 +36,10 @@ template <typename T, typename Acc>
 cudaError_t gru_forward_persistent(const partition::GRUForwardSeq<T, Acc>& s, cudaStream_t stream);
 template <typename T, typename Acc>
 cudaError_t gru_backward_persistent(const partition::GRUBackwardSeq<T, Acc>& s, cudaStream_t stream);
+template <typename T, typename Acc>
+cudaError_t rnn_forward_persistent(const partition::RNNForwardSeq<T, Acc>& s, cudaStream_t stream);
+template <typename T, typename Acc>
+cudaError_t rnn_backward_persistent(const partition::RNNBackwardSeq<T, Acc>& s, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace rnn_ext

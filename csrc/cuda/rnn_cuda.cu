@@ -23,6 +23,8 @@ RNN_EXT_ELEMENT_OP(LSTMBackwardOp, lstm_backward_element)
 RNN_EXT_ELEMENT_OP(ProjGradOp, proj_grad_element)
 RNN_EXT_ELEMENT_OP(GRUForwardOp, gru_forward_element)
 RNN_EXT_ELEMENT_OP(GRUBackwardOp, gru_backward_element)
+RNN_EXT_ELEMENT_OP(RNNForwardOp, rnn_forward_element)
+RNN_EXT_ELEMENT_OP(RNNBackwardOp, rnn_backward_element)
 #undef RNN_EXT_ELEMENT_OP
 
 template <class Op, class P>
@@ -67,6 +69,15 @@ cudaError_t gru_backward_step(const GRUBackwardStep<T, Acc>& p, cudaStream_t s) 
   return launch<GRUBackwardOp>(p, p.H, s);
 }
 
+template <typename T, typename Acc>
+cudaError_t rnn_forward_step(const RNNForwardStep<T, Acc>& p, cudaStream_t s) {
+  return launch<RNNForwardOp>(p, p.H, s);
+}
+template <typename T, typename Acc>
+cudaError_t rnn_backward_step(const RNNBackwardStep<T, Acc>& p, cudaStream_t s) {
+  return launch<RNNBackwardOp>(p, p.H, s);
+}
+
 #define RNN_EXT_INSTANTIATE(T, Acc)                                              \
   template cudaError_t lstm_forward_step<T, Acc>(const LSTMForwardStep<T, Acc>&, \
                                                  cudaStream_t);                  \
@@ -77,6 +88,10 @@ cudaError_t gru_backward_step(const GRUBackwardStep<T, Acc>& p, cudaStream_t s) 
   template cudaError_t gru_forward_step<T, Acc>(const GRUForwardStep<T, Acc>&,   \
                                                 cudaStream_t);                   \
   template cudaError_t gru_backward_step<T, Acc>(const GRUBackwardStep<T, Acc>&, \
+                                                 cudaStream_t);                  \
+  template cudaError_t rnn_forward_step<T, Acc>(const RNNForwardStep<T, Acc>&,   \
+                                                cudaStream_t);                   \
+  template cudaError_t rnn_backward_step<T, Acc>(const RNNBackwardStep<T, Acc>&, \
                                                  cudaStream_t);
 RNN_EXT_INSTANTIATE(float, float)
 RNN_EXT_INSTANTIATE(double, double)

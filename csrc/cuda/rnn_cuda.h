@@ -21,6 +21,10 @@ template <typename T, typename Acc>
 cudaError_t gru_forward_step(const GRUForwardStep<T, Acc>& p, cudaStream_t s);
 template <typename T, typename Acc>
 cudaError_t gru_backward_step(const GRUBackwardStep<T, Acc>& p, cudaStream_t s);
+template <typename T, typename Acc>
+cudaError_t rnn_forward_step(const RNNForwardStep<T, Acc>& p, cudaStream_t s);
+template <typename T, typename Acc>
+cudaError_t rnn_backward_step(const RNNBackwardStep<T, Acc>& p, cudaStream_t s);
 
 }  // namespace cuda
 }  // namespace rnn_ext

@@ -11,7 +11,8 @@
 //   h0_zero(h0, macs)                  whether step 0 may skip its product
 //                                      (macs: its multiply-adds)
 //   active(L, like)                    per-step active rows on the device, or undefined
-//   lstm_forward / lstm_backward / gru_forward / gru_backward (seq, workers)
+//   lstm_forward / lstm_backward / gru_forward / gru_backward /
+//   rnn_forward / rnn_backward (seq, workers)
 #pragma once
 
 #include <algorithm>
@@ -146,6 +147,56 @@ struct PartitionedLoops {
         ptr<K_>(d_gates), ptr<K_>(d_hh)};
     Runner::gru_backward(s, K);
     auto [dw_hh, db_hh] = gru_weight_grads(d_hh, h0, y);
+    return {d_gates, dw_hh, db_hh, dh_state.to(y.scalar_type())};
+  }
+
+  template <typename T>
+  static std::tuple<Tensor, Tensor, Tensor> rnn_forward(
+      const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+      const Tensor& h0, const OptTensor& lengths, bool relu, bool training) {
+    using K_ = KT<T>;
+    using Acc = at::opmath_type<T>;
+    const int64_t T_ = gx.size(0), B = gx.size(1), H = gx.size(2);
+    const auto opts = gx.options();
+    const auto acc = opts.dtype(acc_dtype(gx.scalar_type()));
+    const int64_t ws_steps = training ? T_ : 1;
+    Tensor y = at::empty({T_, B, H}, opts);
+    Tensor ws = at::empty({ws_steps, B, H}, acc);
+    const Tensor bias = b_hh ? *b_hh : at::zeros({H}, opts);
+    Tensor h_n = h0.clone(at::MemoryFormat::Contiguous);
+    const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
+    const Tensor active = Runner::active(L, gx);
+    const int64_t K = Runner::workers(B, H, 1, H, gx);
+    Tensor gates = at::empty({B, H}, acc);
+    partition::RNNForwardSeq<K_, Acc> s{
+        T_, B, H, K, Runner::align(H, K), L.data(), ptr<const int64_t>(active),
+        ptr<const K_>(gx), ptr<const K_>(w_hh), ptr<const K_>(bias), ptr<const K_>(h0),
+        Runner::h0_zero(h0, B * H * H), ptr<Acc>(ws), ws_steps, ptr<K_>(y), ptr<Acc>(gates),
+        ptr<K_>(h_n), relu};
+    Runner::rnn_forward(s, K);
+    return {y, h_n, ws};
+  }
+
+  template <typename T>
+  static std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward(
+      const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
+      const Tensor& h0, const Tensor& y, const Tensor& ws,
+      const OptTensor& lengths, const OptTensor& grad_ws, bool relu) {
+    using K_ = KT<T>;
+    using Acc = at::opmath_type<T>;
+    const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
+    Tensor d_gates = at::empty({T_, B, H}, y.options());
+    Tensor dh_state = grad_h_n.to(ws.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+    const Lengths L = prepare_lengths(lengths, T_, B, y.device());
+    const Tensor active = Runner::active(L, y);
+    const int64_t K = Runner::workers(B, H, 1, H, y);
+    partition::RNNBackwardSeq<K_, Acc> s{
+        T_, B, H, K, Runner::align(H, K), L.data(), ptr<const int64_t>(active),
+        ptr<const K_>(w_hh), ptr<const Acc>(ws), ptr<const Acc>(grad_ws),
+        ptr<const K_>(grad_y), ptr<Acc>(dh_state), ptr<K_>(d_gates), relu};
+    Runner::rnn_backward(s, K);
+    // One gradient serves the input gates and the recurrent product.
+    auto [dw_hh, db_hh] = gru_weight_grads(d_gates, h0, y);
     return {d_gates, dw_hh, db_hh, dh_state.to(y.scalar_type())};
   }
 };

@@ -100,6 +100,31 @@ void check_gru_forward(const Tensor& gx, const Tensor& w_hh,
   check_lengths(op, lengths, B);
 }
 
+void check_rnn_forward(const Tensor& gx, const Tensor& w_hh,
+                       const OptTensor& b_hh, const Tensor& h0,
+                       const OptTensor& lengths) {
+  const char* op = "rnn_ext::rnn_forward";
+  TORCH_CHECK(gx.dim() == 3, op,
+              ": input_gates must be 3-D [T, B, H], got ", gx.dim(), "-D");
+  TORCH_CHECK(gx.is_floating_point(), op,
+              ": input_gates must be floating point, got ", gx.scalar_type());
+  const int64_t B = gx.size(1), H = gx.size(2);
+  TORCH_CHECK(gx.size(0) > 0 && B > 0 && H > 0, op,
+              ": input_gates must be non-empty, got ", shape_str(gx.sizes()));
+  check_same(op, "w_hh", w_hh, gx, {H, H});
+  if (b_hh) check_same(op, "b_hh", *b_hh, gx, {H});
+  check_same(op, "h0", h0, gx, {B, H});
+  check_lengths(op, lengths, B);
+}
+
+bool rnn_is_relu(const char* op, c10::string_view nonlinearity) {
+  if (nonlinearity == "tanh") return false;
+  if (nonlinearity == "relu") return true;
+  TORCH_CHECK(false, op, ": unknown nonlinearity '", std::string(nonlinearity),
+              "'; choose 'tanh' or 'relu'");
+  return false;
+}
+
 Lengths prepare_lengths(const OptTensor& lengths, int64_t T, int64_t B,
                         const at::Device& device) {
   Lengths L;
@@ -160,6 +185,18 @@ TORCH_LIBRARY(rnn_ext, m) {
       "Tensor h0, Tensor output, Tensor workspace, Tensor? lengths, "
       "Tensor? grad_workspace) -> (Tensor grad_input_gates, Tensor grad_w_hh, "
       "Tensor grad_b_hh, Tensor grad_h0)");
+  m.def(
+      "rnn_forward(Tensor input_gates, Tensor w_hh, Tensor? b_hh, Tensor h0, "
+      "Tensor? lengths, str nonlinearity) -> (Tensor output, Tensor h_n, "
+      "Tensor workspace)");
+  m.def(
+      "rnn_backward(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, "
+      "Tensor h0, Tensor output, Tensor workspace, Tensor? lengths, "
+      "Tensor? grad_workspace, str nonlinearity) -> (Tensor grad_input_gates, "
+      "Tensor grad_w_hh, Tensor grad_b_hh, Tensor grad_h0)");
+  m.def(
+      "rnn_infer(Tensor input_gates, Tensor w_hh, Tensor? b_hh, Tensor h0, "
+      "Tensor? lengths, str nonlinearity) -> (Tensor output, Tensor h_n)");
 }
 
 }  // namespace rnn_ext

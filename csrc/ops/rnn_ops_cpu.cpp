@@ -84,6 +84,14 @@ struct CpuRunner {
   static void gru_backward(const Seq& s, int64_t K) {
     run(s, K, [](const auto& seq, int64_t k, auto& ex) { partition::gru_backward_worker(seq, k, ex); });
   }
+  template <class Seq>
+  static void rnn_forward(const Seq& s, int64_t K) {
+    run(s, K, [](const auto& seq, int64_t k, auto& ex) { partition::rnn_forward_worker(seq, k, ex); });
+  }
+  template <class Seq>
+  static void rnn_backward(const Seq& s, int64_t K) {
+    run(s, K, [](const auto& seq, int64_t k, auto& ex) { partition::rnn_backward_worker(seq, k, ex); });
+  }
 
  private:
   template <template <typename, typename> class SeqT, typename T, typename Acc, class F>
@@ -107,6 +115,9 @@ TORCH_LIBRARY_IMPL(rnn_ext, CPU, m) {
   m.impl("gru_forward", &gru_forward<CpuLoops>);
   m.impl("gru_infer", &gru_infer<CpuLoops>);
   m.impl("gru_backward", &gru_backward<CpuLoops>);
+  m.impl("rnn_forward", &rnn_forward<CpuLoops>);
+  m.impl("rnn_infer", &rnn_infer<CpuLoops>);
+  m.impl("rnn_backward", &rnn_backward<CpuLoops>);
 }
 
 }  // namespace rnn_ext

@@ -41,6 +41,10 @@ struct CudaSteps {
   static void gru_forward(const GRUForwardStep<T, A>& p) { check_launch(cuda::gru_forward_step(p, stream())); }
   template <class T, class A>
   static void gru_backward(const GRUBackwardStep<T, A>& p) { check_launch(cuda::gru_backward_step(p, stream())); }
+  template <class T, class A>
+  static void rnn_forward(const RNNForwardStep<T, A>& p) { check_launch(cuda::rnn_forward_step(p, stream())); }
+  template <class T, class A>
+  static void rnn_backward(const RNNBackwardStep<T, A>& p) { check_launch(cuda::rnn_backward_step(p, stream())); }
 };
 
 using StepwiseCudaLoops = StepwiseLoops<CudaSteps>;
@@ -56,7 +60,7 @@ struct CudaRunner {
   // blocks that can be resident at once (the cooperative launch's limit).
   static int64_t workers(int64_t /*B*/, int64_t H, int64_t G, int64_t /*Hin*/,
                          const Tensor& like) {
-    const int kind = G == 4 ? 0 : 2;  // the forward kernels are the larger
+    const int kind = G == 4 ? 0 : (G == 3 ? 2 : 4);  // the forward kernels are the larger
     int limit = 0;
     RNN_EXT_DISPATCH(like.scalar_type(), "rnn_ext::persistent_workers", [&] {
       using K_ = kernel_type<scalar_t>;
@@ -82,6 +86,10 @@ struct CudaRunner {
   static void gru_forward(const Seq& s, int64_t) { check_launch(cuda::gru_forward_persistent(s, stream())); }
   template <class Seq>
   static void gru_backward(const Seq& s, int64_t) { check_launch(cuda::gru_backward_persistent(s, stream())); }
+  template <class Seq>
+  static void rnn_forward(const Seq& s, int64_t) { check_launch(cuda::rnn_forward_persistent(s, stream())); }
+  template <class Seq>
+  static void rnn_backward(const Seq& s, int64_t) { check_launch(cuda::rnn_backward_persistent(s, stream())); }
 
  private:
   static cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
@@ -117,6 +125,16 @@ struct CudaLoops {
   static auto gru_backward(const Args&... args) {
     return persistent_requested() ? PersistentCudaLoops::gru_backward<T>(args...)
                                   : StepwiseCudaLoops::gru_backward<T>(args...);
+  }
+  template <typename T, typename... Args>
+  static auto rnn_forward(const Args&... args) {
+    return persistent_requested() ? PersistentCudaLoops::rnn_forward<T>(args...)
+                                  : StepwiseCudaLoops::rnn_forward<T>(args...);
+  }
+  template <typename T, typename... Args>
+  static auto rnn_backward(const Args&... args) {
+    return persistent_requested() ? PersistentCudaLoops::rnn_backward<T>(args...)
+                                  : StepwiseCudaLoops::rnn_backward<T>(args...);
   }
 };
 
@@ -173,6 +191,31 @@ std::tuple<Tensor, Tensor> gru_infer_cuda(const Tensor& gx, const Tensor& w_hh,
   return gru_infer<CudaLoops>(gx, w_hh, b_hh, h0, lengths);
 }
 
+std::tuple<Tensor, Tensor, Tensor> rnn_forward_cuda(
+    const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+    const Tensor& h0, const OptTensor& lengths, c10::string_view nonlinearity) {
+  c10::cuda::CUDAGuard guard(gx.device());
+  return rnn_forward<CudaLoops>(gx, w_hh, b_hh, h0, lengths, nonlinearity);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward_cuda(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
+    const Tensor& h0, const Tensor& y, const Tensor& ws,
+    const OptTensor& lengths, const OptTensor& grad_ws,
+    c10::string_view nonlinearity) {
+  c10::cuda::CUDAGuard guard(y.device());
+  return rnn_backward<CudaLoops>(grad_y, grad_h_n, w_hh, h0, y, ws, lengths,
+                                 grad_ws, nonlinearity);
+}
+
+std::tuple<Tensor, Tensor> rnn_infer_cuda(const Tensor& gx, const Tensor& w_hh,
+                                          const OptTensor& b_hh, const Tensor& h0,
+                                          const OptTensor& lengths,
+                                          c10::string_view nonlinearity) {
+  c10::cuda::CUDAGuard guard(gx.device());
+  return rnn_infer<CudaLoops>(gx, w_hh, b_hh, h0, lengths, nonlinearity);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnn_ext, CUDA, m) {
@@ -182,6 +225,9 @@ TORCH_LIBRARY_IMPL(rnn_ext, CUDA, m) {
   m.impl("lstm_backward", &lstm_backward_cuda);
   m.impl("gru_forward", &gru_forward_cuda);
   m.impl("gru_backward", &gru_backward_cuda);
+  m.impl("rnn_forward", &rnn_forward_cuda);
+  m.impl("rnn_backward", &rnn_backward_cuda);
+  m.impl("rnn_infer", &rnn_infer_cuda);
 }
 
 }  // namespace rnn_ext

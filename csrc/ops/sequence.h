@@ -108,7 +108,8 @@ inline std::tuple<Tensor, Tensor, Tensor> lstm_weight_grads(
   return {dw_hh, db_hh, dw_hr};
 }
 
-// Likewise for a GRU layer, from the gradients of h W_hh^T + b_hh.
+// Likewise for a GRU layer, from the gradients of h W_hh^T + b_hh (and for
+// an RNN layer, whose one gate gradient is also that of the product).
 inline std::tuple<Tensor, Tensor> gru_weight_grads(const Tensor& d_hh,
                                                    const Tensor& h0,
                                                    const Tensor& y) {
@@ -253,6 +254,59 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_loop(
   return {d_gates, dw_hh, db_hh, dh_state.to(y.scalar_type())};
 }
 
+template <class Steps, typename T>
+std::tuple<Tensor, Tensor, Tensor> rnn_forward_loop(
+    const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+    const Tensor& h0, const OptTensor& lengths, bool relu) {
+  using KT = typename Steps::template kernel_type<T>;
+  using Acc = at::opmath_type<T>;
+  const int64_t T_ = gx.size(0), B = gx.size(1), H = gx.size(2);
+  const auto opts = gx.options();
+  Tensor y = at::empty({T_, B, H}, opts);
+  Tensor ws = at::empty({T_, B, H}, opts.dtype(acc_dtype(gx.scalar_type())));
+  Tensor gh = at::empty({B, H}, ws.options());
+  const Tensor bias = b_hh ? *b_hh : at::zeros({H}, opts);
+  const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
+  const Tensor w_hh_t = w_hh.t();
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t n = L.rows(t, B);
+    const Tensor h_prev = t == 0 ? h0 : y[t - 1];
+    mm_rows(gh, h_prev, w_hh_t, n);
+    RNNForwardStep<KT, Acc> p{B, H, t, L.data(), ptr<const KT>(gx[t]),
+                              ptr<const Acc>(gh), ptr<const KT>(bias),
+                              ptr<const KT>(h_prev), ptr<Acc>(ws[t]),
+                              ptr<KT>(y[t]), relu};
+    Steps::rnn_forward(p);
+  }
+  return {y, gather_final(y, h0, lengths, L), ws};
+}
+
+template <class Steps, typename T>
+std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward_loop(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
+    const Tensor& h0, const Tensor& y, const Tensor& ws,
+    const OptTensor& lengths, const OptTensor& grad_ws, bool relu) {
+  using KT = typename Steps::template kernel_type<T>;
+  using Acc = at::opmath_type<T>;
+  const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
+  const auto opts = y.options();
+  const Lengths L = prepare_lengths(lengths, T_, B, y.device());
+  Tensor d_gates = at::empty({T_, B, H}, opts);
+  Tensor dh_state = grad_h_n.to(acc_dtype(y.scalar_type()), /*non_blocking=*/false, /*copy=*/true);
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const int64_t n = L.rows(t, B);
+    RNNBackwardStep<KT, Acc> p{
+        B, H, t, L.data(), ptr<const Acc>(ws[t]),
+        grad_ws ? ptr<const Acc>((*grad_ws)[t]) : nullptr, ptr<Acc>(dh_state),
+        ptr<const KT>(grad_y[t]), ptr<KT>(d_gates[t]), relu};
+    Steps::rnn_backward(p);
+    mm_rows(dh_state, d_gates[t], w_hh, n, /*accumulate=*/true);
+  }
+  // One gradient serves the input gates and the recurrent product.
+  auto [dw_hh, db_hh] = gru_weight_grads(d_gates, h0, y);
+  return {d_gates, dw_hh, db_hh, dh_state.to(y.scalar_type())};
+}
+
 // The stepwise loops as the entry points below call them.  They always keep
 // the workspace (the inference ops then drop it).
 template <class Steps>
@@ -278,6 +332,16 @@ struct StepwiseLoops {
   static auto gru_backward(const Args&... args) {
     return gru_backward_loop<Steps, T>(args...);
   }
+  template <typename T>
+  static std::tuple<Tensor, Tensor, Tensor> rnn_forward(
+      const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+      const Tensor& h0, const OptTensor& lengths, bool relu, bool /*training*/) {
+    return rnn_forward_loop<Steps, T>(gx, w_hh, b_hh, h0, lengths, relu);
+  }
+  template <typename T, typename... Args>
+  static auto rnn_backward(const Args&... args) {
+    return rnn_backward_loop<Steps, T>(args...);
+  }
 };
 
 }  // namespace rnn_ext
@@ -300,6 +364,11 @@ void check_gru_forward(const Tensor& gx, const Tensor& w_hh,
                        const OptTensor& lengths);
 void check_same(const char* op, const char* name, const Tensor& t,
                 const Tensor& like, at::IntArrayRef shape);
+void check_rnn_forward(const Tensor& gx, const Tensor& w_hh,
+                       const OptTensor& b_hh, const Tensor& h0,
+                       const OptTensor& lengths);
+// "tanh" -> false, "relu" -> true; anything else is an error naming it.
+bool rnn_is_relu(const char* op, c10::string_view nonlinearity);
 
 inline OptTensor contiguous(const OptTensor& t) {
   return t ? OptTensor(t->contiguous()) : std::nullopt;
@@ -426,6 +495,69 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
         grad_y.contiguous(), grad_h_n.contiguous(), w_hh.contiguous(),
         h0.contiguous(), y.contiguous(), ws.contiguous(), lengths,
         contiguous(grad_ws));
+  });
+  return out;
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor> rnn_forward_checked(
+    const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+    const Tensor& h0, const OptTensor& lengths, c10::string_view nonlinearity,
+    bool training) {
+  const bool relu = rnn_is_relu("rnn_ext::rnn_forward", nonlinearity);
+  check_rnn_forward(gx, w_hh, b_hh, h0, lengths);
+  std::tuple<Tensor, Tensor, Tensor> out;
+  RNN_EXT_DISPATCH(gx.scalar_type(), "rnn_ext::rnn_forward", [&] {
+    out = Loops::template rnn_forward<scalar_t>(gx.contiguous(), w_hh.contiguous(),
+                                                contiguous(b_hh), h0.contiguous(),
+                                                lengths, relu, training);
+  });
+  return out;
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& gx,
+                                               const Tensor& w_hh,
+                                               const OptTensor& b_hh,
+                                               const Tensor& h0,
+                                               const OptTensor& lengths,
+                                               c10::string_view nonlinearity) {
+  return rnn_forward_checked<Loops>(gx, w_hh, b_hh, h0, lengths, nonlinearity, true);
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor> rnn_infer(const Tensor& gx, const Tensor& w_hh,
+                                     const OptTensor& b_hh, const Tensor& h0,
+                                     const OptTensor& lengths,
+                                     c10::string_view nonlinearity) {
+  auto [y, h_n, ws] = rnn_forward_checked<Loops>(gx, w_hh, b_hh, h0, lengths, nonlinearity, false);
+  return {y, h_n};
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
+    const Tensor& h0, const Tensor& y, const Tensor& ws,
+    const OptTensor& lengths, const OptTensor& grad_ws,
+    c10::string_view nonlinearity) {
+  const char* op = "rnn_ext::rnn_backward";
+  const bool relu = rnn_is_relu(op, nonlinearity);
+  TORCH_CHECK(y.dim() == 3 && ws.dim() == 3, op, ": output must be [T, B, H]");
+  const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
+  check_same(op, "grad_output", grad_y, y, y.sizes());
+  check_same(op, "grad_h_n", grad_h_n, y, {B, H});
+  check_same(op, "h0", h0, y, {B, H});
+  check_same(op, "w_hh", w_hh, y, {H, H});
+  TORCH_CHECK(ws.size(0) == T_ && ws.size(1) == B && ws.size(2) == H,
+              op, ": workspace does not match output");
+  if (grad_ws) TORCH_CHECK(grad_ws->sizes() == ws.sizes() && grad_ws->scalar_type() == ws.scalar_type(),
+                           op, ": grad_workspace must match workspace");
+  std::tuple<Tensor, Tensor, Tensor, Tensor> out;
+  RNN_EXT_DISPATCH(y.scalar_type(), "rnn_ext::rnn_backward", [&] {
+    out = Loops::template rnn_backward<scalar_t>(
+        grad_y.contiguous(), grad_h_n.contiguous(), w_hh.contiguous(),
+        h0.contiguous(), y.contiguous(), ws.contiguous(), lengths,
+        contiguous(grad_ws), relu);
   });
   return out;
 }

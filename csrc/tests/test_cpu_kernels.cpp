@@ -164,6 +164,65 @@ static void test_host_exp_and_activations() {
   expect_near(gates::tanh_(-50.0f), -1.0, 0.0, "tanh(-50)");
   for (float x = -9.0f; x <= 9.0f; x += 0.013f)
     expect_near(gates::tanh_(x), std::tanh(static_cast<double>(x)), 2e-7, "tanh");
+  // Relative error, down to tiny arguments: a tanh that cancels near 0
+  // (1 - 2 / (e^{2x} + 1)) is off by about 1e-7 absolute there, which is
+  // all of tanh(1e-7).  Within 3 fp32 ulps everywhere.
+  double worst_rel = 0;
+  for (float a = 1e-30f; a < 20.0f; a *= 1.0137f) {
+    for (float x : {a, -a}) {
+      const double want = std::tanh(static_cast<double>(x));
+      worst_rel = std::max(worst_rel, std::fabs(gates::tanh_(x) - want) / std::fabs(want));
+    }
+  }
+  expect_near(worst_rel, 0.0, 3 * 5.96e-8, "tanh relative error");
+  expect_near(gates::tanh_(0.0f), 0.0, 0.0, "tanh(0)");
+}
+
+// One Elman (nn.RNN) step on B rows, with gh as the recurrent product.
+static std::vector<double> rnn_step(int64_t B, int64_t H, const std::vector<double>& gx,
+                                    const std::vector<double>& gh, bool relu,
+                                    std::vector<double>* ws_out) {
+  std::vector<double> ws(B * H, -7.0), y(B * H, -7.0), bias(H, 0.25), h_prev(B * H, 0.0);
+  RNNForwardStep<double, double> p{B, H, 0, nullptr, gx.data(), gh.data(), bias.data(),
+                                   h_prev.data(), ws.data(), y.data(), relu};
+  cpu::rnn_forward_rows(p, 0, B, 0, H);
+  if (ws_out) *ws_out = ws;
+  return y;
+}
+
+static void test_rnn_forward_known_values_and_backward() {
+  const int64_t B = 2, H = 3;
+  for (bool relu : {false, true}) {
+    std::mt19937 rng(relu ? 5 : 4);
+    auto gx = random_vec(B * H, rng), gh = random_vec(B * H, rng), w = random_vec(B * H, rng);
+    std::vector<double> ws;
+    auto y = rnn_step(B, H, gx, gh, relu, &ws);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < H; ++j) {
+        const double pre = gx[b * H + j] + gh[b * H + j] + 0.25;
+        const double want = relu ? std::max(pre, 0.0) : std::tanh(pre);
+        expect_near(y[b * H + j], want, 1e-15, relu ? "rnn relu h" : "rnn tanh h");
+        expect_near(ws[b * H + j], want, 0.0, "rnn workspace = h");
+      }
+    auto loss = [&](const std::vector<double>& x) {
+      auto out = rnn_step(B, H, x, gh, relu, nullptr);
+      double s = 0;
+      for (size_t k = 0; k < out.size(); ++k) s += w[k] * out[k];
+      return s;
+    };
+    std::vector<double> dh_state = w, grad_y(B * H, 0.0), dgates(B * H, -7.0);
+    RNNBackwardStep<double, double> p{B, H, 0, nullptr, ws.data(), nullptr, dh_state.data(),
+                                      grad_y.data(), dgates.data(), relu};
+    cpu::rnn_backward_rows(p, 0, B, 0, H);
+    const double eps = 1e-6;
+    for (size_t k = 0; k < gx.size(); ++k) {
+      auto up = gx, down = gx;
+      up[k] += eps;
+      down[k] -= eps;
+      expect_near(dgates[k], (loss(up) - loss(down)) / (2 * eps), 1e-7, "rnn d pre-activation");
+    }
+    for (double v : dh_state) expect_near(v, 0.0, 0.0, "rnn dh consumed");
+  }
 }
 
 int main() {
@@ -172,6 +231,7 @@ int main() {
   test_lstm_inactive_row_is_zero();
   test_lstm_backward_matches_finite_differences();
   test_gru_backward_matches_finite_differences();
+  test_rnn_forward_known_values_and_backward();
   if (failures) {
     std::printf("%d failed\n", failures);
     return 1;

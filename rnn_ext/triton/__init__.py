@@ -2,6 +2,7 @@
 
     lstm(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths) -> (output, h_n, c_n, workspace)
     gru(input_gates, w_hh, b_hh, h0, lengths) -> (output, h_n, workspace)
+    rnn(input_gates, w_hh, b_hh, h0, lengths, nonlinearity) -> (output, h_n, workspace)
 
 Same contract as the compiled ops (see rnn_ext.functional and
 rnn_ext.reference).  Forward and backward are Triton kernels in one of two
@@ -111,3 +112,18 @@ def gru(input_gates, w_hh, b_hh=None, h0=None, lengths=None, strategy=None):
     return tuple(_function.call(
         torch.ops.rnn_ext.triton_gru_forward.default, _ops.GRU_FUNCTION,
         (input_gates, w_hh, b_hh, h0, _lengths(lengths), _strategy(strategy))))
+
+
+def rnn(input_gates, w_hh, b_hh=None, h0=None, lengths=None, nonlinearity="tanh", strategy=None):
+    """One Elman RNN layer direction (nn.RNN's cell, "tanh" or "relu") with
+    the Triton kernels; returns (output, h_n, workspace).  h0 defaults to
+    zeros."""
+    from .. import _function
+    from . import _ops  # registers the ops
+
+    _check_rank("rnn_ext::triton_rnn_forward", input_gates, "H")
+    if h0 is None:
+        h0 = input_gates.new_zeros(input_gates.shape[1], input_gates.shape[2])
+    return tuple(_function.call(
+        torch.ops.rnn_ext.triton_rnn_forward.default, _ops.RNN_FUNCTION,
+        (input_gates, w_hh, b_hh, h0, _lengths(lengths), nonlinearity, _strategy(strategy))))

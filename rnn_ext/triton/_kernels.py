@@ -14,6 +14,7 @@ The math and the workspace layout are those of csrc/include/rnn_ext/gate_math.h
 and step_kernels.h:
   LSTM workspace [T, B, 5H] = i, f, g, o (activated), c
   GRU  workspace [T, B, 4H] = r, z, n (activated), hn = W_hn h + b_hn
+  RNN  workspace [T, B, H]  = h (activated output)
 The workspace (and every gate computation) is in the accumulation type: fp32
 for fp16/bf16 storage, else the storage type.  A row with t >= lengths[b]
 writes zeros to its output and workspace and keeps its state.
@@ -36,10 +37,35 @@ def _sigmoid(x):
 
 @triton.jit
 def _tanh(x):
-    # tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|), i.e. 2*sigmoid(2x) - 1.
-    e = tl.exp(-2.0 * tl.abs(x))
+    # tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|), i.e. 2*sigmoid(2x) - 1,
+    # exact at the tails.  Near 0, 1 - e cancels (an error of about one ulp
+    # of 1, not of tanh(x)), so there an odd polynomial x + x^3 P(x^2) takes
+    # over: in fp32 for |x| < 0.625 the minimax fit of gate_math.h's
+    # host_tanhf; in fp64 for |x| < 0.1 the Taylor series to x^15 (the next
+    # term is below 1e-19 relative there).
+    a = tl.abs(x)
+    e = tl.exp(-2.0 * a)
     t = (1.0 - e) / (1.0 + e)
-    return tl.where(x >= 0, t, -t)
+    t = tl.where(x >= 0, t, -t)
+    z = x * x
+    if x.dtype == tl.float64:
+        p = -929569.0 / 638512875.0
+        p = p * z + 21844.0 / 6081075.0
+        p = p * z - 1382.0 / 155925.0
+        p = p * z + 62.0 / 2835.0
+        p = p * z - 17.0 / 315.0
+        p = p * z + 2.0 / 15.0
+        p = p * z - 1.0 / 3.0
+        small = x + x * z * p
+        return tl.where(a < 0.1, small, t)
+    else:
+        p = -5.7170446962e-3
+        p = p * z + 2.0650586113e-2
+        p = p * z - 5.3743496537e-2
+        p = p * z + 1.3331490755e-1
+        p = p * z - 3.3333283663e-1
+        small = x + x * z * p
+        return tl.where(a < 0.625, small, t)
 
 
 @triton.jit
@@ -697,6 +723,177 @@ def gru_bwd_persistent_kernel(
     dh0 = tl.dot(d_z, w_z, dh0, input_precision=PRECISION, out_dtype=ACC)
     dh0 = tl.dot(d_hn, w_n, dh0, input_precision=PRECISION, out_dtype=ACC)
     tl.store(dh0_ptr + idx, dh0.to(DT), mask=mask)
+
+
+# ------------------------------------------------- RNN (nn.RNN's cell) ----
+@triton.jit
+def _rnn_act(pre, RELU: tl.constexpr):
+    if RELU:
+        return tl.maximum(pre, 0.0)
+    else:
+        return _tanh(pre)
+
+
+@triton.jit
+def _rnn_act_grad(h, dh, RELU: tl.constexpr):
+    """Gradient of the pre-activation from the activated output h; relu's
+    is 0 at 0, as in torch."""
+    if RELU:
+        return tl.where(h > 0, dh, 0.0)
+    else:
+        return dh * (1.0 - h * h)
+
+
+@triton.jit(do_not_specialize=["t"])
+def rnn_fwd_step_kernel(
+        gx_ptr,     # [B, H]
+        hprev_ptr,  # [B, H]: h0 at t = 0, else output of step t-1
+        w_ptr,      # W_hh [H, H]
+        b_ptr,      # b_hh [H] (if HAS_BIAS)
+        ws_ptr,     # [B, H]
+        y_ptr,      # [B, H]
+        hn_ptr, len_ptr, t, T, B, H,
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, FIRST: tl.constexpr,
+        RELU: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = y_ptr.dtype.element_ty
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+    active = (t < L)[:, None]
+    state = offs_b[:, None] * H + offs_n[None, :]
+    pre = tl.load(gx_ptr + state, mask=mask, other=0.0).to(ACC)
+    pre = _rows_times(pre, hprev_ptr, H, w_ptr, 1, H, offs_b, offs_n, B, H, H, PRECISION, BLOCK_K)
+    if HAS_BIAS:
+        pre += tl.load(b_ptr + offs_n, mask=offs_n < H, other=0.0).to(ACC)[None, :]
+    h_acc = _rnn_act(pre, RELU)
+    h = h_acc.to(DT)
+    tl.store(ws_ptr + state, tl.where(active, h_acc, 0.0), mask=mask)
+    tl.store(y_ptr + state, tl.where(active, h, 0.0).to(DT), mask=mask)
+    tl.store(hn_ptr + state, h, mask=mask & (t == L - 1)[:, None])
+    if FIRST:
+        empty = mask & (L == 0)[:, None]
+        tl.store(hn_ptr + state, tl.load(hprev_ptr + state, mask=empty, other=0.0), mask=empty)
+
+
+@triton.jit(do_not_specialize=["t"])
+def rnn_bwd_step_kernel(
+        dg_next_ptr, KA,  # gradient of the pre-activation at step t+1 [B, H]; KA = H, or 0 at the last step
+        w_ptr,        # W_hh [H, H]
+        gy_ptr,       # grad of the output at step t [B, H]
+        ghn_ptr,      # grad_h_n [B, H], added at each row's last step
+        ws_ptr,       # [B, H] activated output of step t
+        gws_ptr,      # [B, H] (if HAS_GWS)
+        dg_ptr,       # out: gradient of the pre-activation at step t [B, H]
+        len_ptr, t, T, B, H,
+        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, RELU: tl.constexpr,
+        PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dh_t = d_pre_{t+1} @ W_hh + grad_y_t (+ grad_h_n at the row's last
+    step) in the same kernel as the activation's gradient."""
+    ACC = ws_ptr.dtype.element_ty
+    DT = dg_ptr.dtype.element_ty
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+    active = (t < L)[:, None]
+    state = offs_b[:, None] * H + offs_n[None, :]
+    dh = tl.load(gy_ptr + state, mask=mask, other=0.0).to(ACC)
+    dh += tl.load(ghn_ptr + state, mask=mask & (t == L - 1)[:, None], other=0.0).to(ACC)
+    dh = _rows_times(dh, dg_next_ptr, H, w_ptr, H, 1, offs_b, offs_n, B, H, KA, PRECISION, BLOCK_K)
+    if HAS_GWS:
+        dh += tl.load(gws_ptr + state, mask=mask, other=0.0)
+    h = tl.load(ws_ptr + state, mask=mask, other=0.0)
+    d_pre = _rnn_act_grad(h, dh, RELU)
+    tl.store(dg_ptr + state, tl.where(active, d_pre, 0.0).to(DT), mask=mask)
+
+
+@triton.jit
+def rnn_fwd_persistent_kernel(
+        gx_ptr,  # [T, B, H]
+        w_ptr,   # W_hh [H, H]
+        b_ptr,   # [H] (if HAS_BIAS)
+        h0_ptr, len_ptr,
+        ws_ptr,  # [T, B, H]
+        y_ptr,   # [T, B, H]
+        hn_ptr,
+        T, B, H,
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, RELU: tl.constexpr,
+        PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = y_ptr.dtype.element_ty
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.arange(0, BLOCK_H)
+    mask = (offs_b[:, None] < B) & (offs_h[None, :] < H)
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+    # W_hh^T [BLOCK_H (k), BLOCK_H (j)]: (k, j) = W_hh[j, k].
+    w = tl.load(w_ptr + offs_h[None, :] * H + offs_h[:, None],
+                mask=(offs_h[:, None] < H) & (offs_h[None, :] < H), other=0.0)
+    bias = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+    if HAS_BIAS:
+        bias += tl.load(b_ptr + offs_h, mask=offs_h < H, other=0.0).to(ACC)[None, :]
+    idx = offs_b[:, None] * H + offs_h[None, :]
+    h = tl.load(h0_ptr + idx, mask=mask, other=0.0)
+    for t in range(0, T):
+        active = (t < L)[:, None]
+        step = tl.cast(t, tl.int64) * B * H
+        pre = tl.dot(h, w, bias, input_precision=PRECISION, out_dtype=ACC)
+        pre += tl.load(gx_ptr + step + idx, mask=mask, other=0.0).to(ACC)
+        h_acc = _rnn_act(pre, RELU)
+        h_new = h_acc.to(DT)
+        tl.store(ws_ptr + step + idx, tl.where(active, h_acc, 0.0), mask=mask)
+        tl.store(y_ptr + step + idx, tl.where(active, h_new, 0.0).to(DT), mask=mask)
+        h = tl.where(active, h_new, h)
+    tl.store(hn_ptr + idx, h, mask=mask)
+
+
+@triton.jit
+def rnn_bwd_persistent_kernel(
+        gy_ptr,   # [T, B, H]
+        ghn_ptr,  # [B, H]
+        w_ptr,    # W_hh [H, H]
+        ws_ptr,   # [T, B, H]
+        gws_ptr,  # [T, B, H] (if HAS_GWS)
+        len_ptr,
+        dg_ptr,   # out [T, B, H]
+        T, B, H,
+        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, RELU: tl.constexpr,
+        PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The gradient of h0 is left to the host (d_pre_0 @ W_hh, one GEMM):
+    a second product site after the loop would hold W_hh in a second layout
+    and spill in fp32 at the crossover."""
+    ACC = ws_ptr.dtype.element_ty
+    DT = dg_ptr.dtype.element_ty
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.arange(0, BLOCK_H)
+    mask = (offs_b[:, None] < B) & (offs_h[None, :] < H)
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+    # W_hh [BLOCK_H (j), BLOCK_H (k)].
+    w = tl.load(w_ptr + offs_h[:, None] * H + offs_h[None, :],
+                mask=(offs_h[:, None] < H) & (offs_h[None, :] < H), other=0.0)
+    idx = offs_b[:, None] * H + offs_h[None, :]
+    ghn = tl.load(ghn_ptr + idx, mask=mask, other=0.0).to(ACC)
+    # Gradient of the pre-activation of step t+1, in the storage type (as
+    # the step strategy reads it back from memory).
+    d_pre = tl.zeros([BLOCK_B, BLOCK_H], dtype=DT)
+    for s in range(0, T):
+        t = T - 1 - s
+        active = (t < L)[:, None]
+        last = (t == L - 1)[:, None]
+        step = tl.cast(t, tl.int64) * B * H
+        # The loaded gradients are the product's accumulator: fewer live
+        # tiles than adding them after it (no spill in fp32 at the crossover).
+        dh = tl.load(gy_ptr + step + idx, mask=mask, other=0.0).to(ACC)
+        dh += tl.where(last, ghn, 0.0)
+        if HAS_GWS:
+            dh += tl.load(gws_ptr + step + idx, mask=mask, other=0.0)
+        dh = tl.dot(d_pre, w, dh, input_precision=PRECISION, out_dtype=ACC)
+        h = tl.load(ws_ptr + step + idx, mask=mask, other=0.0)
+        d_pre = tl.where(active, _rnn_act_grad(h, dh, RELU), 0.0).to(DT)
+        tl.store(dg_ptr + step + idx, d_pre, mask=mask)
 
 
 def _is_interpreted(fn):

@@ -1,5 +1,5 @@
 """The Triton sequence ops as torch.library custom ops
-(torch.ops.rnn_ext.triton_{lstm,gru}_{forward,backward}): input checks,
+(torch.ops.rnn_ext.triton_{lstm,gru,rnn}_{forward,backward}): input checks,
 fake (meta) implementations and autograd, so that torch.compile traces them
 without a graph break and torch.library.opcheck passes.
 
@@ -229,3 +229,102 @@ def _gru_backward(ctx, grad_y, grad_h_n, grad_ws):
 gru_forward.register_autograd(_gru_backward, setup_context=_gru_setup_context)
 GRU_FUNCTION = _function.autograd_function("TritonGRUForward", torch.ops.rnn_ext.triton_gru_forward.default,
                                            _gru_setup_context, _gru_backward)
+
+
+# ----------------------------------------------------------------- RNN ----
+def _check_nonlinearity(op, nonlinearity):
+    if nonlinearity not in reference.NONLINEARITIES:
+        _checks._fail(op, f"unknown nonlinearity '{nonlinearity}'; choose 'tanh' or 'relu'")
+
+
+def check_rnn_forward(gx, w_hh, b_hh, h0, lengths, nonlinearity, strategy,
+                      op="rnn_ext::triton_rnn_forward"):
+    _check_nonlinearity(op, nonlinearity)
+    if h0 is None:
+        _checks._fail(op, "h0 is required")
+    dims = _checks.check_rnn_forward(gx, w_hh, b_hh, h0, lengths, op=op)
+    _check_triton(op, gx, strategy)
+    return dims
+
+
+def check_rnn_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, nonlinearity, strategy,
+                       op="rnn_ext::triton_rnn_backward"):
+    _check_nonlinearity(op, nonlinearity)
+    _checks.check_rnn_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, op)
+    _check_triton(op, y, strategy)
+
+
+@torch.library.custom_op("rnn_ext::triton_rnn_forward", mutates_args=())
+def rnn_forward(input_gates: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], h0: Tensor,
+                lengths: Optional[Tensor], nonlinearity: str, strategy: str
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    op = "rnn_ext::triton_rnn_forward"
+    T = check_rnn_forward(input_gates, w_hh, b_hh, h0, lengths, nonlinearity, strategy)[0]
+    _check_length_values(lengths, T)
+    _usable(op, input_gates)
+    return _sequence.rnn_forward(input_gates.contiguous(), w_hh.contiguous(), _c(b_hh),
+                                 h0.contiguous(), _c(lengths), nonlinearity == "relu", strategy)
+
+
+@rnn_forward.register_fake
+def _(input_gates, w_hh, b_hh, h0, lengths, nonlinearity, strategy):
+    T, B, H = check_rnn_forward(input_gates, w_hh, b_hh, h0, lengths, nonlinearity, strategy)
+    new = input_gates.new_empty
+    return new((T, B, H)), new((B, H)), new((T, B, H), dtype=acc_dtype(input_gates.dtype))
+
+
+torch.library.define(
+    "rnn_ext::triton_rnn_backward",
+    "(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, Tensor h0, Tensor output, Tensor workspace, "
+    "Tensor? lengths, Tensor? grad_workspace, str nonlinearity, str strategy) "
+    "-> (Tensor, Tensor, Tensor, Tensor)")
+
+
+@torch.library.impl("rnn_ext::triton_rnn_backward", ("CPU", "CUDA"))
+def _rnn_backward_impl(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths, grad_workspace,
+                       nonlinearity, strategy):
+    op = "rnn_ext::triton_rnn_backward"
+    check_rnn_backward(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths, grad_workspace,
+                       nonlinearity, strategy)
+    _check_length_values(lengths, output.shape[0])
+    _usable(op, output)
+    return _sequence.rnn_backward(grad_output.contiguous(), grad_h_n.contiguous(), w_hh.contiguous(),
+                                  h0.contiguous(), output.contiguous(), workspace.contiguous(),
+                                  _c(lengths), _c(grad_workspace), nonlinearity == "relu", strategy)
+
+
+@torch.library.register_fake("rnn_ext::triton_rnn_backward")
+def _(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths, grad_workspace, nonlinearity,
+      strategy):
+    check_rnn_backward(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths, grad_workspace,
+                       nonlinearity, strategy)
+    T, B, H = output.shape
+    new = output.new_empty
+    return new((T, B, H)), new(w_hh.shape), new((H,)), new(h0.shape)
+
+
+rnn_backward = torch.ops.rnn_ext.triton_rnn_backward.default
+
+
+def _rnn_setup_context(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
+    ctx.nonlinearity, ctx.strategy = inputs[5], inputs[6]
+    ctx.save_for_backward(*inputs[:5], *output)
+
+
+def _rnn_backward(ctx, grad_y, grad_h_n, grad_ws):
+    saved = ctx.saved_tensors
+    gx, w_hh, b_hh, h0, lengths, y, h_n, ws = saved
+    if _create_graph(saved):
+        return _higher_order(ctx, reference.rnn_reference,
+                             (gx, w_hh, b_hh, h0, lengths, ctx.nonlinearity),
+                             (y, h_n, ws), (grad_y, grad_h_n, grad_ws)) + (None,)
+    d_gx, d_w_hh, d_b_hh, d_h0 = rnn_backward(
+        _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n), w_hh, h0, y, ws, lengths,
+        grad_ws, ctx.nonlinearity, ctx.strategy)
+    return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None, None, None
+
+
+rnn_forward.register_autograd(_rnn_backward, setup_context=_rnn_setup_context)
+RNN_FUNCTION = _function.autograd_function("TritonRNNForward", torch.ops.rnn_ext.triton_rnn_forward.default,
+                                           _rnn_setup_context, _rnn_backward)

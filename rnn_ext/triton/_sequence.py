@@ -45,7 +45,7 @@ def why_not_persistent(n_gates, H, K, P, dtype, device=None, precision="ieee", a
     reason = _fit.why_not_fit(n_gates, _pad(H), _pad(K), P, dtype, precision, limit, allow_spill, aligned)
     if reason is None:
         return None
-    cell = "GRU" if n_gates == 3 else "LSTM"
+    cell = {3: "GRU", 1: "RNN"}.get(n_gates, "LSTM")
     size = f"H={H}" + (f" P={P}" if P else "")
     largest = _fit.largest_fitting_block_h(n_gates, _pad(K), P, dtype, precision, limit, allow_spill, aligned)
     if largest:
@@ -330,3 +330,78 @@ def gru_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, strategy):
     if T > 1:
         d_w_hh.addmm_(d_hh[1:].reshape((T - 1) * B, 3 * H).t(), y[:-1].reshape((T - 1) * B, H))
     return d_gates, d_w_hh, d_hh.sum((0, 1)), d_h0
+
+
+# ----------------------------------------------------------------- RNN ----
+# nn.RNN's cell: one gate tile, the same two strategies and the same
+# crossover rule (n_gates = 1).
+def rnn_forward(gx, w_hh, b_hh, h0, lengths, relu, strategy):
+    T, B, H = gx.shape
+    dt = gx.dtype
+    y = _buffer((T, B, H), gx)
+    ws = _buffer((T, B, H), gx, acc_dtype(dt))
+    h_n = _buffer((B, H), gx)
+    L = _lengths_on(lengths, gx)
+    has_len = L is not None
+    dummy = gx
+    prec = _precision(dt)
+    strategy = resolve_strategy(strategy, 1, H, H, 0, dt)
+    with _device_guard(gx):
+        if strategy == "persistent":
+            grid = (triton.cdiv(B, PERSISTENT_BLOCK_B),)
+            K.rnn_fwd_persistent_kernel[grid](
+                gx, w_hh, b_hh if b_hh is not None else dummy, h0, L if has_len else dummy,
+                ws, y, h_n, T, B, H,
+                HAS_BIAS=b_hh is not None, HAS_LEN=has_len, RELU=relu, PRECISION=prec,
+                BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H), num_warps=PERSISTENT_NUM_WARPS)
+            return y, h_n, ws
+        bb, bn, bk, warps = _step_tiles(B, dt)
+        grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
+        for t in range(T):
+            K.rnn_fwd_step_kernel[grid](
+                gx[t], h0 if t == 0 else y[t - 1], w_hh, b_hh if b_hh is not None else dummy,
+                ws[t], y[t], h_n, L if has_len else dummy, t, T, B, H,
+                HAS_BIAS=b_hh is not None, HAS_LEN=has_len, FIRST=t == 0, RELU=relu,
+                PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+    return y, h_n, ws
+
+
+def rnn_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, relu, strategy):
+    T, B, H = y.shape
+    dt = y.dtype
+    d_gates = _buffer((T, B, H), y)
+    L = _lengths_on(lengths, y)
+    has_len = L is not None
+    has_gws = grad_ws is not None
+    dummy = y
+    prec = _precision(dt)
+    strategy = resolve_strategy(strategy, 1, H, H, 0, dt)
+    with _device_guard(y):
+        if strategy == "persistent":
+            grid = (triton.cdiv(B, PERSISTENT_BLOCK_B),)
+            K.rnn_bwd_persistent_kernel[grid](
+                grad_y, grad_h_n, w_hh, ws, grad_ws if has_gws else dummy,
+                L if has_len else dummy, d_gates, T, B, H,
+                HAS_LEN=has_len, HAS_GWS=has_gws, RELU=relu, PRECISION=prec,
+                BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H), num_warps=PERSISTENT_NUM_WARPS)
+        else:
+            bb, bn, bk, warps = _step_tiles(B, dt)
+            grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
+            for t in reversed(range(T)):
+                nxt, k_next = (d_gates[t + 1], H) if t + 1 < T else (d_gates[t], 0)
+                K.rnn_bwd_step_kernel[grid](
+                    nxt, k_next, w_hh, grad_y[t], grad_h_n, ws[t],
+                    grad_ws[t] if has_gws else dummy, d_gates[t],
+                    L if has_len else dummy, t, T, B, H,
+                    HAS_LEN=has_len, HAS_GWS=has_gws, RELU=relu, PRECISION=prec,
+                    BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+    # The gradient reaching h0 (both strategies): through step 0's product,
+    # or grad_h_n itself for rows of length 0 (whose gradients are all zero).
+    d_h0 = torch.mm(d_gates[0], w_hh)
+    if has_len:
+        d_h0 = torch.where((L == 0).view(B, 1), grad_h_n, d_h0)
+    # One gradient serves the input gates and the recurrent product.
+    d_w_hh = torch.mm(d_gates[0].t(), h0)
+    if T > 1:
+        d_w_hh.addmm_(d_gates[1:].reshape((T - 1) * B, H).t(), y[:-1].reshape((T - 1) * B, H))
+    return d_gates, d_w_hh, d_gates.sum((0, 1)), d_h0

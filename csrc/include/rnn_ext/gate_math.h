@@ -5,6 +5,7 @@
 // Formulas and gate order are exactly those of torch.nn:
 //   LSTM (i, f, g, o):  c' = f*c + i*g,  h' = o*tanh(c')
 //   GRU  (r, z, n):     n = tanh(x_n + r*(W_hn h + b_hn)),  h' = (1-z)*n + z*h
+//   RNN:                h' = tanh(pre) or relu(pre), pre = x W_ih^T + b_ih + h W_hh^T + b_hh
 // `Acc` is the accumulation type: float for fp16/bf16 storage, else the
 // storage type itself.
 #pragma once
@@ -53,13 +54,31 @@ RNN_HD float exp_(float x) {
 #endif
 }
 RNN_HD double exp_(double x) { return exp(x); }
+#if !defined(__CUDA_ARCH__)
+// fp32 tanh on the host, branch-free like host_expf.  For |x| >= 0.625,
+// 1 - 2 / (e^{2x} + 1), exact at both tails.  Near 0 that form cancels (its
+// error is about one ulp of 1, not of tanh(x)), so for |x| < 0.625 an odd
+// polynomial x + x^3 P(x^2) takes over: P is a minimax fit of
+// (tanh(x)/x - 1)/x^2 on that interval, within about one ulp of tanh.  Both
+// are computed and one is selected, which vectorises as a blend.
+inline float host_tanhf(float x) {
+  const float z = x * x;
+  float p = -5.7170446962e-3f;
+  p = p * z + 2.0650586113e-2f;
+  p = p * z - 5.3743496537e-2f;
+  p = p * z + 1.3331490755e-1f;
+  p = p * z - 3.3333283663e-1f;
+  const float small = x + x * z * p;
+  const float large = 1.0f - 2.0f / (host_expf(2.0f * x) + 1.0f);
+  return fabsf(x) < 0.625f ? small : large;
+}
+#endif
+
 RNN_HD float tanh_(float x) {
 #if defined(__CUDA_ARCH__)
   return tanhf(x);
 #else
-  // 1 - 2 / (e^{2x} + 1): exact at both tails; near 0 the absolute error
-  // stays about one fp32 ulp of 1.
-  return 1.0f - 2.0f / (host_expf(2.0f * x) + 1.0f);
+  return host_tanhf(x);
 #endif
 }
 RNN_HD double tanh_(double x) { return tanh(x); }
@@ -166,6 +185,30 @@ RNN_HD GRUBackward<Acc> gru_backward(Acc r, Acc z, Acc n, Acc hn, Acc h_prev,
   out.pre_z = dz * z * (Acc(1) - z);
   out.h_prev = dh * z;
   return out;
+}
+
+// ----------------------------------------------------------------- RNN ----
+// The Elman cell of nn.RNN: one activation of the summed pre-activation.
+// kReLU picks relu over tanh at compile time, so a CPU loop over a row
+// keeps no branch on it.
+template <bool kReLU, typename Acc>
+RNN_HD Acc rnn_forward(Acc pre) {
+  if constexpr (kReLU)
+    return pre > Acc(0) ? pre : Acc(0);
+  else
+    return tanh_(pre);
+}
+
+// h: the activated output of the step (what the workspace keeps); dh: its
+// gradient (d_act, one a caller placed on the saved activation, included).
+// Returns the gradient of the pre-activation.  relu's gradient at 0 is 0,
+// as in torch (threshold_backward on the result).
+template <bool kReLU, typename Acc>
+RNN_HD Acc rnn_backward(Acc h, Acc dh) {
+  if constexpr (kReLU)
+    return h > Acc(0) ? dh : Acc(0);
+  else
+    return dh * (Acc(1) - h * h);
 }
 
 }  // namespace gates

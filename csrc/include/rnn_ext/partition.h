@@ -3,7 +3,7 @@
 // supplies the device's pieces (CPU: cpu/persistent.h).
 //
 // K workers share a layer direction.  Worker k owns a slice of hidden units
-// with all their gates (4 for LSTM, 3 for GRU), so the pointwise update of
+// with all their gates (4 for LSTM, 3 for GRU, 1 for RNN), so the pointwise update of
 // its units needs nothing from other workers:
 //
 //   forward step t   every worker reads all of h_{t-1}, multiplies it by its
@@ -320,6 +320,89 @@ RNN_HD void gru_backward_worker(const GRUBackwardSeq<T, Acc>& s, int64_t k, Exec
   if (u.size() > 0)
     ex.gemm_nn(gemm_rows(s.active, 0, B), u.size(), 3 * H, s.d_hh, 3 * H,
                s.w_hh + u.begin, H, s.dh_state + u.begin, H, true);
+}
+
+// ----------------------------------------------------------------- RNN ----
+template <typename T, typename Acc>
+struct RNNForwardSeq {
+  int64_t steps, B, H;
+  int64_t workers, align;
+  const int64_t* lengths;
+  const int64_t* active;
+  const T* gx;             // [steps, B, H]
+  const T* w_hh;           // [H, H]
+  const T* b_hh;           // [H]
+  const T* h0;             // [B, H]
+  bool h0_zero;            // as in LSTMForwardSeq
+  Acc* ws;                 // [ws_steps, B, H]: the activated h of step t at
+  int64_t ws_steps;        //   t % ws_steps (steps: training; 1: inference)
+  T* y;                    // [steps, B, H]
+  Acc* gates;              // [B, H] scratch: worker block [B, |u|]
+  T* h_n;                  // [B, H], filled with h0 by the caller
+  bool relu;               // nonlinearity: relu, else tanh
+};
+
+template <class Exec, typename T, typename Acc>
+RNN_HD void rnn_forward_worker(const RNNForwardSeq<T, Acc>& s, int64_t k, Exec& ex) {
+  const int64_t B = s.B, H = s.H;
+  const Slice u = split(H, s.workers, k, s.align);
+  const int64_t nu = u.size();
+  const GateRows<T> w = ex.resident_rows(s.w_hh, H, 1, H, u);
+  Acc* gates = s.gates + B * u.begin;
+  for (int64_t t = 0; t < s.steps; ++t) {
+    if (nu > 0) {
+      const T* h_prev = t == 0 ? s.h0 : s.y + (t - 1) * B * H;
+      T* y = s.y + t * B * H;
+      const int64_t depth = t == 0 && s.h0_zero ? 0 : H;
+      ex.gemm_nt(gemm_rows(s.active, t, B), nu, depth, h_prev, H, w.gate(0), w.ld, gates, nu, false);
+      RNNForwardStep<T, Acc> p{B, H, t, s.lengths, s.gx + t * B * H, gates, s.b_hh, h_prev,
+                               s.ws + (t % s.ws_steps) * B * H, y, s.relu, nu, nu, u.begin};
+      ex.elements(p, u.begin, u.end);
+      const int64_t T_ = s.steps;
+      const int64_t* len = s.lengths;
+      T* h_n = s.h_n;
+      ex.for_each(0, B, u.begin, u.end, [=](int64_t b, int64_t j) {
+        if (last_step(len, b, t, T_)) h_n[b * H + j] = y[b * H + j];
+      });
+    }
+    ex.barrier();
+  }
+}
+
+template <typename T, typename Acc>
+struct RNNBackwardSeq {
+  int64_t steps, B, H;
+  int64_t workers, align;
+  const int64_t* lengths;
+  const int64_t* active;
+  const T* w_hh;           // [H, H]
+  const Acc* ws;           // [steps, B, H] from forward
+  const Acc* grad_ws;      // [steps, B, H] or null
+  const T* grad_y;         // [steps, B, H]
+  Acc* dh_state;           // [B, H] in: grad_h_n; out: grad_h0
+  T* d_gates;              // [steps, B, H] out: gradient of the pre-activation
+  bool relu;
+};
+
+template <class Exec, typename T, typename Acc>
+RNN_HD void rnn_backward_worker(const RNNBackwardSeq<T, Acc>& s, int64_t k, Exec& ex) {
+  const int64_t B = s.B, H = s.H;
+  const Slice u = split(H, s.workers, k, s.align);
+  for (int64_t t = s.steps - 1; t >= 0; --t) {
+    if (u.size() > 0) {
+      if (t + 1 < s.steps)
+        ex.gemm_nn(gemm_rows(s.active, t + 1, B), u.size(), H, s.d_gates + (t + 1) * B * H, H,
+                   s.w_hh + u.begin, H, s.dh_state + u.begin, H, true);
+      RNNBackwardStep<T, Acc> p{B, H, t, s.lengths, s.ws + t * B * H,
+                                s.grad_ws ? s.grad_ws + t * B * H : nullptr, s.dh_state,
+                                s.grad_y + t * B * H, s.d_gates + t * B * H, s.relu};
+      ex.elements(p, u.begin, u.end);
+    }
+    ex.barrier();
+  }
+  if (u.size() > 0)
+    ex.gemm_nn(gemm_rows(s.active, 0, B), u.size(), H, s.d_gates, H, s.w_hh + u.begin, H,
+               s.dh_state + u.begin, H, true);
 }
 
 }  // namespace partition

@@ -6,6 +6,7 @@
 // Layout conventions (all row-major, contiguous):
 //   LSTM workspace per step: [B, 5H] = i, f, g, o, c   (activated gates, cell)
 //   GRU  workspace per step: [B, 4H] = r, z, n, hn     (hn = W_hn h + b_hn)
+//   RNN  workspace per step: [B, H]  = h               (the activated output)
 // The workspace is in the accumulation type Acc (fp32 for fp16/bf16), so the
 // LSTM cell state never round-trips through a low-precision format.
 //
@@ -264,6 +265,72 @@ RNN_HD void gru_backward_active(const GRUBackwardStep<T, Acc>& p, int64_t b,
   p.dh_state[e] = r.h_prev;
 }
 
+// ------------------------------------------------------------- RNN fwd ----
+// The Elman cell of nn.RNN.  Same shape as GRUForwardStep; h_prev is not
+// read by the math (the product gh already holds it) but is set like GRU's,
+// so that an executor fills both kinds the same way.
+template <typename T, typename Acc>
+struct RNNForwardStep {
+  int64_t B, H, t;
+  const int64_t* lengths;
+  const T* gx;      // [B, H]
+  const Acc* gh;    // h_{t-1} W_hh^T, in Acc; layout as in LSTMForwardStep
+  const T* b_hh;    // [H] (zeros for a layer without bias)
+  const T* h_prev;  // [B, H]: h0 at t == 0, else output of step t-1
+  Acc* ws;          // [B, H]: the activated output, kept in Acc for backward
+  T* y;             // [B, H]
+  bool relu;        // nonlinearity: relu (true) or tanh (false)
+  int64_t gh_ld = H, gh_gs = H, gh_j0 = 0;
+};
+
+template <typename T, typename Acc>
+RNN_HD void rnn_forward_inactive(const RNNForwardStep<T, Acc>& p, int64_t b,
+                                 int64_t j) {
+  p.ws[b * p.H + j] = Acc(0);
+  p.y[b * p.H + j] = zero<T>();
+}
+
+template <bool kReLU, typename T, typename Acc>
+RNN_HD void rnn_forward_active(const RNNForwardStep<T, Acc>& p, int64_t b,
+                               int64_t j) {
+  const int64_t e = b * p.H + j;
+  const Acc h = gates::rnn_forward<kReLU>(to_acc<Acc>(p.gx[e]) + p.gh[b * p.gh_ld + j - p.gh_j0] +
+                                          to_acc<Acc>(p.b_hh[j]));
+  p.ws[e] = h;
+  p.y[e] = from_acc<T>(h);
+}
+
+// ------------------------------------------------------------- RNN bwd ----
+// The pre-activation is x W_ih^T + b_ih + h W_hh^T + b_hh, so one gradient
+// serves the input gates and the recurrent product (GRU needs two).
+template <typename T, typename Acc>
+struct RNNBackwardStep {
+  int64_t B, H, t;
+  const int64_t* lengths;
+  const Acc* ws;       // [B, H] at step t
+  const Acc* grad_ws;  // [B, H] or null
+  Acc* dh_state;       // [B, H] in: carried gradient; cleared once consumed
+  const T* grad_y;     // [B, H]
+  T* grad_gates;       // [B, H] gradient of the pre-activation
+  bool relu;
+};
+
+template <typename T, typename Acc>
+RNN_HD void rnn_backward_inactive(const RNNBackwardStep<T, Acc>& p, int64_t b,
+                                  int64_t j) {
+  p.grad_gates[b * p.H + j] = zero<T>();
+}
+
+template <bool kReLU, bool kGradWs, typename T, typename Acc>
+RNN_HD void rnn_backward_active(const RNNBackwardStep<T, Acc>& p, int64_t b,
+                                int64_t j) {
+  const int64_t e = b * p.H + j;
+  Acc dh = p.dh_state[e] + to_acc<Acc>(p.grad_y[e]);
+  if constexpr (kGradWs) dh += p.grad_ws[e];
+  p.grad_gates[e] = from_acc<T>(gates::rnn_backward<kReLU>(p.ws[e], dh));
+  p.dh_state[e] = Acc(0);
+}
+
 // The element each CUDA thread runs: active or inactive, by its row.
 #define RNN_EXT_ELEMENT(name, Step, active)                                \
   template <typename T, typename Acc>                                      \
@@ -284,6 +351,14 @@ RNN_EXT_ELEMENT(lstm_backward, LSTMBackwardStep,
 RNN_EXT_ELEMENT(gru_backward, GRUBackwardStep,
                 p.grad_ws ? gru_backward_active<true>(p, b, j)
                           : gru_backward_active<false>(p, b, j))
+RNN_EXT_ELEMENT(rnn_forward, RNNForwardStep,
+                p.relu ? rnn_forward_active<true>(p, b, j)
+                       : rnn_forward_active<false>(p, b, j))
+RNN_EXT_ELEMENT(rnn_backward, RNNBackwardStep,
+                p.relu ? (p.grad_ws ? rnn_backward_active<true, true>(p, b, j)
+                                    : rnn_backward_active<true, false>(p, b, j))
+                       : (p.grad_ws ? rnn_backward_active<false, true>(p, b, j)
+                                    : rnn_backward_active<false, false>(p, b, j)))
 #undef RNN_EXT_ELEMENT
 
 }  // namespace rnn_ext
