@@ -141,6 +141,7 @@ class _RNNBase(nn.Module):
     _gates = None          # gate blocks per hidden unit: 4 (LSTM), 3 (GRU), 1 (RNN)
     _has_cell_state = False  # whether the state is (h, c), as for LSTM
     mode = None            # nn's name for the module, used in messages
+    _message_name = None   # the name in messages where it is not `mode` (RNN)
     _cpu_autocast = False  # whether torch.nn runs this in bf16 under CPU autocast
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -250,7 +251,7 @@ class _RNNBase(nn.Module):
         if tuple(h.shape) != expected:
             raise RuntimeError(f"Expected {name} size {expected}, got {list(h.shape)}")
         if h.dtype != x.dtype and not torch._C._is_any_autocast_enabled():
-            raise RuntimeError(f"{self.mode}: {name} has dtype {h.dtype} but the input has dtype "
+            raise RuntimeError(f"{self._message_name or self.mode}: {name} has dtype {h.dtype} but the input has dtype "
                                f"{x.dtype}; input, hidden state and weights must share one dtype")
 
     def _states(self, hx, batch, x, batched):
@@ -406,7 +407,7 @@ class _RNNBase(nn.Module):
             return self._forward_packed(input, hx, want_internals)
         dim = input.dim()
         if dim not in (2, 3):
-            raise ValueError(f"{self.mode}: Expected input to be 2D or 3D, got {dim}D instead")
+            raise ValueError(f"{self._message_name or self.mode}: Expected input to be 2D or 3D, got {dim}D instead")
         self._check_input(input)
         batched = dim == 3
         if not batched:
@@ -614,8 +615,12 @@ class RNN(_RNNBase):
     run by rnn_ext's fused kernels.  Takes nn.RNN's arguments in nn.RNN's
     order, plus `backend`."""
     _gates = 1
-    mode = "RNN"  # nn's messages say RNN; nn's own mode (RNN_TANH, RNN_RELU) is _nn_attributes'
+    _message_name = "RNN"  # nn's messages say RNN, its mode RNN_TANH or RNN_RELU
     _cpu_autocast = True
+
+    @property
+    def mode(self):
+        return "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
@@ -629,11 +634,7 @@ class RNN(_RNNBase):
                          bidirectional, 0, device, dtype, backend=backend)
 
     def _nn_attributes(self):
-        return {"mode": "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"}
-
-    def extra_repr(self):
-        s = super().extra_repr()
-        return s + (f", nonlinearity={self.nonlinearity}" if self.nonlinearity != "tanh" else "")
+        return {"mode": self.mode}
 
     def _recurrence(self, gx, w_hh, b_hh, w_hr, h, c, lengths, need_workspace):
         y, h_n, ws = functional.rnn(gx, w_hh, b_hh, h, lengths=lengths,

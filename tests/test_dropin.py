@@ -308,7 +308,9 @@ def test_constructor_signature_matches_nn(nn_cls, ext_cls):
         [(p.name, p.kind, p.default) for p in theirs]
     assert all(p.kind is p.KEYWORD_ONLY for p in ours[len(theirs):])  # backend (and GRU's proj_size)
     # Positionally: every argument of nn's, in nn's order, lands where nn puts it.
-    args = [a for a in (I, H, 2, False, True, 0.25, True)][:len(theirs) - 3]
+    values = {"input_size": I, "hidden_size": H, "num_layers": 2, "nonlinearity": "relu",
+              "bias": False, "batch_first": True, "dropout": 0.25, "bidirectional": True}
+    args = [values[p.name] for p in theirs[1:] if p.name in values]
     ref = nn_cls(*args)
     ext = ext_cls(*args)
     for p in theirs[1:len(args) + 1]:

@@ -4,7 +4,6 @@ and gradients.  A kind is "lstm", "gru", "rnn_tanh" or "rnn_relu"."""
 import copy
 import inspect
 import itertools
-import typing
 
 import pytest
 import torch
@@ -179,28 +178,8 @@ def test_default_constructor_arguments_match_nn():
         assert getattr(lstm, attr) == value == getattr(nn.LSTM(3, 4), attr)
 
 
-def _nn_signature(cls):
-    """nn.RNN's own signature is (*args, **kwargs); its typed overload
-    gives the real one."""
-    overloads = typing.get_overloads(cls.__init__)
-    if overloads:
-        return inspect.signature(overloads[0])
-    return inspect.signature(cls.__init__)
-
-
-@pytest.mark.parametrize("ours,theirs", [(rnn_ext.RNN, nn.RNN), (rnn_ext.RNNCell, nn.RNNCell)],
-                         ids=["RNN", "RNNCell"])
-def test_rnn_signatures_match_nn_positionally_and_by_keyword(ours, theirs):
-    want = [(p.name, p.default, p.kind) for p in _nn_signature(theirs).parameters.values()
-            if p.name != "self"]
-    got = [(p.name, p.default, p.kind) for p in inspect.signature(ours).parameters.values()]
-    assert got[:len(want)] == want
-    assert [(p[0], p[2]) for p in got[len(want):]] == [("backend", inspect.Parameter.KEYWORD_ONLY)]
-    # The same positional call builds the same module.
-    args = (3, 4, 2, "relu", False, True, 0.0, True) if theirs is nn.RNN else (3, 4, False, "relu")
-    a, b = theirs(*args), ours(*args)
-    assert repr(a) == repr(b) and a.nonlinearity == b.nonlinearity == "relu"
-    assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+# The constructor signatures of RNN and RNNCell (positional and keyword) are
+# checked with every other module's in test_dropin.py.
 
 
 @pytest.mark.parametrize("kind", KINDS)
