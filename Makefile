@@ -46,7 +46,7 @@ ctest: $(DEPS)
 # TORCH_CUDA_ARCH_LIST says otherwise); DRY_RUN=1 skips the build and runs
 # what a machine without a GPU can (tests/test_gpu_check.py does).
 # PHASE=build only builds.
-GPU_PHASES = build test sanitize probe all $(foreach d,fp32 fp16 bf16,$(foreach c,lstm gru,bench-$(d)-$(c)))
+GPU_PHASES = build test sanitize probe all $(foreach d,fp32 fp16 bf16,$(foreach c,lstm gru rnn,bench-$(d)-$(c)))
 gpu-check:
 	@if [ -z "$(filter $(PHASE),$(GPU_PHASES))" ] || [ -z "$(OUT)$(filter build,$(PHASE))" ]; then \
 	  echo "usage: make gpu-check PHASE=<phase> OUT=<dir> [PYTHON=python3] [DRY_RUN=1]"; \

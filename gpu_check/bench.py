@@ -20,7 +20,7 @@ import os
 from . import common
 
 DTYPES = ("fp32", "fp16", "bf16")
-CELLS = ("lstm", "gru")
+CELLS = ("lstm", "gru", "rnn")
 CHUNKS = {f"{d}-{c}": dict(dtypes=d, cells=c) for d in DTYPES for c in CELLS}
 DEADLINE_S = 390
 

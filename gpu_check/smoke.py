@@ -24,14 +24,16 @@ import rnn_ext
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Largest error allowed, relative to the largest magnitude of the reference.
 REL_TOL = {"fp64": 1e-9, "fp32": 1e-4, "fp16": 3e-2, "bf16": 2e-1}
-GPU_BACKENDS = ("cuda", "triton:persistent", "triton:step")
+# "cuda:persistent": the persistent CUDA kernels (RNN_EXT_CUDA_PERSISTENT=1).
+GPU_BACKENDS = ("cuda", "cuda:persistent", "triton:persistent", "triton:step")
+CELLS = ("lstm", "gru", "rnn")
 CPU_BACKENDS = ("cpu",)
 T, B, I, H, P = 6, 3, 8, 16, 8
 
 
 def configs(cell):
     for proj, lengths, bidir in itertools.product((0, P), (False, True), (False, True)):
-        if proj and cell == "gru":
+        if proj and cell != "lstm":
             continue
         yield dict(proj=proj, lengths=lengths, bidirectional=bidir)
 
@@ -40,6 +42,8 @@ def _module(cell, cfg, backend, dtype, device):
     kw = dict(num_layers=1, bidirectional=cfg["bidirectional"], backend=backend, dtype=dtype, device=device)
     if cell == "lstm":
         return rnn_ext.LSTM(I, H, proj_size=cfg["proj"], **kw)
+    if cell == "rnn":
+        return rnn_ext.RNN(I, H, nonlinearity="tanh", **kw)
     return rnn_ext.GRU(I, H, **kw)
 
 
@@ -67,8 +71,9 @@ def one_case(cell, cfg, backend, dt, device):
     lengths = torch.tensor([T, 2, 4]) if cfg["lengths"] else None
     x = x64.to(device, dtype).requires_grad_()
     x64.requires_grad_()
+    switch = "RNN_EXT_CUDA_PERSISTENT" if name == "cuda" else "RNN_EXT_TRITON_STRATEGY"
     if strategy:
-        os.environ["RNN_EXT_TRITON_STRATEGY"] = strategy
+        os.environ[switch] = "1" if name == "cuda" else strategy
     try:
         got = _run(mod, x, lengths)
         want = _run(ref, x64, lengths)
@@ -78,7 +83,7 @@ def one_case(cell, cfg, backend, dt, device):
         if device == "cuda":
             torch.cuda.synchronize()
     finally:
-        os.environ.pop("RNN_EXT_TRITON_STRATEGY", None)
+        os.environ.pop(switch, None)
     pairs = list(zip(got, want)) + [(x.grad, x64.grad)]
     pairs += [(a.grad, b.grad) for a, b in zip(mod.parameters(), ref.parameters())]
     worst = 0.0
@@ -106,7 +111,7 @@ def main(argv=None):
         torch.backends.cudnn.allow_tf32 = False
     passed = failed = 0
     started = time.perf_counter()
-    for backend, dt, cell in itertools.product(backends, dtypes, ("lstm", "gru")):
+    for backend, dt, cell in itertools.product(backends, dtypes, CELLS):
         for cfg in configs(cell):
             label = (f"{backend:18s} {dt} {cell} proj={cfg['proj']} lengths={int(cfg['lengths'])} "
                      f"bidir={int(cfg['bidirectional'])}")

@@ -23,12 +23,18 @@ def tf32(enabled):
     whose RNNs use TF32 for fp32 by default (about 1e-3 relative error, far
     above the fp32 tolerances here).  Restores both switches on exit.
     conftest.py turns TF32 off around every test."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    # cudnn.flags(), not the attribute: PyTorch's own test utilities (the
+    # ModuleInfo tests import them) forbid setting cuDNN flags directly.
     try:
-        yield
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
+                                        benchmark=torch.backends.cudnn.benchmark,
+                                        deterministic=torch.backends.cudnn.deterministic,
+                                        allow_tf32=enabled):
+            yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def cpu_backends():

@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from gpu_check import __main__ as kit  # noqa: E402
-from gpu_check import bench, common, test_phase  # noqa: E402
+from gpu_check import bench, common, smoke, test_phase  # noqa: E402
 
 
 def _dry_run_env():
@@ -65,7 +65,8 @@ def test_dry_run_test_phase_reports_junit(dry_run):
 def test_dry_run_smoke_and_probe(dry_run):
     out, _ = dry_run
     runs = json.loads((out / "sanitize" / "sanitize.json").read_text())["runs"]
-    assert runs["smoke"]["passed"] == 24 and runs["smoke"]["failed"] == 0
+    cases = sum(len(list(smoke.configs(c))) for c in smoke.CELLS) * 2  # fp64, fp32 on the cpu backend
+    assert runs["smoke"]["passed"] == cases and runs["smoke"]["failed"] == 0
     assert all(runs[t]["skipped"] == "dry run" for t in ("memcheck", "racecheck", "synccheck", "initcheck"))
     probe = json.loads((out / "probe" / "probe.json").read_text())
     rows = probe["host_cost"]
@@ -82,7 +83,7 @@ def test_land_merges_the_chunks_into_one_result(dry_run, tmp_path, monkeypatch):
     assert len(merged_json) == 1
     merged = json.loads(open(merged_json[0]).read())
     assert merged["meta"]["dtypes"] == ["fp32", "fp16", "bf16"]
-    assert sorted(merged["meta"]["cells"]) == ["gru", "lstm"]
+    assert sorted(merged["meta"]["cells"]) == sorted(bench.CELLS)
     assert len(merged["meta"]["chunks"]) == len(bench.CHUNKS)
     ids = [c["id"] for c in merged["cases"]]
     assert len(ids) == len(set(ids))

@@ -84,7 +84,8 @@ def rnn_args(**over):
 
 RNN_BAD = [
     (dict(input_gates=torch.randn(T, B)), "3-D"),
-    (dict(input_gates=torch.randn(T, 0, H)), "non-empty"),
+    (dict(input_gates=torch.randn(T, 0, H)), "h0"),  # an empty batch is fine, its h0 must be too
+    (dict(input_gates=torch.randn(0, B, H)), "sequence length"),
     (dict(w_hh=torch.randn(H, H + 2)), "w_hh"),
     (dict(b_hh=torch.randn(H + 1)), "b_hh"),
     (dict(h0=torch.randn(B, H + 1)), "h0"),
@@ -94,10 +95,11 @@ RNN_BAD = [
 ]
 
 
+@pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("over,match", RNN_BAD, ids=[m + str(i) for i, (_, m) in enumerate(RNN_BAD)])
-def test_rnn_bad_input(over, match):
+def test_rnn_bad_input(over, match, backend):
     with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
-        functional.rnn(**rnn_args(**over), backend="cpu")
+        functional.rnn(**rnn_args(**over), backend=backend)
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
