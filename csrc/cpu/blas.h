@@ -44,9 +44,8 @@ namespace blas {
 template <typename T>
 struct Float16Format;  // { static constexpr bool bf16 = ...; }
 
-inline bool have_mkl() { return sgemm_ != nullptr; }
-
-// Plain loops, in Acc: the fallback, and the reference of the C++ tests.
+// Plain loops, in Acc: the fallback where no BLAS is linked (CMake's kernel
+// tests run the partition through them).
 template <typename T, typename Acc>
 void gemm_loops(bool w_transposed, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
                 const T* w, int64_t ldw, Acc* c, int64_t ldc, bool accumulate) {
