@@ -39,6 +39,23 @@ def nvidia_include_dirs():
     return sorted(set(d for d in dirs if os.path.isdir(d)))
 
 
+def cublaslt_library():
+    """The cuBLASLt library PyTorch itself loads (the stepwise CUDA loop calls
+    it directly: csrc/ops/cublas_gemm.h), by full path: pip's packages ship
+    only the versioned name (libcublasLt.so.13), which -lcublasLt misses.
+    None where it is not found: the symbols then resolve at load time
+    through libtorch_cuda, which depends on it."""
+    dirs = [os.path.join(site, "nvidia", *parts, "lib") for site in sys.path
+            for parts in (("*",), ("cu*",), ("cu*", "*"))]
+    if cpp_extension.CUDA_HOME:
+        dirs.append(os.path.join(cpp_extension.CUDA_HOME, "lib64"))
+    for d in dirs:
+        found = sorted(glob.glob(os.path.join(d, "libcublasLt.so*")))
+        if found:
+            return found[0]
+    return None
+
+
 def extension():
     csrc = os.path.join(ROOT, "csrc")
     sources = ["csrc/ops/module.cpp", "csrc/ops/rnn_ops.cpp", "csrc/ops/rnn_ops_cpu.cpp"]
@@ -54,13 +71,14 @@ def extension():
         # -idirafter: the toolkit's own headers win; the pip packages' headers
         # (cuBLAS, cuSPARSE, ... which the toolkit may lack) fill the gaps.
         after = [f for d in nvidia_include_dirs() for f in ("-idirafter", d)]
+        lt = cublaslt_library()
         return cpp_extension.CUDAExtension(
             "rnn_ext._C",
             sources,
             include_dirs=include_dirs,
             define_macros=macros,
             extra_compile_args={"cxx": cxx + after, "nvcc": ["-O3", "-std=c++17"]},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=["-fopenmp"] + ([lt] if lt else []),
         )
     return cpp_extension.CppExtension(
         "rnn_ext._C",

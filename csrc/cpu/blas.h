@@ -45,13 +45,15 @@ template <typename T>
 struct Float16Format;  // { static constexpr bool bf16 = ...; }
 
 // Plain loops, in Acc: the fallback where no BLAS is linked (CMake's kernel
-// tests run the partition through them).
-template <typename T, typename Acc>
+// tests run the partition through them), and the product with a 16-bit
+// output C (the stepwise loop's projection, ops/sequence.h).
+template <typename T, typename C, typename Acc = C>
 void gemm_loops(bool w_transposed, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
-                const T* w, int64_t ldw, Acc* c, int64_t ldc, bool accumulate) {
+                const T* w, int64_t ldw, C* c, int64_t ldc, bool accumulate) {
   std::vector<Acc> row(static_cast<size_t>(n));
   for (int64_t i = 0; i < m; ++i) {
-    for (int64_t j = 0; j < n; ++j) row[j] = accumulate ? c[i * ldc + j] : Acc(0);
+    for (int64_t j = 0; j < n; ++j)
+      row[j] = accumulate ? static_cast<Acc>(c[i * ldc + j]) : Acc(0);
     if (w_transposed) {  // w[n, k]: dot products
       for (int64_t j = 0; j < n; ++j) {
         Acc s = 0;
@@ -68,7 +70,7 @@ void gemm_loops(bool w_transposed, int64_t m, int64_t n, int64_t k, const T* a, 
         for (int64_t j = 0; j < n; ++j) row[j] += x * static_cast<Acc>(wr[j]);
       }
     }
-    for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = row[j];
+    for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = static_cast<C>(row[j]);
   }
 }
 

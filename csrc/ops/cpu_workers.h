@@ -7,4 +7,9 @@
 
 namespace rnn_ext {
 int64_t set_cpu_workers(int64_t workers);
+// Whether the CPU ops run the stepwise loop of ops/sequence.h (the CUDA
+// backend's default loop, here with the CPU's GEMM and step loops) instead
+// of the partitioned one: tests run the CUDA loop's logic this way.
+// Returns the previous setting.
+bool set_cpu_stepwise(bool stepwise);
 }  // namespace rnn_ext

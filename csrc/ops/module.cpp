@@ -3,6 +3,7 @@
 #include <Python.h>
 
 #include "ops/cpu_workers.h"
+#include "rnn_ext/fit.h"
 
 namespace {
 PyObject* set_cpu_workers(PyObject*, PyObject* arg) {
@@ -11,9 +12,42 @@ PyObject* set_cpu_workers(PyObject*, PyObject* arg) {
   return PyLong_FromLongLong(rnn_ext::set_cpu_workers(n));
 }
 
+PyObject* set_cpu_stepwise(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  return PyBool_FromLong(rnn_ext::set_cpu_stepwise(on != 0));
+}
+
+// The fit rule (rnn_ext/fit.h) on given figures, so that tests check it
+// with an H100's limits and the kernels' sm_90 registers without a GPU.
+PyObject* persistent_fit(PyObject*, PyObject* args) {
+  rnn_ext::fit::Layer l{};
+  rnn_ext::fit::DeviceLimits d{};
+  rnn_ext::fit::KernelResources k{};
+  if (!PyArg_ParseTuple(args, "LLLLLLLLLLLLL", &l.H, &l.Hin, &l.G, &l.B, &l.dtype_bytes, &d.sms,
+                        &d.registers_per_sm, &d.shared_per_sm, &d.max_blocks_per_sm,
+                        &d.max_threads_per_sm, &k.registers_per_thread, &k.threads,
+                        &k.shared_per_block))
+    return nullptr;
+  const rnn_ext::fit::Decision r = rnn_ext::fit::decide(l, d, k);
+  static const char* reasons[] = {"fits", "not_resident", "batch_too_large", "weights_exceed_chip"};
+  return Py_BuildValue("{s:O,s:L,s:L,s:L,s:L,s:s}", "persistent", r.persistent ? Py_True : Py_False,
+                       "workers", (long long)r.workers, "blocks_per_sm", (long long)r.blocks_per_sm,
+                       "chip_bytes_per_worker", (long long)r.chip_bytes_per_worker,
+                       "weight_bytes_per_worker", (long long)r.weight_bytes_per_worker, "reason",
+                       reasons[static_cast<int>(r.reason)]);
+}
+
 PyMethodDef methods[] = {
     {"_set_cpu_workers", set_cpu_workers, METH_O,
      "Force the CPU executor's worker count (0: choose per call); returns the previous."},
+    {"_set_cpu_stepwise", set_cpu_stepwise, METH_O,
+     "Run the CPU ops on the stepwise loop (the CUDA backend's) instead of the "
+     "partitioned one (tests); returns the previous setting."},
+    {"_persistent_fit", persistent_fit, METH_VARARGS,
+     "The fit rule: (H, Hin, G, B, dtype_bytes, sms, registers_per_sm, shared_per_sm, "
+     "max_blocks_per_sm, max_threads_per_sm, registers_per_thread, threads, "
+     "shared_per_block) -> dict."},
     {nullptr, nullptr, 0, nullptr}};
 }  // namespace
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 
 #include "cpu/persistent.h"
 #include "ops/cpu_workers.h"
@@ -28,6 +29,7 @@ struct Float16Format<c10::Half> {
 namespace {
 
 std::atomic<int64_t> forced_workers{0};
+std::atomic<bool> stepwise{false};
 
 // A worker should have enough arithmetic per step to pay for its barrier and
 // its BLAS call (together about a microsecond): about 32K multiply-adds, a
@@ -100,13 +102,74 @@ struct CpuRunner {
   }
 };
 
-using CpuLoops = PartitionedLoops<CpuRunner>;
+using PartitionedCpuLoops = PartitionedLoops<CpuRunner>;
+
+// The CPU's pieces of the stepwise loop (ops/sequence.h), which is the CUDA
+// backend's default loop: running it here tests its logic on every build.
+struct CpuSteps {
+  template <typename T>
+  using kernel_type = T;
+
+  template <typename T>
+  struct Gemm {
+    using Acc = at::opmath_type<T>;
+    explicit Gemm(const Tensor&) {}
+    template <typename C>
+    void operator()(bool w_transposed, int64_t m, int64_t n, int64_t k, const T* a,
+                    int64_t lda, const T* w, int64_t ldw, C* c, int64_t ldc,
+                    bool accumulate) const {
+      if (m <= 0 || n <= 0) return;
+      if constexpr (std::is_same_v<C, Acc>)
+        cpu::blas::gemm(w_transposed, m, n, k, a, lda, w, ldw, c, ldc, accumulate);
+      else  // a 16-bit output (the projection)
+        cpu::blas::gemm_loops<T, C, Acc>(w_transposed, m, n, k, a, lda, w, ldw, c, ldc,
+                                         accumulate);
+    }
+  };
+
+  template <class T, class A>
+  static void lstm_forward(const LSTMForwardStep<T, A>& p) { cpu::lstm_forward_rows(p, 0, p.B, 0, p.H); }
+  template <class T, class A>
+  static void lstm_backward(const LSTMBackwardStep<T, A>& p) { cpu::lstm_backward_rows(p, 0, p.B, 0, p.H); }
+  template <class T, class A>
+  static void proj_grad(const ProjGradStep<T, A>& p) { cpu::proj_grad_rows(p, 0, p.B, 0, p.P); }
+  template <class T, class A>
+  static void gru_forward(const GRUForwardStep<T, A>& p) { cpu::gru_forward_rows(p, 0, p.B, 0, p.H); }
+  template <class T, class A>
+  static void gru_backward(const GRUBackwardStep<T, A>& p) { cpu::gru_backward_rows(p, 0, p.B, 0, p.H); }
+  template <class T, class A>
+  static void rnn_forward(const RNNForwardStep<T, A>& p) { cpu::rnn_forward_rows(p, 0, p.B, 0, p.H); }
+  template <class T, class A>
+  static void rnn_backward(const RNNBackwardStep<T, A>& p) { cpu::rnn_backward_rows(p, 0, p.B, 0, p.H); }
+};
+
+using StepwiseCpuLoops = StepwiseLoops<CpuSteps>;
+
+// Each op runs the partitioned loops, or the stepwise ones when set.
+struct CpuLoops {
+#define RNN_EXT_CPU_ROUTE(name)                                             \
+  template <typename T, typename... Args>                                  \
+  static auto name(const Args&... args) {                                  \
+    return stepwise.load(std::memory_order_relaxed)                        \
+               ? StepwiseCpuLoops::name<T>(args...)                        \
+               : PartitionedCpuLoops::name<T>(args...);                    \
+  }
+  RNN_EXT_CPU_ROUTE(lstm_forward)
+  RNN_EXT_CPU_ROUTE(lstm_backward)
+  RNN_EXT_CPU_ROUTE(gru_forward)
+  RNN_EXT_CPU_ROUTE(gru_backward)
+  RNN_EXT_CPU_ROUTE(rnn_forward)
+  RNN_EXT_CPU_ROUTE(rnn_backward)
+#undef RNN_EXT_CPU_ROUTE
+};
 
 }  // namespace
 
 int64_t set_cpu_workers(int64_t workers) {
   return forced_workers.exchange(std::max<int64_t>(0, workers));
 }
+
+bool set_cpu_stepwise(bool on) { return stepwise.exchange(on); }
 
 TORCH_LIBRARY_IMPL(rnn_ext, CPU, m) {
   m.impl("lstm_forward", &lstm_forward<CpuLoops>);

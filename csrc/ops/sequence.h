@@ -1,9 +1,19 @@
-// The stepwise time loop (the CUDA backend's today): per step, one ATen GEMM
-// for the recurrent product (cuBLAS, following PyTorch's TF32 switch) and
-// one fused pointwise kernel from `Steps`, the device's kernel policy
-// (CudaSteps in rnn_ops_cuda.cpp).  Nothing in the loop reads device memory
-// on the host.  The CPU runs the partitioned loop instead (partition.h,
-// rnn_ops_cpu.cpp); both share the checked entry points at the end.
+// The stepwise time loop (the CUDA backend's default): per step, one GEMM
+// for the recurrent product and one fused pointwise kernel, both from
+// `Steps`, the device's policy.  Steps provides
+//   kernel_type<T>       the kernels' storage type for ATen's T
+//   Gemm<KT>             constructed once per call from a tensor on the
+//                        device; gemm(w_transposed, m, n, k, a, lda, w, ldw,
+//                        c, ldc, accumulate) with the shapes of cpu/blas.h,
+//                        c in Acc or (projection) in KT
+//   lstm_forward(p) ...  the pointwise step of step_kernels.h
+// CudaSteps (rnn_ops_cuda.cpp) calls cuBLASLt on raw pointers (ops/
+// cublas_gemm.h) and the CUDA step kernels: inside the time loop there is no
+// ATen call, no slicing and no allocation, only the two launches.  CpuSteps
+// (rnn_ops_cpu.cpp) runs the very same loops on the CPU with its BLAS and
+// step loops, so every line of their pointer arithmetic runs in `make test`
+// (rnn_ext._C._set_cpu_stepwise; the CPU ops otherwise run the partitioned
+// loop of partition.h).  Nothing in the loop reads device memory on the host.
 //
 // Two facts keep the loop free of copies:
 //  * The GEMM input at step t is the output of step t-1 for every row.  A
@@ -67,27 +77,6 @@ Lengths prepare_lengths(const OptTensor& lengths, int64_t T, int64_t B,
 Tensor gather_final(const Tensor& seq, const Tensor& init,
                     const OptTensor& lengths, const Lengths& L);
 
-// out[:n] = a[:n] @ b, or out[:n] += a[:n] @ b: the first n rows are the
-// ones still active at this step (all rows unless lengths are sorted).
-// `out` may be fp32 for fp16/bf16 a and b: the product is then taken with
-// fp32 output (mm's out_dtype, a CUDA kernel), never rounded to 16 bits.
-inline void mm_rows(const Tensor& out, const Tensor& a, const Tensor& b,
-                    int64_t n, bool accumulate = false) {
-  if (n == 0) return;
-  Tensor rows = out.narrow(0, 0, n);
-  const Tensor a_rows = a.narrow(0, 0, n);
-  if (out.scalar_type() != a.scalar_type()) {
-    if (accumulate)
-      rows.add_(at::mm(a_rows, b, out.scalar_type()));
-    else
-      at::mm_out(rows, a_rows, b, out.scalar_type());
-  } else if (accumulate) {
-    rows.addmm_(a_rows, b);
-  } else {
-    at::mm_out(rows, a_rows, b);
-  }
-}
-
 // Weight gradients of an LSTM layer after its time loop: one large product
 // over all steps.  The GEMM input of step t was h0 (t = 0) or y[t-1]; rows
 // that were inactive have zero gate gradients, so their (zeroed) outputs
@@ -121,6 +110,10 @@ inline std::tuple<Tensor, Tensor> gru_weight_grads(const Tensor& d_hh,
   return {dw_hh, d_hh.sum(at::IntArrayRef{0, 1})};
 }
 
+// The six loops.  Every buffer is allocated before the loop; inside it,
+// steps address their slices by pointer arithmetic and call only the
+// device's GEMM and pointwise step (two calls per step; three forward and
+// four backward with proj_size).
 template <class Steps, typename T>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_loop(
     const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
@@ -139,21 +132,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_loop(
   const Tensor bias = b_hh ? *b_hh : at::zeros({4 * H}, opts);
   const Tensor c0_acc = c0.to(ws.scalar_type()).contiguous();
   const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
-  const Tensor w_hh_t = w_hh.t();
+  typename Steps::template Gemm<KT> gemm(gx);
+  const KT* gx_p = ptr<const KT>(gx);
+  const KT* w_p = ptr<const KT>(w_hh);
+  const KT* w_hr_p = ptr<const KT>(w_hr);
+  const KT* bias_p = ptr<const KT>(bias);
+  const KT* h0_p = ptr<const KT>(h0);
+  const Acc* c0_p = ptr<const Acc>(c0_acc);
+  Acc* ws_p = ptr<Acc>(ws);
+  Acc* gh_p = ptr<Acc>(gh);
+  KT* y_p = ptr<KT>(y);
+  KT* proj_in_p = ptr<KT>(proj_in);
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t n = L.rows(t, B);
-    const Tensor h_prev = t == 0 ? h0 : y[t - 1];
-    mm_rows(gh, h_prev, w_hh_t, n);
-    const Acc* c_prev = t == 0 ? ptr<const Acc>(c0_acc) : ptr<const Acc>(ws[t - 1]) + 4 * H;
-    LSTMForwardStep<KT, Acc> p{B, H, t, L.data(), ptr<const KT>(gx[t]),
-                               ptr<const Acc>(gh), ptr<const KT>(bias), c_prev,
-                               t == 0 ? H : 5 * H, ptr<Acc>(ws[t]),
-                               ptr<KT>(P > 0 ? proj_in[t] : y[t])};
+    const KT* h_prev = t == 0 ? h0_p : y_p + (t - 1) * B * Hout;
+    gemm(true, n, 4 * H, Hout, h_prev, Hout, w_p, Hout, gh_p, 4 * H, false);
+    const Acc* c_prev = t == 0 ? c0_p : ws_p + (t - 1) * B * 5 * H + 4 * H;
+    LSTMForwardStep<KT, Acc> p{B, H, t, L.data(), gx_p + t * B * 4 * H, gh_p, bias_p,
+                               c_prev, t == 0 ? H : 5 * H, ws_p + t * B * 5 * H,
+                               P > 0 ? proj_in_p + t * B * H : y_p + t * B * H};
     Steps::lstm_forward(p);
-    if (P > 0) {
-      mm_rows(y[t], proj_in[t], w_hr->t(), n);
-      if (n < B) y[t].narrow(0, n, B - n).zero_();
-    }
+    // All B rows: a finished row's projection input is zero (the step wrote
+    // it), so its output is the zero a padded output must be, with no
+    // separate fill.
+    if (P > 0) gemm(true, B, P, H, proj_in_p + t * B * H, H, w_hr_p, H, y_p + t * B * P, P, false);
   }
   Tensor h_n = gather_final(y, h0, lengths, L);
   Tensor c_n = gather_final(ws.narrow(2, 4 * H, H), c0, lengths, L).to(gx.scalar_type());
@@ -170,6 +172,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_loop(
   using Acc = at::opmath_type<T>;
   const int64_t T_ = y.size(0), B = y.size(1), H = ws.size(2) / 5;
   const int64_t P = w_hr ? w_hr->size(0) : 0;
+  const int64_t Hout = y.size(2);
   const auto opts = y.options();
   const Lengths L = prepare_lengths(lengths, T_, B, y.device());
   Tensor d_gates = at::empty({T_, B, 4 * H}, opts);
@@ -178,22 +181,33 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_loop(
   const Tensor c0_acc = c0.to(ws.scalar_type()).contiguous();
   Tensor d_proj = at::empty({P > 0 ? T_ : 0, B, P}, opts);
   Tensor dh_pre = at::empty({P > 0 ? B : 0, H}, ws.options());
+  typename Steps::template Gemm<KT> gemm(y);
+  const KT* w_p = ptr<const KT>(w_hh);
+  const KT* w_hr_p = ptr<const KT>(w_hr);
+  const Acc* ws_p = ptr<const Acc>(ws);
+  const Acc* c0_p = ptr<const Acc>(c0_acc);
+  const Acc* grad_ws_p = ptr<const Acc>(grad_ws);
+  const KT* grad_y_p = ptr<const KT>(grad_y);
+  Acc* dh_p = ptr<Acc>(dh_state);
+  Acc* dc_p = ptr<Acc>(dc_state);
+  Acc* dh_pre_p = ptr<Acc>(dh_pre);
+  KT* d_gates_p = ptr<KT>(d_gates);
+  KT* d_proj_p = ptr<KT>(d_proj);
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const int64_t n = L.rows(t, B);
     if (P > 0) {
-      ProjGradStep<KT, Acc> pp{B, P, t, L.data(), ptr<Acc>(dh_state),
-                               ptr<const KT>(grad_y[t]), ptr<KT>(d_proj[t])};
+      ProjGradStep<KT, Acc> pp{B, P, t, L.data(), dh_p, grad_y_p + t * B * P,
+                               d_proj_p + t * B * P};
       Steps::proj_grad(pp);
-      mm_rows(dh_pre, d_proj[t], *w_hr, n);
+      gemm(false, n, H, P, d_proj_p + t * B * P, P, w_hr_p, H, dh_pre_p, H, false);
     }
     LSTMBackwardStep<KT, Acc> p{
-        B, H, t, L.data(), ptr<const Acc>(ws[t]),
-        t == 0 ? ptr<const Acc>(c0_acc) : ptr<const Acc>(ws[t - 1]) + 4 * H,
-        t == 0 ? H : 5 * H, grad_ws ? ptr<const Acc>((*grad_ws)[t]) : nullptr,
-        P > 0 ? ptr<const Acc>(dh_pre) : nullptr, ptr<Acc>(dh_state),
-        ptr<const KT>(grad_y[t]), ptr<Acc>(dc_state), ptr<KT>(d_gates[t])};
+        B, H, t, L.data(), ws_p + t * B * 5 * H,
+        t == 0 ? c0_p : ws_p + (t - 1) * B * 5 * H + 4 * H, t == 0 ? H : 5 * H,
+        grad_ws_p ? grad_ws_p + t * B * 5 * H : nullptr, P > 0 ? dh_pre_p : nullptr, dh_p,
+        grad_y_p + t * B * Hout, dc_p, d_gates_p + t * B * 4 * H};
     Steps::lstm_backward(p);
-    mm_rows(dh_state, d_gates[t], w_hh, n, /*accumulate=*/true);
+    gemm(false, n, Hout, 4 * H, d_gates_p + t * B * 4 * H, 4 * H, w_p, Hout, dh_p, Hout, true);
   }
   auto [dw_hh, db_hh, dw_hr] = lstm_weight_grads(d_gates, h0, y, d_proj, proj_in);
   return {d_gates, dw_hh, db_hh, dw_hr, dh_state.to(y.scalar_type()),
@@ -213,15 +227,20 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_loop(
   Tensor gh = at::empty({B, 3 * H}, ws.options());
   const Tensor bias = b_hh ? *b_hh : at::zeros({3 * H}, opts);
   const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
-  const Tensor w_hh_t = w_hh.t();
+  typename Steps::template Gemm<KT> gemm(gx);
+  const KT* gx_p = ptr<const KT>(gx);
+  const KT* w_p = ptr<const KT>(w_hh);
+  const KT* bias_p = ptr<const KT>(bias);
+  const KT* h0_p = ptr<const KT>(h0);
+  Acc* ws_p = ptr<Acc>(ws);
+  Acc* gh_p = ptr<Acc>(gh);
+  KT* y_p = ptr<KT>(y);
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t n = L.rows(t, B);
-    const Tensor h_prev = t == 0 ? h0 : y[t - 1];
-    mm_rows(gh, h_prev, w_hh_t, n);
-    GRUForwardStep<KT, Acc> p{B, H, t, L.data(), ptr<const KT>(gx[t]),
-                              ptr<const Acc>(gh), ptr<const KT>(bias),
-                              ptr<const KT>(h_prev), ptr<Acc>(ws[t]),
-                              ptr<KT>(y[t])};
+    const KT* h_prev = t == 0 ? h0_p : y_p + (t - 1) * B * H;
+    gemm(true, n, 3 * H, H, h_prev, H, w_p, H, gh_p, 3 * H, false);
+    GRUForwardStep<KT, Acc> p{B, H, t, L.data(), gx_p + t * B * 3 * H, gh_p, bias_p,
+                              h_prev, ws_p + t * B * 4 * H, y_p + t * B * H};
     Steps::gru_forward(p);
   }
   return {y, gather_final(y, h0, lengths, L), ws};
@@ -240,15 +259,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_loop(
   Tensor d_gates = at::empty({T_, B, 3 * H}, opts);
   Tensor d_hh = at::empty({T_, B, 3 * H}, opts);
   Tensor dh_state = grad_h_n.to(acc_dtype(y.scalar_type()), /*non_blocking=*/false, /*copy=*/true);
+  typename Steps::template Gemm<KT> gemm(y);
+  const KT* w_p = ptr<const KT>(w_hh);
+  const KT* h0_p = ptr<const KT>(h0);
+  const KT* y_p = ptr<const KT>(y);
+  const Acc* ws_p = ptr<const Acc>(ws);
+  const Acc* grad_ws_p = ptr<const Acc>(grad_ws);
+  const KT* grad_y_p = ptr<const KT>(grad_y);
+  Acc* dh_p = ptr<Acc>(dh_state);
+  KT* d_gates_p = ptr<KT>(d_gates);
+  KT* d_hh_p = ptr<KT>(d_hh);
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const int64_t n = L.rows(t, B);
     GRUBackwardStep<KT, Acc> p{
-        B, H, t, L.data(), ptr<const Acc>(ws[t]),
-        ptr<const KT>(t == 0 ? h0 : y[t - 1]),
-        grad_ws ? ptr<const Acc>((*grad_ws)[t]) : nullptr, ptr<Acc>(dh_state),
-        ptr<const KT>(grad_y[t]), ptr<KT>(d_gates[t]), ptr<KT>(d_hh[t])};
+        B, H, t, L.data(), ws_p + t * B * 4 * H, t == 0 ? h0_p : y_p + (t - 1) * B * H,
+        grad_ws_p ? grad_ws_p + t * B * 4 * H : nullptr, dh_p, grad_y_p + t * B * H,
+        d_gates_p + t * B * 3 * H, d_hh_p + t * B * 3 * H};
     Steps::gru_backward(p);
-    mm_rows(dh_state, d_hh[t], w_hh, n, /*accumulate=*/true);
+    gemm(false, n, H, 3 * H, d_hh_p + t * B * 3 * H, 3 * H, w_p, H, dh_p, H, true);
   }
   auto [dw_hh, db_hh] = gru_weight_grads(d_hh, h0, y);
   return {d_gates, dw_hh, db_hh, dh_state.to(y.scalar_type())};
@@ -267,15 +295,20 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_loop(
   Tensor gh = at::empty({B, H}, ws.options());
   const Tensor bias = b_hh ? *b_hh : at::zeros({H}, opts);
   const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
-  const Tensor w_hh_t = w_hh.t();
+  typename Steps::template Gemm<KT> gemm(gx);
+  const KT* gx_p = ptr<const KT>(gx);
+  const KT* w_p = ptr<const KT>(w_hh);
+  const KT* bias_p = ptr<const KT>(bias);
+  const KT* h0_p = ptr<const KT>(h0);
+  Acc* ws_p = ptr<Acc>(ws);
+  Acc* gh_p = ptr<Acc>(gh);
+  KT* y_p = ptr<KT>(y);
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t n = L.rows(t, B);
-    const Tensor h_prev = t == 0 ? h0 : y[t - 1];
-    mm_rows(gh, h_prev, w_hh_t, n);
-    RNNForwardStep<KT, Acc> p{B, H, t, L.data(), ptr<const KT>(gx[t]),
-                              ptr<const Acc>(gh), ptr<const KT>(bias),
-                              ptr<const KT>(h_prev), ptr<Acc>(ws[t]),
-                              ptr<KT>(y[t]), relu};
+    const KT* h_prev = t == 0 ? h0_p : y_p + (t - 1) * B * H;
+    gemm(true, n, H, H, h_prev, H, w_p, H, gh_p, H, false);
+    RNNForwardStep<KT, Acc> p{B, H, t, L.data(), gx_p + t * B * H, gh_p, bias_p, h_prev,
+                              ws_p + t * B * H, y_p + t * B * H, relu};
     Steps::rnn_forward(p);
   }
   return {y, gather_final(y, h0, lengths, L), ws};
@@ -293,14 +326,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward_loop(
   const Lengths L = prepare_lengths(lengths, T_, B, y.device());
   Tensor d_gates = at::empty({T_, B, H}, opts);
   Tensor dh_state = grad_h_n.to(acc_dtype(y.scalar_type()), /*non_blocking=*/false, /*copy=*/true);
+  typename Steps::template Gemm<KT> gemm(y);
+  const KT* w_p = ptr<const KT>(w_hh);
+  const Acc* ws_p = ptr<const Acc>(ws);
+  const Acc* grad_ws_p = ptr<const Acc>(grad_ws);
+  const KT* grad_y_p = ptr<const KT>(grad_y);
+  Acc* dh_p = ptr<Acc>(dh_state);
+  KT* d_gates_p = ptr<KT>(d_gates);
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const int64_t n = L.rows(t, B);
-    RNNBackwardStep<KT, Acc> p{
-        B, H, t, L.data(), ptr<const Acc>(ws[t]),
-        grad_ws ? ptr<const Acc>((*grad_ws)[t]) : nullptr, ptr<Acc>(dh_state),
-        ptr<const KT>(grad_y[t]), ptr<KT>(d_gates[t]), relu};
+    RNNBackwardStep<KT, Acc> p{B, H, t, L.data(), ws_p + t * B * H,
+                               grad_ws_p ? grad_ws_p + t * B * H : nullptr, dh_p,
+                               grad_y_p + t * B * H, d_gates_p + t * B * H, relu};
     Steps::rnn_backward(p);
-    mm_rows(dh_state, d_gates[t], w_hh, n, /*accumulate=*/true);
+    gemm(false, n, H, H, d_gates_p + t * B * H, H, w_p, H, dh_p, H, true);
   }
   // One gradient serves the input gates and the recurrent product.
   auto [dw_hh, db_hh] = gru_weight_grads(d_gates, h0, y);
