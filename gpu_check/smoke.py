@@ -24,7 +24,7 @@ import rnn_ext
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Largest error allowed, relative to the largest magnitude of the reference.
 REL_TOL = {"fp64": 1e-9, "fp32": 1e-4, "fp16": 3e-2, "bf16": 2e-1}
-# "cuda:persistent": the persistent CUDA kernels (RNN_EXT_CUDA_PERSISTENT=1).
+# "cuda:persistent": the persistent CUDA kernels (RNN_EXT_CUDA_PERSISTENT=force).
 GPU_BACKENDS = ("cuda", "cuda:persistent", "triton:persistent", "triton:step")
 CELLS = ("lstm", "gru", "rnn")
 CPU_BACKENDS = ("cpu",)
@@ -73,7 +73,7 @@ def one_case(cell, cfg, backend, dt, device):
     x64.requires_grad_()
     switch = "RNN_EXT_CUDA_PERSISTENT" if name == "cuda" else "RNN_EXT_TRITON_STRATEGY"
     if strategy:
-        os.environ[switch] = "1" if name == "cuda" else strategy
+        os.environ[switch] = "force" if name == "cuda" else strategy
     try:
         got = _run(mod, x, lengths)
         want = _run(ref, x64, lengths)

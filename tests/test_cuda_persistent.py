@@ -1,5 +1,5 @@
 """The persistent CUDA kernels (csrc/cuda/persistent.cu, the partitioned
-loop's CUDA executor), reached with RNN_EXT_CUDA_PERSISTENT=1: the same
+loop's CUDA executor), reached with RNN_EXT_CUDA_PERSISTENT=force: the same
 numbers as the reference for LSTM and GRU, projection, sorted and unsorted
 lengths, forward and backward, in every dtype; and every element written
 (poisoned allocations).  Marked `cuda`: none of this has run on a GPU yet."""
@@ -22,7 +22,7 @@ CASES = [  # T, B, H, P, lengths
 
 @pytest.fixture
 def persistent(monkeypatch):
-    monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", "1")
+    monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", "force")
 
 
 def _run(kind, case, dtype, backend):
@@ -69,3 +69,29 @@ def test_persistent_writes_every_element(kind, persistent):
         poisoned = _run(kind, case, torch.float64, "cuda")
     for a, b in zip(clean[0] + clean[1], poisoned[0] + poisoned[1]):
         assert torch.equal(a, b)
+
+
+def _kernel_names(fn):
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return {e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA}
+
+
+@pytest.mark.parametrize("mode,B,H,expect", [
+    ("1", 4, 64, True),       # fits: the fit rule (rnn_ext/fit.h) picks the persistent kernel
+    ("1", 200, 64, False),    # batch above 128: stepwise
+    ("0", 4, 64, False),      # off: stepwise
+    ("force", 200, 64, True),  # forced: persistent whatever the rule says
+])
+def test_fit_rule_routes_between_persistent_and_stepwise(monkeypatch, mode, B, H, expect):
+    monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", mode)
+    case = (4, B, H, 0, None)
+    names = _kernel_names(lambda: _run("lstm", case, torch.float32, "cuda"))
+    used = any("lstm_forward_kernel" in n for n in names)
+    assert used == expect, sorted(names)
+    got_o, got_g = _run("lstm", case, torch.float32, "cuda")
+    want_o, want_g = _run("lstm", case, torch.float64, "reference")
+    for got, want in zip(got_o + got_g, want_o + want_g):
+        assert (got.double() - want).abs().max().item() <= TOL[torch.float32] * max(1.0, want.abs().max().item())

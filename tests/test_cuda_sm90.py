@@ -2,7 +2,9 @@
 launches need, checked on any machine with nvcc, GPU or not: no register
 spills, no local-memory stack, and registers x threads of the persistent
 kernels within one SM's register file (a cooperative launch needs every
-block resident)."""
+block resident).  And the fit rule (csrc/include/rnn_ext/fit.h) on an
+H100's limits with the persistent kernels' sm_90 registers: the issue's
+target shapes go persistent, what cannot fit goes stepwise."""
 import os
 import re
 import shutil
@@ -37,12 +39,27 @@ def _ptxas_report(source, tmp_path):
         m = re.search(r"Used (\d+) registers", line)
         if m:
             kernels[current]["registers"] = int(m.group(1))
+        m = re.search(r"(\d+) bytes smem", line)
+        if m:
+            kernels[current]["shared"] = int(m.group(1))
     return kernels
 
 
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    """ptxas's report of each source, compiled once for the module."""
+    cache = {}
+
+    def report(source):
+        if source not in cache:
+            cache[source] = _ptxas_report(source, tmp_path_factory.mktemp("ptxas"))
+        return cache[source]
+    return report
+
+
 @pytest.mark.parametrize("source", ["csrc/cuda/persistent.cu", "csrc/cuda/rnn_cuda.cu"])
-def test_kernels_fit_sm90(source, tmp_path):
-    kernels = _ptxas_report(source, tmp_path)
+def test_kernels_fit_sm90(source, reports):
+    kernels = reports(source)
     assert kernels, "ptxas reported no kernel"
     for name, r in kernels.items():
         assert r.get("spill", 0) == 0, f"{name} spills registers: {r}"
@@ -51,3 +68,58 @@ def test_kernels_fit_sm90(source, tmp_path):
             assert r["registers"] * PERSISTENT_THREADS <= REGISTERS_PER_SM, f"{name}: {r}"
     if "persistent" in source:  # forward and backward, LSTM, GRU and RNN, four dtypes
         assert len(kernels) == 24, sorted(kernels)
+
+
+# An H100 SXM (cudaDeviceProp): SMs, registers, shared memory, blocks and
+# threads per SM.
+H100 = dict(sms=132, registers_per_sm=65536, shared_per_sm=233472, max_blocks_per_sm=32,
+            max_threads_per_sm=2048)
+DTYPE_NAMES = {"__half": 2, "__nv_bfloat16": 2, "f": 4, "d": 8}  # in the mangled names
+
+
+def _fit(H, Hin, G, B, dtype_bytes, registers, shared=0):
+    from rnn_ext import _C
+    d = H100
+    return _C._persistent_fit(H, Hin, G, B, dtype_bytes, d["sms"], d["registers_per_sm"],
+                              d["shared_per_sm"], d["max_blocks_per_sm"], d["max_threads_per_sm"],
+                              registers, PERSISTENT_THREADS, shared)
+
+
+def _persistent_kernels(reports, cell, direction, type_name):
+    kernels = reports("csrc/cuda/persistent.cu")
+    found = [r for name, r in kernels.items()
+             if f"{cell}_{direction}_kernel" in name and re.search(rf"I{len(type_name)}{type_name}|I{type_name}[fd]E", name)]
+    return found
+
+
+@pytest.mark.parametrize("cell,G", [("lstm", 4), ("gru", 3), ("rnn", 1)])
+@pytest.mark.parametrize("type_name", ["__nv_bfloat16", "__half"])
+def test_fit_rule_with_sm90_registers(reports, cell, G, type_name):
+    """The persistent kernels as compiled for sm_90, on an H100: the issue's
+    target shapes (B in 1, 4, 16; H in 256..1024; 16-bit) fit, with every
+    worker's W_hh slice within its on-chip share and no more workers than
+    can be resident; a W_hh too large for the chip, or a batch above 128,
+    goes stepwise."""
+    for direction in ("forward", "backward"):
+        [r] = _persistent_kernels(reports, cell, direction, type_name)
+        for H in (256, 512, 768, 1024):
+            for B in (1, 4, 16):
+                d = _fit(H, H, G, B, 2, r["registers"], r.get("shared", 0))
+                assert d["persistent"], (cell, direction, H, B, r, d)
+                assert d["reason"] == "fits"
+                assert 1 <= d["workers"] <= min(H, d["blocks_per_sm"] * H100["sms"])
+                assert d["weight_bytes_per_worker"] <= d["chip_bytes_per_worker"]
+                assert d["weight_bytes_per_worker"] == G * -(-H // d["workers"]) * H * 2
+        too_big = _fit(8192, 8192, G, 16, 8, r["registers"])
+        assert not too_big["persistent"] and too_big["reason"] == "weights_exceed_chip"
+        wide = _fit(256, 256, G, 256, 2, r["registers"])
+        assert not wide["persistent"] and wide["reason"] == "batch_too_large"
+
+
+def test_fit_rule_register_granule_and_refusals():
+    """Residency follows the register granule (a warp's registers are
+    allocated in 256s) and a kernel that cannot be resident is refused."""
+    assert _fit(256, 256, 4, 16, 2, 64)["blocks_per_sm"] == 4
+    assert _fit(256, 256, 4, 16, 2, 65)["blocks_per_sm"] == 3
+    refused = _fit(256, 256, 4, 16, 2, 32, shared=240 * 1024)
+    assert not refused["persistent"] and refused["reason"] == "not_resident"

@@ -137,7 +137,29 @@ cudaError_t max_resident(Kernel kernel, int device, int* workers) {
   return cudaSuccess;
 }
 
+template <class Kernel>
+cudaError_t resources(Kernel kernel, int* registers, int* shared_bytes) {
+  cudaFuncAttributes a;
+  const cudaError_t err = cudaFuncGetAttributes(&a, reinterpret_cast<const void*>(kernel));
+  if (err != cudaSuccess) return err;
+  *registers = a.numRegs;
+  *shared_bytes = static_cast<int>(a.sharedSizeBytes);
+  return cudaSuccess;
+}
+
 }  // namespace
+
+template <typename T, typename Acc>
+cudaError_t persistent_resources(int kind, int* registers, int* shared_bytes) {
+  switch (kind) {
+    case 0: return resources(lstm_forward_kernel<T, Acc>, registers, shared_bytes);
+    case 1: return resources(lstm_backward_kernel<T, Acc>, registers, shared_bytes);
+    case 2: return resources(gru_forward_kernel<T, Acc>, registers, shared_bytes);
+    case 3: return resources(gru_backward_kernel<T, Acc>, registers, shared_bytes);
+    case 4: return resources(rnn_forward_kernel<T, Acc>, registers, shared_bytes);
+    default: return resources(rnn_backward_kernel<T, Acc>, registers, shared_bytes);
+  }
+}
 
 template <typename T, typename Acc>
 cudaError_t persistent_max_workers(int device, int kind, int* workers) {
@@ -179,6 +201,7 @@ cudaError_t rnn_backward_persistent(const partition::RNNBackwardSeq<T, Acc>& s, 
 
 #define RNN_EXT_INSTANTIATE(T, Acc)                                                          \
   template cudaError_t persistent_max_workers<T, Acc>(int, int, int*);                       \
+  template cudaError_t persistent_resources<T, Acc>(int, int*, int*);                        \
   template cudaError_t lstm_forward_persistent<T, Acc>(                                      \
       const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t);                               \
   template cudaError_t lstm_backward_persistent<T, Acc>(                                     \

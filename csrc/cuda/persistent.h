@@ -28,6 +28,11 @@ cudaError_t persistent_max_workers(int device, int kind, int* workers);
 // kind: 0 LSTM forward, 1 LSTM backward, 2 GRU forward, 3 GRU backward,
 // 4 RNN forward, 5 RNN backward.
 
+// The compiled resources of a kernel (cudaFuncGetAttributes), for the fit
+// rule (rnn_ext/fit.h): registers per thread and static shared memory.
+template <typename T, typename Acc>
+cudaError_t persistent_resources(int kind, int* registers, int* shared_bytes);
+
 template <typename T, typename Acc>
 cudaError_t lstm_forward_persistent(const partition::LSTMForwardSeq<T, Acc>& s, cudaStream_t stream);
 template <typename T, typename Acc>

@@ -1,6 +1,7 @@
 // CUDA implementations of the rnn_ext ops: the stepwise time loop of
-// sequence.h with the CUDA pointwise kernels, on PyTorch's current stream.  Compiled only
-// when the extension is built with CUDA.
+// sequence.h with cuBLASLt GEMMs on raw pointers (ops/cublas_gemm.h) and the
+// CUDA pointwise kernels, on PyTorch's current stream; or, when asked for,
+// the persistent kernels.  Compiled only when the extension is built with CUDA.
 #include <torch/library.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -9,10 +10,13 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <tuple>
 
 #include "cuda/persistent.h"
+#include "ops/cublas_gemm.h"
 #include "cuda/rnn_cuda.h"
 #include "ops/partitioned.h"
+#include "rnn_ext/fit.h"
 
 namespace rnn_ext {
 namespace {
@@ -29,6 +33,8 @@ inline void check_launch(cudaError_t err) {
 struct CudaSteps {
   template <typename T>
   using kernel_type = typename CudaType<T>::type;
+  template <typename KT>
+  using Gemm = cuda_blas::LtGemm<KT>;
 
   static cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
   template <class T, class A>
@@ -49,26 +55,56 @@ struct CudaSteps {
 
 using StepwiseCudaLoops = StepwiseLoops<CudaSteps>;
 
+// The fit rule (rnn_ext/fit.h) for one layer direction on this device,
+// with the compiled resources of the persistent kernel of `kind` (see
+// cuda/persistent.h) for ATen's dtype T.
+template <typename T>
+fit::Decision persistent_fit(int kind, int64_t B, int64_t H, int64_t G, int64_t Hin,
+                             const Tensor& like) {
+  using K_ = typename CudaType<T>::type;
+  int registers = 0, shared = 0;
+  check_launch(cuda::persistent_resources<K_, at::opmath_type<T>>(kind, &registers, &shared));
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(like.get_device());
+  const fit::DeviceLimits device{prop->multiProcessorCount, prop->regsPerMultiprocessor,
+                                 static_cast<int64_t>(prop->sharedMemPerMultiprocessor),
+                                 prop->maxBlocksPerMultiProcessor,
+                                 prop->maxThreadsPerMultiProcessor};
+  const fit::KernelResources kernel{registers, cuda::kPersistentThreads, shared};
+  return fit::decide({H, Hin, G, B, static_cast<int64_t>(sizeof(K_))}, device, kernel);
+}
+
+// The forward kernel of a cell (the larger of the two): 0 LSTM, 2 GRU, 4 RNN.
+inline int forward_kind(int64_t G) { return G == 4 ? 0 : (G == 3 ? 2 : 4); }
+
 // The CUDA pieces of the partitioned loop (ops/partitioned.h): one
 // cooperative launch per layer direction (cuda/persistent.h).  NOT YET RUN
-// ON A GPU: used only when RNN_EXT_CUDA_PERSISTENT=1.
+// ON A GPU: used only when RNN_EXT_CUDA_PERSISTENT is set.
 struct CudaRunner {
   template <typename T>
   using kernel_type = typename CudaType<T>::type;
 
-  // As many workers as there are chunks of units, up to the number of
-  // blocks that can be resident at once (the cooperative launch's limit).
-  static int64_t workers(int64_t /*B*/, int64_t H, int64_t G, int64_t /*Hin*/,
-                         const Tensor& like) {
-    const int kind = G == 4 ? 0 : (G == 3 ? 2 : 4);  // the forward kernels are the larger
+  // The fit rule's workers, the same for the forward and the backward
+  // kernel (the fewer of the two); where the rule refuses (the kernels
+  // forced by RNN_EXT_CUDA_PERSISTENT=force), one per 8 units up to as many
+  // as can be resident at once (the cooperative launch's limit).
+  static int64_t workers(int64_t B, int64_t H, int64_t G, int64_t Hin, const Tensor& like) {
+    int64_t workers = 0;
     int limit = 0;
     RNN_EXT_DISPATCH(like.scalar_type(), "rnn_ext::persistent_workers", [&] {
       using K_ = kernel_type<scalar_t>;
-      check_launch(cuda::persistent_max_workers<K_, at::opmath_type<scalar_t>>(
-          like.get_device(), kind, &limit));
+      using A_ = at::opmath_type<scalar_t>;
+      const int64_t fwd = persistent_fit<scalar_t>(forward_kind(G), B, H, G, Hin, like).workers;
+      const int64_t bwd = persistent_fit<scalar_t>(forward_kind(G) + 1, B, H, G, Hin, like).workers;
+      workers = std::min(fwd, bwd);
+      int limit_bwd = 0;
+      check_launch(cuda::persistent_max_workers<K_, A_>(like.get_device(), forward_kind(G), &limit));
+      check_launch(cuda::persistent_max_workers<K_, A_>(like.get_device(), forward_kind(G) + 1,
+                                                        &limit_bwd));
+      limit = std::min(limit, limit_bwd);
     });
     TORCH_CHECK(limit > 0, "rnn_ext: the persistent CUDA kernels cannot be resident on ",
                 like.device());
+    if (workers > 0) return workers;
     return std::max<int64_t>(1, std::min<int64_t>(limit, (H + 7) / 8));
   }
   static int64_t align(int64_t H, int64_t workers) { return H >= 32 * workers ? 8 : 1; }
@@ -98,44 +134,47 @@ struct CudaRunner {
 using PersistentCudaLoops = PartitionedLoops<CudaRunner>;
 
 // The persistent kernels have not run on a GPU yet: they are used only when
-// asked for explicitly.
-bool persistent_requested() {
+// asked for.  RNN_EXT_CUDA_PERSISTENT unset, empty or 0: never; "force":
+// always (tests of the kernels); anything else (1): where the fit rule says
+// they fit, the stepwise loop elsewhere.
+enum class Persistent { off, fit, force };
+
+Persistent persistent_mode() {
   const char* v = std::getenv("RNN_EXT_CUDA_PERSISTENT");
-  return v != nullptr && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
+  if (v == nullptr || std::strcmp(v, "") == 0 || std::strcmp(v, "0") == 0) return Persistent::off;
+  return std::strcmp(v, "force") == 0 ? Persistent::force : Persistent::fit;
 }
 
-// Each op runs the stepwise loops, or the persistent ones when requested.
+// kind: the kernel (cuda/persistent.h); B rows; w_hh [G * H, Hin].
+template <typename T>
+bool use_persistent(int kind, int64_t G, int64_t B, const Tensor& w_hh) {
+  switch (persistent_mode()) {
+    case Persistent::off: return false;
+    case Persistent::force: return true;
+    default:
+      return persistent_fit<T>(kind, B, w_hh.size(0) / G, G, w_hh.size(1), w_hh).persistent;
+  }
+}
+
+// Each op runs the stepwise loops, or the persistent ones when asked for
+// (and, unless forced, where they fit).  B is the batch of the op's first
+// argument (input gates, or the output's gradient).
 struct CudaLoops {
-  template <typename T, typename... Args>
-  static auto lstm_forward(const Args&... args) {
-    return persistent_requested() ? PersistentCudaLoops::lstm_forward<T>(args...)
-                                  : StepwiseCudaLoops::lstm_forward<T>(args...);
+#define RNN_EXT_CUDA_ROUTE(name, kind, G, w_hh_index)                                  \
+  template <typename T, typename... Args>                                              \
+  static auto name(const Args&... args) {                                              \
+    const auto a = std::forward_as_tuple(args...);                                     \
+    return use_persistent<T>(kind, G, std::get<0>(a).size(1), std::get<w_hh_index>(a)) \
+               ? PersistentCudaLoops::name<T>(args...)                                 \
+               : StepwiseCudaLoops::name<T>(args...);                                  \
   }
-  template <typename T, typename... Args>
-  static auto lstm_backward(const Args&... args) {
-    return persistent_requested() ? PersistentCudaLoops::lstm_backward<T>(args...)
-                                  : StepwiseCudaLoops::lstm_backward<T>(args...);
-  }
-  template <typename T, typename... Args>
-  static auto gru_forward(const Args&... args) {
-    return persistent_requested() ? PersistentCudaLoops::gru_forward<T>(args...)
-                                  : StepwiseCudaLoops::gru_forward<T>(args...);
-  }
-  template <typename T, typename... Args>
-  static auto gru_backward(const Args&... args) {
-    return persistent_requested() ? PersistentCudaLoops::gru_backward<T>(args...)
-                                  : StepwiseCudaLoops::gru_backward<T>(args...);
-  }
-  template <typename T, typename... Args>
-  static auto rnn_forward(const Args&... args) {
-    return persistent_requested() ? PersistentCudaLoops::rnn_forward<T>(args...)
-                                  : StepwiseCudaLoops::rnn_forward<T>(args...);
-  }
-  template <typename T, typename... Args>
-  static auto rnn_backward(const Args&... args) {
-    return persistent_requested() ? PersistentCudaLoops::rnn_backward<T>(args...)
-                                  : StepwiseCudaLoops::rnn_backward<T>(args...);
-  }
+  RNN_EXT_CUDA_ROUTE(lstm_forward, 0, 4, 1)
+  RNN_EXT_CUDA_ROUTE(lstm_backward, 1, 4, 3)
+  RNN_EXT_CUDA_ROUTE(gru_forward, 2, 3, 1)
+  RNN_EXT_CUDA_ROUTE(gru_backward, 3, 3, 2)
+  RNN_EXT_CUDA_ROUTE(rnn_forward, 4, 1, 1)
+  RNN_EXT_CUDA_ROUTE(rnn_backward, 5, 1, 2)
+#undef RNN_EXT_CUDA_ROUTE
 };
 
 // The dispatcher does not set the device for custom ops: each entry point
