@@ -12,9 +12,10 @@
 // heuristic with split-K reductions excluded (a split-K algorithm adds a
 // reduction kernel), so a step is the GEMM plus the pointwise kernel.  Only
 // if the heuristic offers no such algorithm is split-K allowed.  The
-// heuristic runs once per distinct shape, alignment and output type of a
-// call (the rows m change per step only with sorted lengths), before or at
-// the first step that needs it; later steps reuse the plan.
+// heuristic runs once per distinct shape and output type of a call (the
+// rows m change per step only with sorted lengths, in powers of two:
+// Lengths::gemm_rows), at the first step that needs it; later steps reuse
+// the plan when their pointers are at least as aligned as the plan's.
 //
 // Types: 16-bit inputs with fp32 output or 16-bit output (the projection),
 // fp32 accumulation and scaling; fp32 with TF32 tensor cores only where
@@ -110,11 +111,10 @@ class LtGemm {
     cudaDataType_t c_type;
     int64_t m, n, k, lda, ldw, ldc;
     uint32_t align_w, align_a, align_c;
-    bool operator==(const Key& o) const {
+    bool same_shape(const Key& o) const {
       return w_transposed == o.w_transposed && accumulate == o.accumulate &&
              c_type == o.c_type && m == o.m && n == o.n && k == o.k && lda == o.lda &&
-             ldw == o.ldw && ldc == o.ldc && align_w == o.align_w &&
-             align_a == o.align_a && align_c == o.align_c;
+             ldw == o.ldw && ldc == o.ldc;
     }
   };
   struct Plan {
@@ -132,9 +132,12 @@ class LtGemm {
     else return CUBLAS_COMPUTE_32F;
   }
 
+  // A plan made for weaker alignment also serves stronger alignment.
   const Plan& find_or_make(const Key& key) {
     for (const Plan& p : plans_)
-      if (p.key == key) return p;
+      if (p.key.same_shape(key) && p.key.align_w <= key.align_w &&
+          p.key.align_a <= key.align_a && p.key.align_c <= key.align_c)
+        return p;
     plans_.push_back(make(key));
     return plans_.back();
   }

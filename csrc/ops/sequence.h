@@ -66,6 +66,19 @@ struct Lengths {
   bool prefix = false;          // active rows of step t are rows [0, active[t])
 
   int64_t rows(int64_t t, int64_t B) const { return prefix ? active[t] : B; }
+  // The rows the stepwise loop's GEMM of step t covers: the active ones
+  // rounded up to a power of two (at most B), so that a sequence sees few
+  // distinct GEMM shapes (each distinct shape costs cuBLASLt a heuristic
+  // query).  The extra rows are finished ones, which is harmless: forward,
+  // their product is ignored by the step; backward, their gate gradients
+  // are zero, so accumulating adds nothing.
+  int64_t gemm_rows(int64_t t, int64_t B) const {
+    const int64_t n = rows(t, B);
+    if (n == 0 || n == B) return n;
+    int64_t p = 1;
+    while (p < n) p <<= 1;
+    return p < B ? p : B;
+  }
   const int64_t* data() const { return ptr<const int64_t>(on_device); }
 };
 
@@ -144,7 +157,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_loop(
   KT* y_p = ptr<KT>(y);
   KT* proj_in_p = ptr<KT>(proj_in);
   for (int64_t t = 0; t < T_; ++t) {
-    const int64_t n = L.rows(t, B);
+    const int64_t n = L.gemm_rows(t, B);
     const KT* h_prev = t == 0 ? h0_p : y_p + (t - 1) * B * Hout;
     gemm(true, n, 4 * H, Hout, h_prev, Hout, w_p, Hout, gh_p, 4 * H, false);
     const Acc* c_prev = t == 0 ? c0_p : ws_p + (t - 1) * B * 5 * H + 4 * H;
@@ -194,7 +207,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_loop(
   KT* d_gates_p = ptr<KT>(d_gates);
   KT* d_proj_p = ptr<KT>(d_proj);
   for (int64_t t = T_ - 1; t >= 0; --t) {
-    const int64_t n = L.rows(t, B);
+    const int64_t n = L.gemm_rows(t, B);
     if (P > 0) {
       ProjGradStep<KT, Acc> pp{B, P, t, L.data(), dh_p, grad_y_p + t * B * P,
                                d_proj_p + t * B * P};
@@ -236,7 +249,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_loop(
   Acc* gh_p = ptr<Acc>(gh);
   KT* y_p = ptr<KT>(y);
   for (int64_t t = 0; t < T_; ++t) {
-    const int64_t n = L.rows(t, B);
+    const int64_t n = L.gemm_rows(t, B);
     const KT* h_prev = t == 0 ? h0_p : y_p + (t - 1) * B * H;
     gemm(true, n, 3 * H, H, h_prev, H, w_p, H, gh_p, 3 * H, false);
     GRUForwardStep<KT, Acc> p{B, H, t, L.data(), gx_p + t * B * 3 * H, gh_p, bias_p,
@@ -270,7 +283,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_loop(
   KT* d_gates_p = ptr<KT>(d_gates);
   KT* d_hh_p = ptr<KT>(d_hh);
   for (int64_t t = T_ - 1; t >= 0; --t) {
-    const int64_t n = L.rows(t, B);
+    const int64_t n = L.gemm_rows(t, B);
     GRUBackwardStep<KT, Acc> p{
         B, H, t, L.data(), ws_p + t * B * 4 * H, t == 0 ? h0_p : y_p + (t - 1) * B * H,
         grad_ws_p ? grad_ws_p + t * B * 4 * H : nullptr, dh_p, grad_y_p + t * B * H,
@@ -304,7 +317,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_loop(
   Acc* gh_p = ptr<Acc>(gh);
   KT* y_p = ptr<KT>(y);
   for (int64_t t = 0; t < T_; ++t) {
-    const int64_t n = L.rows(t, B);
+    const int64_t n = L.gemm_rows(t, B);
     const KT* h_prev = t == 0 ? h0_p : y_p + (t - 1) * B * H;
     gemm(true, n, H, H, h_prev, H, w_p, H, gh_p, H, false);
     RNNForwardStep<KT, Acc> p{B, H, t, L.data(), gx_p + t * B * H, gh_p, bias_p, h_prev,
@@ -334,7 +347,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward_loop(
   Acc* dh_p = ptr<Acc>(dh_state);
   KT* d_gates_p = ptr<KT>(d_gates);
   for (int64_t t = T_ - 1; t >= 0; --t) {
-    const int64_t n = L.rows(t, B);
+    const int64_t n = L.gemm_rows(t, B);
     RNNBackwardStep<KT, Acc> p{B, H, t, L.data(), ws_p + t * B * H,
                                grad_ws_p ? grad_ws_p + t * B * H : nullptr, dh_p,
                                grad_y_p + t * B * H, d_gates_p + t * B * H, relu};
