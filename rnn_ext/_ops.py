@@ -107,6 +107,66 @@ def _rnn_backward_fake(grad_output, grad_h_n, w_hh, h0, output, workspace,
     return new((T, B, H)), new(w_hh.shape), new((H,)), new(h0.shape)
 
 
+# Cells: one step with the input projection (csrc/ops/cell_autograd.cpp).
+def _cell_fake(op, gates, input, hx, w_ih, w_hh, **others):
+    _check_devices(op, input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, **others)
+    B, H = input.shape[0], w_hh.shape[1]
+    return input.new_empty((B, H)), H
+
+
+@torch.library.register_fake("rnn_ext::lstm_cell")
+def _lstm_cell_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    h, _ = _cell_fake("lstm_cell", 4, input, hx, w_ih, w_hh, cx=cx, b_ih=b_ih, b_hh=b_hh)
+    return h, torch.empty_like(h)
+
+
+@torch.library.register_fake("rnn_ext::lstm_cell_forward")
+def _lstm_cell_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    h, H = _cell_fake("lstm_cell_forward", 4, input, hx, w_ih, w_hh, cx=cx, b_ih=b_ih, b_hh=b_hh)
+    return h, torch.empty_like(h), input.new_empty((1, h.shape[0], 5 * H), dtype=acc_dtype(input.dtype))
+
+
+@torch.library.register_fake("rnn_ext::lstm_cell_backward")
+def _lstm_cell_backward_fake(grad_h, grad_c, input, hx, cx, w_ih, w_hh, h, workspace):
+    new = input.new_empty
+    return (new(input.shape), new(hx.shape), new(cx.shape), new(w_ih.shape), new(w_hh.shape),
+            new(w_hh.shape[0]), new(w_hh.shape[0]))
+
+
+@torch.library.register_fake("rnn_ext::gru_cell")
+def _gru_cell_fake(input, hx, w_ih, w_hh, b_ih, b_hh):
+    return _cell_fake("gru_cell", 3, input, hx, w_ih, w_hh, b_ih=b_ih, b_hh=b_hh)[0]
+
+
+@torch.library.register_fake("rnn_ext::gru_cell_forward")
+def _gru_cell_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh):
+    h, H = _cell_fake("gru_cell_forward", 3, input, hx, w_ih, w_hh, b_ih=b_ih, b_hh=b_hh)
+    return h, input.new_empty((1, h.shape[0], 4 * H), dtype=acc_dtype(input.dtype))
+
+
+@torch.library.register_fake("rnn_ext::gru_cell_backward")
+def _gru_cell_backward_fake(grad_h, input, hx, w_ih, w_hh, h, workspace):
+    new = input.new_empty
+    return (new(input.shape), new(hx.shape), new(w_ih.shape), new(w_hh.shape),
+            new(w_hh.shape[0]), new(w_hh.shape[0]))
+
+
+@torch.library.register_fake("rnn_ext::rnn_cell")
+def _rnn_cell_fake(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    return _cell_fake("rnn_cell", 1, input, hx, w_ih, w_hh, b_ih=b_ih, b_hh=b_hh)[0]
+
+
+@torch.library.register_fake("rnn_ext::rnn_cell_forward")
+def _rnn_cell_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    h, H = _cell_fake("rnn_cell_forward", 1, input, hx, w_ih, w_hh, b_ih=b_ih, b_hh=b_hh)
+    return h, input.new_empty((1, h.shape[0], H), dtype=acc_dtype(input.dtype))
+
+
+@torch.library.register_fake("rnn_ext::rnn_cell_backward")
+def _rnn_cell_backward_fake(grad_h, input, hx, w_ih, w_hh, h, workspace, nonlinearity):
+    return _gru_cell_backward_fake(grad_h, input, hx, w_ih, w_hh, h, workspace)
+
+
 # -------------------------------------------------------------- autograd ----
 def _zeros_if_none(grad, like):
     return torch.zeros_like(like) if grad is None else grad
