@@ -167,6 +167,45 @@ def _rnn_cell_backward_fake(grad_h, input, hx, w_ih, w_hh, h, workspace, nonline
     return _gru_cell_backward_fake(grad_h, input, hx, w_ih, w_hh, h, workspace)
 
 
+# The cells' steps by the reference formulas, differentiable (composite:
+# autograd differentiates the ATen ops they run).  The cell ops' backward
+# with create_graph=True (double backward) differentiates these
+# (csrc/ops/cell_autograd.cpp), as the sequence ops' backward differentiates
+# the reference (_higher_order below): one copy of the formulas.
+torch.library.define(
+    "rnn_ext::lstm_cell_reference",
+    "(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) "
+    "-> (Tensor, Tensor)")
+torch.library.define(
+    "rnn_ext::gru_cell_reference",
+    "(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> Tensor")
+torch.library.define(
+    "rnn_ext::rnn_cell_reference",
+    "(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+    "str nonlinearity) -> Tensor")
+
+
+def _input_gates(input, w_ih, b_ih):
+    return torch.nn.functional.linear(input, w_ih, b_ih).unsqueeze(0)
+
+
+@torch.library.impl("rnn_ext::lstm_cell_reference", "CompositeImplicitAutograd")
+def _lstm_cell_reference(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    _, h, c, _ = reference.lstm_reference(_input_gates(input, w_ih, b_ih), w_hh, b_hh, None, hx, cx)
+    return h, c
+
+
+@torch.library.impl("rnn_ext::gru_cell_reference", "CompositeImplicitAutograd")
+def _gru_cell_reference(input, hx, w_ih, w_hh, b_ih, b_hh):
+    return reference.gru_reference(_input_gates(input, w_ih, b_ih), w_hh, b_hh, hx)[1]
+
+
+@torch.library.impl("rnn_ext::rnn_cell_reference", "CompositeImplicitAutograd")
+def _rnn_cell_reference(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    return reference.rnn_reference(_input_gates(input, w_ih, b_ih), w_hh, b_hh, hx,
+                                   nonlinearity=nonlinearity)[1]
+
+
 # -------------------------------------------------------------- autograd ----
 def _zeros_if_none(grad, like):
     return torch.zeros_like(like) if grad is None else grad

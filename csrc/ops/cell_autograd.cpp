@@ -9,8 +9,9 @@
 // the op runs its inference kernel directly.
 //
 // Backward with create_graph=True (double backward) recomputes the step
-// with differentiable ATen ops (the formulas of rnn_ext/reference.py) and
-// differentiates them, as the sequence ops do (rnn_ext/_ops.py).
+// with rnn_ext/reference.py's formulas (the composite ops
+// rnn_ext::*_cell_reference, defined in rnn_ext/_ops.py) and differentiates
+// them, as the sequence ops do.
 //
 // The modules call these ops in plain eager mode only; under torch.compile,
 // torch.func and autocast they take the sequence ops (rnn_ext/modules.py).
@@ -84,9 +85,6 @@ variable_list differentiable_backward(
   return result;
 }
 
-Tensor projection(const Tensor& x, const Tensor& w, const Tensor& b) {
-  return at::linear(x, w, optional(b));
-}
 
 // ------------------------------------------------------------------ LSTM --
 struct LSTMCellFunction : public torch::autograd::Function<LSTMCellFunction> {
@@ -104,11 +102,12 @@ struct LSTMCellFunction : public torch::autograd::Function<LSTMCellFunction> {
   }
 
   static variable_list step(const variable_list& in) {
-    const auto& [x, h0, c0, w_ih, w_hh, b_ih, b_hh] =
-        std::tie(in[0], in[1], in[2], in[3], in[4], in[5], in[6]);
-    const auto g = (projection(x, w_ih, b_ih) + projection(h0, w_hh, b_hh)).chunk(4, 1);
-    const Tensor c = g[1].sigmoid() * c0 + g[0].sigmoid() * g[2].tanh();
-    return {g[3].sigmoid() * c.tanh(), c};
+    static const auto op =
+        typed_op<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                            const Tensor&, const Tensor&, const OptTensor&,
+                                            const OptTensor&)>("rnn_ext::lstm_cell_reference");
+    auto [h, c] = op.call(in[0], in[1], in[2], in[3], in[4], optional(in[5]), optional(in[6]));
+    return {h, c};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -121,6 +120,9 @@ struct LSTMCellFunction : public torch::autograd::Function<LSTMCellFunction> {
         const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
         const Tensor&, const Tensor&, const Tensor&, const Tensor&)>(
         "rnn_ext::lstm_cell_backward");
+    // Below autograd: straight to the kernel, not through the boxed fallback
+    // that an op without autograd meets at the Autograd key.
+    at::AutoDispatchBelowADInplaceOrView below;
     auto [dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh] =
         op.call(grads[0], grads[1], s[0], s[1], s[2], s[3], s[4], s[7], s[8]);
     return {dx, dh, dc, dw_ih, dw_hh, s[5].defined() ? db_ih : Tensor(),
@@ -162,12 +164,10 @@ struct GRUCellFunction : public torch::autograd::Function<GRUCellFunction> {
   }
 
   static variable_list step(const variable_list& in) {
-    const auto& [x, h0, w_ih, w_hh, b_ih, b_hh] = std::tie(in[0], in[1], in[2], in[3], in[4], in[5]);
-    const auto gi = projection(x, w_ih, b_ih).chunk(3, 1);
-    const auto gh = projection(h0, w_hh, b_hh).chunk(3, 1);
-    const Tensor r = (gi[0] + gh[0]).sigmoid(), z = (gi[1] + gh[1]).sigmoid();
-    const Tensor n = (gi[2] + r * gh[2]).tanh();
-    return {n + z * (h0 - n)};
+    static const auto op =
+        typed_op<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                        const OptTensor&, const OptTensor&)>("rnn_ext::gru_cell_reference");
+    return {op.call(in[0], in[1], in[2], in[3], optional(in[4]), optional(in[5]))};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -178,6 +178,9 @@ struct GRUCellFunction : public torch::autograd::Function<GRUCellFunction> {
         typed_op<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
             const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
             const Tensor&, const Tensor&)>("rnn_ext::gru_cell_backward");
+    // Below autograd: straight to the kernel, not through the boxed fallback
+    // that an op without autograd meets at the Autograd key.
+    at::AutoDispatchBelowADInplaceOrView below;
     auto [dx, dh, dw_ih, dw_hh, db_ih, db_hh] =
         op.call(grads[0], s[0], s[1], s[2], s[3], s[6], s[7]);
     return {dx, dh, dw_ih, dw_hh, s[4].defined() ? db_ih : Tensor(),
@@ -200,38 +203,46 @@ Tensor gru_cell_autograd(const Tensor& x, const OptTensor& hx, const Tensor& w_i
 }
 
 // ------------------------------------------------------------------- RNN --
-struct RNNCellFunction : public torch::autograd::Function<RNNCellFunction> {
+template <bool Relu>
+struct RNNCellFunction : public torch::autograd::Function<RNNCellFunction<Relu>> {
+  static constexpr const char* nonlinearity = Relu ? "relu" : "tanh";
+
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& h0,
                                const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
-                               const OptTensor& b_hh, const std::string& nonlinearity) {
+                               const OptTensor& b_hh) {
     static const auto op =
         typed_op<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
                                             const Tensor&, const OptTensor&, const OptTensor&,
                                             c10::string_view)>("rnn_ext::rnn_cell_forward");
     auto [h, ws] = op.call(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity);
-    ctx->saved_data["relu"] = nonlinearity == "relu";
     ctx->save_for_backward({x, h0, w_ih, w_hh, defined_or(b_ih), defined_or(b_hh), h, ws});
     return {h};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list s = ctx->get_saved_variables();
-    const bool relu = ctx->saved_data["relu"].toBool();
     if (at::GradMode::is_enabled())
       return differentiable_backward(
-          ctx, {s[0], s[1], s[2], s[3], s[4], s[5], Tensor()}, grads,
-          [relu](const variable_list& in) -> variable_list {
-            const Tensor pre = projection(in[0], in[2], in[4]) + projection(in[1], in[3], in[5]);
-            return {relu ? pre.relu() : pre.tanh()};
+          ctx, {s[0], s[1], s[2], s[3], s[4], s[5]}, grads,
+          [](const variable_list& in) -> variable_list {
+            static const auto op =
+                typed_op<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                const OptTensor&, const OptTensor&, c10::string_view)>(
+                    "rnn_ext::rnn_cell_reference");
+            return {op.call(in[0], in[1], in[2], in[3], optional(in[4]), optional(in[5]),
+                            nonlinearity)};
           });
     static const auto op =
         typed_op<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
             const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
             const Tensor&, const Tensor&, c10::string_view)>("rnn_ext::rnn_cell_backward");
+    // Below autograd: straight to the kernel, not through the boxed fallback
+    // that an op without autograd meets at the Autograd key.
+    at::AutoDispatchBelowADInplaceOrView below;
     auto [dx, dh, dw_ih, dw_hh, db_ih, db_hh] =
-        op.call(grads[0], s[0], s[1], s[2], s[3], s[6], s[7], relu ? "relu" : "tanh");
+        op.call(grads[0], s[0], s[1], s[2], s[3], s[6], s[7], nonlinearity);
     return {dx, dh, dw_ih, dw_hh, s[4].defined() ? db_ih : Tensor(),
-            s[5].defined() ? db_hh : Tensor(), Tensor()};
+            s[5].defined() ? db_hh : Tensor()};
   }
 };
 
@@ -246,10 +257,11 @@ Tensor rnn_cell_autograd(const Tensor& x, const OptTensor& hx, const Tensor& w_i
     at::AutoDispatchBelowADInplaceOrView below;
     return op.call(x, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity);
   }
-  rnn_is_relu("rnn_ext::rnn_cell", nonlinearity);
+  const bool relu = rnn_is_relu("rnn_ext::rnn_cell", nonlinearity);
   const int64_t H = check_cell("rnn_ext::rnn_cell", 1, x, hx, std::nullopt, w_ih, w_hh, b_ih, b_hh);
   const Tensor h0 = hx ? *hx : at::zeros({x.size(0), H}, x.options());
-  return RNNCellFunction::apply(x, h0, w_ih, w_hh, b_ih, b_hh, std::string(nonlinearity))[0];
+  return relu ? RNNCellFunction<true>::apply(x, h0, w_ih, w_hh, b_ih, b_hh)[0]
+              : RNNCellFunction<false>::apply(x, h0, w_ih, w_hh, b_ih, b_hh)[0];
 }
 
 }  // namespace
