@@ -541,8 +541,9 @@ class _CellBase(nn.Module):
         The op checks its inputs strictly (dtypes, devices, shapes); the
         caller takes the general path whenever it raises, so that the error
         a user sees is nn's, raised there."""
-        if not (type(input) is torch.Tensor and input.is_cpu and input.dim() == 2
-                and _function.plain_eager()):
+        # plain_eager first: under torch.compile nothing else is traced.
+        if not (_function.plain_eager() and type(input) is torch.Tensor and input.is_cpu
+                and input.dim() == 2):
             return None
         backend = self.backend
         if not (backend == "cpu" or (backend == "auto" and backends.auto_runs_cpu_on_cpu())):
