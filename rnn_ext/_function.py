@@ -61,6 +61,18 @@ def call(op, function, args):
         return op(*args)
 
 
+_autocast_enabled = torch._C._is_any_autocast_enabled
+
+
+def plain_eager():
+    """Whether a call runs in plain eager mode: not under torch.compile,
+    torch.jit.trace, a torch.func transform or autocast.  The modules' cells
+    then call their one-op step (rnn_ext::lstm_cell, gru_cell, rnn_cell),
+    whose autograd is in C++ and known to none of these."""
+    return not (_autocast_enabled() or _functorch_active() or _tracing_state() is not None
+                or _is_compiling())
+
+
 def call_without_grad(op, args):
     """op(*args) for a call that needs no gradient (the inference ops, which
     have no autograd): straight to the kernel outside torch.compile."""

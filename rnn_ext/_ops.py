@@ -107,6 +107,105 @@ def _rnn_backward_fake(grad_output, grad_h_n, w_hh, h0, output, workspace,
     return new((T, B, H)), new(w_hh.shape), new((H,)), new(h0.shape)
 
 
+# Cells: one step with the input projection (csrc/ops/cell_autograd.cpp).
+def _cell_fake(op, gates, input, hx, w_ih, w_hh, **others):
+    _check_devices(op, input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, **others)
+    B, H = input.shape[0], w_hh.shape[1]
+    return input.new_empty((B, H)), H
+
+
+@torch.library.register_fake("rnn_ext::lstm_cell")
+def _lstm_cell_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    h, _ = _cell_fake("lstm_cell", 4, input, hx, w_ih, w_hh, cx=cx, b_ih=b_ih, b_hh=b_hh)
+    return h, torch.empty_like(h)
+
+
+@torch.library.register_fake("rnn_ext::lstm_cell_forward")
+def _lstm_cell_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    h, H = _cell_fake("lstm_cell_forward", 4, input, hx, w_ih, w_hh, cx=cx, b_ih=b_ih, b_hh=b_hh)
+    return h, torch.empty_like(h), input.new_empty((1, h.shape[0], 5 * H), dtype=acc_dtype(input.dtype))
+
+
+@torch.library.register_fake("rnn_ext::lstm_cell_backward")
+def _lstm_cell_backward_fake(grad_h, grad_c, input, hx, cx, w_ih, w_hh, h, workspace):
+    new = input.new_empty
+    return (new(input.shape), new(hx.shape), new(cx.shape), new(w_ih.shape), new(w_hh.shape),
+            new(w_hh.shape[0]), new(w_hh.shape[0]))
+
+
+@torch.library.register_fake("rnn_ext::gru_cell")
+def _gru_cell_fake(input, hx, w_ih, w_hh, b_ih, b_hh):
+    return _cell_fake("gru_cell", 3, input, hx, w_ih, w_hh, b_ih=b_ih, b_hh=b_hh)[0]
+
+
+@torch.library.register_fake("rnn_ext::gru_cell_forward")
+def _gru_cell_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh):
+    h, H = _cell_fake("gru_cell_forward", 3, input, hx, w_ih, w_hh, b_ih=b_ih, b_hh=b_hh)
+    return h, input.new_empty((1, h.shape[0], 4 * H), dtype=acc_dtype(input.dtype))
+
+
+@torch.library.register_fake("rnn_ext::gru_cell_backward")
+def _gru_cell_backward_fake(grad_h, input, hx, w_ih, w_hh, h, workspace):
+    new = input.new_empty
+    return (new(input.shape), new(hx.shape), new(w_ih.shape), new(w_hh.shape),
+            new(w_hh.shape[0]), new(w_hh.shape[0]))
+
+
+@torch.library.register_fake("rnn_ext::rnn_cell")
+def _rnn_cell_fake(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    return _cell_fake("rnn_cell", 1, input, hx, w_ih, w_hh, b_ih=b_ih, b_hh=b_hh)[0]
+
+
+@torch.library.register_fake("rnn_ext::rnn_cell_forward")
+def _rnn_cell_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    h, H = _cell_fake("rnn_cell_forward", 1, input, hx, w_ih, w_hh, b_ih=b_ih, b_hh=b_hh)
+    return h, input.new_empty((1, h.shape[0], H), dtype=acc_dtype(input.dtype))
+
+
+@torch.library.register_fake("rnn_ext::rnn_cell_backward")
+def _rnn_cell_backward_fake(grad_h, input, hx, w_ih, w_hh, h, workspace, nonlinearity):
+    return _gru_cell_backward_fake(grad_h, input, hx, w_ih, w_hh, h, workspace)
+
+
+# The cells' steps by the reference formulas, differentiable (composite:
+# autograd differentiates the ATen ops they run).  The cell ops' backward
+# with create_graph=True (double backward) differentiates these
+# (csrc/ops/cell_autograd.cpp), as the sequence ops' backward differentiates
+# the reference (_higher_order below): one copy of the formulas.
+torch.library.define(
+    "rnn_ext::lstm_cell_reference",
+    "(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) "
+    "-> (Tensor, Tensor)")
+torch.library.define(
+    "rnn_ext::gru_cell_reference",
+    "(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> Tensor")
+torch.library.define(
+    "rnn_ext::rnn_cell_reference",
+    "(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+    "str nonlinearity) -> Tensor")
+
+
+def _input_gates(input, w_ih, b_ih):
+    return torch.nn.functional.linear(input, w_ih, b_ih).unsqueeze(0)
+
+
+@torch.library.impl("rnn_ext::lstm_cell_reference", "CompositeImplicitAutograd")
+def _lstm_cell_reference(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    _, h, c, _ = reference.lstm_reference(_input_gates(input, w_ih, b_ih), w_hh, b_hh, None, hx, cx)
+    return h, c
+
+
+@torch.library.impl("rnn_ext::gru_cell_reference", "CompositeImplicitAutograd")
+def _gru_cell_reference(input, hx, w_ih, w_hh, b_ih, b_hh):
+    return reference.gru_reference(_input_gates(input, w_ih, b_ih), w_hh, b_hh, hx)[1]
+
+
+@torch.library.impl("rnn_ext::rnn_cell_reference", "CompositeImplicitAutograd")
+def _rnn_cell_reference(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    return reference.rnn_reference(_input_gates(input, w_ih, b_ih), w_hh, b_hh, hx,
+                                   nonlinearity=nonlinearity)[1]
+
+
 # -------------------------------------------------------------- autograd ----
 def _zeros_if_none(grad, like):
     return torch.zeros_like(like) if grad is None else grad

@@ -116,6 +116,21 @@ def reload_auto_table():
     return _TABLE
 
 
+_AUTO_ON_CPU = [None, False]  # [the table it was computed from, the answer]
+
+
+def auto_runs_cpu_on_cpu():
+    """Whether "auto" runs every request on CPU tensors with the compiled
+    "cpu" backend (true of the default table: no measured CPU point, "cpu"
+    first in the CPU order).  The cells' one-op step takes it as given."""
+    table = _TABLE
+    if _AUTO_ON_CPU[0] is not table:
+        order = list(table["order"].get("cpu", ()))
+        _AUTO_ON_CPU[:] = [table, order[:1] == ["cpu"]
+                           and not any(p["device"] == "cpu" for p in table["points"])]
+    return _AUTO_ON_CPU[1]
+
+
 def _nearest(points, hidden_size, batch):
     def distance(p):
         d = 0.0

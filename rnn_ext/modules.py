@@ -19,7 +19,8 @@ from torch.nn import init
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import backends, functional
+from . import _function, backends, functional
+from ._ops import ops as _ops
 
 
 def _autocast_dtype(device, low_precision_on_cpu):
@@ -530,6 +531,29 @@ class _CellBase(nn.Module):
         class attributes (for to_torch): none for the cells."""
         return {}
 
+    def _one_op_step(self, input):
+        """The weights (w_ih, w_hh, b_ih, b_hh) when this call may run as
+        one op (rnn_ext::lstm_cell, gru_cell, rnn_cell: input projection,
+        step and, in C++, autograd) instead of the general path: a batched
+        plain CPU tensor, in plain eager mode (rnn_ext._function.plain_eager),
+        on the compiled CPU kernels.  Else None.
+
+        The op checks its inputs strictly (dtypes, devices, shapes); the
+        caller takes the general path whenever it raises, so that the error
+        a user sees is nn's, raised there."""
+        # plain_eager first: under torch.compile nothing else is traced.
+        if not (_function.plain_eager() and type(input) is torch.Tensor and input.is_cpu
+                and input.dim() == 2):
+            return None
+        backend = self.backend
+        if not (backend == "cpu" or (backend == "auto" and backends.auto_runs_cpu_on_cpu())):
+            return None
+        p = self._parameters
+        try:
+            return p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"]
+        except KeyError:  # parametrized, or replaced: what getattr gives
+            return tuple(_weight(self, n) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
     def _recurrence(self, gx, w_hh, b_hh, states):
         """One step's recurrent part: the new states, as a tuple."""
         raise NotImplementedError
@@ -579,6 +603,16 @@ class LSTMCell(_CellBase):
     mode = "LSTMCell"
 
     def forward(self, input, hx=None):
+        weights = self._one_op_step(input)
+        if weights is not None:
+            try:
+                if hx is None:
+                    return _ops.lstm_cell.default(input, None, None, *weights)
+                if not isinstance(hx, torch.Tensor):
+                    h, c = hx
+                    return _ops.lstm_cell.default(input, h, c, *weights)
+            except (RuntimeError, TypeError, ValueError):
+                pass  # the general path says what is wrong, as nn does
         if isinstance(hx, torch.Tensor):
             raise TypeError("LSTMCell: hx must be a tuple of two tensors (h_0, c_0), not a single "
                             "Tensor")
@@ -596,6 +630,12 @@ class GRUCell(_CellBase):
     mode = "GRUCell"
 
     def forward(self, input, hx=None):
+        weights = self._one_op_step(input)
+        if weights is not None:
+            try:
+                return _ops.gru_cell.default(input, hx, *weights)
+            except (RuntimeError, TypeError, ValueError):
+                pass  # the general path says what is wrong, as nn does
         (h,) = self._cell_forward(input, None if hx is None else (hx,))
         return h
 
@@ -662,6 +702,12 @@ class RNNCell(_CellBase):
     def forward(self, input, hx=None):
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        weights = self._one_op_step(input)
+        if weights is not None:
+            try:
+                return _ops.rnn_cell.default(input, hx, *weights, self.nonlinearity)
+            except (RuntimeError, TypeError, ValueError):
+                pass  # the general path says what is wrong, as nn does
         (h,) = self._cell_forward(input, None if hx is None else (hx,))
         return h
 

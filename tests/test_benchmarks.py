@@ -378,7 +378,7 @@ def test_overhead_probe_times_every_module_against_nn():
         torch.set_num_threads(threads)
     rows = [line.split() for line in out.getvalue().splitlines()[2:]]
     assert {(r[0], r[1], r[2], r[3]) for r in rows} == {
-        (kind, mode, B, H) for kind in overhead.KINDS for mode in ("infer", "train")
+        (kind, mode, B, H) for kind in overhead.KINDS for mode in overhead.MODES
         for B, H in (("1", "4"), ("2", "3"))}
     for r in rows:
         t_nn, t_ext, ratio = float(r[4]), float(r[5]), float(r[6])

@@ -117,6 +117,41 @@ void check_rnn_forward(const Tensor& gx, const Tensor& w_hh,
   check_lengths(op, lengths, B);
 }
 
+// The cell ops (one step of LSTMCell, GRUCell, RNNCell, input projection
+// included): every tensor dense, of the input's dtype and device, sized as
+// the weights say.  Returns the hidden size.
+int64_t check_cell(const char* op, int64_t gates, const Tensor& x,
+                   const OptTensor& hx, const OptTensor& cx,
+                   const Tensor& w_ih, const Tensor& w_hh,
+                   const OptTensor& b_ih, const OptTensor& b_hh) {
+  TORCH_CHECK(x.dim() == 2, op, ": input must be 2-D [B, I], got ", x.dim(),
+              "-D");
+  TORCH_CHECK(x.layout() == at::kStrided, op, ": input must be a dense tensor");
+  TORCH_CHECK(x.is_floating_point(), op,
+              ": input must be floating point, got ", x.scalar_type());
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == gates * w_hh.size(1), op,
+              ": expected w_hh of shape [", gates, "H, H], got ",
+              shape_str(w_hh.sizes()));
+  const int64_t B = x.size(0), H = w_hh.size(1), G = gates * H;
+  TORCH_CHECK(B > 0 && H > 0, op, ": batch and hidden size must be non-zero");
+  const auto same = [&](const char* name, const Tensor& t, at::IntArrayRef shape) {
+    TORCH_CHECK(t.layout() == at::kStrided, op, ": ", name, " must be a dense tensor");
+    TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " has dtype ",
+                t.scalar_type(), " but input has dtype ", x.scalar_type());
+    TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(),
+                " but input is on ", x.device());
+    TORCH_CHECK(t.sizes() == shape, op, ": expected ", name, " of shape ",
+                shape_str(shape), ", got ", shape_str(t.sizes()));
+  };
+  same("w_ih", w_ih, {G, x.size(1)});
+  same("w_hh", w_hh, {G, H});
+  if (b_ih) same("b_ih", *b_ih, {G});
+  if (b_hh) same("b_hh", *b_hh, {G});
+  if (hx) same("hx", *hx, {B, H});
+  if (cx) same("cx", *cx, {B, H});
+  return H;
+}
+
 bool rnn_is_relu(const char* op, c10::string_view nonlinearity) {
   if (nonlinearity == "tanh") return false;
   if (nonlinearity == "relu") return true;
@@ -197,6 +232,47 @@ TORCH_LIBRARY(rnn_ext, m) {
   m.def(
       "rnn_infer(Tensor input_gates, Tensor w_hh, Tensor? b_hh, Tensor h0, "
       "Tensor? lengths, str nonlinearity) -> (Tensor output, Tensor h_n)");
+  // Cells: one step of LSTMCell, GRUCell and RNNCell with the input
+  // projection, for the modules' eager calls (rnn_ext/_function.py).  The
+  // first op of each cell has autograd (csrc/ops/cell_autograd.cpp); its
+  // forward and backward are the other two.
+  m.def(
+      "lstm_cell(Tensor input, Tensor? hx, Tensor? cx, Tensor w_ih, "
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> (Tensor h, Tensor c)");
+  m.def(
+      "lstm_cell_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, "
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> (Tensor h, Tensor c, "
+      "Tensor workspace)");
+  m.def(
+      "lstm_cell_backward(Tensor grad_h, Tensor grad_c, Tensor input, "
+      "Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor h, "
+      "Tensor workspace) -> (Tensor grad_input, Tensor grad_hx, "
+      "Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+      "Tensor grad_b_hh)");
+  m.def(
+      "gru_cell(Tensor input, Tensor? hx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh) -> Tensor");
+  m.def(
+      "gru_cell_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh) -> (Tensor h, Tensor workspace)");
+  m.def(
+      "gru_cell_backward(Tensor grad_h, Tensor input, Tensor hx, "
+      "Tensor w_ih, Tensor w_hh, Tensor h, Tensor workspace) -> "
+      "(Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, "
+      "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  m.def(
+      "rnn_cell(Tensor input, Tensor? hx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, str nonlinearity) -> Tensor");
+  m.def(
+      "rnn_cell_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, str nonlinearity) -> (Tensor h, "
+      "Tensor workspace)");
+  m.def(
+      "rnn_cell_backward(Tensor grad_h, Tensor input, Tensor hx, "
+      "Tensor w_ih, Tensor w_hh, Tensor h, Tensor workspace, "
+      "str nonlinearity) -> (Tensor grad_input, Tensor grad_hx, "
+      "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+      "Tensor grad_b_hh)");
 }
 
 }  // namespace rnn_ext

@@ -163,6 +163,187 @@ struct CpuLoops {
 #undef RNN_EXT_CPU_ROUTE
 };
 
+// ------------------------------------------------------------------ cells --
+// One step of LSTMCell, GRUCell and RNNCell: the input projection (one ATen
+// GEMM, as F.linear computes it) and the sequence loop above at T = 1, in
+// one op call, so that a decoder's step pays one trip through the
+// dispatcher instead of several.  The *_cell ops are inference (no
+// workspace); *_cell_forward keeps what *_cell_backward reads.
+
+Tensor cell_input_gates(const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih) {
+  return (b_ih ? at::addmm(*b_ih, x, w_ih.t()) : at::mm(x, w_ih.t())).unsqueeze(0);
+}
+
+Tensor state_or_zeros(const OptTensor& s, const Tensor& x, int64_t H) {
+  return s ? s->contiguous() : at::zeros({x.size(0), H}, x.options());
+}
+
+std::tuple<Tensor, Tensor, Tensor> lstm_cell_run(const Tensor& x, const OptTensor& hx,
+                                                 const OptTensor& cx, const Tensor& w_ih,
+                                                 const Tensor& w_hh, const OptTensor& b_ih,
+                                                 const OptTensor& b_hh, bool training) {
+  const int64_t H = check_cell("rnn_ext::lstm_cell", 4, x, hx, cx, w_ih, w_hh, b_ih, b_hh);
+  const Tensor gx = cell_input_gates(x, w_ih, b_ih);
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> out;
+  RNN_EXT_DISPATCH(x.scalar_type(), "rnn_ext::lstm_cell", [&] {
+    out = CpuLoops::template lstm_forward<scalar_t>(
+        gx, w_hh.contiguous(), contiguous(b_hh), std::nullopt, state_or_zeros(hx, x, H),
+        state_or_zeros(cx, x, H), std::nullopt, training);
+  });
+  return {std::get<1>(out), std::get<2>(out), std::get<3>(out)};
+}
+
+std::tuple<Tensor, Tensor> lstm_cell(const Tensor& x, const OptTensor& hx, const OptTensor& cx,
+                                     const Tensor& w_ih, const Tensor& w_hh,
+                                     const OptTensor& b_ih, const OptTensor& b_hh) {
+  auto [h, c, ws] = lstm_cell_run(x, hx, cx, w_ih, w_hh, b_ih, b_hh, false);
+  return {h, c};
+}
+
+std::tuple<Tensor, Tensor, Tensor> lstm_cell_forward(const Tensor& x, const Tensor& hx,
+                                                     const Tensor& cx, const Tensor& w_ih,
+                                                     const Tensor& w_hh, const OptTensor& b_ih,
+                                                     const OptTensor& b_hh) {
+  return lstm_cell_run(x, hx, cx, w_ih, w_hh, b_ih, b_hh, true);
+}
+
+// The gradients of the input projection from those of the input gates
+// d_gates [B, G]: input, W_ih (and b_ih, where it differs from b_hh's).
+std::tuple<Tensor, Tensor> input_projection_grads(const Tensor& d_gates, const Tensor& x,
+                                                  const Tensor& w_ih) {
+  return {at::mm(d_gates, w_ih), at::mm(d_gates.t(), x)};
+}
+
+void check_cell_backward(const char* op, const Tensor& x, const Tensor& h,
+                         const Tensor& ws, int64_t H, int64_t ws_width) {
+  check_same(op, "h", h, x, {x.size(0), H});
+  TORCH_CHECK(ws.dim() == 3 && ws.size(0) == 1 && ws.size(1) == x.size(0) &&
+                  ws.size(2) == ws_width && ws.scalar_type() == acc_dtype(x.scalar_type()) &&
+                  ws.device() == x.device(),
+              op, ": workspace does not match the input");
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward(
+    const Tensor& grad_h, const Tensor& grad_c, const Tensor& x, const Tensor& hx,
+    const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& h,
+    const Tensor& ws) {
+  const char* op = "rnn_ext::lstm_cell_backward";
+  const int64_t H = check_cell(op, 4, x, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt);
+  const int64_t B = x.size(0);
+  check_same(op, "grad_h", grad_h, x, {B, H});
+  check_same(op, "grad_c", grad_c, x, {B, H});
+  check_cell_backward(op, x, h, ws, H, 5 * H);
+  // The step's output is h itself: its gradient is grad_h_n, and grad_output is zero.
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> g;
+  RNN_EXT_DISPATCH(x.scalar_type(), "rnn_ext::lstm_cell_backward", [&] {
+    g = CpuLoops::template lstm_backward<scalar_t>(
+        at::zeros({1, B, H}, x.options()), grad_h.contiguous(), grad_c.contiguous(),
+        w_hh.contiguous(), std::nullopt, hx.contiguous(), cx.contiguous(),
+        h.contiguous().unsqueeze(0), ws.contiguous(), at::empty({0, B, H}, x.options()),
+        std::nullopt, std::nullopt);
+  });
+  auto& [d_gates, dw_hh, db_hh, dw_hr, dh0, dc0] = g;
+  auto [dx, dw_ih] = input_projection_grads(d_gates[0], x, w_ih);
+  // Both biases add to the same gates: one gradient, two tensors.
+  return {dx, dh0, dc0, dw_ih, dw_hh, db_hh.clone(), db_hh};
+}
+
+std::tuple<Tensor, Tensor> gru_cell_run(const Tensor& x, const OptTensor& hx, const Tensor& w_ih,
+                                        const Tensor& w_hh, const OptTensor& b_ih,
+                                        const OptTensor& b_hh, bool training) {
+  const int64_t H = check_cell("rnn_ext::gru_cell", 3, x, hx, std::nullopt, w_ih, w_hh, b_ih, b_hh);
+  const Tensor gx = cell_input_gates(x, w_ih, b_ih);
+  std::tuple<Tensor, Tensor, Tensor> out;
+  RNN_EXT_DISPATCH(x.scalar_type(), "rnn_ext::gru_cell", [&] {
+    out = CpuLoops::template gru_forward<scalar_t>(gx, w_hh.contiguous(), contiguous(b_hh),
+                                                   state_or_zeros(hx, x, H), std::nullopt,
+                                                   training);
+  });
+  return {std::get<1>(out), std::get<2>(out)};
+}
+
+Tensor gru_cell(const Tensor& x, const OptTensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                const OptTensor& b_ih, const OptTensor& b_hh) {
+  return std::get<0>(gru_cell_run(x, hx, w_ih, w_hh, b_ih, b_hh, false));
+}
+
+std::tuple<Tensor, Tensor> gru_cell_forward(const Tensor& x, const Tensor& hx, const Tensor& w_ih,
+                                            const Tensor& w_hh, const OptTensor& b_ih,
+                                            const OptTensor& b_hh) {
+  return gru_cell_run(x, hx, w_ih, w_hh, b_ih, b_hh, true);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(
+    const Tensor& grad_h, const Tensor& x, const Tensor& hx, const Tensor& w_ih,
+    const Tensor& w_hh, const Tensor& h, const Tensor& ws) {
+  const char* op = "rnn_ext::gru_cell_backward";
+  const int64_t H = check_cell(op, 3, x, hx, std::nullopt, w_ih, w_hh, std::nullopt, std::nullopt);
+  const int64_t B = x.size(0);
+  check_same(op, "grad_h", grad_h, x, {B, H});
+  check_cell_backward(op, x, h, ws, H, 4 * H);
+  std::tuple<Tensor, Tensor, Tensor, Tensor> g;
+  RNN_EXT_DISPATCH(x.scalar_type(), "rnn_ext::gru_cell_backward", [&] {
+    g = CpuLoops::template gru_backward<scalar_t>(
+        at::zeros({1, B, H}, x.options()), grad_h.contiguous(), w_hh.contiguous(),
+        hx.contiguous(), h.contiguous().unsqueeze(0), ws.contiguous(), std::nullopt,
+        std::nullopt);
+  });
+  auto& [d_gates, dw_hh, db_hh, dh0] = g;
+  const Tensor d_in = d_gates[0];
+  auto [dx, dw_ih] = input_projection_grads(d_in, x, w_ih);
+  return {dx, dh0, dw_ih, dw_hh, d_in.sum(0), db_hh};
+}
+
+std::tuple<Tensor, Tensor> rnn_cell_run(const Tensor& x, const OptTensor& hx, const Tensor& w_ih,
+                                        const Tensor& w_hh, const OptTensor& b_ih,
+                                        const OptTensor& b_hh, c10::string_view nonlinearity,
+                                        bool training) {
+  const char* op = "rnn_ext::rnn_cell";
+  const bool relu = rnn_is_relu(op, nonlinearity);
+  const int64_t H = check_cell(op, 1, x, hx, std::nullopt, w_ih, w_hh, b_ih, b_hh);
+  const Tensor gx = cell_input_gates(x, w_ih, b_ih);
+  std::tuple<Tensor, Tensor, Tensor> out;
+  RNN_EXT_DISPATCH(x.scalar_type(), "rnn_ext::rnn_cell", [&] {
+    out = CpuLoops::template rnn_forward<scalar_t>(gx, w_hh.contiguous(), contiguous(b_hh),
+                                                   state_or_zeros(hx, x, H), std::nullopt,
+                                                   relu, training);
+  });
+  return {std::get<1>(out), std::get<2>(out)};
+}
+
+Tensor rnn_cell(const Tensor& x, const OptTensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                const OptTensor& b_ih, const OptTensor& b_hh, c10::string_view nonlinearity) {
+  return std::get<0>(rnn_cell_run(x, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, false));
+}
+
+std::tuple<Tensor, Tensor> rnn_cell_forward(const Tensor& x, const Tensor& hx, const Tensor& w_ih,
+                                            const Tensor& w_hh, const OptTensor& b_ih,
+                                            const OptTensor& b_hh, c10::string_view nonlinearity) {
+  return rnn_cell_run(x, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, true);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(
+    const Tensor& grad_h, const Tensor& x, const Tensor& hx, const Tensor& w_ih,
+    const Tensor& w_hh, const Tensor& h, const Tensor& ws, c10::string_view nonlinearity) {
+  const char* op = "rnn_ext::rnn_cell_backward";
+  const bool relu = rnn_is_relu(op, nonlinearity);
+  const int64_t H = check_cell(op, 1, x, hx, std::nullopt, w_ih, w_hh, std::nullopt, std::nullopt);
+  const int64_t B = x.size(0);
+  check_same(op, "grad_h", grad_h, x, {B, H});
+  check_cell_backward(op, x, h, ws, H, H);
+  std::tuple<Tensor, Tensor, Tensor, Tensor> g;
+  RNN_EXT_DISPATCH(x.scalar_type(), "rnn_ext::rnn_cell_backward", [&] {
+    g = CpuLoops::template rnn_backward<scalar_t>(
+        at::zeros({1, B, H}, x.options()), grad_h.contiguous(), w_hh.contiguous(),
+        hx.contiguous(), h.contiguous().unsqueeze(0), ws.contiguous(), std::nullopt,
+        std::nullopt, relu);
+  });
+  auto& [d_gates, dw_hh, db_hh, dh0] = g;
+  auto [dx, dw_ih] = input_projection_grads(d_gates[0], x, w_ih);
+  // One gate gradient serves both biases.
+  return {dx, dh0, dw_ih, dw_hh, db_hh.clone(), db_hh};
+}
+
 }  // namespace
 
 int64_t set_cpu_workers(int64_t workers) {
@@ -181,6 +362,15 @@ TORCH_LIBRARY_IMPL(rnn_ext, CPU, m) {
   m.impl("rnn_forward", &rnn_forward<CpuLoops>);
   m.impl("rnn_infer", &rnn_infer<CpuLoops>);
   m.impl("rnn_backward", &rnn_backward<CpuLoops>);
+  m.impl("lstm_cell", &lstm_cell);
+  m.impl("lstm_cell_forward", &lstm_cell_forward);
+  m.impl("lstm_cell_backward", &lstm_cell_backward);
+  m.impl("gru_cell", &gru_cell);
+  m.impl("gru_cell_forward", &gru_cell_forward);
+  m.impl("gru_cell_backward", &gru_cell_backward);
+  m.impl("rnn_cell", &rnn_cell);
+  m.impl("rnn_cell_forward", &rnn_cell_forward);
+  m.impl("rnn_cell_backward", &rnn_cell_backward);
 }
 
 }  // namespace rnn_ext

@@ -419,6 +419,10 @@ void check_same(const char* op, const char* name, const Tensor& t,
 void check_rnn_forward(const Tensor& gx, const Tensor& w_hh,
                        const OptTensor& b_hh, const Tensor& h0,
                        const OptTensor& lengths);
+int64_t check_cell(const char* op, int64_t gates, const Tensor& x,
+                   const OptTensor& hx, const OptTensor& cx,
+                   const Tensor& w_ih, const Tensor& w_hh,
+                   const OptTensor& b_ih, const OptTensor& b_hh);
 // "tanh" -> false, "relu" -> true; anything else is an error naming it.
 bool rnn_is_relu(const char* op, c10::string_view nonlinearity);
 
