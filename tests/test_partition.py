@@ -85,6 +85,33 @@ def test_every_worker_count_matches_reference(kind, case):
             torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
 
 
+# fp32 runs the recurrent products through oneDNN's brgemm on packed panels
+# of 64 columns (csrc/cpu/persistent.h): H=80 gives several panels and a
+# partial one per worker; sorted lengths shrink the rows step by step down to
+# one (where MKL takes over).
+FP32_CASES = [(7, 5, 80, 24, [7, 6, 6, 3, 1]), (6, 4, 37, 0, None)]
+
+
+@pytest.mark.parametrize("gemm", ["brgemm", "mkl"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("case", FP32_CASES, ids=["h80-proj-sorted", "h37"])
+def test_fp32_products_match_fp64_reference(kind, case, gemm, monkeypatch):
+    if kind != "lstm" and case[3]:
+        case = case[:3] + (0,) + case[4:]
+    monkeypatch.setenv("RNN_EXT_CPU_BRGEMM", "1" if gemm == "brgemm" else "0")
+    inputs, L = _inputs(kind, case, dtype=torch.float32)
+    exact = [None if t is None else t.detach().double().requires_grad_() for t in inputs]
+    ref_out, ref_grads = _run(kind, exact, L, "reference")
+    for k in (1, 3):
+        with cpu_workers(k):
+            out, grads = _run(kind, inputs, L, "cpu")
+            again = _run(kind, inputs, L, "cpu")
+        for a, b in zip(out + grads, again[0] + again[1]):
+            assert torch.equal(a, b), f"{k} workers: not bitwise repeatable"
+        for got, want in zip(out + grads, ref_out + ref_grads):
+            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
 @pytest.mark.parametrize("workers", [1, 3])
 def test_poisoned_buffers_every_element_written(kind, workers):

@@ -14,6 +14,8 @@
 #pragma once
 
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <vector>
 
@@ -34,6 +36,22 @@ void cblas_gemm_f16f16f32(int, int, int, int, int, int, float, const uint16_t*, 
 // the lower-case symbol is the Fortran one, which takes a pointer).
 int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 }
+
+// oneDNN's batch-reduce GEMM micro-kernel as libtorch_cpu exports it
+// (ATen/native/CPUBlas.h): C[M, N] (+)= A[M, K] B[K, N], row-major, one
+// JIT kernel per shape, cached per thread.  Declared weak like MKL's
+// symbols, so builds without PyTorch link and use the other paths.  On this
+// project's AMD EPYC (no AMX) its fp32 kernel runs 1.2x-2.7x MKL's sgemm at
+// the small M of a step (benchmarks/NOTES.md).
+namespace at {
+namespace native {
+namespace cpublas {
+void brgemm(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, const float*,
+            const float*, float*, bool) __attribute__((weak));
+void brgemm_release(bool) __attribute__((weak));
+}  // namespace cpublas
+}  // namespace native
+}  // namespace at
 
 namespace rnn_ext {
 namespace cpu {
@@ -109,6 +127,66 @@ void gemm(bool w_transposed, int64_t m, int64_t n, int64_t k, const T16* a, int6
   f(101, 111, w_transposed ? 112 : 111, int(m), int(n), int(k), 1.0f,
     reinterpret_cast<const uint16_t*>(a), int(lda), reinterpret_cast<const uint16_t*>(w),
     int(ldw), accumulate ? 1.0f : 0.0f, c, int(ldc));
+}
+
+// fp32 through oneDNN's brgemm: whether it is linked and not switched off
+// (RNN_EXT_CPU_BRGEMM=0 runs MKL instead, for comparisons).
+inline bool brgemm_enabled() {
+  if (!at::native::cpublas::brgemm) return false;
+  const char* env = getenv("RNN_EXT_CPU_BRGEMM");
+  return !(env && strcmp(env, "0") == 0);
+}
+
+// c[m, n] (+)= a[m, k] b[k, n] through brgemm (k = 0: c = 0, or unchanged).
+inline void brgemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                      const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  if (k == 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < m; ++i) memset(c + i * ldc, 0, sizeof(float) * n);
+    return;
+  }
+  at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, false);
+}
+
+// Ends a sequence of brgemm calls on this thread (releases the kernel's
+// hardware context, where it has one).
+inline void brgemm_release() {
+  if (at::native::cpublas::brgemm_release) at::native::cpublas::brgemm_release(false);
+}
+
+// The [K, N] operand of brgemm_panels: N columns cut into panels of
+// kPanel (the last one narrower), each panel a contiguous [K, width]
+// row-major block, so that a call's operand is one dense stretch of memory.
+// One brgemm over the whole [K, N] matrix, with rows N*4 bytes apart, runs
+// 1.5x-3x slower at the step's sizes on this CPU (TLB and prefetch misses;
+// benchmarks/NOTES.md), and transposing into it is slower still.
+constexpr int64_t kPanel = 64;
+
+// Fills panels[K, n] from n rows of k elements: row(j) is column j.
+template <typename T, class Row>
+void pack_panels(int64_t n, int64_t k, Row row, T* panels) {
+  constexpr int64_t tile = 16;
+  for (int64_t p0 = 0; p0 < n; p0 += kPanel) {
+    const int64_t width = n - p0 < kPanel ? n - p0 : kPanel;
+    T* panel = panels + p0 * k;
+    for (int64_t q0 = 0; q0 < k; q0 += tile) {
+      const int64_t q1 = q0 + tile < k ? q0 + tile : k;
+      for (int64_t jj = 0; jj < width; ++jj) {
+        const T* src = row(p0 + jj);
+        for (int64_t q = q0; q < q1; ++q) panel[q * width + jj] = src[q];
+      }
+    }
+  }
+}
+
+// c[m, n] = a[m, k] times the packed panels[k, n] (k = 0: c = 0).
+inline void brgemm_panels(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                          const float* panels, float* c, int64_t ldc) {
+  for (int64_t p0 = 0; p0 < n; p0 += kPanel) {
+    const int64_t width = n - p0 < kPanel ? n - p0 : kPanel;
+    brgemm_nn(m, width, k, a, lda, panels + p0 * k, width, c + p0, ldc, false);
+  }
 }
 
 // While alive, MKL calls from this thread run on this thread alone.

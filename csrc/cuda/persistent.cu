@@ -21,6 +21,12 @@ struct BlockExecutor {
                                                   int64_t Hin, partition::Slice u) {
     return {w + u.begin * Hin, H * Hin, Hin};
   }
+  __device__ void gemm_resident(int64_t m, int64_t k, const T* a, int64_t lda,
+                                const partition::GateRows<T>& rows, int G, int64_t n, Acc* c,
+                                int64_t ldc) {
+    for (int g = 0; g < G; ++g)
+      gemm_nt(m, n, k, a, lda, rows.gate(g), rows.ld, c + g * n, ldc, false);
+  }
   // c[m, n] (+)= a[m, k] w[n, k]^T: one output per thread at a time, FFMA in Acc.
   __device__ void gemm_nt(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
                           const T* w, int64_t ldw, Acc* c, int64_t ldc, bool accumulate) {

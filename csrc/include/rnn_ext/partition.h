@@ -25,7 +25,11 @@
 //   ex.resident_rows(w, H, G, Hin, u)   worker's rows of w [G*H, Hin] (the G
 //                                       gates of units u) where they stay for
 //                                       the sequence, as GateRows
-//   ex.gemm_nt(m, n, k, a, lda, w, ldw, c, ldc, acc)  c[m,n] (+)= a[m,k] w[n,k]^T
+//   ex.gemm_resident(m, k, a, lda, rows, G, n, c, ldc)
+//                                       c[m, G*n] = a[m,k] times the G gates'
+//                                       rows (n each) of `rows`, transposed:
+//                                       gate g in columns [g*n, (g+1)*n)
+//                                       (k = 0: c = 0)
 //                                       (k = 0: c = 0, or unchanged with acc)
 //   ex.gemm_nn(m, n, k, a, lda, w, ldw, c, ldc, acc)  c[m,n] (+)= a[m,k] w[k,n]
 //   ex.elements(step, j0, j1)           the pointwise step (step_kernels.h) for
@@ -77,6 +81,10 @@ template <typename T>
 struct GateRows {
   const T* w;
   int64_t gate_stride, ld;
+  // The same rows transposed, [ld, G*|u|] with gate g in columns
+  // [g*|u|, (g+1)*|u|), in whatever blocking the executor's GEMM wants (the
+  // CPU's brgemm multiplies by [K, N] panels), where it wants them so; else null.
+  const T* wt = nullptr;
   RNN_HD const T* gate(int64_t g) const { return w + g * gate_stride; }
 };
 
@@ -123,6 +131,8 @@ RNN_HD void lstm_forward_worker(const LSTMForwardSeq<T, Acc>& s, int64_t k, Exec
   const Slice pc = split(P, s.workers, k, s.align);
   const int64_t nu = u.size();
   const GateRows<T> w = ex.resident_rows(s.w_hh, H, 4, Hin, u);
+  // The projection's rows this worker multiplies by: W_hr's rows of its columns.
+  const GateRows<T> wr = P > 0 ? ex.resident_rows(s.w_hr, P, 1, H, pc) : GateRows<T>{s.w_hr, 0, H};
   Acc* gates = s.gates + B * 4 * u.begin;
   for (int64_t t = 0; t < s.steps; ++t) {
     const int64_t n = gemm_rows(s.active, t, B);
@@ -131,8 +141,7 @@ RNN_HD void lstm_forward_worker(const LSTMForwardSeq<T, Acc>& s, int64_t k, Exec
     T* h_out = P > 0 ? s.proj_in + (t % s.proj_steps) * B * H : s.y + t * B * H;
     if (nu > 0) {
       const int64_t depth = t == 0 && s.h0_zero ? 0 : Hin;  // 0: the product is zero
-      for (int g = 0; g < 4; ++g)
-        ex.gemm_nt(n, nu, depth, h_prev, Hin, w.gate(g), w.ld, gates + g * nu, 4 * nu, false);
+      ex.gemm_resident(n, depth, h_prev, Hin, w, 4, nu, gates, 4 * nu);
       const Acc* c_prev = t == 0 ? s.c0 : s.ws + ((t - 1) % s.ws_steps) * B * 5 * H + 4 * H;
       LSTMForwardStep<T, Acc> p{B, H, t, s.lengths, s.gx + t * B * 4 * H, gates,
                                 s.b_hh, c_prev, t == 0 ? H : 5 * H, ws, h_out,
@@ -154,8 +163,7 @@ RNN_HD void lstm_forward_worker(const LSTMForwardSeq<T, Acc>& s, int64_t k, Exec
     if (P > 0) {
       T* y = s.y + t * B * P;
       if (pc.size() > 0) {
-        ex.gemm_nt(n, pc.size(), H, h_out, H, s.w_hr + pc.begin * H, H,
-                   s.proj_acc + pc.begin, P, false);
+        ex.gemm_resident(n, H, h_out, H, wr, 1, pc.size(), s.proj_acc + pc.begin, P);
         const Acc* acc = s.proj_acc;
         const int64_t* len = s.lengths;
         const int64_t T_ = s.steps;
@@ -264,8 +272,7 @@ RNN_HD void gru_forward_worker(const GRUForwardSeq<T, Acc>& s, int64_t k, Exec& 
       T* y = s.y + t * B * H;
       const int64_t n = gemm_rows(s.active, t, B);
       const int64_t depth = t == 0 && s.h0_zero ? 0 : H;
-      for (int g = 0; g < 3; ++g)
-        ex.gemm_nt(n, nu, depth, h_prev, H, w.gate(g), w.ld, gates + g * nu, 3 * nu, false);
+      ex.gemm_resident(n, depth, h_prev, H, w, 3, nu, gates, 3 * nu);
       GRUForwardStep<T, Acc> p{B, H, t, s.lengths, s.gx + t * B * 3 * H, gates, s.b_hh,
                                h_prev, s.ws + (t % s.ws_steps) * B * 4 * H, y,
                                3 * nu, nu, u.begin};
@@ -354,7 +361,7 @@ RNN_HD void rnn_forward_worker(const RNNForwardSeq<T, Acc>& s, int64_t k, Exec& 
       const T* h_prev = t == 0 ? s.h0 : s.y + (t - 1) * B * H;
       T* y = s.y + t * B * H;
       const int64_t depth = t == 0 && s.h0_zero ? 0 : H;
-      ex.gemm_nt(gemm_rows(s.active, t, B), nu, depth, h_prev, H, w.gate(0), w.ld, gates, nu, false);
+      ex.gemm_resident(gemm_rows(s.active, t, B), depth, h_prev, H, w, 1, nu, gates, nu);
       RNNForwardStep<T, Acc> p{B, H, t, s.lengths, s.gx + t * B * H, gates, s.b_hh, h_prev,
                                s.ws + (t % s.ws_steps) * B * H, y, s.relu, nu, nu, u.begin};
       ex.elements(p, u.begin, u.end);
