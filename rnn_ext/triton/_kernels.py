@@ -98,35 +98,30 @@ def _rows_times(acc, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, offs_b, off
 
 
 # ------------------------------------------------- step strategy: LSTM ----
-@triton.jit(do_not_specialize=["t"])
-def lstm_fwd_step_kernel(
-        gx_ptr,       # input gates of step t [B, 4H]
-        hprev_ptr,    # recurrent input [B, K]: h0 at t = 0, else output of t-1
-        w_ptr,        # W_hh [4H, K]
-        b_ptr,        # b_hh [4H] (if HAS_BIAS)
-        c0_ptr,       # [B, H]
-        h0_ptr,       # [B, H] (read for h_n of empty rows if WRITE_HN)
-        ws_prev_ptr,  # workspace of step t-1 [B, 5H] (unless FIRST)
-        ws_ptr,       # workspace of step t [B, 5H]
-        hout_ptr,     # [B, H]: the output (no projection) or the projection input
-        hn_ptr, cn_ptr, len_ptr,
-        t, T, B, H, K,
-        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, FIRST: tl.constexpr,
-        WRITE_HN: tl.constexpr, PRECISION: tl.constexpr,
-        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+# Each step kernel is a thin wrapper over a tile function: the (batch rows
+# offs_b, hidden units offs_n) block of one step.  The grid kernels (below)
+# run the very same tile functions over their slice of units, step after
+# step, in one launch.  n_end bounds the units of the block (H for the step
+# kernels, the end of the program's slice for the grid kernels); `first`
+# (t == 0) is a constexpr in the step kernels and a runtime flag in the grid
+# kernels.
+@triton.jit
+def _lstm_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, c0_ptr, h0_ptr, ws_prev_ptr, ws_ptr, hout_ptr,
+                   hn_ptr, cn_ptr, len_ptr, t, T, B, H, K, offs_b, offs_n, n_end, first,
+                   HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, WRITE_HN: tl.constexpr,
+                   PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     ACC = ws_ptr.dtype.element_ty
     DT = hout_ptr.dtype.element_ty
-    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
+    nm = offs_n < n_end
+    mask = (offs_b[:, None] < B) & nm[None, :]
     L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
     active = (t < L)[:, None]
 
-    zero = tl.zeros([BLOCK_B, BLOCK_N], dtype=ACC)
-    acc_i = _rows_times(zero, hprev_ptr, K, w_ptr, 1, K, offs_b, offs_n, B, H, K, PRECISION, BLOCK_K)
-    acc_f = _rows_times(zero, hprev_ptr, K, w_ptr + H * K, 1, K, offs_b, offs_n, B, H, K, PRECISION, BLOCK_K)
-    acc_g = _rows_times(zero, hprev_ptr, K, w_ptr + 2 * H * K, 1, K, offs_b, offs_n, B, H, K, PRECISION, BLOCK_K)
-    acc_o = _rows_times(zero, hprev_ptr, K, w_ptr + 3 * H * K, 1, K, offs_b, offs_n, B, H, K, PRECISION, BLOCK_K)
+    zero = tl.zeros([offs_b.shape[0], offs_n.shape[0]], dtype=ACC)
+    acc_i = _rows_times(zero, hprev_ptr, K, w_ptr, 1, K, offs_b, offs_n, B, n_end, K, PRECISION, BLOCK_K)
+    acc_f = _rows_times(zero, hprev_ptr, K, w_ptr + H * K, 1, K, offs_b, offs_n, B, n_end, K, PRECISION, BLOCK_K)
+    acc_g = _rows_times(zero, hprev_ptr, K, w_ptr + 2 * H * K, 1, K, offs_b, offs_n, B, n_end, K, PRECISION, BLOCK_K)
+    acc_o = _rows_times(zero, hprev_ptr, K, w_ptr + 3 * H * K, 1, K, offs_b, offs_n, B, n_end, K, PRECISION, BLOCK_K)
 
     gx = gx_ptr + offs_b[:, None] * (4 * H) + offs_n[None, :]
     acc_i += tl.load(gx, mask=mask, other=0.0).to(ACC)
@@ -134,14 +129,13 @@ def lstm_fwd_step_kernel(
     acc_g += tl.load(gx + 2 * H, mask=mask, other=0.0).to(ACC)
     acc_o += tl.load(gx + 3 * H, mask=mask, other=0.0).to(ACC)
     if HAS_BIAS:
-        nm = offs_n < H
         acc_i += tl.load(b_ptr + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
         acc_f += tl.load(b_ptr + H + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
         acc_g += tl.load(b_ptr + 2 * H + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
         acc_o += tl.load(b_ptr + 3 * H + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
 
     state = offs_b[:, None] * H + offs_n[None, :]
-    if FIRST:
+    if first:
         c_prev = tl.load(c0_ptr + state, mask=mask, other=0.0).to(ACC)
     else:
         c_prev = tl.load(ws_prev_ptr + offs_b[:, None] * (5 * H) + 4 * H + offs_n[None, :],
@@ -168,11 +162,60 @@ def lstm_fwd_step_kernel(
     tl.store(cn_ptr + state, c.to(DT), mask=last)
     if WRITE_HN:
         tl.store(hn_ptr + state, h_st, mask=last)
-    if FIRST:
+    if first:
         empty = mask & (L == 0)[:, None]
         tl.store(cn_ptr + state, c_prev.to(DT), mask=empty)
         if WRITE_HN:
             tl.store(hn_ptr + state, tl.load(h0_ptr + state, mask=empty, other=0.0), mask=empty)
+
+
+@triton.jit(do_not_specialize=["t"])
+def lstm_fwd_step_kernel(
+        gx_ptr,       # input gates of step t [B, 4H]
+        hprev_ptr,    # recurrent input [B, K]: h0 at t = 0, else output of t-1
+        w_ptr,        # W_hh [4H, K]
+        b_ptr,        # b_hh [4H] (if HAS_BIAS)
+        c0_ptr,       # [B, H]
+        h0_ptr,       # [B, H] (read for h_n of empty rows if WRITE_HN)
+        ws_prev_ptr,  # workspace of step t-1 [B, 5H] (unless FIRST)
+        ws_ptr,       # workspace of step t [B, 5H]
+        hout_ptr,     # [B, H]: the output (no projection) or the projection input
+        hn_ptr, cn_ptr, len_ptr,
+        t, T, B, H, K,
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, FIRST: tl.constexpr,
+        WRITE_HN: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    _lstm_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, c0_ptr, h0_ptr, ws_prev_ptr, ws_ptr, hout_ptr,
+                   hn_ptr, cn_ptr, len_ptr, t, T, B, H, K, offs_b, offs_n, H, FIRST,
+                   HAS_BIAS, HAS_LEN, WRITE_HN, PRECISION, BLOCK_K)
+
+
+@triton.jit
+def _row_product_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, KA, gy_ptr, ghn_ptr, h0_ptr,
+                      out_ptr, hn_ptr, len_ptr, t, T, B, N, offs_b, offs_n, n_end, first,
+                      ADD_GRAD: tl.constexpr, WRITE_FINAL: tl.constexpr, HAS_LEN: tl.constexpr,
+                      ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    DT = out_ptr.dtype.element_ty
+    mask = (offs_b[:, None] < B) & (offs_n[None, :] < n_end)
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+    active = (t < L)[:, None]
+    last = (t == L - 1)[:, None]
+    acc = tl.zeros([offs_b.shape[0], offs_n.shape[0]], dtype=ACC)
+    acc = _rows_times(acc, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, offs_b, offs_n,
+                      B, n_end, KA, PRECISION, BLOCK_K)
+    idx = offs_b[:, None] * N + offs_n[None, :]
+    if ADD_GRAD:
+        acc += tl.load(gy_ptr + idx, mask=mask, other=0.0).to(ACC)
+        acc += tl.load(ghn_ptr + idx, mask=mask & last, other=0.0).to(ACC)
+    out = acc.to(DT)
+    tl.store(out_ptr + idx, tl.where(active, out, 0.0).to(DT), mask=mask)
+    if WRITE_FINAL:
+        tl.store(hn_ptr + idx, out, mask=mask & last)
+        if first:
+            empty = mask & (L == 0)[:, None]
+            tl.store(hn_ptr + idx, tl.load(h0_ptr + idx, mask=empty, other=0.0), mask=empty)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -191,57 +234,27 @@ def row_product_kernel(
     Forward with a projection: y_t = proj_in_t @ W_hr^T (and h_n).
     Backward with a projection: d_proj_t = d_gates_{t+1} @ W_hh + grad_y_t
     (+ grad_h_n at the last step)."""
-    DT = out_ptr.dtype.element_ty
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_b[:, None] < B) & (offs_n[None, :] < N)
-    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
-    active = (t < L)[:, None]
-    last = (t == L - 1)[:, None]
-    acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=ACC)
-    acc = _rows_times(acc, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, offs_b, offs_n,
-                      B, N, KA, PRECISION, BLOCK_K)
-    idx = offs_b[:, None] * N + offs_n[None, :]
-    if ADD_GRAD:
-        acc += tl.load(gy_ptr + idx, mask=mask, other=0.0).to(ACC)
-        acc += tl.load(ghn_ptr + idx, mask=mask & last, other=0.0).to(ACC)
-    out = acc.to(DT)
-    tl.store(out_ptr + idx, tl.where(active, out, 0.0).to(DT), mask=mask)
-    if WRITE_FINAL:
-        tl.store(hn_ptr + idx, out, mask=mask & last)
-        if FIRST:
-            empty = mask & (L == 0)[:, None]
-            tl.store(hn_ptr + idx, tl.load(h0_ptr + idx, mask=empty, other=0.0), mask=empty)
+    _row_product_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, KA, gy_ptr, ghn_ptr, h0_ptr,
+                      out_ptr, hn_ptr, len_ptr, t, T, B, N, offs_b, offs_n, N, FIRST,
+                      ADD_GRAD, WRITE_FINAL, HAS_LEN, ACC, PRECISION, BLOCK_K)
 
 
-@triton.jit(do_not_specialize=["t"])
-def lstm_bwd_step_kernel(
-        a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, KA,  # dh = A @ M: see below
-        gy_ptr,       # grad of the output at step t [B, H] (if ADD_GRAD)
-        ghn_ptr,      # grad_h_n [B, H] (if ADD_GRAD)
-        ws_ptr,       # workspace of step t [B, 5H]
-        ws_prev_ptr,  # workspace of step t-1 (unless FIRST)
-        c0_ptr,       # [B, H] (if FIRST)
-        gws_ptr,      # grad of the workspace at step t [B, 5H] (if HAS_GWS)
-        dc_ptr,       # [B, H] carried gradient of c (accumulation type), updated
-        dg_ptr,       # out: gradient of the gate pre-activations at step t [B, 4H]
-        len_ptr, t, T, B, H,
-        ADD_GRAD: tl.constexpr, HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr,
-        FIRST: tl.constexpr, PRECISION: tl.constexpr,
-        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One backward step.  The gradient of h_t is the product A @ M in the
-    same kernel: d_gates_{t+1} @ W_hh (+ grad_y_t, + grad_h_n at the row's
-    last step) without a projection, d_proj_t @ W_hr with one."""
+@triton.jit
+def _lstm_bwd_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, KA, gy_ptr, ghn_ptr, ws_ptr,
+                   ws_prev_ptr, c0_ptr, gws_ptr, dc_ptr, dg_ptr, len_ptr, t, T, B, H,
+                   offs_b, offs_n, n_end, first,
+                   ADD_GRAD: tl.constexpr, HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr,
+                   PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     ACC = ws_ptr.dtype.element_ty
     DT = dg_ptr.dtype.element_ty
-    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
+    mask = (offs_b[:, None] < B) & (offs_n[None, :] < n_end)
     L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
     active = (t < L)[:, None]
-    dh = tl.zeros([BLOCK_B, BLOCK_N], dtype=ACC)
+    dh = tl.zeros([offs_b.shape[0], offs_n.shape[0]], dtype=ACC)
     dh = _rows_times(dh, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, offs_b, offs_n,
-                     B, H, KA, PRECISION, BLOCK_K)
+                     B, n_end, KA, PRECISION, BLOCK_K)
     state = offs_b[:, None] * H + offs_n[None, :]
     if ADD_GRAD:
         dh += tl.load(gy_ptr + state, mask=mask, other=0.0).to(ACC)
@@ -253,7 +266,7 @@ def lstm_bwd_step_kernel(
     g = tl.load(ws + 2 * H, mask=mask, other=0.0)
     o = tl.load(ws + 3 * H, mask=mask, other=0.0)
     c = tl.load(ws + 4 * H, mask=mask, other=0.0)
-    if FIRST:
+    if first:
         c_prev = tl.load(c0_ptr + state, mask=mask, other=0.0).to(ACC)
     else:
         c_prev = tl.load(ws_prev_ptr + offs_b[:, None] * (5 * H) + 4 * H + offs_n[None, :],
@@ -280,32 +293,48 @@ def lstm_bwd_step_kernel(
     tl.store(dc_ptr + state, dc * f, mask=mask & active)
 
 
-# -------------------------------------------------- step strategy: GRU ----
 @triton.jit(do_not_specialize=["t"])
-def gru_fwd_step_kernel(
-        gx_ptr,     # [B, 3H]
-        hprev_ptr,  # [B, H]: h0 at t = 0, else output of step t-1
-        w_ptr,      # W_hh [3H, H]
-        b_ptr,      # b_hh [3H] (if HAS_BIAS)
-        ws_ptr,     # [B, 4H]
-        y_ptr,      # [B, H]
-        hn_ptr, len_ptr, t, T, B, H,
-        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, FIRST: tl.constexpr,
-        PRECISION: tl.constexpr,
+def lstm_bwd_step_kernel(
+        a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, KA,  # dh = A @ M: see below
+        gy_ptr,       # grad of the output at step t [B, H] (if ADD_GRAD)
+        ghn_ptr,      # grad_h_n [B, H] (if ADD_GRAD)
+        ws_ptr,       # workspace of step t [B, 5H]
+        ws_prev_ptr,  # workspace of step t-1 (unless FIRST)
+        c0_ptr,       # [B, H] (if FIRST)
+        gws_ptr,      # grad of the workspace at step t [B, 5H] (if HAS_GWS)
+        dc_ptr,       # [B, H] carried gradient of c (accumulation type), updated
+        dg_ptr,       # out: gradient of the gate pre-activations at step t [B, 4H]
+        len_ptr, t, T, B, H,
+        ADD_GRAD: tl.constexpr, HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr,
+        FIRST: tl.constexpr, PRECISION: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    ACC = ws_ptr.dtype.element_ty
-    DT = y_ptr.dtype.element_ty
+    """One backward step.  The gradient of h_t is the product A @ M in the
+    same kernel: d_gates_{t+1} @ W_hh (+ grad_y_t, + grad_h_n at the row's
+    last step) without a projection, d_proj_t @ W_hr with one."""
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
+    _lstm_bwd_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, KA, gy_ptr, ghn_ptr, ws_ptr,
+                   ws_prev_ptr, c0_ptr, gws_ptr, dc_ptr, dg_ptr, len_ptr, t, T, B, H,
+                   offs_b, offs_n, H, FIRST, ADD_GRAD, HAS_LEN, HAS_GWS, PRECISION, BLOCK_K)
+
+
+# -------------------------------------------------- step strategy: GRU ----
+@triton.jit
+def _gru_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, ws_ptr, y_ptr, hn_ptr, len_ptr, t, T, B, H,
+                  offs_b, offs_n, n_end, first,
+                  HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = y_ptr.dtype.element_ty
+    nm = offs_n < n_end
+    mask = (offs_b[:, None] < B) & nm[None, :]
     L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
     active = (t < L)[:, None]
-    zero = tl.zeros([BLOCK_B, BLOCK_N], dtype=ACC)
-    hh_r = _rows_times(zero, hprev_ptr, H, w_ptr, 1, H, offs_b, offs_n, B, H, H, PRECISION, BLOCK_K)
-    hh_z = _rows_times(zero, hprev_ptr, H, w_ptr + H * H, 1, H, offs_b, offs_n, B, H, H, PRECISION, BLOCK_K)
-    hh_n = _rows_times(zero, hprev_ptr, H, w_ptr + 2 * H * H, 1, H, offs_b, offs_n, B, H, H, PRECISION, BLOCK_K)
+    zero = tl.zeros([offs_b.shape[0], offs_n.shape[0]], dtype=ACC)
+    hh_r = _rows_times(zero, hprev_ptr, H, w_ptr, 1, H, offs_b, offs_n, B, n_end, H, PRECISION, BLOCK_K)
+    hh_z = _rows_times(zero, hprev_ptr, H, w_ptr + H * H, 1, H, offs_b, offs_n, B, n_end, H, PRECISION, BLOCK_K)
+    hh_n = _rows_times(zero, hprev_ptr, H, w_ptr + 2 * H * H, 1, H, offs_b, offs_n, B, n_end, H, PRECISION, BLOCK_K)
     if HAS_BIAS:
-        nm = offs_n < H
         hh_r += tl.load(b_ptr + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
         hh_z += tl.load(b_ptr + H + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
         hh_n += tl.load(b_ptr + 2 * H + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
@@ -324,35 +353,41 @@ def gru_fwd_step_kernel(
     tl.store(ws + 3 * H, tl.where(active, hh_n, 0.0), mask=mask)
     tl.store(y_ptr + state, tl.where(active, h, 0.0).to(DT), mask=mask)
     tl.store(hn_ptr + state, h, mask=mask & (t == L - 1)[:, None])
-    if FIRST:
+    if first:
         tl.store(hn_ptr + state, h_prev, mask=mask & (L == 0)[:, None])
 
 
 @triton.jit(do_not_specialize=["t"])
-def gru_bwd_step_kernel(
-        dhh_next_ptr, KA,  # d_hh of step t+1 [B, 3H]; KA = 3H, or 0 at the last step
-        w_ptr,        # W_hh [3H, H]
-        gy_ptr,       # grad of the output at step t [B, H]
-        hprev_ptr,    # [B, H]: h0 at t = 0, else output of step t-1
-        ws_ptr,       # [B, 4H]
-        gws_ptr,      # [B, 4H] (if HAS_GWS)
-        carry_ptr,    # [B, H] (accumulation type): gradient reaching h_t directly
-                      # (dh_{t+1} * z_{t+1}, or grad_h_n before a row's last step)
-        dg_ptr,       # out: gradient of the input gates [B, 3H]
-        dhh_ptr,      # out: gradient of h W_hh^T + b_hh [B, 3H]
-        len_ptr, t, T, B, H,
-        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, PRECISION: tl.constexpr,
+def gru_fwd_step_kernel(
+        gx_ptr,     # [B, 3H]
+        hprev_ptr,  # [B, H]: h0 at t = 0, else output of step t-1
+        w_ptr,      # W_hh [3H, H]
+        b_ptr,      # b_hh [3H] (if HAS_BIAS)
+        ws_ptr,     # [B, 4H]
+        y_ptr,      # [B, H]
+        hn_ptr, len_ptr, t, T, B, H,
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, FIRST: tl.constexpr,
+        PRECISION: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    ACC = ws_ptr.dtype.element_ty
-    DT = dg_ptr.dtype.element_ty
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
+    _gru_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, ws_ptr, y_ptr, hn_ptr, len_ptr, t, T, B, H,
+                  offs_b, offs_n, H, FIRST, HAS_BIAS, HAS_LEN, PRECISION, BLOCK_K)
+
+
+@triton.jit
+def _gru_bwd_tile(dhh_next_ptr, KA, w_ptr, gy_ptr, hprev_ptr, ws_ptr, gws_ptr, carry_ptr, dg_ptr,
+                  dhh_ptr, len_ptr, t, T, B, H, offs_b, offs_n, n_end,
+                  HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = dg_ptr.dtype.element_ty
+    mask = (offs_b[:, None] < B) & (offs_n[None, :] < n_end)
     L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
     active = (t < L)[:, None]
     state = offs_b[:, None] * H + offs_n[None, :]
     dh = tl.load(carry_ptr + state, mask=mask, other=0.0)
-    dh = _rows_times(dh, dhh_next_ptr, 3 * H, w_ptr, H, 1, offs_b, offs_n, B, H, KA, PRECISION, BLOCK_K)
+    dh = _rows_times(dh, dhh_next_ptr, 3 * H, w_ptr, H, 1, offs_b, offs_n, B, n_end, KA, PRECISION, BLOCK_K)
     dh += tl.load(gy_ptr + state, mask=mask, other=0.0).to(ACC)
 
     ws = ws_ptr + offs_b[:, None] * (4 * H) + offs_n[None, :]
@@ -385,6 +420,26 @@ def gru_bwd_step_kernel(
     tl.store(dhh + 2 * H, tl.where(active, d_hn, 0.0).to(DT), mask=mask)
     tl.store(carry_ptr + state, dh * z, mask=mask & active)
 
+
+@triton.jit(do_not_specialize=["t"])
+def gru_bwd_step_kernel(
+        dhh_next_ptr, KA,  # d_hh of step t+1 [B, 3H]; KA = 3H, or 0 at the last step
+        w_ptr,        # W_hh [3H, H]
+        gy_ptr,       # grad of the output at step t [B, H]
+        hprev_ptr,    # [B, H]: h0 at t = 0, else output of step t-1
+        ws_ptr,       # [B, 4H]
+        gws_ptr,      # [B, 4H] (if HAS_GWS)
+        carry_ptr,    # [B, H] (accumulation type): gradient reaching h_t directly
+                      # (dh_{t+1} * z_{t+1}, or grad_h_n before a row's last step)
+        dg_ptr,       # out: gradient of the input gates [B, 3H]
+        dhh_ptr,      # out: gradient of h W_hh^T + b_hh [B, 3H]
+        len_ptr, t, T, B, H,
+        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    _gru_bwd_tile(dhh_next_ptr, KA, w_ptr, gy_ptr, hprev_ptr, ws_ptr, gws_ptr, carry_ptr, dg_ptr,
+                  dhh_ptr, len_ptr, t, T, B, H, offs_b, offs_n, H, HAS_LEN, HAS_GWS, PRECISION, BLOCK_K)
 
 # ------------------------------------------- persistent strategy: LSTM ----
 @triton.jit
@@ -744,6 +799,32 @@ def _rnn_act_grad(h, dh, RELU: tl.constexpr):
         return dh * (1.0 - h * h)
 
 
+@triton.jit
+def _rnn_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, ws_ptr, y_ptr, hn_ptr, len_ptr, t, T, B, H,
+                  offs_b, offs_n, n_end, first,
+                  HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, RELU: tl.constexpr,
+                  PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = y_ptr.dtype.element_ty
+    nm = offs_n < n_end
+    mask = (offs_b[:, None] < B) & nm[None, :]
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+    active = (t < L)[:, None]
+    state = offs_b[:, None] * H + offs_n[None, :]
+    pre = tl.load(gx_ptr + state, mask=mask, other=0.0).to(ACC)
+    pre = _rows_times(pre, hprev_ptr, H, w_ptr, 1, H, offs_b, offs_n, B, n_end, H, PRECISION, BLOCK_K)
+    if HAS_BIAS:
+        pre += tl.load(b_ptr + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
+    h_acc = _rnn_act(pre, RELU)
+    h = h_acc.to(DT)
+    tl.store(ws_ptr + state, tl.where(active, h_acc, 0.0), mask=mask)
+    tl.store(y_ptr + state, tl.where(active, h, 0.0).to(DT), mask=mask)
+    tl.store(hn_ptr + state, h, mask=mask & (t == L - 1)[:, None])
+    if first:
+        empty = mask & (L == 0)[:, None]
+        tl.store(hn_ptr + state, tl.load(hprev_ptr + state, mask=empty, other=0.0), mask=empty)
+
+
 @triton.jit(do_not_specialize=["t"])
 def rnn_fwd_step_kernel(
         gx_ptr,     # [B, H]
@@ -756,26 +837,31 @@ def rnn_fwd_step_kernel(
         HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, FIRST: tl.constexpr,
         RELU: tl.constexpr, PRECISION: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    ACC = ws_ptr.dtype.element_ty
-    DT = y_ptr.dtype.element_ty
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
+    _rnn_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, ws_ptr, y_ptr, hn_ptr, len_ptr, t, T, B, H,
+                  offs_b, offs_n, H, FIRST, HAS_BIAS, HAS_LEN, RELU, PRECISION, BLOCK_K)
+
+
+@triton.jit
+def _rnn_bwd_tile(dg_next_ptr, KA, w_ptr, gy_ptr, ghn_ptr, ws_ptr, gws_ptr, dg_ptr, len_ptr,
+                  t, T, B, H, offs_b, offs_n, n_end,
+                  HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, RELU: tl.constexpr,
+                  PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = dg_ptr.dtype.element_ty
+    mask = (offs_b[:, None] < B) & (offs_n[None, :] < n_end)
     L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
     active = (t < L)[:, None]
     state = offs_b[:, None] * H + offs_n[None, :]
-    pre = tl.load(gx_ptr + state, mask=mask, other=0.0).to(ACC)
-    pre = _rows_times(pre, hprev_ptr, H, w_ptr, 1, H, offs_b, offs_n, B, H, H, PRECISION, BLOCK_K)
-    if HAS_BIAS:
-        pre += tl.load(b_ptr + offs_n, mask=offs_n < H, other=0.0).to(ACC)[None, :]
-    h_acc = _rnn_act(pre, RELU)
-    h = h_acc.to(DT)
-    tl.store(ws_ptr + state, tl.where(active, h_acc, 0.0), mask=mask)
-    tl.store(y_ptr + state, tl.where(active, h, 0.0).to(DT), mask=mask)
-    tl.store(hn_ptr + state, h, mask=mask & (t == L - 1)[:, None])
-    if FIRST:
-        empty = mask & (L == 0)[:, None]
-        tl.store(hn_ptr + state, tl.load(hprev_ptr + state, mask=empty, other=0.0), mask=empty)
+    dh = tl.load(gy_ptr + state, mask=mask, other=0.0).to(ACC)
+    dh += tl.load(ghn_ptr + state, mask=mask & (t == L - 1)[:, None], other=0.0).to(ACC)
+    dh = _rows_times(dh, dg_next_ptr, H, w_ptr, H, 1, offs_b, offs_n, B, n_end, KA, PRECISION, BLOCK_K)
+    if HAS_GWS:
+        dh += tl.load(gws_ptr + state, mask=mask, other=0.0)
+    h = tl.load(ws_ptr + state, mask=mask, other=0.0)
+    d_pre = _rnn_act_grad(h, dh, RELU)
+    tl.store(dg_ptr + state, tl.where(active, d_pre, 0.0).to(DT), mask=mask)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -793,23 +879,10 @@ def rnn_bwd_step_kernel(
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """dh_t = d_pre_{t+1} @ W_hh + grad_y_t (+ grad_h_n at the row's last
     step) in the same kernel as the activation's gradient."""
-    ACC = ws_ptr.dtype.element_ty
-    DT = dg_ptr.dtype.element_ty
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
-    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
-    active = (t < L)[:, None]
-    state = offs_b[:, None] * H + offs_n[None, :]
-    dh = tl.load(gy_ptr + state, mask=mask, other=0.0).to(ACC)
-    dh += tl.load(ghn_ptr + state, mask=mask & (t == L - 1)[:, None], other=0.0).to(ACC)
-    dh = _rows_times(dh, dg_next_ptr, H, w_ptr, H, 1, offs_b, offs_n, B, H, KA, PRECISION, BLOCK_K)
-    if HAS_GWS:
-        dh += tl.load(gws_ptr + state, mask=mask, other=0.0)
-    h = tl.load(ws_ptr + state, mask=mask, other=0.0)
-    d_pre = _rnn_act_grad(h, dh, RELU)
-    tl.store(dg_ptr + state, tl.where(active, d_pre, 0.0).to(DT), mask=mask)
-
+    _rnn_bwd_tile(dg_next_ptr, KA, w_ptr, gy_ptr, ghn_ptr, ws_ptr, gws_ptr, dg_ptr, len_ptr,
+                  t, T, B, H, offs_b, offs_n, H, HAS_LEN, HAS_GWS, RELU, PRECISION, BLOCK_K)
 
 @triton.jit
 def rnn_fwd_persistent_kernel(
