@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(not TRITON_OK, reason="the Triton backend cannot
 from rnn_ext.triton import _ops as _triton_ops  # noqa: E402,F401  (registers torch.ops.rnn_ext.triton_*)
 from rnn_ext.triton import _sequence as S  # noqa: E402  (after the interpreter switch)
 
-STRATEGIES = ["persistent", "step"]
+STRATEGIES = ["persistent", "grid", "step"]
 
 
 # --------------------------------------------------------------- helpers ----

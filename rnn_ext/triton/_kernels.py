@@ -780,6 +780,220 @@ def gru_bwd_persistent_kernel(
     tl.store(dh0_ptr + idx, dh0.to(DT), mask=mask)
 
 
+# ------------------------------------------------------ grid strategy ----
+# One launch per layer direction runs the whole sequence on K programs (the
+# partition of csrc/include/rnn_ext/partition.h): program k owns the hidden
+# units [units[k, 0], units[k, 1]) with all their gates -- the slice
+# partition::split(H, K, k, BLOCK_N) gives it, read from a table the host
+# builds with that very function (rnn_ext._C._partition_slices), so there is
+# no second copy of the rule.  Per step it runs the step kernels' tile
+# functions over every batch tile and its own units, then all programs meet
+# at a grid barrier (two with a projection, whose columns are split by the
+# same rule).  W_hh is streamed from global memory (L2) in BLOCK_K chunks
+# each step, as the step kernels read it, so every hidden size runs.
+#
+# Steps [s_begin, s_end) of the loop run (forward: t = s; backward:
+# t = T - 1 - s); PHASES picks the phases of a projected step (1: the
+# units, 2: the projection, 3: both).  A launch of the whole sequence uses
+# s = [0, T), PHASES = 3 and SYNC; the interpreter, which runs programs one
+# after another, runs K > 1 programs only one step and phase per launch
+# without SYNC (the launch boundary is then the barrier) -- the same code
+# and the same slices.
+@triton.jit
+def _grid_barrier(ctr_ptr, target, SYNC: tl.constexpr):
+    """All programs of the grid meet.  ctr counts arrivals since the launch
+    (zeroed by the host before it) and is never reset: barrier j of a launch
+    waits until it reads K * (j + 1), which only the K arrivals of barrier j
+    complete, whatever the order -- a program that runs ahead to barrier
+    j + 1 adds to the count but cannot complete it alone, and there is no
+    reset for a slow program to miss.  The CTA barrier before the arrival
+    orders every thread's stores of this phase before the release of the
+    one thread that performs the (scalar) atomic, and the one after the
+    acquire orders every thread's later loads after it: with release and
+    acquire at GPU scope, what one program wrote before its arrival is
+    visible to every program after it leaves the barrier.  The launch is
+    cooperative (launch_cooperative_grid), so all K programs are resident
+    at once or the launch fails: a barrier never waits for a program that
+    cannot start."""
+    if SYNC:
+        tl.debug_barrier()
+        tl.atomic_add(ctr_ptr, 1, sem="release", scope="gpu")
+        while tl.atomic_add(ctr_ptr, 0, sem="acquire", scope="gpu") < target:
+            pass
+        tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end"])
+def lstm_fwd_grid_kernel(
+        gx_ptr, w_ptr, b_ptr, wr_ptr, h0_ptr, c0_ptr, len_ptr,
+        ws_ptr,     # [T, B, 5H]
+        y_ptr,      # [T, B, K]
+        pin_ptr,    # [T, B, H] projection input (if PROJ)
+        hn_ptr, cn_ptr,
+        units_ptr,  # [programs, 2] int32: the program's hidden units
+        cols_ptr,   # [programs, 2] int32: its projection columns (if PROJ)
+        ctr_ptr,    # int32 arrival counter, zero at launch (if SYNC)
+        s_begin, s_end, T, B, H, K,
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, PROJ: tl.constexpr, SYNC: tl.constexpr,
+        PHASES: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    u0 = tl.load(units_ptr + 2 * pid)
+    u1 = tl.load(units_ptr + 2 * pid + 1)
+    p0 = tl.load(cols_ptr + 2 * pid)
+    p1 = tl.load(cols_ptr + 2 * pid + 1)
+    rows = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_N)
+    for t in range(s_begin, s_end):
+        first = t == 0
+        step = tl.cast(t, tl.int64) * B
+        prev = tl.cast(tl.maximum(t - 1, 0), tl.int64) * B
+        if first:
+            hprev = h0_ptr
+        else:
+            hprev = y_ptr + prev * K
+        if PROJ:
+            hout = pin_ptr + step * H
+        else:
+            hout = y_ptr + step * K
+        if PHASES % 2 == 1:
+            for b0 in range(0, B, BLOCK_B):
+                for n0 in range(u0, u1, BLOCK_N):
+                    _lstm_fwd_tile(gx_ptr + step * (4 * H), hprev, w_ptr, b_ptr, c0_ptr, h0_ptr,
+                                   ws_ptr + prev * (5 * H), ws_ptr + step * (5 * H), hout, hn_ptr, cn_ptr,
+                                   len_ptr, t, T, B, H, K, b0 + rows, n0 + cols, u1, first,
+                                   HAS_BIAS, HAS_LEN, not PROJ, PRECISION, BLOCK_K)
+            _grid_barrier(ctr_ptr, programs * ((1 + PROJ) * (t - s_begin) + 1), SYNC)
+        if PROJ and PHASES >= 2:
+            # y_t = proj_in_t @ W_hr^T over the program's columns of P = K.
+            for b0 in range(0, B, BLOCK_B):
+                for n0 in range(p0, p1, BLOCK_N):
+                    _row_product_tile(pin_ptr + step * H, H, wr_ptr, 1, H, H, h0_ptr, h0_ptr, h0_ptr,
+                                      y_ptr + step * K, hn_ptr, len_ptr, t, T, B, K, b0 + rows, n0 + cols,
+                                      p1, first, False, True, HAS_LEN, ACC, PRECISION, BLOCK_K)
+            _grid_barrier(ctr_ptr, programs * (2 * (t - s_begin) + 2), SYNC)
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end"])
+def lstm_bwd_grid_kernel(
+        gy_ptr, ghn_ptr, w_ptr, wr_ptr, c0_ptr, ws_ptr, gws_ptr,
+        dc_ptr,     # [B, H] carried gradient of c (accumulation type), starts as grad_c_n
+        dg_ptr,     # out [T, B, 4H]
+        dproj_ptr,  # out [T, B, K] (if PROJ)
+        len_ptr, units_ptr, cols_ptr, ctr_ptr,
+        s_begin, s_end, T, B, H, K,
+        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, PROJ: tl.constexpr, SYNC: tl.constexpr,
+        PHASES: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    u0 = tl.load(units_ptr + 2 * pid)
+    u1 = tl.load(units_ptr + 2 * pid + 1)
+    p0 = tl.load(cols_ptr + 2 * pid)
+    p1 = tl.load(cols_ptr + 2 * pid + 1)
+    rows = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_N)
+    for s in range(s_begin, s_end):
+        t = T - 1 - s
+        first = t == 0
+        step = tl.cast(t, tl.int64) * B
+        prev = tl.cast(tl.maximum(t - 1, 0), tl.int64) * B
+        # d_gates of step t+1 times W_hh; nothing after the last step.
+        nxt = dg_ptr + tl.cast(tl.minimum(t + 1, T - 1), tl.int64) * B * (4 * H)
+        k_next = tl.where(t + 1 < T, 4 * H, 0)
+        if PROJ:
+            if PHASES % 2 == 1:
+                for b0 in range(0, B, BLOCK_B):
+                    for n0 in range(p0, p1, BLOCK_N):
+                        _row_product_tile(nxt, 4 * H, w_ptr, K, 1, k_next, gy_ptr + step * K, ghn_ptr,
+                                          ghn_ptr, dproj_ptr + step * K, ghn_ptr, len_ptr, t, T, B, K,
+                                          b0 + rows, n0 + cols, p1, False, True, False, HAS_LEN, ACC,
+                                          PRECISION, BLOCK_K)
+                _grid_barrier(ctr_ptr, programs * (2 * (s - s_begin) + 1), SYNC)
+            if PHASES >= 2:
+                for b0 in range(0, B, BLOCK_B):
+                    for n0 in range(u0, u1, BLOCK_N):
+                        _lstm_bwd_tile(dproj_ptr + step * K, K, wr_ptr, H, 1, K, gy_ptr, ghn_ptr,
+                                       ws_ptr + step * (5 * H), ws_ptr + prev * (5 * H), c0_ptr,
+                                       gws_ptr + step * (5 * H), dc_ptr, dg_ptr + step * (4 * H), len_ptr,
+                                       t, T, B, H, b0 + rows, n0 + cols, u1, first,
+                                       False, HAS_LEN, HAS_GWS, PRECISION, BLOCK_K)
+                _grid_barrier(ctr_ptr, programs * (2 * (s - s_begin) + 2), SYNC)
+        else:
+            for b0 in range(0, B, BLOCK_B):
+                for n0 in range(u0, u1, BLOCK_N):
+                    _lstm_bwd_tile(nxt, 4 * H, w_ptr, H, 1, k_next, gy_ptr + step * H, ghn_ptr,
+                                   ws_ptr + step * (5 * H), ws_ptr + prev * (5 * H), c0_ptr,
+                                   gws_ptr + step * (5 * H), dc_ptr, dg_ptr + step * (4 * H), len_ptr,
+                                   t, T, B, H, b0 + rows, n0 + cols, u1, first,
+                                   True, HAS_LEN, HAS_GWS, PRECISION, BLOCK_K)
+            _grid_barrier(ctr_ptr, programs * (s - s_begin + 1), SYNC)
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end"])
+def gru_fwd_grid_kernel(
+        gx_ptr, w_ptr, b_ptr, h0_ptr, len_ptr,
+        ws_ptr,  # [T, B, 4H]
+        y_ptr,   # [T, B, H]
+        hn_ptr, units_ptr, ctr_ptr, s_begin, s_end, T, B, H,
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, SYNC: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    u0 = tl.load(units_ptr + 2 * pid)
+    u1 = tl.load(units_ptr + 2 * pid + 1)
+    rows = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_N)
+    for t in range(s_begin, s_end):
+        first = t == 0
+        step = tl.cast(t, tl.int64) * B
+        if first:
+            hprev = h0_ptr
+        else:
+            hprev = y_ptr + tl.cast(tl.maximum(t - 1, 0), tl.int64) * B * H
+        for b0 in range(0, B, BLOCK_B):
+            for n0 in range(u0, u1, BLOCK_N):
+                _gru_fwd_tile(gx_ptr + step * (3 * H), hprev, w_ptr, b_ptr, ws_ptr + step * (4 * H),
+                              y_ptr + step * H, hn_ptr, len_ptr, t, T, B, H, b0 + rows, n0 + cols, u1, first,
+                              HAS_BIAS, HAS_LEN, PRECISION, BLOCK_K)
+        _grid_barrier(ctr_ptr, programs * (t - s_begin + 1), SYNC)
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end"])
+def gru_bwd_grid_kernel(
+        gy_ptr, w_ptr, h0_ptr, y_ptr, ws_ptr, gws_ptr,
+        carry_ptr,  # [B, H] (accumulation type), starts as grad_h_n
+        dg_ptr,     # out [T, B, 3H]
+        dhh_ptr,    # out [T, B, 3H]
+        len_ptr, units_ptr, ctr_ptr, s_begin, s_end, T, B, H,
+        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, SYNC: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    u0 = tl.load(units_ptr + 2 * pid)
+    u1 = tl.load(units_ptr + 2 * pid + 1)
+    rows = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_N)
+    for s in range(s_begin, s_end):
+        t = T - 1 - s
+        step = tl.cast(t, tl.int64) * B
+        nxt = dhh_ptr + tl.cast(tl.minimum(t + 1, T - 1), tl.int64) * B * (3 * H)
+        k_next = tl.where(t + 1 < T, 3 * H, 0)
+        if t == 0:
+            hprev = h0_ptr
+        else:
+            hprev = y_ptr + tl.cast(tl.maximum(t - 1, 0), tl.int64) * B * H
+        for b0 in range(0, B, BLOCK_B):
+            for n0 in range(u0, u1, BLOCK_N):
+                _gru_bwd_tile(nxt, k_next, w_ptr, gy_ptr + step * H, hprev, ws_ptr + step * (4 * H),
+                              gws_ptr + step * (4 * H), carry_ptr, dg_ptr + step * (3 * H),
+                              dhh_ptr + step * (3 * H), len_ptr, t, T, B, H, b0 + rows, n0 + cols, u1,
+                              HAS_LEN, HAS_GWS, PRECISION, BLOCK_K)
+        _grid_barrier(ctr_ptr, programs * (s - s_begin + 1), SYNC)
+
+
 # ------------------------------------------------- RNN (nn.RNN's cell) ----
 @triton.jit
 def _rnn_act(pre, RELU: tl.constexpr):
@@ -967,6 +1181,62 @@ def rnn_bwd_persistent_kernel(
         h = tl.load(ws_ptr + step + idx, mask=mask, other=0.0)
         d_pre = tl.where(active, _rnn_act_grad(h, dh, RELU), 0.0).to(DT)
         tl.store(dg_ptr + step + idx, d_pre, mask=mask)
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end"])
+def rnn_fwd_grid_kernel(
+        gx_ptr, w_ptr, b_ptr, h0_ptr, len_ptr,
+        ws_ptr,  # [T, B, H]
+        y_ptr,   # [T, B, H]
+        hn_ptr, units_ptr, ctr_ptr, s_begin, s_end, T, B, H,
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, RELU: tl.constexpr, SYNC: tl.constexpr,
+        PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The grid strategy for nn.RNN's cell (see "grid strategy" above)."""
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    u0 = tl.load(units_ptr + 2 * pid)
+    u1 = tl.load(units_ptr + 2 * pid + 1)
+    rows = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_N)
+    for t in range(s_begin, s_end):
+        first = t == 0
+        step = tl.cast(t, tl.int64) * B * H
+        if first:
+            hprev = h0_ptr
+        else:
+            hprev = y_ptr + tl.cast(tl.maximum(t - 1, 0), tl.int64) * B * H
+        for b0 in range(0, B, BLOCK_B):
+            for n0 in range(u0, u1, BLOCK_N):
+                _rnn_fwd_tile(gx_ptr + step, hprev, w_ptr, b_ptr, ws_ptr + step, y_ptr + step, hn_ptr,
+                              len_ptr, t, T, B, H, b0 + rows, n0 + cols, u1, first,
+                              HAS_BIAS, HAS_LEN, RELU, PRECISION, BLOCK_K)
+        _grid_barrier(ctr_ptr, programs * (t - s_begin + 1), SYNC)
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end"])
+def rnn_bwd_grid_kernel(
+        gy_ptr, ghn_ptr, w_ptr, ws_ptr, gws_ptr,
+        dg_ptr,  # out [T, B, H]
+        len_ptr, units_ptr, ctr_ptr, s_begin, s_end, T, B, H,
+        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, RELU: tl.constexpr, SYNC: tl.constexpr,
+        PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    u0 = tl.load(units_ptr + 2 * pid)
+    u1 = tl.load(units_ptr + 2 * pid + 1)
+    rows = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_N)
+    for s in range(s_begin, s_end):
+        t = T - 1 - s
+        step = tl.cast(t, tl.int64) * B * H
+        nxt = dg_ptr + tl.cast(tl.minimum(t + 1, T - 1), tl.int64) * B * H
+        k_next = tl.where(t + 1 < T, H, 0)
+        for b0 in range(0, B, BLOCK_B):
+            for n0 in range(u0, u1, BLOCK_N):
+                _rnn_bwd_tile(nxt, k_next, w_ptr, gy_ptr + step, ghn_ptr, ws_ptr + step, gws_ptr + step,
+                              dg_ptr + step, len_ptr, t, T, B, H, b0 + rows, n0 + cols, u1,
+                              HAS_LEN, HAS_GWS, RELU, PRECISION, BLOCK_K)
+        _grid_barrier(ctr_ptr, programs * (s - s_begin + 1), SYNC)
 
 
 def _is_interpreted(fn):
