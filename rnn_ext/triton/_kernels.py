@@ -850,10 +850,8 @@ def lstm_fwd_grid_kernel(
         first = t == 0
         step = tl.cast(t, tl.int64) * B
         prev = tl.cast(tl.maximum(t - 1, 0), tl.int64) * B
-        if first:
-            hprev = h0_ptr
-        else:
-            hprev = y_ptr + prev * K
+        # h_{t-1}: h0 at t = 0 (a select, not a branch: no stack frame on sm_90).
+        hprev = tl.where(first, h0_ptr, y_ptr + prev * K)
         if PROJ:
             hout = pin_ptr + step * H
         else:
@@ -949,10 +947,7 @@ def gru_fwd_grid_kernel(
     for t in range(s_begin, s_end):
         first = t == 0
         step = tl.cast(t, tl.int64) * B
-        if first:
-            hprev = h0_ptr
-        else:
-            hprev = y_ptr + tl.cast(tl.maximum(t - 1, 0), tl.int64) * B * H
+        hprev = tl.where(first, h0_ptr, y_ptr + tl.cast(tl.maximum(t - 1, 0), tl.int64) * B * H)
         for b0 in range(0, B, BLOCK_B):
             for n0 in range(u0, u1, BLOCK_N):
                 _gru_fwd_tile(gx_ptr + step * (3 * H), hprev, w_ptr, b_ptr, ws_ptr + step * (4 * H),
@@ -981,10 +976,7 @@ def gru_bwd_grid_kernel(
         step = tl.cast(t, tl.int64) * B
         nxt = dhh_ptr + tl.cast(tl.minimum(t + 1, T - 1), tl.int64) * B * (3 * H)
         k_next = tl.where(t + 1 < T, 3 * H, 0)
-        if t == 0:
-            hprev = h0_ptr
-        else:
-            hprev = y_ptr + tl.cast(tl.maximum(t - 1, 0), tl.int64) * B * H
+        hprev = tl.where(t == 0, h0_ptr, y_ptr + tl.cast(tl.maximum(t - 1, 0), tl.int64) * B * H)
         for b0 in range(0, B, BLOCK_B):
             for n0 in range(u0, u1, BLOCK_N):
                 _gru_bwd_tile(nxt, k_next, w_ptr, gy_ptr + step * H, hprev, ws_ptr + step * (4 * H),
@@ -1201,10 +1193,7 @@ def rnn_fwd_grid_kernel(
     for t in range(s_begin, s_end):
         first = t == 0
         step = tl.cast(t, tl.int64) * B * H
-        if first:
-            hprev = h0_ptr
-        else:
-            hprev = y_ptr + tl.cast(tl.maximum(t - 1, 0), tl.int64) * B * H
+        hprev = tl.where(first, h0_ptr, y_ptr + tl.cast(tl.maximum(t - 1, 0), tl.int64) * B * H)
         for b0 in range(0, B, BLOCK_B):
             for n0 in range(u0, u1, BLOCK_N):
                 _rnn_fwd_tile(gx_ptr + step, hprev, w_ptr, b_ptr, ws_ptr + step, y_ptr + step, hn_ptr,

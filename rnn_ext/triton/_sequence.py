@@ -153,6 +153,19 @@ def _step_tiles(B, dtype):
     return min(32, rows), 32, 32, 4
 
 
+# Tiles of the grid kernels: a program loops over batch tiles and its units
+# inside a step, so the tiles need not grow with B; the smallest batch tile
+# (the dot minimum) keeps every grid kernel free of register spill on sm_90
+# (tests/_triton_sm90.py compiles them; the step tiles at B = 64 spill there).
+def _grid_tiles(dtype):
+    """(BLOCK_B, BLOCK_N, BLOCK_K, num_warps)"""
+    if dtype == torch.float64:
+        return 16, 16, 16, 4
+    if dtype == torch.float32:
+        return 16, 32, 16, 8
+    return 16, 32, 32, 4
+
+
 # Rows per persistent program: the dot minimum.  More programs over the
 # batch, and the least state next to the weights.
 PERSISTENT_BLOCK_B = 16
@@ -302,14 +315,15 @@ def lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths, strategy):
                 BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H), BLOCK_K=_pad(Kd),
                 num_warps=PERSISTENT_NUM_WARPS)
             return y, h_n, c_n, ws, proj_in
-        bb, bn, bk, warps = _step_tiles(B, dt)
         if strategy == "grid":
+            bb, bn, bk, warps = _grid_tiles(dt)
             launch_grid(K.lstm_fwd_grid_kernel, gx, T, H, P, bn,
                         (gx, w_hh, b_hh if b_hh is not None else dummy, w_hr if P else dummy, h0, c0,
                          L if has_len else dummy, ws, y, proj_in if P else dummy, h_n, c_n),
                         dict(T=T, B=B, H=H, K=Kd, HAS_BIAS=b_hh is not None, HAS_LEN=has_len, PROJ=bool(P),
                              PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps))
             return y, h_n, c_n, ws, proj_in
+        bb, bn, bk, warps = _step_tiles(B, dt)
         # strategy "step": the explicit fallback (see "grid" above).
         grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
         grid_p = (triton.cdiv(B, bb), triton.cdiv(P, bn)) if P else None
@@ -364,6 +378,7 @@ def lstm_backward(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, proj_in
             grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
             grid_p = (triton.cdiv(B, bb), triton.cdiv(P, bn)) if P else None
             if strategy == "grid":
+                bb, bn, bk, warps = _grid_tiles(dt)
                 launch_grid(K.lstm_bwd_grid_kernel, y, T, H, P, bn,
                             (grad_y, grad_h_n, w_hh, w_hr if P else dummy, c0, ws,
                              grad_ws if has_gws else dummy, dc, d_gates, d_proj if P else dummy,
@@ -434,13 +449,14 @@ def gru_forward(gx, w_hh, b_hh, h0, lengths, strategy):
                 BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H),
                 num_warps=PERSISTENT_NUM_WARPS)
             return y, h_n, ws
-        bb, bn, bk, warps = _step_tiles(B, dt)
         if strategy == "grid":
+            bb, bn, bk, warps = _grid_tiles(dt)
             launch_grid(K.gru_fwd_grid_kernel, gx, T, H, None, bn,
                         (gx, w_hh, b_hh if b_hh is not None else dummy, h0, L if has_len else dummy, ws, y, h_n),
                         dict(T=T, B=B, H=H, HAS_BIAS=b_hh is not None, HAS_LEN=has_len, PRECISION=prec,
                              BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps))
             return y, h_n, ws
+        bb, bn, bk, warps = _step_tiles(B, dt)
         grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
         for t in range(T):
             K.gru_fwd_step_kernel[grid](
@@ -479,6 +495,7 @@ def gru_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, strategy):
             bb, bn, bk, warps = _step_tiles(B, dt)
             grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
             if strategy == "grid":
+                bb, bn, bk, warps = _grid_tiles(dt)
                 launch_grid(K.gru_bwd_grid_kernel, y, T, H, None, bn,
                             (grad_y, w_hh, h0, y, ws, grad_ws if has_gws else dummy, carry, d_gates, d_hh,
                              L if has_len else dummy),
@@ -522,13 +539,14 @@ def rnn_forward(gx, w_hh, b_hh, h0, lengths, relu, strategy):
                 HAS_BIAS=b_hh is not None, HAS_LEN=has_len, RELU=relu, PRECISION=prec,
                 BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H), num_warps=PERSISTENT_NUM_WARPS)
             return y, h_n, ws
-        bb, bn, bk, warps = _step_tiles(B, dt)
         if strategy == "grid":
+            bb, bn, bk, warps = _grid_tiles(dt)
             launch_grid(K.rnn_fwd_grid_kernel, gx, T, H, None, bn,
                         (gx, w_hh, b_hh if b_hh is not None else dummy, h0, L if has_len else dummy, ws, y, h_n),
                         dict(T=T, B=B, H=H, HAS_BIAS=b_hh is not None, HAS_LEN=has_len, RELU=relu,
                              PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps))
             return y, h_n, ws
+        bb, bn, bk, warps = _step_tiles(B, dt)
         grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
         for t in range(T):
             K.rnn_fwd_step_kernel[grid](
@@ -558,7 +576,7 @@ def rnn_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, relu, stra
                 HAS_LEN=has_len, HAS_GWS=has_gws, RELU=relu, PRECISION=prec,
                 BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H), num_warps=PERSISTENT_NUM_WARPS)
         elif strategy == "grid":
-            bb, bn, bk, warps = _step_tiles(B, dt)
+            bb, bn, bk, warps = _grid_tiles(dt)
             launch_grid(K.rnn_bwd_grid_kernel, y, T, H, None, bn,
                         (grad_y, grad_h_n, w_hh, ws, grad_ws if has_gws else dummy, d_gates,
                          L if has_len else dummy),
