@@ -1,6 +1,7 @@
 """Triton kernels of the sequence ops.
 
-Two strategies (the choice is made in _sequence.py):
+Three strategies (the choice is made in _sequence.py; "grid" is below,
+under "grid strategy"):
 
 * persistent: one launch for the whole sequence.  Each program owns a tile
   of BLOCK_B batch rows and every hidden unit; it loads W_hh (and W_hr) once

@@ -21,8 +21,8 @@ STRATEGY_ENV = "RNN_EXT_TRITON_STRATEGY"
 # ------------------------------------------------------------ crossover ----
 # strategy="auto" runs a sequence "persistent" -- one launch for all T steps,
 # W_hh read once and kept on chip -- whenever its persistent kernels fit one
-# thread block of the GPU, else "step" (T launches, each spreading W_hh over
-# many programs and SMs).  What fits is measured, not guessed: _fit.py reads
+# thread block of the GPU, else "grid" (one launch of many programs, each
+# owning a slice of the hidden units; see below for where "auto" takes it).  What fits is measured, not guessed: _fit.py reads
 # the shared memory, registers and spill of the kernels compiled for sm_90
 # (rnn_ext/triton/persistent_sm90.json, written by tests/_triton_sm90.py and
 # checked against fresh compiles in make test).  The tiles are W_hh as
