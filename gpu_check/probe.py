@@ -81,7 +81,7 @@ def microbenchmarks(lib_path, sm_count):
 # ------------------------------------------------------------ host per step ----
 def _backends(device):
     if device.type == "cuda":
-        return ["torch.nn", "cuda", "triton:step", "triton:persistent"]
+        return ["torch.nn", "cuda", "triton:step", "triton:persistent", "triton:grid"]
     return ["torch.nn", "cpu"]
 
 

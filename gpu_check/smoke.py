@@ -25,7 +25,7 @@ DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "
 # Largest error allowed, relative to the largest magnitude of the reference.
 REL_TOL = {"fp64": 1e-9, "fp32": 1e-4, "fp16": 3e-2, "bf16": 2e-1}
 # "cuda:persistent": the persistent CUDA kernels (RNN_EXT_CUDA_PERSISTENT=force).
-GPU_BACKENDS = ("cuda", "cuda:persistent", "triton:persistent", "triton:step")
+GPU_BACKENDS = ("cuda", "cuda:persistent", "triton:persistent", "triton:grid", "triton:step")
 CELLS = ("lstm", "gru", "rnn")
 CPU_BACKENDS = ("cpu",)
 T, B, I, H, P = 6, 3, 8, 16, 8

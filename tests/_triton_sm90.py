@@ -308,7 +308,8 @@ def check_cases():
     """The grid `make test` compiles.  For every family x dtype (x projection
     tile) x alignment of H (a multiple of 16 or not): the largest size "auto"
     admits and the next size up (which must not fit); one persistent case
-    with no optional input; the step kernels with their largest tiles.
+    with no optional input; the step kernels with their largest tiles; the
+    grid kernels (every cell, with and without projection).
     (fp32 with TF32 dots, not PyTorch's default, is in the table, not
     recompiled here.)"""
     cases = []
@@ -344,6 +345,14 @@ def check_cases():
             labels = dict(family=cell + ("_proj" if P else ""), dtype=dt, H=H, P=P, B=64,
                           precision="ieee", strategy="step")
             cases.append((labels, sequence_launches(cell, 2, 64, H, P, torch_dt, "step")))
+        # The grid kernels: their tiles depend on the dtype alone (_grid_tiles),
+        # so one batch size covers them; H = 130 is not a multiple of 16, the
+        # LSTM at H = 256 (fp16) is, and both specialisations are compiled.
+        for cell, H, P in (("lstm", 130, 0), ("lstm", 96, 48), ("gru", 130, 0), ("rnn_tanh", 130, 0),
+                           ("rnn_relu", 130, 0)) + ((("lstm", 256, 0),) if dt == "fp16" else ()):
+            labels = dict(family=cell + ("_proj" if P else ""), dtype=dt, H=H, P=P, B=64,
+                          precision="ieee", strategy="grid")
+            cases.append((labels, sequence_launches(cell, 2, 64, H, P, torch_dt, "grid")))
     return cases
 
 

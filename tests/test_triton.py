@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(not TRITON_OK, reason="the Triton backend cannot
 from rnn_ext.triton import _ops as _triton_ops  # noqa: E402,F401  (registers torch.ops.rnn_ext.triton_*)
 from rnn_ext.triton import _sequence as S  # noqa: E402  (after the interpreter switch)
 
-STRATEGIES = ["persistent", "step"]
+STRATEGIES = ["persistent", "grid", "step"]
 
 
 # --------------------------------------------------------------- helpers ----
@@ -143,7 +143,10 @@ def test_crossover_rule():
     assert S.use_persistent(3, 128, 128, 0, f16) and S.resolve_strategy("auto", 3, 128, 128, 0, f16) == "persistent"
     # ... but an H that is not a multiple of 16 compiles to another kernel, which spills there.
     assert not S.use_persistent(3, 100, 100, 0, f16)
-    assert S.resolve_strategy("auto", 4, 130, 130, 0, f32) == "step"
+    # Past the fit: the grid kernels (no device named, as under the
+    # interpreter), the per-step loop on a GPU until grid has run there.
+    assert S.resolve_strategy("auto", 4, 130, 130, 0, f32) == "grid"
+    assert S.resolve_strategy("auto", 4, 130, 130, 0, f32, "cuda") == ("grid" if S.GRID_IN_AUTO_ON_GPU else "step")
     assert S.resolve_strategy("step", 4, 8, 8, 0, f32) == "step"
     # By name a spilling kernel may run (slower); fp64 LSTM H=64 spills.
     assert not S.use_persistent(4, 64, 64, 0, f64)
@@ -160,7 +163,7 @@ def test_persistent_that_cannot_fit_is_refused_by_name(n_gates, H, P, dtype):
     memory): a clear error naming the limit, not OutOfResources after
     minutes of compiling."""
     with pytest.raises(RuntimeError, match=r"strategy 'persistent' cannot run .*(shared memory|larger than any measured).*"
-                                           r"227 KiB.*Use strategy 'step'"):
+                                           r"227 KiB.*Use strategy 'grid', 'step'"):
         S.resolve_strategy("persistent", n_gates, H, P or H, P, dtype)
 
 
@@ -178,9 +181,12 @@ def test_persistent_that_cannot_fit_fails_before_any_launch(monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-@pytest.mark.parametrize("H,expected", [(8, "persistent"), (40, "step")])
+@pytest.mark.parametrize("H,expected", [(8, "persistent"), (40, "grid")])
 def test_auto_launches_the_chosen_strategy(kind, H, expected, monkeypatch):
-    names_ = {"persistent": f"{kind}_fwd_persistent_kernel", "step": f"{kind}_fwd_step_kernel"}
+    """Under the interpreter "auto" runs the single-program persistent kernel
+    where it fits, else the grid kernel: one launch either way; the step
+    loop only by name (T launches)."""
+    names_ = {s: f"{kind}_fwd_{s}_kernel" for s in ("persistent", "grid", "step")}
     counters = {s: LaunchCounter(getattr(S.K, n)) for s, n in names_.items()}
     for s, n in names_.items():
         monkeypatch.setattr(S.K, n, counters[s])
@@ -188,28 +194,184 @@ def test_auto_launches_the_chosen_strategy(kind, H, expected, monkeypatch):
     T = 3
     args = make_args(kind, T, 2, H, dtype=torch.float32)
     run(kind, args, None, strategy=None)
-    other = "step" if expected == "persistent" else "persistent"
-    assert counters[expected].launches == (1 if expected == "persistent" else T)
-    assert counters[other].launches == 0
-    # The environment variable forces the other one.
-    monkeypatch.setenv(S.STRATEGY_ENV, other)
-    run(kind, args, None, strategy=None)
-    assert counters[other].launches == (1 if other == "persistent" else T)
+    assert {s: c.launches for s, c in counters.items()} == {s: int(s == expected) for s in counters}
+    # The environment variable forces another one.
+    for other in ("persistent", "step"):
+        if other != expected:
+            monkeypatch.setenv(S.STRATEGY_ENV, other)
+            run(kind, args, None, strategy=None)
+            assert counters[other].launches == (1 if other == "persistent" else T)
 
 
 @pytest.mark.parametrize("H", [8, 100])
 def test_rnn_auto_launches_the_chosen_strategy(H, monkeypatch):
     """RNN keeps one W_hh tile: the crossover rule with n_gates = 1."""
-    counters = {s: LaunchCounter(getattr(S.K, f"rnn_fwd_{s}_kernel")) for s in ("persistent", "step")}
+    counters = {s: LaunchCounter(getattr(S.K, f"rnn_fwd_{s}_kernel")) for s in ("persistent", "grid", "step")}
     for s, c in counters.items():
         monkeypatch.setattr(S.K, f"rnn_fwd_{s}_kernel", c)
     monkeypatch.delenv(S.STRATEGY_ENV, raising=False)
-    expected = "persistent" if S.use_persistent(1, H, H, 0, torch.float32) else "step"
-    assert expected == ("persistent" if H == 8 else "step")
+    expected = "persistent" if S.use_persistent(1, H, H, 0, torch.float32) else "grid"
+    assert expected == ("persistent" if H == 8 else "grid")
     T = 3
     run("rnn_tanh", make_args("rnn_tanh", T, 2, H, dtype=torch.float32), None, strategy=None)
-    assert counters[expected].launches == (1 if expected == "persistent" else T)
-    assert counters["step" if expected == "persistent" else "persistent"].launches == 0
+    assert {s: c.launches for s, c in counters.items()} == {s: int(s == expected) for s in counters}
+
+
+def test_auto_keeps_the_step_loop_on_a_gpu_until_grid_has_run_there():
+    """The grid kernels have not run on a GPU: there "auto" keeps the step
+    loop past the crossover (they run by name); under the interpreter and
+    once enabled, "auto" takes them."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert not S.GRID_IN_AUTO_ON_GPU
+    for n_gates in (4, 3, 1):
+        assert S.resolve_strategy("auto", n_gates, 256, 256, 0, torch.float16, cuda) == "step"
+        assert S.resolve_strategy("auto", n_gates, 256, 256, 0, torch.float16, cpu) == "grid"
+        assert S.resolve_strategy("grid", n_gates, 256, 256, 0, torch.float16, cuda) == "grid"
+        assert S.resolve_strategy("auto", n_gates, 16, 16, 0, torch.float16, cuda) == "persistent"
+    assert S.resolve_strategy("auto", 4, 256, 64, 64, torch.float32, cuda) == "step"
+
+
+# ------------------------------------------------------------ grid strategy ----
+@pytest.mark.parametrize("n,programs,align", [(10, 3, 4), (5, 8, 4), (37, 5, 16), (256, 8, 32), (0, 3, 16),
+                                              (130, 132, 32), (7, 1, 16), (100, 7, 1)])
+def test_grid_slices_are_partition_split(n, programs, align):
+    """The grid kernels' slice table is partition::split itself (through
+    rnn_ext._C): contiguous slices covering [0, n), whole chunks of `align`
+    except the last, sizes differing by at most one chunk, the extra chunks
+    on the last programs, empty slices first when programs outnumber chunks."""
+    from rnn_ext import _C
+
+    table = S.slice_table(n, programs, align, torch.device("cpu"))
+    assert table.dtype == torch.int32 and table.shape == (programs, 2)
+    assert [tuple(r) for r in table.tolist()] == [tuple(r) for r in _C._partition_slices(n, programs, align)]
+    begins, ends = table[:, 0].tolist(), table[:, 1].tolist()
+    assert begins[0] == 0 and ends[-1] == n and begins[1:] == ends[:-1]
+    chunks = [-(-(e - b) // align) for b, e in zip(begins, ends)]
+    assert all(b % align == 0 for b in begins) and sum(chunks) == -(-n // align)
+    assert max(chunks) - min(chunks) <= 1 and chunks == sorted(chunks)
+    assert all((e - b) % align == 0 for b, e in zip(begins[:-1], ends[:-1]) if e < n)
+    if programs > -(-n // align):
+        assert chunks[0] == 0
+    # The hand-checked cases of the rule.
+    if (n, programs, align) == (10, 3, 4):
+        assert (begins, ends) == ([0, 4, 8], [4, 8, 10])
+    if (n, programs, align) == (5, 8, 4):
+        assert (begins, ends) == ([0] * 6 + [0, 4], [0] * 6 + [4, 5])
+    with pytest.raises(ValueError, match="K >= 1"):
+        _C._partition_slices(4, 0, 16)
+
+
+def test_grid_size_from_sms_and_compiled_resources():
+    """K <= SMs x resident blocks per SM (threads, registers, shared memory
+    of the compiled kernel), at most one program per chunk of units."""
+    assert S.resident_blocks_per_sm(4, 32, 6144) == 16     # threads: 2048 / 128
+    assert S.resident_blocks_per_sm(4, 64, 6144) == 8      # registers: 65536 / (64 * 128)
+    assert S.resident_blocks_per_sm(4, 128, 6144) == 4     # registers: 65536 / (128 * 128)
+    assert S.resident_blocks_per_sm(8, 255, 0) == 1        # 255 -> 256 per thread
+    assert S.resident_blocks_per_sm(4, 32, 100 * 1024) == 2  # shared: 228 KiB / (100 + 1) KiB
+    assert S.grid_programs(8, S.H100_SMS, 4) == 8
+    assert S.grid_programs(10_000, S.H100_SMS, 4) == 4 * S.H100_SMS
+    assert S.grid_programs(0, S.H100_SMS, 0) == 1
+
+
+def test_grid_refuses_many_programs_in_one_interpreted_launch(monkeypatch):
+    monkeypatch.setattr(S, "GRID_PROGRAMS", 3)
+    args = make_args("gru", 2, 2, 40, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="cannot run under the Triton interpreter"):
+        run("gru", args, None, strategy="grid")
+
+
+GRID_CASES = [("lstm", 0), ("lstm", 20), ("gru", 0), ("rnn_tanh", 0), ("rnn_relu", 0)]
+
+
+@pytest.mark.parametrize("programs", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("kind,P", GRID_CASES, ids=[f"{k}-P{p}" for k, p in GRID_CASES])
+def test_grid_with_k_programs_matches_reference(kind, P, programs, monkeypatch):
+    """K programs each own partition::split's slice of the units (and of
+    the projection's columns); one launch per step and phase stands in for
+    the barrier under the interpreter.  H = 37 is not a multiple of the
+    slice chunk (16 in fp64: 3 chunks, so K = 5 and 8 leave programs
+    without units); buffers start as NaN, so an element no program wrote
+    shows up; compared with the fp64 reference, outputs, workspace and
+    every gradient."""
+    monkeypatch.setattr(S, "GRID_PROGRAMS", programs)
+    monkeypatch.setattr(S, "GRID_STEPWISE", True)
+    monkeypatch.setattr(S, "POISON_BUFFERS", True)
+    counter = LaunchCounter(getattr(S.K, f"{kind.split('_')[0]}_fwd_grid_kernel"))
+    monkeypatch.setattr(S.K, f"{kind.split('_')[0]}_fwd_grid_kernel", counter)
+    T = 3
+    args = make_args(kind, T, 5, 37, P, True, torch.float64)
+    check_against_reference(kind, args, [3, 1, 0, 2, 3], "grid", TOL[torch.float64])
+    assert counter.launches >= T * (2 if P else 1)  # forward ran stepwise (and backward too)
+
+
+def _count_launches(monkeypatch, host, *args):
+    """Kernel launches host(*args) makes; nothing runs (the count is the
+    host code's), so the sizes can be large under the interpreter."""
+    counts = {}
+
+    class Stub:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            def launch(*a, **k):
+                counts[self.name] = counts.get(self.name, 0) + 1
+            return launch
+    for n in dir(S.K):
+        if n.endswith("_kernel"):
+            monkeypatch.setattr(S.K, n, Stub(n))
+    host(*args)
+    return counts
+
+
+def _z(*shape, dtype=torch.float32):
+    return torch.zeros(*shape, dtype=dtype, device=DEVICE)
+
+
+@pytest.mark.parametrize("cell,H,P", [("lstm", 256, 0), ("lstm", 256, 128), ("gru", 256, 0), ("rnn", 256, 0),
+                                      ("lstm", 40, 0), ("gru", 100, 0)])
+def test_launch_count_does_not_grow_with_the_sequence(cell, H, P, monkeypatch):
+    """The issue's done-when: at hidden sizes where the single-program
+    kernel does not fit, a forward and a training step (forward and
+    backward) launch as many kernels at T = 12 as at T = 4: one per layer
+    direction each way under "auto" -- where the step loop launched T (2T)."""
+    n_gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    Kd = P or H
+    assert not S.use_persistent(n_gates, H, Kd, P, torch.float32)
+    B, f32 = 3, torch.float32
+    L = torch.tensor([2, 4, 1])
+
+    def forward_and_backward(T, strategy):
+        acc = S.acc_dtype(f32)
+        if cell == "lstm":
+            gx, w, b = _z(T, B, 4 * H), _z(4 * H, Kd), _z(4 * H)
+            w_hr = _z(P, H) if P else None
+            h0, c0 = _z(B, Kd), _z(B, H)
+            fwd = _count_launches(monkeypatch, S.lstm_forward, gx, w, b, w_hr, h0, c0, L, strategy)
+            bwd = _count_launches(monkeypatch, S.lstm_backward, _z(T, B, Kd), _z(B, Kd), _z(B, H), w, w_hr, h0,
+                                  c0, _z(T, B, Kd), _z(T, B, 5 * H, dtype=acc), _z(T if P else 0, B, H), L,
+                                  None, strategy)
+        elif cell == "gru":
+            gx, w, b, h0 = _z(T, B, 3 * H), _z(3 * H, H), _z(3 * H), _z(B, H)
+            fwd = _count_launches(monkeypatch, S.gru_forward, gx, w, b, h0, L, strategy)
+            bwd = _count_launches(monkeypatch, S.gru_backward, _z(T, B, H), _z(B, H), w, h0, _z(T, B, H),
+                                  _z(T, B, 4 * H, dtype=acc), L, None, strategy)
+        else:
+            gx, w, b, h0 = _z(T, B, H), _z(H, H), _z(H), _z(B, H)
+            fwd = _count_launches(monkeypatch, S.rnn_forward, gx, w, b, h0, L, False, strategy)
+            bwd = _count_launches(monkeypatch, S.rnn_backward, _z(T, B, H), _z(B, H), w, h0, _z(T, B, H),
+                                  _z(T, B, H, dtype=acc), L, None, False, strategy)
+        return fwd, bwd
+
+    short, long_ = forward_and_backward(4, "auto"), forward_and_backward(12, "auto")
+    assert short == long_
+    fwd, bwd = short
+    kind = "rnn" if cell == "rnn" else cell
+    assert fwd == {f"{kind}_fwd_grid_kernel": 1} and bwd == {f"{kind}_bwd_grid_kernel": 1}
+    # The counter sees the step loop grow with T.
+    step_short, step_long = forward_and_backward(4, "step"), forward_and_backward(12, "step")
+    assert sum(step_long[0].values()) > sum(step_short[0].values()) >= 4
 
 
 # -------------------------------------------------- parity with reference ----
@@ -499,6 +661,12 @@ def sm90():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# What cuobjdump reports as the stack of a few fp32 grid kernels at 64-128
+# registers (so not register pressure): at most 16 bytes; every other grid
+# kernel has none.
+GRID_STACK_BYTES = 16
+
+
 def _fits(r):
     return r["shared_bytes"] <= S._fit.SM90_SHARED_LIMIT and r["spill_bytes"] == 0
 
@@ -517,6 +685,9 @@ def test_kernels_compile_for_sm90(sm90):
             assert r["spill_bytes"] <= 128, r
         if r["strategy"] == "persistent-bounded":  # RNN at the size its bound admits: fits, no spill
             assert _fits(r), r
+        if r["strategy"] == "grid":  # every grid configuration "auto" or a name can launch
+            assert r["shared_bytes"] <= S._fit.SM90_SHARED_LIMIT and r["spill_bytes"] <= GRID_STACK_BYTES, r
+    assert {r["kernel"] for r in sm90 if r["strategy"] == "grid"} == {n for n in dir(S.K) if n.endswith("_grid_kernel")}
 
 
 @pytest.mark.xdist_group("sm90")

@@ -4,6 +4,7 @@
 
 #include "ops/cpu_workers.h"
 #include "rnn_ext/fit.h"
+#include "rnn_ext/partition.h"
 
 namespace {
 PyObject* set_cpu_workers(PyObject*, PyObject* arg) {
@@ -38,7 +39,35 @@ PyObject* persistent_fit(PyObject*, PyObject* args) {
                        reasons[static_cast<int>(r.reason)]);
 }
 
+// partition::split for every worker: ((begin, end), ...) of [0, n) over K
+// workers.  The Triton backend's multi-program kernel takes its slices from
+// this table, so its slicing is the CPU executor's rule, not a second copy.
+PyObject* partition_slices(PyObject*, PyObject* args) {
+  long long n = 0, K = 0, align = 0;
+  if (!PyArg_ParseTuple(args, "LLL", &n, &K, &align)) return nullptr;
+  if (n < 0 || K < 1 || align < 1) {
+    PyErr_Format(PyExc_ValueError,
+                 "_partition_slices: need n >= 0, K >= 1 and align >= 1, got n=%lld K=%lld align=%lld",
+                 n, K, align);
+    return nullptr;
+  }
+  PyObject* out = PyTuple_New(K);
+  if (out == nullptr) return nullptr;
+  for (long long k = 0; k < K; ++k) {
+    const rnn_ext::partition::Slice s = rnn_ext::partition::split(n, K, k, align);
+    PyObject* pair = Py_BuildValue("(LL)", static_cast<long long>(s.begin), static_cast<long long>(s.end));
+    if (pair == nullptr) {
+      Py_DECREF(out);
+      return nullptr;
+    }
+    PyTuple_SET_ITEM(out, k, pair);
+  }
+  return out;
+}
+
 PyMethodDef methods[] = {
+    {"_partition_slices", partition_slices, METH_VARARGS,
+     "partition::split(n, K, k, align) for k = 0..K-1, as ((begin, end), ...)."},
     {"_set_cpu_workers", set_cpu_workers, METH_O,
      "Force the CPU executor's worker count (0: choose per call); returns the previous."},
     {"_set_cpu_stepwise", set_cpu_stepwise, METH_O,

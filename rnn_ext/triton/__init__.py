@@ -8,11 +8,16 @@ Same contract as the compiled ops (see rnn_ext.functional and
 rnn_ext.reference).  Forward and backward are Triton kernels in one of two
 strategies (see _sequence.py for the crossover rule):
 
-  "persistent"  one launch for the whole sequence, W_hh kept on chip
+  "persistent"  one launch for the whole sequence, one program per batch
+                tile, W_hh kept on chip (small hidden sizes)
+  "grid"        one launch for the whole sequence, K programs each owning a
+                slice of hidden units (partition::split), a grid barrier per
+                step; every hidden size
   "step"        one launch per step: recurrent product + gate epilogue fused
+                (an explicit fallback)
 
 `strategy=None` takes the environment variable RNN_EXT_TRITON_STRATEGY
-("auto", "persistent" or "step"), else "auto".  The ops are registered as
+("auto", "persistent", "grid" or "step"), else "auto".  The ops are registered as
 torch.ops.rnn_ext.triton_* custom ops (fake + autograd), so torch.compile
 traces them and torch.library.opcheck passes.
 

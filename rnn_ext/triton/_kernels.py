@@ -1,6 +1,7 @@
 """Triton kernels of the sequence ops.
 
-Two strategies (the choice is made in _sequence.py):
+Three strategies (the choice is made in _sequence.py; "grid" is below,
+under "grid strategy"):
 
 * persistent: one launch for the whole sequence.  Each program owns a tile
   of BLOCK_B batch rows and every hidden unit; it loads W_hh (and W_hr) once
@@ -98,35 +99,30 @@ def _rows_times(acc, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, offs_b, off
 
 
 # ------------------------------------------------- step strategy: LSTM ----
-@triton.jit(do_not_specialize=["t"])
-def lstm_fwd_step_kernel(
-        gx_ptr,       # input gates of step t [B, 4H]
-        hprev_ptr,    # recurrent input [B, K]: h0 at t = 0, else output of t-1
-        w_ptr,        # W_hh [4H, K]
-        b_ptr,        # b_hh [4H] (if HAS_BIAS)
-        c0_ptr,       # [B, H]
-        h0_ptr,       # [B, H] (read for h_n of empty rows if WRITE_HN)
-        ws_prev_ptr,  # workspace of step t-1 [B, 5H] (unless FIRST)
-        ws_ptr,       # workspace of step t [B, 5H]
-        hout_ptr,     # [B, H]: the output (no projection) or the projection input
-        hn_ptr, cn_ptr, len_ptr,
-        t, T, B, H, K,
-        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, FIRST: tl.constexpr,
-        WRITE_HN: tl.constexpr, PRECISION: tl.constexpr,
-        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+# Each step kernel is a thin wrapper over a tile function: the (batch rows
+# offs_b, hidden units offs_n) block of one step.  The grid kernels (below)
+# run the very same tile functions over their slice of units, step after
+# step, in one launch.  n_end bounds the units of the block (H for the step
+# kernels, the end of the program's slice for the grid kernels); `first`
+# (t == 0) is a constexpr in the step kernels and a runtime flag in the grid
+# kernels.
+@triton.jit
+def _lstm_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, c0_ptr, h0_ptr, ws_prev_ptr, ws_ptr, hout_ptr,
+                   hn_ptr, cn_ptr, len_ptr, t, T, B, H, K, offs_b, offs_n, n_end, first,
+                   HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, WRITE_HN: tl.constexpr,
+                   PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     ACC = ws_ptr.dtype.element_ty
     DT = hout_ptr.dtype.element_ty
-    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
+    nm = offs_n < n_end
+    mask = (offs_b[:, None] < B) & nm[None, :]
     L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
     active = (t < L)[:, None]
 
-    zero = tl.zeros([BLOCK_B, BLOCK_N], dtype=ACC)
-    acc_i = _rows_times(zero, hprev_ptr, K, w_ptr, 1, K, offs_b, offs_n, B, H, K, PRECISION, BLOCK_K)
-    acc_f = _rows_times(zero, hprev_ptr, K, w_ptr + H * K, 1, K, offs_b, offs_n, B, H, K, PRECISION, BLOCK_K)
-    acc_g = _rows_times(zero, hprev_ptr, K, w_ptr + 2 * H * K, 1, K, offs_b, offs_n, B, H, K, PRECISION, BLOCK_K)
-    acc_o = _rows_times(zero, hprev_ptr, K, w_ptr + 3 * H * K, 1, K, offs_b, offs_n, B, H, K, PRECISION, BLOCK_K)
+    zero = tl.zeros([offs_b.shape[0], offs_n.shape[0]], dtype=ACC)
+    acc_i = _rows_times(zero, hprev_ptr, K, w_ptr, 1, K, offs_b, offs_n, B, n_end, K, PRECISION, BLOCK_K)
+    acc_f = _rows_times(zero, hprev_ptr, K, w_ptr + H * K, 1, K, offs_b, offs_n, B, n_end, K, PRECISION, BLOCK_K)
+    acc_g = _rows_times(zero, hprev_ptr, K, w_ptr + 2 * H * K, 1, K, offs_b, offs_n, B, n_end, K, PRECISION, BLOCK_K)
+    acc_o = _rows_times(zero, hprev_ptr, K, w_ptr + 3 * H * K, 1, K, offs_b, offs_n, B, n_end, K, PRECISION, BLOCK_K)
 
     gx = gx_ptr + offs_b[:, None] * (4 * H) + offs_n[None, :]
     acc_i += tl.load(gx, mask=mask, other=0.0).to(ACC)
@@ -134,14 +130,13 @@ def lstm_fwd_step_kernel(
     acc_g += tl.load(gx + 2 * H, mask=mask, other=0.0).to(ACC)
     acc_o += tl.load(gx + 3 * H, mask=mask, other=0.0).to(ACC)
     if HAS_BIAS:
-        nm = offs_n < H
         acc_i += tl.load(b_ptr + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
         acc_f += tl.load(b_ptr + H + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
         acc_g += tl.load(b_ptr + 2 * H + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
         acc_o += tl.load(b_ptr + 3 * H + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
 
     state = offs_b[:, None] * H + offs_n[None, :]
-    if FIRST:
+    if first:
         c_prev = tl.load(c0_ptr + state, mask=mask, other=0.0).to(ACC)
     else:
         c_prev = tl.load(ws_prev_ptr + offs_b[:, None] * (5 * H) + 4 * H + offs_n[None, :],
@@ -168,11 +163,60 @@ def lstm_fwd_step_kernel(
     tl.store(cn_ptr + state, c.to(DT), mask=last)
     if WRITE_HN:
         tl.store(hn_ptr + state, h_st, mask=last)
-    if FIRST:
+    if first:
         empty = mask & (L == 0)[:, None]
         tl.store(cn_ptr + state, c_prev.to(DT), mask=empty)
         if WRITE_HN:
             tl.store(hn_ptr + state, tl.load(h0_ptr + state, mask=empty, other=0.0), mask=empty)
+
+
+@triton.jit(do_not_specialize=["t"])
+def lstm_fwd_step_kernel(
+        gx_ptr,       # input gates of step t [B, 4H]
+        hprev_ptr,    # recurrent input [B, K]: h0 at t = 0, else output of t-1
+        w_ptr,        # W_hh [4H, K]
+        b_ptr,        # b_hh [4H] (if HAS_BIAS)
+        c0_ptr,       # [B, H]
+        h0_ptr,       # [B, H] (read for h_n of empty rows if WRITE_HN)
+        ws_prev_ptr,  # workspace of step t-1 [B, 5H] (unless FIRST)
+        ws_ptr,       # workspace of step t [B, 5H]
+        hout_ptr,     # [B, H]: the output (no projection) or the projection input
+        hn_ptr, cn_ptr, len_ptr,
+        t, T, B, H, K,
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, FIRST: tl.constexpr,
+        WRITE_HN: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    _lstm_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, c0_ptr, h0_ptr, ws_prev_ptr, ws_ptr, hout_ptr,
+                   hn_ptr, cn_ptr, len_ptr, t, T, B, H, K, offs_b, offs_n, H, FIRST,
+                   HAS_BIAS, HAS_LEN, WRITE_HN, PRECISION, BLOCK_K)
+
+
+@triton.jit
+def _row_product_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, KA, gy_ptr, ghn_ptr, h0_ptr,
+                      out_ptr, hn_ptr, len_ptr, t, T, B, N, offs_b, offs_n, n_end, first,
+                      ADD_GRAD: tl.constexpr, WRITE_FINAL: tl.constexpr, HAS_LEN: tl.constexpr,
+                      ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    DT = out_ptr.dtype.element_ty
+    mask = (offs_b[:, None] < B) & (offs_n[None, :] < n_end)
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+    active = (t < L)[:, None]
+    last = (t == L - 1)[:, None]
+    acc = tl.zeros([offs_b.shape[0], offs_n.shape[0]], dtype=ACC)
+    acc = _rows_times(acc, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, offs_b, offs_n,
+                      B, n_end, KA, PRECISION, BLOCK_K)
+    idx = offs_b[:, None] * N + offs_n[None, :]
+    if ADD_GRAD:
+        acc += tl.load(gy_ptr + idx, mask=mask, other=0.0).to(ACC)
+        acc += tl.load(ghn_ptr + idx, mask=mask & last, other=0.0).to(ACC)
+    out = acc.to(DT)
+    tl.store(out_ptr + idx, tl.where(active, out, 0.0).to(DT), mask=mask)
+    if WRITE_FINAL:
+        tl.store(hn_ptr + idx, out, mask=mask & last)
+        if first:
+            empty = mask & (L == 0)[:, None]
+            tl.store(hn_ptr + idx, tl.load(h0_ptr + idx, mask=empty, other=0.0), mask=empty)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -191,57 +235,27 @@ def row_product_kernel(
     Forward with a projection: y_t = proj_in_t @ W_hr^T (and h_n).
     Backward with a projection: d_proj_t = d_gates_{t+1} @ W_hh + grad_y_t
     (+ grad_h_n at the last step)."""
-    DT = out_ptr.dtype.element_ty
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_b[:, None] < B) & (offs_n[None, :] < N)
-    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
-    active = (t < L)[:, None]
-    last = (t == L - 1)[:, None]
-    acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=ACC)
-    acc = _rows_times(acc, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, offs_b, offs_n,
-                      B, N, KA, PRECISION, BLOCK_K)
-    idx = offs_b[:, None] * N + offs_n[None, :]
-    if ADD_GRAD:
-        acc += tl.load(gy_ptr + idx, mask=mask, other=0.0).to(ACC)
-        acc += tl.load(ghn_ptr + idx, mask=mask & last, other=0.0).to(ACC)
-    out = acc.to(DT)
-    tl.store(out_ptr + idx, tl.where(active, out, 0.0).to(DT), mask=mask)
-    if WRITE_FINAL:
-        tl.store(hn_ptr + idx, out, mask=mask & last)
-        if FIRST:
-            empty = mask & (L == 0)[:, None]
-            tl.store(hn_ptr + idx, tl.load(h0_ptr + idx, mask=empty, other=0.0), mask=empty)
+    _row_product_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, KA, gy_ptr, ghn_ptr, h0_ptr,
+                      out_ptr, hn_ptr, len_ptr, t, T, B, N, offs_b, offs_n, N, FIRST,
+                      ADD_GRAD, WRITE_FINAL, HAS_LEN, ACC, PRECISION, BLOCK_K)
 
 
-@triton.jit(do_not_specialize=["t"])
-def lstm_bwd_step_kernel(
-        a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, KA,  # dh = A @ M: see below
-        gy_ptr,       # grad of the output at step t [B, H] (if ADD_GRAD)
-        ghn_ptr,      # grad_h_n [B, H] (if ADD_GRAD)
-        ws_ptr,       # workspace of step t [B, 5H]
-        ws_prev_ptr,  # workspace of step t-1 (unless FIRST)
-        c0_ptr,       # [B, H] (if FIRST)
-        gws_ptr,      # grad of the workspace at step t [B, 5H] (if HAS_GWS)
-        dc_ptr,       # [B, H] carried gradient of c (accumulation type), updated
-        dg_ptr,       # out: gradient of the gate pre-activations at step t [B, 4H]
-        len_ptr, t, T, B, H,
-        ADD_GRAD: tl.constexpr, HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr,
-        FIRST: tl.constexpr, PRECISION: tl.constexpr,
-        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One backward step.  The gradient of h_t is the product A @ M in the
-    same kernel: d_gates_{t+1} @ W_hh (+ grad_y_t, + grad_h_n at the row's
-    last step) without a projection, d_proj_t @ W_hr with one."""
+@triton.jit
+def _lstm_bwd_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, KA, gy_ptr, ghn_ptr, ws_ptr,
+                   ws_prev_ptr, c0_ptr, gws_ptr, dc_ptr, dg_ptr, len_ptr, t, T, B, H,
+                   offs_b, offs_n, n_end, first,
+                   ADD_GRAD: tl.constexpr, HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr,
+                   PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     ACC = ws_ptr.dtype.element_ty
     DT = dg_ptr.dtype.element_ty
-    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
+    mask = (offs_b[:, None] < B) & (offs_n[None, :] < n_end)
     L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
     active = (t < L)[:, None]
-    dh = tl.zeros([BLOCK_B, BLOCK_N], dtype=ACC)
+    dh = tl.zeros([offs_b.shape[0], offs_n.shape[0]], dtype=ACC)
     dh = _rows_times(dh, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, offs_b, offs_n,
-                     B, H, KA, PRECISION, BLOCK_K)
+                     B, n_end, KA, PRECISION, BLOCK_K)
     state = offs_b[:, None] * H + offs_n[None, :]
     if ADD_GRAD:
         dh += tl.load(gy_ptr + state, mask=mask, other=0.0).to(ACC)
@@ -253,7 +267,7 @@ def lstm_bwd_step_kernel(
     g = tl.load(ws + 2 * H, mask=mask, other=0.0)
     o = tl.load(ws + 3 * H, mask=mask, other=0.0)
     c = tl.load(ws + 4 * H, mask=mask, other=0.0)
-    if FIRST:
+    if first:
         c_prev = tl.load(c0_ptr + state, mask=mask, other=0.0).to(ACC)
     else:
         c_prev = tl.load(ws_prev_ptr + offs_b[:, None] * (5 * H) + 4 * H + offs_n[None, :],
@@ -280,32 +294,48 @@ def lstm_bwd_step_kernel(
     tl.store(dc_ptr + state, dc * f, mask=mask & active)
 
 
-# -------------------------------------------------- step strategy: GRU ----
 @triton.jit(do_not_specialize=["t"])
-def gru_fwd_step_kernel(
-        gx_ptr,     # [B, 3H]
-        hprev_ptr,  # [B, H]: h0 at t = 0, else output of step t-1
-        w_ptr,      # W_hh [3H, H]
-        b_ptr,      # b_hh [3H] (if HAS_BIAS)
-        ws_ptr,     # [B, 4H]
-        y_ptr,      # [B, H]
-        hn_ptr, len_ptr, t, T, B, H,
-        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, FIRST: tl.constexpr,
-        PRECISION: tl.constexpr,
+def lstm_bwd_step_kernel(
+        a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, KA,  # dh = A @ M: see below
+        gy_ptr,       # grad of the output at step t [B, H] (if ADD_GRAD)
+        ghn_ptr,      # grad_h_n [B, H] (if ADD_GRAD)
+        ws_ptr,       # workspace of step t [B, 5H]
+        ws_prev_ptr,  # workspace of step t-1 (unless FIRST)
+        c0_ptr,       # [B, H] (if FIRST)
+        gws_ptr,      # grad of the workspace at step t [B, 5H] (if HAS_GWS)
+        dc_ptr,       # [B, H] carried gradient of c (accumulation type), updated
+        dg_ptr,       # out: gradient of the gate pre-activations at step t [B, 4H]
+        len_ptr, t, T, B, H,
+        ADD_GRAD: tl.constexpr, HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr,
+        FIRST: tl.constexpr, PRECISION: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    ACC = ws_ptr.dtype.element_ty
-    DT = y_ptr.dtype.element_ty
+    """One backward step.  The gradient of h_t is the product A @ M in the
+    same kernel: d_gates_{t+1} @ W_hh (+ grad_y_t, + grad_h_n at the row's
+    last step) without a projection, d_proj_t @ W_hr with one."""
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
+    _lstm_bwd_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, KA, gy_ptr, ghn_ptr, ws_ptr,
+                   ws_prev_ptr, c0_ptr, gws_ptr, dc_ptr, dg_ptr, len_ptr, t, T, B, H,
+                   offs_b, offs_n, H, FIRST, ADD_GRAD, HAS_LEN, HAS_GWS, PRECISION, BLOCK_K)
+
+
+# -------------------------------------------------- step strategy: GRU ----
+@triton.jit
+def _gru_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, ws_ptr, y_ptr, hn_ptr, len_ptr, t, T, B, H,
+                  offs_b, offs_n, n_end, first,
+                  HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = y_ptr.dtype.element_ty
+    nm = offs_n < n_end
+    mask = (offs_b[:, None] < B) & nm[None, :]
     L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
     active = (t < L)[:, None]
-    zero = tl.zeros([BLOCK_B, BLOCK_N], dtype=ACC)
-    hh_r = _rows_times(zero, hprev_ptr, H, w_ptr, 1, H, offs_b, offs_n, B, H, H, PRECISION, BLOCK_K)
-    hh_z = _rows_times(zero, hprev_ptr, H, w_ptr + H * H, 1, H, offs_b, offs_n, B, H, H, PRECISION, BLOCK_K)
-    hh_n = _rows_times(zero, hprev_ptr, H, w_ptr + 2 * H * H, 1, H, offs_b, offs_n, B, H, H, PRECISION, BLOCK_K)
+    zero = tl.zeros([offs_b.shape[0], offs_n.shape[0]], dtype=ACC)
+    hh_r = _rows_times(zero, hprev_ptr, H, w_ptr, 1, H, offs_b, offs_n, B, n_end, H, PRECISION, BLOCK_K)
+    hh_z = _rows_times(zero, hprev_ptr, H, w_ptr + H * H, 1, H, offs_b, offs_n, B, n_end, H, PRECISION, BLOCK_K)
+    hh_n = _rows_times(zero, hprev_ptr, H, w_ptr + 2 * H * H, 1, H, offs_b, offs_n, B, n_end, H, PRECISION, BLOCK_K)
     if HAS_BIAS:
-        nm = offs_n < H
         hh_r += tl.load(b_ptr + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
         hh_z += tl.load(b_ptr + H + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
         hh_n += tl.load(b_ptr + 2 * H + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
@@ -324,35 +354,41 @@ def gru_fwd_step_kernel(
     tl.store(ws + 3 * H, tl.where(active, hh_n, 0.0), mask=mask)
     tl.store(y_ptr + state, tl.where(active, h, 0.0).to(DT), mask=mask)
     tl.store(hn_ptr + state, h, mask=mask & (t == L - 1)[:, None])
-    if FIRST:
+    if first:
         tl.store(hn_ptr + state, h_prev, mask=mask & (L == 0)[:, None])
 
 
 @triton.jit(do_not_specialize=["t"])
-def gru_bwd_step_kernel(
-        dhh_next_ptr, KA,  # d_hh of step t+1 [B, 3H]; KA = 3H, or 0 at the last step
-        w_ptr,        # W_hh [3H, H]
-        gy_ptr,       # grad of the output at step t [B, H]
-        hprev_ptr,    # [B, H]: h0 at t = 0, else output of step t-1
-        ws_ptr,       # [B, 4H]
-        gws_ptr,      # [B, 4H] (if HAS_GWS)
-        carry_ptr,    # [B, H] (accumulation type): gradient reaching h_t directly
-                      # (dh_{t+1} * z_{t+1}, or grad_h_n before a row's last step)
-        dg_ptr,       # out: gradient of the input gates [B, 3H]
-        dhh_ptr,      # out: gradient of h W_hh^T + b_hh [B, 3H]
-        len_ptr, t, T, B, H,
-        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, PRECISION: tl.constexpr,
+def gru_fwd_step_kernel(
+        gx_ptr,     # [B, 3H]
+        hprev_ptr,  # [B, H]: h0 at t = 0, else output of step t-1
+        w_ptr,      # W_hh [3H, H]
+        b_ptr,      # b_hh [3H] (if HAS_BIAS)
+        ws_ptr,     # [B, 4H]
+        y_ptr,      # [B, H]
+        hn_ptr, len_ptr, t, T, B, H,
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, FIRST: tl.constexpr,
+        PRECISION: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    ACC = ws_ptr.dtype.element_ty
-    DT = dg_ptr.dtype.element_ty
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
+    _gru_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, ws_ptr, y_ptr, hn_ptr, len_ptr, t, T, B, H,
+                  offs_b, offs_n, H, FIRST, HAS_BIAS, HAS_LEN, PRECISION, BLOCK_K)
+
+
+@triton.jit
+def _gru_bwd_tile(dhh_next_ptr, KA, w_ptr, gy_ptr, hprev_ptr, ws_ptr, gws_ptr, carry_ptr, dg_ptr,
+                  dhh_ptr, len_ptr, t, T, B, H, offs_b, offs_n, n_end,
+                  HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = dg_ptr.dtype.element_ty
+    mask = (offs_b[:, None] < B) & (offs_n[None, :] < n_end)
     L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
     active = (t < L)[:, None]
     state = offs_b[:, None] * H + offs_n[None, :]
     dh = tl.load(carry_ptr + state, mask=mask, other=0.0)
-    dh = _rows_times(dh, dhh_next_ptr, 3 * H, w_ptr, H, 1, offs_b, offs_n, B, H, KA, PRECISION, BLOCK_K)
+    dh = _rows_times(dh, dhh_next_ptr, 3 * H, w_ptr, H, 1, offs_b, offs_n, B, n_end, KA, PRECISION, BLOCK_K)
     dh += tl.load(gy_ptr + state, mask=mask, other=0.0).to(ACC)
 
     ws = ws_ptr + offs_b[:, None] * (4 * H) + offs_n[None, :]
@@ -385,6 +421,26 @@ def gru_bwd_step_kernel(
     tl.store(dhh + 2 * H, tl.where(active, d_hn, 0.0).to(DT), mask=mask)
     tl.store(carry_ptr + state, dh * z, mask=mask & active)
 
+
+@triton.jit(do_not_specialize=["t"])
+def gru_bwd_step_kernel(
+        dhh_next_ptr, KA,  # d_hh of step t+1 [B, 3H]; KA = 3H, or 0 at the last step
+        w_ptr,        # W_hh [3H, H]
+        gy_ptr,       # grad of the output at step t [B, H]
+        hprev_ptr,    # [B, H]: h0 at t = 0, else output of step t-1
+        ws_ptr,       # [B, 4H]
+        gws_ptr,      # [B, 4H] (if HAS_GWS)
+        carry_ptr,    # [B, H] (accumulation type): gradient reaching h_t directly
+                      # (dh_{t+1} * z_{t+1}, or grad_h_n before a row's last step)
+        dg_ptr,       # out: gradient of the input gates [B, 3H]
+        dhh_ptr,      # out: gradient of h W_hh^T + b_hh [B, 3H]
+        len_ptr, t, T, B, H,
+        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    _gru_bwd_tile(dhh_next_ptr, KA, w_ptr, gy_ptr, hprev_ptr, ws_ptr, gws_ptr, carry_ptr, dg_ptr,
+                  dhh_ptr, len_ptr, t, T, B, H, offs_b, offs_n, H, HAS_LEN, HAS_GWS, PRECISION, BLOCK_K)
 
 # ------------------------------------------- persistent strategy: LSTM ----
 @triton.jit
@@ -725,6 +781,212 @@ def gru_bwd_persistent_kernel(
     tl.store(dh0_ptr + idx, dh0.to(DT), mask=mask)
 
 
+# ------------------------------------------------------ grid strategy ----
+# One launch per layer direction runs the whole sequence on K programs (the
+# partition of csrc/include/rnn_ext/partition.h): program k owns the hidden
+# units [units[k, 0], units[k, 1]) with all their gates -- the slice
+# partition::split(H, K, k, BLOCK_N) gives it, read from a table the host
+# builds with that very function (rnn_ext._C._partition_slices), so there is
+# no second copy of the rule.  Per step it runs the step kernels' tile
+# functions over every batch tile and its own units, then all programs meet
+# at a grid barrier (two with a projection, whose columns are split by the
+# same rule).  W_hh is streamed from global memory (L2) in BLOCK_K chunks
+# each step, as the step kernels read it, so every hidden size runs.
+#
+# Steps [s_begin, s_end) of the loop run (forward: t = s; backward:
+# t = T - 1 - s); PHASES picks the phases of a projected step (1: the
+# units, 2: the projection, 3: both).  A launch of the whole sequence uses
+# s = [0, T), PHASES = 3 and SYNC; the interpreter, which runs programs one
+# after another, runs K > 1 programs only one step and phase per launch
+# without SYNC (the launch boundary is then the barrier) -- the same code
+# and the same slices.
+@triton.jit
+def _grid_barrier(ctr_ptr, target, SYNC: tl.constexpr):
+    """All programs of the grid meet.  ctr counts arrivals since the launch
+    (zeroed by the host before it) and is never reset: barrier j of a launch
+    waits until it reads K * (j + 1), which only the K arrivals of barrier j
+    complete, whatever the order -- a program that runs ahead to barrier
+    j + 1 adds to the count but cannot complete it alone, and there is no
+    reset for a slow program to miss.  The CTA barrier before the arrival
+    orders every thread's stores of this phase before the release of the
+    one thread that performs the (scalar) atomic, and the one after the
+    acquire orders every thread's later loads after it: with release and
+    acquire at GPU scope, what one program wrote before its arrival is
+    visible to every program after it leaves the barrier.  The launch is
+    cooperative (launch_cooperative_grid), so all K programs are resident
+    at once or the launch fails: a barrier never waits for a program that
+    cannot start."""
+    if SYNC:
+        tl.debug_barrier()
+        tl.atomic_add(ctr_ptr, 1, sem="release", scope="gpu")
+        while tl.atomic_add(ctr_ptr, 0, sem="acquire", scope="gpu") < target:
+            pass
+        tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end"])
+def lstm_fwd_grid_kernel(
+        gx_ptr, w_ptr, b_ptr, wr_ptr, h0_ptr, c0_ptr, len_ptr,
+        ws_ptr,     # [T, B, 5H]
+        y_ptr,      # [T, B, K]
+        pin_ptr,    # [T, B, H] projection input (if PROJ)
+        hn_ptr, cn_ptr,
+        units_ptr,  # [programs, 2] int32: the program's hidden units
+        cols_ptr,   # [programs, 2] int32: its projection columns (if PROJ)
+        ctr_ptr,    # int32 arrival counter, zero at launch (if SYNC)
+        s_begin, s_end, T, B, H, K,
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, PROJ: tl.constexpr, SYNC: tl.constexpr,
+        PHASES: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    u0 = tl.load(units_ptr + 2 * pid)
+    u1 = tl.load(units_ptr + 2 * pid + 1)
+    p0 = tl.load(cols_ptr + 2 * pid)
+    p1 = tl.load(cols_ptr + 2 * pid + 1)
+    rows = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_N)
+    for t in range(s_begin, s_end):
+        first = t == 0
+        step = tl.cast(t, tl.int64) * B
+        prev = tl.cast(tl.maximum(t - 1, 0), tl.int64) * B
+        # h_{t-1}: h0 at t = 0 (a select, not a branch: no stack frame on sm_90).
+        hprev = tl.where(first, h0_ptr, y_ptr + prev * K)
+        if PROJ:
+            hout = pin_ptr + step * H
+        else:
+            hout = y_ptr + step * K
+        if PHASES % 2 == 1:
+            for b0 in range(0, B, BLOCK_B):
+                for n0 in range(u0, u1, BLOCK_N):
+                    _lstm_fwd_tile(gx_ptr + step * (4 * H), hprev, w_ptr, b_ptr, c0_ptr, h0_ptr,
+                                   ws_ptr + prev * (5 * H), ws_ptr + step * (5 * H), hout, hn_ptr, cn_ptr,
+                                   len_ptr, t, T, B, H, K, b0 + rows, n0 + cols, u1, first,
+                                   HAS_BIAS, HAS_LEN, not PROJ, PRECISION, BLOCK_K)
+            _grid_barrier(ctr_ptr, programs * ((1 + PROJ) * (t - s_begin) + 1), SYNC)
+        if PROJ and PHASES >= 2:
+            # y_t = proj_in_t @ W_hr^T over the program's columns of P = K.
+            for b0 in range(0, B, BLOCK_B):
+                for n0 in range(p0, p1, BLOCK_N):
+                    _row_product_tile(pin_ptr + step * H, H, wr_ptr, 1, H, H, h0_ptr, h0_ptr, h0_ptr,
+                                      y_ptr + step * K, hn_ptr, len_ptr, t, T, B, K, b0 + rows, n0 + cols,
+                                      p1, first, False, True, HAS_LEN, ACC, PRECISION, BLOCK_K)
+            _grid_barrier(ctr_ptr, programs * (2 * (t - s_begin) + 2), SYNC)
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end"])
+def lstm_bwd_grid_kernel(
+        gy_ptr, ghn_ptr, w_ptr, wr_ptr, c0_ptr, ws_ptr, gws_ptr,
+        dc_ptr,     # [B, H] carried gradient of c (accumulation type), starts as grad_c_n
+        dg_ptr,     # out [T, B, 4H]
+        dproj_ptr,  # out [T, B, K] (if PROJ)
+        len_ptr, units_ptr, cols_ptr, ctr_ptr,
+        s_begin, s_end, T, B, H, K,
+        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, PROJ: tl.constexpr, SYNC: tl.constexpr,
+        PHASES: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    u0 = tl.load(units_ptr + 2 * pid)
+    u1 = tl.load(units_ptr + 2 * pid + 1)
+    p0 = tl.load(cols_ptr + 2 * pid)
+    p1 = tl.load(cols_ptr + 2 * pid + 1)
+    rows = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_N)
+    for s in range(s_begin, s_end):
+        t = T - 1 - s
+        first = t == 0
+        step = tl.cast(t, tl.int64) * B
+        prev = tl.cast(tl.maximum(t - 1, 0), tl.int64) * B
+        # d_gates of step t+1 times W_hh; nothing after the last step.
+        nxt = dg_ptr + tl.cast(tl.minimum(t + 1, T - 1), tl.int64) * B * (4 * H)
+        k_next = tl.where(t + 1 < T, 4 * H, 0)
+        if PROJ:
+            if PHASES % 2 == 1:
+                for b0 in range(0, B, BLOCK_B):
+                    for n0 in range(p0, p1, BLOCK_N):
+                        _row_product_tile(nxt, 4 * H, w_ptr, K, 1, k_next, gy_ptr + step * K, ghn_ptr,
+                                          ghn_ptr, dproj_ptr + step * K, ghn_ptr, len_ptr, t, T, B, K,
+                                          b0 + rows, n0 + cols, p1, False, True, False, HAS_LEN, ACC,
+                                          PRECISION, BLOCK_K)
+                _grid_barrier(ctr_ptr, programs * (2 * (s - s_begin) + 1), SYNC)
+            if PHASES >= 2:
+                for b0 in range(0, B, BLOCK_B):
+                    for n0 in range(u0, u1, BLOCK_N):
+                        _lstm_bwd_tile(dproj_ptr + step * K, K, wr_ptr, H, 1, K, gy_ptr, ghn_ptr,
+                                       ws_ptr + step * (5 * H), ws_ptr + prev * (5 * H), c0_ptr,
+                                       gws_ptr + step * (5 * H), dc_ptr, dg_ptr + step * (4 * H), len_ptr,
+                                       t, T, B, H, b0 + rows, n0 + cols, u1, first,
+                                       False, HAS_LEN, HAS_GWS, PRECISION, BLOCK_K)
+                _grid_barrier(ctr_ptr, programs * (2 * (s - s_begin) + 2), SYNC)
+        else:
+            for b0 in range(0, B, BLOCK_B):
+                for n0 in range(u0, u1, BLOCK_N):
+                    _lstm_bwd_tile(nxt, 4 * H, w_ptr, H, 1, k_next, gy_ptr + step * H, ghn_ptr,
+                                   ws_ptr + step * (5 * H), ws_ptr + prev * (5 * H), c0_ptr,
+                                   gws_ptr + step * (5 * H), dc_ptr, dg_ptr + step * (4 * H), len_ptr,
+                                   t, T, B, H, b0 + rows, n0 + cols, u1, first,
+                                   True, HAS_LEN, HAS_GWS, PRECISION, BLOCK_K)
+            _grid_barrier(ctr_ptr, programs * (s - s_begin + 1), SYNC)
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end"])
+def gru_fwd_grid_kernel(
+        gx_ptr, w_ptr, b_ptr, h0_ptr, len_ptr,
+        ws_ptr,  # [T, B, 4H]
+        y_ptr,   # [T, B, H]
+        hn_ptr, units_ptr, ctr_ptr, s_begin, s_end, T, B, H,
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, SYNC: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    u0 = tl.load(units_ptr + 2 * pid)
+    u1 = tl.load(units_ptr + 2 * pid + 1)
+    rows = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_N)
+    for t in range(s_begin, s_end):
+        first = t == 0
+        step = tl.cast(t, tl.int64) * B
+        hprev = tl.where(first, h0_ptr, y_ptr + tl.cast(tl.maximum(t - 1, 0), tl.int64) * B * H)
+        for b0 in range(0, B, BLOCK_B):
+            for n0 in range(u0, u1, BLOCK_N):
+                _gru_fwd_tile(gx_ptr + step * (3 * H), hprev, w_ptr, b_ptr, ws_ptr + step * (4 * H),
+                              y_ptr + step * H, hn_ptr, len_ptr, t, T, B, H, b0 + rows, n0 + cols, u1, first,
+                              HAS_BIAS, HAS_LEN, PRECISION, BLOCK_K)
+        _grid_barrier(ctr_ptr, programs * (t - s_begin + 1), SYNC)
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end"])
+def gru_bwd_grid_kernel(
+        gy_ptr, w_ptr, h0_ptr, y_ptr, ws_ptr, gws_ptr,
+        carry_ptr,  # [B, H] (accumulation type), starts as grad_h_n
+        dg_ptr,     # out [T, B, 3H]
+        dhh_ptr,    # out [T, B, 3H]
+        len_ptr, units_ptr, ctr_ptr, s_begin, s_end, T, B, H,
+        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, SYNC: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    u0 = tl.load(units_ptr + 2 * pid)
+    u1 = tl.load(units_ptr + 2 * pid + 1)
+    rows = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_N)
+    for s in range(s_begin, s_end):
+        t = T - 1 - s
+        step = tl.cast(t, tl.int64) * B
+        nxt = dhh_ptr + tl.cast(tl.minimum(t + 1, T - 1), tl.int64) * B * (3 * H)
+        k_next = tl.where(t + 1 < T, 3 * H, 0)
+        hprev = tl.where(t == 0, h0_ptr, y_ptr + tl.cast(tl.maximum(t - 1, 0), tl.int64) * B * H)
+        for b0 in range(0, B, BLOCK_B):
+            for n0 in range(u0, u1, BLOCK_N):
+                _gru_bwd_tile(nxt, k_next, w_ptr, gy_ptr + step * H, hprev, ws_ptr + step * (4 * H),
+                              gws_ptr + step * (4 * H), carry_ptr, dg_ptr + step * (3 * H),
+                              dhh_ptr + step * (3 * H), len_ptr, t, T, B, H, b0 + rows, n0 + cols, u1,
+                              HAS_LEN, HAS_GWS, PRECISION, BLOCK_K)
+        _grid_barrier(ctr_ptr, programs * (s - s_begin + 1), SYNC)
+
+
 # ------------------------------------------------- RNN (nn.RNN's cell) ----
 @triton.jit
 def _rnn_act(pre, RELU: tl.constexpr):
@@ -744,6 +1006,32 @@ def _rnn_act_grad(h, dh, RELU: tl.constexpr):
         return dh * (1.0 - h * h)
 
 
+@triton.jit
+def _rnn_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, ws_ptr, y_ptr, hn_ptr, len_ptr, t, T, B, H,
+                  offs_b, offs_n, n_end, first,
+                  HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, RELU: tl.constexpr,
+                  PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = y_ptr.dtype.element_ty
+    nm = offs_n < n_end
+    mask = (offs_b[:, None] < B) & nm[None, :]
+    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
+    active = (t < L)[:, None]
+    state = offs_b[:, None] * H + offs_n[None, :]
+    pre = tl.load(gx_ptr + state, mask=mask, other=0.0).to(ACC)
+    pre = _rows_times(pre, hprev_ptr, H, w_ptr, 1, H, offs_b, offs_n, B, n_end, H, PRECISION, BLOCK_K)
+    if HAS_BIAS:
+        pre += tl.load(b_ptr + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
+    h_acc = _rnn_act(pre, RELU)
+    h = h_acc.to(DT)
+    tl.store(ws_ptr + state, tl.where(active, h_acc, 0.0), mask=mask)
+    tl.store(y_ptr + state, tl.where(active, h, 0.0).to(DT), mask=mask)
+    tl.store(hn_ptr + state, h, mask=mask & (t == L - 1)[:, None])
+    if first:
+        empty = mask & (L == 0)[:, None]
+        tl.store(hn_ptr + state, tl.load(hprev_ptr + state, mask=empty, other=0.0), mask=empty)
+
+
 @triton.jit(do_not_specialize=["t"])
 def rnn_fwd_step_kernel(
         gx_ptr,     # [B, H]
@@ -756,26 +1044,31 @@ def rnn_fwd_step_kernel(
         HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, FIRST: tl.constexpr,
         RELU: tl.constexpr, PRECISION: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    ACC = ws_ptr.dtype.element_ty
-    DT = y_ptr.dtype.element_ty
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
+    _rnn_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, ws_ptr, y_ptr, hn_ptr, len_ptr, t, T, B, H,
+                  offs_b, offs_n, H, FIRST, HAS_BIAS, HAS_LEN, RELU, PRECISION, BLOCK_K)
+
+
+@triton.jit
+def _rnn_bwd_tile(dg_next_ptr, KA, w_ptr, gy_ptr, ghn_ptr, ws_ptr, gws_ptr, dg_ptr, len_ptr,
+                  t, T, B, H, offs_b, offs_n, n_end,
+                  HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, RELU: tl.constexpr,
+                  PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    ACC = ws_ptr.dtype.element_ty
+    DT = dg_ptr.dtype.element_ty
+    mask = (offs_b[:, None] < B) & (offs_n[None, :] < n_end)
     L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
     active = (t < L)[:, None]
     state = offs_b[:, None] * H + offs_n[None, :]
-    pre = tl.load(gx_ptr + state, mask=mask, other=0.0).to(ACC)
-    pre = _rows_times(pre, hprev_ptr, H, w_ptr, 1, H, offs_b, offs_n, B, H, H, PRECISION, BLOCK_K)
-    if HAS_BIAS:
-        pre += tl.load(b_ptr + offs_n, mask=offs_n < H, other=0.0).to(ACC)[None, :]
-    h_acc = _rnn_act(pre, RELU)
-    h = h_acc.to(DT)
-    tl.store(ws_ptr + state, tl.where(active, h_acc, 0.0), mask=mask)
-    tl.store(y_ptr + state, tl.where(active, h, 0.0).to(DT), mask=mask)
-    tl.store(hn_ptr + state, h, mask=mask & (t == L - 1)[:, None])
-    if FIRST:
-        empty = mask & (L == 0)[:, None]
-        tl.store(hn_ptr + state, tl.load(hprev_ptr + state, mask=empty, other=0.0), mask=empty)
+    dh = tl.load(gy_ptr + state, mask=mask, other=0.0).to(ACC)
+    dh += tl.load(ghn_ptr + state, mask=mask & (t == L - 1)[:, None], other=0.0).to(ACC)
+    dh = _rows_times(dh, dg_next_ptr, H, w_ptr, H, 1, offs_b, offs_n, B, n_end, KA, PRECISION, BLOCK_K)
+    if HAS_GWS:
+        dh += tl.load(gws_ptr + state, mask=mask, other=0.0)
+    h = tl.load(ws_ptr + state, mask=mask, other=0.0)
+    d_pre = _rnn_act_grad(h, dh, RELU)
+    tl.store(dg_ptr + state, tl.where(active, d_pre, 0.0).to(DT), mask=mask)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -793,23 +1086,10 @@ def rnn_bwd_step_kernel(
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """dh_t = d_pre_{t+1} @ W_hh + grad_y_t (+ grad_h_n at the row's last
     step) in the same kernel as the activation's gradient."""
-    ACC = ws_ptr.dtype.element_ty
-    DT = dg_ptr.dtype.element_ty
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_b[:, None] < B) & (offs_n[None, :] < H)
-    L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
-    active = (t < L)[:, None]
-    state = offs_b[:, None] * H + offs_n[None, :]
-    dh = tl.load(gy_ptr + state, mask=mask, other=0.0).to(ACC)
-    dh += tl.load(ghn_ptr + state, mask=mask & (t == L - 1)[:, None], other=0.0).to(ACC)
-    dh = _rows_times(dh, dg_next_ptr, H, w_ptr, H, 1, offs_b, offs_n, B, H, KA, PRECISION, BLOCK_K)
-    if HAS_GWS:
-        dh += tl.load(gws_ptr + state, mask=mask, other=0.0)
-    h = tl.load(ws_ptr + state, mask=mask, other=0.0)
-    d_pre = _rnn_act_grad(h, dh, RELU)
-    tl.store(dg_ptr + state, tl.where(active, d_pre, 0.0).to(DT), mask=mask)
-
+    _rnn_bwd_tile(dg_next_ptr, KA, w_ptr, gy_ptr, ghn_ptr, ws_ptr, gws_ptr, dg_ptr, len_ptr,
+                  t, T, B, H, offs_b, offs_n, H, HAS_LEN, HAS_GWS, RELU, PRECISION, BLOCK_K)
 
 @triton.jit
 def rnn_fwd_persistent_kernel(
@@ -894,6 +1174,59 @@ def rnn_bwd_persistent_kernel(
         h = tl.load(ws_ptr + step + idx, mask=mask, other=0.0)
         d_pre = tl.where(active, _rnn_act_grad(h, dh, RELU), 0.0).to(DT)
         tl.store(dg_ptr + step + idx, d_pre, mask=mask)
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end"])
+def rnn_fwd_grid_kernel(
+        gx_ptr, w_ptr, b_ptr, h0_ptr, len_ptr,
+        ws_ptr,  # [T, B, H]
+        y_ptr,   # [T, B, H]
+        hn_ptr, units_ptr, ctr_ptr, s_begin, s_end, T, B, H,
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, RELU: tl.constexpr, SYNC: tl.constexpr,
+        PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The grid strategy for nn.RNN's cell (see "grid strategy" above)."""
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    u0 = tl.load(units_ptr + 2 * pid)
+    u1 = tl.load(units_ptr + 2 * pid + 1)
+    rows = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_N)
+    for t in range(s_begin, s_end):
+        first = t == 0
+        step = tl.cast(t, tl.int64) * B * H
+        hprev = tl.where(first, h0_ptr, y_ptr + tl.cast(tl.maximum(t - 1, 0), tl.int64) * B * H)
+        for b0 in range(0, B, BLOCK_B):
+            for n0 in range(u0, u1, BLOCK_N):
+                _rnn_fwd_tile(gx_ptr + step, hprev, w_ptr, b_ptr, ws_ptr + step, y_ptr + step, hn_ptr,
+                              len_ptr, t, T, B, H, b0 + rows, n0 + cols, u1, first,
+                              HAS_BIAS, HAS_LEN, RELU, PRECISION, BLOCK_K)
+        _grid_barrier(ctr_ptr, programs * (t - s_begin + 1), SYNC)
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end"])
+def rnn_bwd_grid_kernel(
+        gy_ptr, ghn_ptr, w_ptr, ws_ptr, gws_ptr,
+        dg_ptr,  # out [T, B, H]
+        len_ptr, units_ptr, ctr_ptr, s_begin, s_end, T, B, H,
+        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, RELU: tl.constexpr, SYNC: tl.constexpr,
+        PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    u0 = tl.load(units_ptr + 2 * pid)
+    u1 = tl.load(units_ptr + 2 * pid + 1)
+    rows = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_N)
+    for s in range(s_begin, s_end):
+        t = T - 1 - s
+        step = tl.cast(t, tl.int64) * B * H
+        nxt = dg_ptr + tl.cast(tl.minimum(t + 1, T - 1), tl.int64) * B * H
+        k_next = tl.where(t + 1 < T, H, 0)
+        for b0 in range(0, B, BLOCK_B):
+            for n0 in range(u0, u1, BLOCK_N):
+                _rnn_bwd_tile(nxt, k_next, w_ptr, gy_ptr + step, ghn_ptr, ws_ptr + step, gws_ptr + step,
+                              dg_ptr + step, len_ptr, t, T, B, H, b0 + rows, n0 + cols, u1,
+                              HAS_LEN, HAS_GWS, RELU, PRECISION, BLOCK_K)
+        _grid_barrier(ctr_ptr, programs * (s - s_begin + 1), SYNC)
 
 
 def _is_interpreted(fn):

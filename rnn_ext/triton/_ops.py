@@ -4,7 +4,7 @@ fake (meta) implementations and autograd, so that torch.compile traces them
 without a graph break and torch.library.opcheck passes.
 
 The schemas mirror the compiled ops (rnn_ext::lstm_forward, ...) plus a
-`strategy` argument ("auto", "persistent" or "step").  Double backward
+`strategy` argument ("auto", "persistent", "grid" or "step").  Double backward
 recomputes with the differentiable reference, as for the compiled ops.
 """
 from typing import Optional

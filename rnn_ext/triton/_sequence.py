@@ -15,14 +15,14 @@ from ._compat import patch_interpreter
 
 patch_interpreter()
 
-STRATEGIES = ("auto", "persistent", "step")
+STRATEGIES = ("auto", "persistent", "grid", "step")
 STRATEGY_ENV = "RNN_EXT_TRITON_STRATEGY"
 
 # ------------------------------------------------------------ crossover ----
 # strategy="auto" runs a sequence "persistent" -- one launch for all T steps,
 # W_hh read once and kept on chip -- whenever its persistent kernels fit one
-# thread block of the GPU, else "step" (T launches, each spreading W_hh over
-# many programs and SMs).  What fits is measured, not guessed: _fit.py reads
+# thread block of the GPU, else "grid" (one launch of many programs, each
+# owning a slice of the hidden units; see below for where "auto" takes it).  What fits is measured, not guessed: _fit.py reads
 # the shared memory, registers and spill of the kernels compiled for sm_90
 # (rnn_ext/triton/persistent_sm90.json, written by tests/_triton_sm90.py and
 # checked against fresh compiles in make test).  The tiles are W_hh as
@@ -60,17 +60,40 @@ def use_persistent(n_gates, H, K, P, dtype, device=None, precision="ieee"):
     return why_not_persistent(n_gates, H, K, P, dtype, device, precision) is None
 
 
+# Past the persistent crossover "auto" runs "grid": the whole sequence in
+# one launch of many programs (see _kernels.py, "grid strategy"), at every
+# hidden size.  The "step" strategy -- a Python loop launching one kernel
+# per step -- stays only as an explicit fallback: it needs no co-resident
+# programs and no cooperative launch, so it runs where a cooperative launch
+# is refused (a device or driver without it, a grid the device cannot hold),
+# and it is the tested baseline the grid kernels are compared with.
+#
+# The grid kernels have not run on a GPU yet (their grid barrier, which the
+# interpreter runs with one program, least of all), so on a real GPU "auto"
+# keeps "step" past the crossover until a committed GPU result shows the grid
+# kernels pass there; by name ("grid", or RNN_EXT_TRITON_STRATEGY=grid) they
+# run on a GPU today.  Under the interpreter (the CPU test suite) "auto"
+# runs them, so every test of "auto" exercises them.
+GRID_IN_AUTO_ON_GPU = False
+
+
+def _auto_takes_grid(device):
+    return GRID_IN_AUTO_ON_GPU or device is None or torch.device(device).type != "cuda"
+
+
 def resolve_strategy(strategy, n_gates, H, K, P, dtype, device=None, precision="ieee"):
     """"auto" -> the strategy that runs; "persistent" asked for by name (or
     by RNN_EXT_TRITON_STRATEGY) where its kernels cannot launch is an error,
     raised before anything is compiled."""
     if strategy == "auto":
-        return "persistent" if use_persistent(n_gates, H, K, P, dtype, device, precision) else "step"
+        if use_persistent(n_gates, H, K, P, dtype, device, precision):
+            return "persistent"
+        return "grid" if _auto_takes_grid(device) else "step"
     if strategy == "persistent":
         reason = why_not_persistent(n_gates, H, K, P, dtype, device, precision, allow_spill=True)
         if reason is not None:
             raise RuntimeError(f"rnn_ext: Triton strategy 'persistent' cannot run {reason}. "
-                               f"Use strategy 'step' or 'auto' (environment variable {STRATEGY_ENV}).")
+                               f"Use strategy 'grid', 'step' or 'auto' (environment variable {STRATEGY_ENV}).")
     return strategy
 
 
@@ -130,9 +153,138 @@ def _step_tiles(B, dtype):
     return min(32, rows), 32, 32, 4
 
 
+# Tiles of the grid kernels: a program loops over batch tiles and its units
+# inside a step, so the tiles need not grow with B; the smallest batch tile
+# (the dot minimum) keeps every grid kernel free of register spill on sm_90
+# (tests/_triton_sm90.py compiles them; the step tiles at B = 64 spill there).
+def _grid_tiles(dtype):
+    """(BLOCK_B, BLOCK_N, BLOCK_K, num_warps)"""
+    if dtype == torch.float64:
+        return 16, 16, 16, 4
+    if dtype == torch.float32:
+        return 16, 32, 16, 8
+    return 16, 32, 32, 4
+
+
 # Rows per persistent program: the dot minimum.  More programs over the
 # batch, and the least state next to the weights.
 PERSISTENT_BLOCK_B = 16
+
+
+# ---------------------------------------------------------- grid launch ----
+# Test hooks.  GRID_PROGRAMS forces the number of programs K of a grid
+# launch.  GRID_STEPWISE launches the grid kernels once per step (and per
+# phase of a projected step) with K programs and no barrier: the interpreter
+# runs programs one after another, so K > 1 programs of one launch would
+# wait at the first barrier for programs that never run; with a launch per
+# phase the launch boundary is the barrier, and the same kernel code runs
+# the same slices.  (The default, one launch of the whole sequence, runs
+# with one program under the interpreter, where the barrier is trivially
+# passed.)
+GRID_PROGRAMS = None
+GRID_STEPWISE = False
+# The SM count the grid is sized for where there is no GPU (an H100's).
+H100_SMS = 132
+
+
+def _interpreting():
+    return K.INTERPRETED
+
+
+_SLICE_TABLES = {}
+
+
+def slice_table(n, programs, align, device):
+    """[programs, 2] int32: [begin, end) of program k's share of [0, n), from
+    partition::split itself (rnn_ext._C._partition_slices); cached, so that
+    a launch copies nothing from the host (CUDA graph capture allows none)."""
+    key = (n, programs, align, str(device))
+    table = _SLICE_TABLES.get(key)
+    if table is None:
+        from .. import _C
+
+        table = torch.tensor(_C._partition_slices(n, programs, align), dtype=torch.int32, device=device)
+        _SLICE_TABLES[key] = table
+    return table
+
+
+def resident_blocks_per_sm(num_warps, registers, shared_bytes, threads_per_sm=2048, regs_per_sm=65536,
+                           shared_per_sm=233472):
+    """Blocks of a compiled kernel one SM holds at once (defaults: sm_90):
+    bounded by threads, by registers (allocated per warp in units of 256)
+    and by shared memory (plus the 1 KiB the runtime reserves per block).
+    An estimate: the cooperative launch checks it (an impossible grid fails
+    to launch instead of deadlocking)."""
+    threads = 32 * num_warps
+    blocks = threads_per_sm // threads
+    if registers:
+        per_warp = -(-registers * 32 // 256) * 256
+        blocks = min(blocks, regs_per_sm // (per_warp * num_warps))
+    if shared_bytes:
+        blocks = min(blocks, shared_per_sm // (shared_bytes + 1024))
+    return max(blocks, 0)
+
+
+def grid_programs(chunks, sms, blocks_per_sm):
+    """K: one program per chunk of units while the device holds them all at
+    once (cooperative launch), else as many as it holds; at least one."""
+    return max(1, min(chunks, sms * max(blocks_per_sm, 1)))
+
+
+def _device_programs(kernel, chunks, like, args, kwargs):
+    """K for a real launch: the device's SM count times the blocks per SM of
+    the kernel as compiled (registers, shared memory)."""
+    if GRID_PROGRAMS is not None:
+        return GRID_PROGRAMS
+    if _interpreting() or not like.is_cuda:
+        return 1  # programs run one after another: only K = 1 passes a barrier
+    props = torch.cuda.get_device_properties(like.device)
+    compiled = kernel.warmup(*args, grid=(1,), **kwargs)
+    init = getattr(compiled, "_init_handles", None)
+    if init is not None:
+        init()
+    per_sm = resident_blocks_per_sm(
+        kwargs.get("num_warps", 4), getattr(compiled, "n_regs", 0), compiled.metadata.shared,
+        props.max_threads_per_multi_processor, props.regs_per_multiprocessor,
+        props.shared_memory_per_multiprocessor)
+    return grid_programs(chunks, props.multi_processor_count, per_sm)
+
+
+def launch_grid(kernel, like, T, units, cols, block_n, args, kwargs):
+    """One launch of a grid kernel for the whole sequence (or, with
+    GRID_STEPWISE, one per step and phase).  units: hidden units split over
+    the programs; cols: projection columns (0: none; only the LSTM kernels
+    take them: None for the others)."""
+    phased = cols is not None
+    cols = cols or 0
+    chunks = max(triton.cdiv(units, block_n), triton.cdiv(cols, block_n))
+    kwargs = dict(kwargs, s_begin=0, s_end=T, SYNC=True)
+    if phased:
+        kwargs["PHASES"] = 3
+    ctr = torch.zeros(1, dtype=torch.int32, device=like.device)
+    kwargs["ctr_ptr"] = ctr
+    # Placeholders while compiling for the sizing (the grid is not a
+    # compile-time constant: one compile serves every K).
+    kwargs["units_ptr"] = slice_table(units, 1, block_n, like.device)
+    if phased:
+        kwargs["cols_ptr"] = kwargs["units_ptr"]
+    programs = _device_programs(kernel, chunks, like, args, dict(kwargs, launch_cooperative_grid=True))
+    kwargs["units_ptr"] = slice_table(units, programs, block_n, like.device)
+    if phased:
+        kwargs["cols_ptr"] = slice_table(cols, programs, block_n, like.device) if cols else kwargs["units_ptr"]
+    if GRID_STEPWISE:
+        for s in range(T):
+            for phases in ((1, 2) if phased and cols else (3,)):
+                kw = dict(kwargs, s_begin=s, s_end=s + 1, SYNC=False)
+                if phased:
+                    kw["PHASES"] = phases
+                kernel[(programs,)](*args, **kw)
+        return
+    if programs > 1 and _interpreting():
+        raise RuntimeError("rnn_ext: a grid launch of more than one program cannot run under the "
+                           "Triton interpreter (its programs run one after another and would wait "
+                           "at the first barrier forever); set GRID_STEPWISE")
+    kernel[(programs,)](*args, launch_cooperative_grid=True, **kwargs)
 
 
 # ---------------------------------------------------------------- LSTM ----
@@ -163,7 +315,16 @@ def lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths, strategy):
                 BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H), BLOCK_K=_pad(Kd),
                 num_warps=PERSISTENT_NUM_WARPS)
             return y, h_n, c_n, ws, proj_in
+        if strategy == "grid":
+            bb, bn, bk, warps = _grid_tiles(dt)
+            launch_grid(K.lstm_fwd_grid_kernel, gx, T, H, P, bn,
+                        (gx, w_hh, b_hh if b_hh is not None else dummy, w_hr if P else dummy, h0, c0,
+                         L if has_len else dummy, ws, y, proj_in if P else dummy, h_n, c_n),
+                        dict(T=T, B=B, H=H, K=Kd, HAS_BIAS=b_hh is not None, HAS_LEN=has_len, PROJ=bool(P),
+                             PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps))
+            return y, h_n, c_n, ws, proj_in
         bb, bn, bk, warps = _step_tiles(B, dt)
+        # strategy "step": the explicit fallback (see "grid" above).
         grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
         grid_p = (triton.cdiv(B, bb), triton.cdiv(P, bn)) if P else None
         for t in range(T):
@@ -216,7 +377,16 @@ def lstm_backward(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, proj_in
             bb, bn, bk, warps = _step_tiles(B, dt)
             grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
             grid_p = (triton.cdiv(B, bb), triton.cdiv(P, bn)) if P else None
-            for t in reversed(range(T)):
+            if strategy == "grid":
+                bb, bn, bk, warps = _grid_tiles(dt)
+                launch_grid(K.lstm_bwd_grid_kernel, y, T, H, P, bn,
+                            (grad_y, grad_h_n, w_hh, w_hr if P else dummy, c0, ws,
+                             grad_ws if has_gws else dummy, dc, d_gates, d_proj if P else dummy,
+                             L if has_len else dummy),
+                            dict(T=T, B=B, H=H, K=Kd, HAS_LEN=has_len, HAS_GWS=has_gws, PROJ=bool(P),
+                                 PRECISION=prec, ACC=_tl_acc(dt), BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk,
+                                 num_warps=warps))
+            for t in reversed(range(T) if strategy == "step" else ()):
                 # d_gates of step t+1 times W_hh; nothing after the last step.
                 nxt, k_next = (d_gates[t + 1], 4 * H) if t + 1 < T else (d_gates[t], 0)
                 if P:
@@ -279,6 +449,13 @@ def gru_forward(gx, w_hh, b_hh, h0, lengths, strategy):
                 BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H),
                 num_warps=PERSISTENT_NUM_WARPS)
             return y, h_n, ws
+        if strategy == "grid":
+            bb, bn, bk, warps = _grid_tiles(dt)
+            launch_grid(K.gru_fwd_grid_kernel, gx, T, H, None, bn,
+                        (gx, w_hh, b_hh if b_hh is not None else dummy, h0, L if has_len else dummy, ws, y, h_n),
+                        dict(T=T, B=B, H=H, HAS_BIAS=b_hh is not None, HAS_LEN=has_len, PRECISION=prec,
+                             BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps))
+            return y, h_n, ws
         bb, bn, bk, warps = _step_tiles(B, dt)
         grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
         for t in range(T):
@@ -317,7 +494,14 @@ def gru_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, strategy):
             carry = grad_h_n.to(acc_dtype(dt), copy=True).contiguous()
             bb, bn, bk, warps = _step_tiles(B, dt)
             grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
-            for t in reversed(range(T)):
+            if strategy == "grid":
+                bb, bn, bk, warps = _grid_tiles(dt)
+                launch_grid(K.gru_bwd_grid_kernel, y, T, H, None, bn,
+                            (grad_y, w_hh, h0, y, ws, grad_ws if has_gws else dummy, carry, d_gates, d_hh,
+                             L if has_len else dummy),
+                            dict(T=T, B=B, H=H, HAS_LEN=has_len, HAS_GWS=has_gws, PRECISION=prec,
+                                 BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps))
+            for t in reversed(range(T) if strategy == "step" else ()):
                 nxt, k_next = (d_hh[t + 1], 3 * H) if t + 1 < T else (d_hh[t], 0)
                 K.gru_bwd_step_kernel[grid](
                     nxt, k_next, w_hh, grad_y[t], h0 if t == 0 else y[t - 1], ws[t],
@@ -345,7 +529,7 @@ def rnn_forward(gx, w_hh, b_hh, h0, lengths, relu, strategy):
     has_len = L is not None
     dummy = gx
     prec = _precision(dt)
-    strategy = resolve_strategy(strategy, 1, H, H, 0, dt)
+    strategy = resolve_strategy(strategy, 1, H, H, 0, dt, gx.device, prec)
     with _device_guard(gx):
         if strategy == "persistent":
             grid = (triton.cdiv(B, PERSISTENT_BLOCK_B),)
@@ -354,6 +538,13 @@ def rnn_forward(gx, w_hh, b_hh, h0, lengths, relu, strategy):
                 ws, y, h_n, T, B, H,
                 HAS_BIAS=b_hh is not None, HAS_LEN=has_len, RELU=relu, PRECISION=prec,
                 BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H), num_warps=PERSISTENT_NUM_WARPS)
+            return y, h_n, ws
+        if strategy == "grid":
+            bb, bn, bk, warps = _grid_tiles(dt)
+            launch_grid(K.rnn_fwd_grid_kernel, gx, T, H, None, bn,
+                        (gx, w_hh, b_hh if b_hh is not None else dummy, h0, L if has_len else dummy, ws, y, h_n),
+                        dict(T=T, B=B, H=H, HAS_BIAS=b_hh is not None, HAS_LEN=has_len, RELU=relu,
+                             PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps))
             return y, h_n, ws
         bb, bn, bk, warps = _step_tiles(B, dt)
         grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
@@ -375,7 +566,7 @@ def rnn_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, relu, stra
     has_gws = grad_ws is not None
     dummy = y
     prec = _precision(dt)
-    strategy = resolve_strategy(strategy, 1, H, H, 0, dt)
+    strategy = resolve_strategy(strategy, 1, H, H, 0, dt, y.device, prec)
     with _device_guard(y):
         if strategy == "persistent":
             grid = (triton.cdiv(B, PERSISTENT_BLOCK_B),)
@@ -384,6 +575,13 @@ def rnn_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, relu, stra
                 L if has_len else dummy, d_gates, T, B, H,
                 HAS_LEN=has_len, HAS_GWS=has_gws, RELU=relu, PRECISION=prec,
                 BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=_pad(H), num_warps=PERSISTENT_NUM_WARPS)
+        elif strategy == "grid":
+            bb, bn, bk, warps = _grid_tiles(dt)
+            launch_grid(K.rnn_bwd_grid_kernel, y, T, H, None, bn,
+                        (grad_y, grad_h_n, w_hh, ws, grad_ws if has_gws else dummy, d_gates,
+                         L if has_len else dummy),
+                        dict(T=T, B=B, H=H, HAS_LEN=has_len, HAS_GWS=has_gws, RELU=relu, PRECISION=prec,
+                             BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps))
         else:
             bb, bn, bk, warps = _step_tiles(B, dt)
             grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
