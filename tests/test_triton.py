@@ -161,7 +161,7 @@ def test_persistent_that_cannot_fit_is_refused_by_name(n_gates, H, P, dtype):
     memory): a clear error naming the limit, not OutOfResources after
     minutes of compiling."""
     with pytest.raises(RuntimeError, match=r"strategy 'persistent' cannot run .*(shared memory|larger than any measured).*"
-                                           r"227 KiB.*Use strategy 'step'"):
+                                           r"227 KiB.*Use strategy 'grid', 'step'"):
         S.resolve_strategy("persistent", n_gates, H, P or H, P, dtype)
 
 
