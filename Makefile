@@ -46,16 +46,21 @@ ctest: $(DEPS)
 # TORCH_CUDA_ARCH_LIST says otherwise); DRY_RUN=1 skips the build and runs
 # what a machine without a GPU can (tests/test_gpu_check.py does).
 # PHASE=build only builds.
+# PHASE defaults to all (every phase in turn; on a lent GPU run them one by one, each inside a command's time limit).
+PHASE ?= all
+# The kit's python: PYTHON when given, else this checkout's .venv where there is one
+# (a dry run here), else python3 (the GPU machine's, with its own torch).
+KIT_PYTHON = $(if $(filter command line environment,$(origin PYTHON)),$(PYTHON),$(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,$(PYTHON)))
 GPU_PHASES = build test sanitize probe all $(foreach d,fp32 fp16 bf16,$(foreach c,lstm gru rnn,bench-$(d)-$(c)))
 gpu-check:
 	@if [ -z "$(filter $(PHASE),$(GPU_PHASES))" ] || [ -z "$(OUT)$(filter build,$(PHASE))" ]; then \
 	  echo "usage: make gpu-check PHASE=<phase> OUT=<dir> [PYTHON=python3] [DRY_RUN=1]"; \
 	  echo "phases: $(GPU_PHASES)"; exit 2; fi
 ifneq ($(DRY_RUN),1)
-	TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS=$$(nproc) $(PYTHON) setup.py build_ext --inplace -q
+	TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS=$$(nproc) $(KIT_PYTHON) setup.py build_ext --inplace -q
 endif
 ifneq ($(PHASE),build)
-	$(PYTHON) -m gpu_check $(PHASE) --out $(OUT) $(if $(filter 1,$(DRY_RUN)),--dry-run)
+	$(KIT_PYTHON) -m gpu_check $(PHASE) --out $(OUT) $(if $(filter 1,$(DRY_RUN)),--dry-run)
 endif
 
 clean:

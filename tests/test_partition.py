@@ -63,6 +63,17 @@ def _run(kind, inputs, L, backend):
     return outputs_and_grads(outs, [t for t in inputs if t is not None])
 
 
+def _run_cpu_twice(kind, inputs, L, k):
+    """Outputs and gradients on the cpu backend with k workers, checked to be
+    bitwise identical across two runs."""
+    with cpu_workers(k):
+        out, grads = _run(kind, inputs, L, "cpu")
+        again = _run(kind, inputs, L, "cpu")
+    for a, b in zip(out + grads, again[0] + again[1]):
+        assert torch.equal(a, b), f"{k} workers: not bitwise repeatable"
+    return out, grads
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("case", [c for c in CASES], ids=IDS)
 def test_every_worker_count_matches_reference(kind, case):
@@ -72,11 +83,7 @@ def test_every_worker_count_matches_reference(kind, case):
     ref_out, ref_grads = _run(kind, inputs, L, "reference")
     results = {}
     for k in WORKERS:
-        with cpu_workers(k):
-            out, grads = _run(kind, inputs, L, "cpu")
-            again = _run(kind, inputs, L, "cpu")
-        for a, b in zip(out + grads, again[0] + again[1]):
-            assert torch.equal(a, b), f"{k} workers: not bitwise repeatable"
+        out, grads = _run_cpu_twice(kind, inputs, L, k)
         for got, want in zip(out + grads, ref_out + ref_grads):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
         results[k] = out + grads
@@ -103,11 +110,7 @@ def test_fp32_products_match_fp64_reference(kind, case, gemm, monkeypatch):
     exact = [None if t is None else t.detach().double().requires_grad_() for t in inputs]
     ref_out, ref_grads = _run(kind, exact, L, "reference")
     for k in (1, 3):
-        with cpu_workers(k):
-            out, grads = _run(kind, inputs, L, "cpu")
-            again = _run(kind, inputs, L, "cpu")
-        for a, b in zip(out + grads, again[0] + again[1]):
-            assert torch.equal(a, b), f"{k} workers: not bitwise repeatable"
+        out, grads = _run_cpu_twice(kind, inputs, L, k)
         for got, want in zip(out + grads, ref_out + ref_grads):
             torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
 

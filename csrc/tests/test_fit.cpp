@@ -5,19 +5,9 @@
 #include <cstdio>
 
 #include "rnn_ext/fit.h"
+#include "tests/expect.h"
 
 using namespace rnn_ext::fit;
-
-static int failures = 0;
-
-#define EXPECT(cond, ...)                \
-  do {                                   \
-    if (!(cond)) {                       \
-      std::printf("FAIL: " __VA_ARGS__); \
-      std::printf("\n");                 \
-      ++failures;                        \
-    }                                    \
-  } while (0)
 
 // An H100 SXM: 132 SMs, 64K registers, 228 KiB shared memory, 32 blocks and
 // 2048 threads per SM.

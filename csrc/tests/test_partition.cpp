@@ -9,19 +9,9 @@
 #include <vector>
 
 #include "cpu/persistent.h"
+#include "tests/expect.h"
 
 using namespace rnn_ext;
-
-static int failures = 0;
-
-#define EXPECT(cond, ...)            \
-  do {                               \
-    if (!(cond)) {                   \
-      std::printf("FAIL: " __VA_ARGS__); \
-      std::printf("\n");             \
-      ++failures;                    \
-    }                                \
-  } while (0)
 
 static void test_split() {
   for (int64_t n : {0, 1, 3, 16, 37, 100, 1024}) {
