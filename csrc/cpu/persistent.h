@@ -107,6 +107,16 @@ struct Executor {
   std::vector<T> slabs[2];  // transposed rows (at most W_hh's and W_hr's)
   int slabs_used = 0;
 
+  // Slabs up to this size stay allocated with the thread between calls
+  // (OpenMP keeps its threads): a fresh allocation per call cost its page
+  // faults and zero-fill, as much as the transposition itself at T = 24.
+  // Larger ones are the call's own and freed after it.
+  static constexpr size_t kKeptSlabBytes = size_t(8) << 20;
+  static std::vector<T>& kept_slab(int i) {
+    static thread_local std::vector<T> kept[2];
+    return kept[i];
+  }
+
   Executor(Barrier* barrier) : sync(barrier) {}
   ~Executor() {
     if (brgemm) blas::brgemm_release();
@@ -114,15 +124,17 @@ struct Executor {
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
 
-  // Called before the time loop: the slab's allocation and transposition
-  // are per call, not per step.
+  // Called before the time loop: the transposition is per call, not per
+  // step.
   partition::GateRows<T> resident_rows(const T* w, int64_t H, int64_t G, int64_t Hin,
                                        partition::Slice u) {
     partition::GateRows<T> rows{w + u.begin * Hin, H * Hin, Hin};
     const int64_t nu = u.size();
     if (brgemm && nu > 0 && slabs_used < 2) {
-      std::vector<T>& slab = slabs[slabs_used++];
-      slab.resize(static_cast<size_t>(Hin * G * nu));
+      const size_t size = static_cast<size_t>(Hin * G * nu);
+      const int i = slabs_used++;
+      std::vector<T>& slab = size * sizeof(T) <= kKeptSlabBytes ? kept_slab(i) : slabs[i];
+      if (slab.size() < size) slab.resize(size);
       // Column j of the product is unit j % nu of gate j / nu.
       blas::pack_panels(G * nu, Hin, [&](int64_t j) { return rows.gate(j / nu) + (j % nu) * Hin; },
                         slab.data());
