@@ -21,6 +21,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import _function, backends, functional
 from ._ops import ops as _ops
+from ._projection import input_projection
 
 
 def _autocast_dtype(device, low_precision_on_cpu):
@@ -325,7 +326,7 @@ class _RNNBase(nn.Module):
                 if cast is not None:
                     w_ih, w_hh, b_ih, b_hh, w_hr = (None if w is None else w.to(cast)
                                                     for w in (w_ih, w_hh, b_ih, b_hh, w_hr))
-                gx = torch.nn.functional.linear(layer_input, w_ih, b_ih)
+                gx = input_projection(layer_input, w_ih, b_ih)
                 if direction == 1:
                     gx = reverse_within_lengths(gx, lengths)
                 y, h, c, ws = self._recurrence(gx, w_hh, b_hh, w_hr, h0[k],
