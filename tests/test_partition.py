@@ -95,7 +95,7 @@ def test_every_worker_count_matches_reference(kind, case):
 # fp32 runs the recurrent products through oneDNN's brgemm on packed panels
 # of 64 columns (csrc/cpu/persistent.h): H=80 gives several panels and a
 # partial one per worker; sorted lengths shrink the rows step by step down to
-# one (where MKL takes over).
+# one (brgemm at every row count).
 FP32_CASES = [(7, 5, 80, 24, [7, 6, 6, 3, 1]), (6, 4, 37, 0, None)]
 
 

@@ -14,8 +14,11 @@ namespace cpu {
 // baseline SSE2) and the loader picks the widest the CPU has: the build
 // stays portable and the loop runs as wide as ATen's own activations.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// flatten: every element function is inlined into the clone, so that it is
+// vectorised with the loop; GCC left the largest (lstm_backward_active)
+// out of line, a scalar call per element.
 #define RNN_EXT_CPU_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
 #define RNN_EXT_INLINE __attribute__((always_inline))
 #else
 #define RNN_EXT_CPU_CLONES
