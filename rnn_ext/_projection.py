@@ -3,9 +3,10 @@ as one GEMM before the recurrence.
 
 On the CPU in fp32 it runs through oneDNN's matmul (PyTorch's
 mkldnn._linear_pointwise, what Inductor uses for linear layers) instead of
-F.linear's MKL sgemm: on the AMD EPYC the CPU benchmarks run on, MKL does
-not take its fastest code path and oneDNN's product is 1.2x-1.6x faster at
-the layers' sizes; torch.nn's LSTM gets its projection from oneDNN too.  The
+F.linear's MKL sgemm when the sequence has enough rows (T x B >= MIN_ROWS):
+on the AMD EPYC the CPU benchmarks run on, MKL does not take its fastest
+code path and oneDNN's product is then 1.1x-1.6x faster; torch.nn's LSTM
+gets its projection from oneDNN too.  The
 input gradient likewise; the weight gradient stays with MKL, which is as
 fast there (benchmarks/NOTES.md).  Everywhere else (GPU, other dtypes,
 torch.compile, torch.func, tracing, oneDNN switched off or absent) it is
@@ -49,11 +50,18 @@ class _OneDNNLinear(torch.autograd.Function):
         return gx, gw, gb
 
 
+# oneDNN's product reorders the weight on every call, which a short product
+# does not repay: below this many rows (T x B) MKL is faster (at 24 rows 1.5x-3x,
+# at 96 either way, from 256 rows on oneDNN by 1.1x-1.25x; benchmarks/NOTES.md).
+MIN_ROWS = 256
+
+
 def _use_onednn(x, w, b):
     # plain_eager() first: torch.compile must not see the rest (it traces F.linear).
     return (plain_eager() and _ONEDNN and x.device.type == "cpu"
             and x.dtype == torch.float32 and w.dtype == torch.float32
-            and (b is None or b.dtype == torch.float32) and x.numel() > 0
+            and (b is None or b.dtype == torch.float32)
+            and x.numel() >= MIN_ROWS * x.size(-1) > 0
             and torch.backends.mkldnn.enabled)
 
 

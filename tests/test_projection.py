@@ -12,9 +12,10 @@ needs_onednn = pytest.mark.skipif(not _projection._ONEDNN, reason="PyTorch built
 
 def _case(bias, transposed, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(5, 3, 7, generator=g, dtype=dtype)
+    T, B = 16, 17  # T x B rows >= MIN_ROWS: the oneDNN side of the rule
+    x = torch.randn(T, B, 7, generator=g, dtype=dtype)
     if transposed:  # batch_first input as the modules see it: a [T, B, I] view
-        x = torch.randn(3, 5, 7, generator=g, dtype=dtype).transpose(0, 1)
+        x = torch.randn(B, T, 7, generator=g, dtype=dtype).transpose(0, 1)
     w = torch.randn(12, 7, generator=g, dtype=dtype)
     b = torch.randn(12, generator=g, dtype=dtype) if bias else None
     return x, w, b
@@ -34,6 +35,9 @@ def test_cpu_fp32_takes_onednn(monkeypatch):
     assert not calls, "torch.backends.mkldnn.enabled=False must be respected"
     _projection.input_projection(x.double(), w.double(), b.double())
     assert not calls, "only fp32 goes through oneDNN"
+    _projection.input_projection(x[:2], w, b)
+    assert 2 * x.size(1) < _projection.MIN_ROWS and not calls, \
+        "a product of fewer than MIN_ROWS rows stays with MKL"
 
 
 @needs_onednn
@@ -72,5 +76,6 @@ def test_no_grad_builds_no_graph():
 
 
 def test_fp64_gradcheck_through_the_same_entry_point():
-    x, w, b = (t.requires_grad_() for t in _case(True, True, torch.float64))
+    x, w, b = (t[:3].requires_grad_() if t.dim() == 3 else t.requires_grad_()
+               for t in _case(True, True, torch.float64))
     assert torch.autograd.gradcheck(_projection.input_projection, (x, w, b))

@@ -104,6 +104,14 @@ struct Executor {
 
   Barrier* sync;
   bool brgemm = kBrgemmType && blas::brgemm_enabled();
+  int64_t batch = 0;  // the sequence's batch (run() sets it)
+
+  // At B = 1 a step reads the whole of W_hh per multiply-add row: it is
+  // bound by the cache's bandwidth, and the panels (a second copy of the
+  // matrix) pay only while both copies stay in the last-level cache; past
+  // this size MKL multiplies W_hh in place (LSTM at B=1: panels 1.1x-1.2x
+  // faster up to H = 768, slower at H = 1024).
+  static constexpr size_t kSingleRowPanelBytes = size_t(8) << 20;
   std::vector<T> slabs[2];  // transposed rows (at most W_hh's and W_hr's)
   int slabs_used = 0;
 
@@ -130,7 +138,8 @@ struct Executor {
                                        partition::Slice u) {
     partition::GateRows<T> rows{w + u.begin * Hin, H * Hin, Hin};
     const int64_t nu = u.size();
-    if (brgemm && nu > 0 && slabs_used < 2) {
+    const bool panels = batch >= 2 || static_cast<size_t>(G * H * Hin) * sizeof(T) <= kSingleRowPanelBytes;
+    if (brgemm && panels && nu > 0 && slabs_used < 2) {
       const size_t size = static_cast<size_t>(Hin * G * nu);
       const int i = slabs_used++;
       std::vector<T>& slab = size * sizeof(T) <= kKeptSlabBytes ? kept_slab(i) : slabs[i];
@@ -146,8 +155,8 @@ struct Executor {
                      const partition::GateRows<T>& rows, int G, int64_t n, Acc* c,
                      int64_t ldc) {
     if constexpr (kBrgemmType) {
-      // Every row count, one included: at B = 1 the panels beat MKL's
-      // matrix-vector path too (1.1x-1.2x over an LSTM recurrence, H = 256-1024).
+      // Every row count, one included, where the rows were packed
+      // (resident_rows): at B = 1 too the panels beat MKL's matrix-vector path.
       if (rows.wt)
         return blas::brgemm_panels(m, G * n, k, a, lda, rows.wt, c, ldc);
     }
@@ -208,6 +217,7 @@ void run(Seq seq, int64_t workers, Worker worker) {
     seq.workers = 1;
     Barrier sync(1);
     Executor<T, Acc> ex{&sync};
+    ex.batch = seq.B;
     blas::SingleThreaded one;
     worker(seq, 0, ex);
     return;
@@ -222,6 +232,7 @@ void run(Seq seq, int64_t workers, Worker worker) {
     Seq mine = seq;
     mine.workers = K;
     Executor<T, Acc> ex{sync};
+    ex.batch = seq.B;
     blas::SingleThreaded one;
     worker(mine, omp_get_thread_num(), ex);
   }
