@@ -12,4 +12,6 @@ int64_t set_cpu_workers(int64_t workers);
 // of the partitioned one: tests run the CUDA loop's logic this way.
 // Returns the previous setting.
 bool set_cpu_stepwise(bool stepwise);
+// Bytes of free blocks the CPU buffer cache holds now (ops/buffer_pool.h; tests).
+int64_t reusable_cached_bytes();
 }  // namespace rnn_ext

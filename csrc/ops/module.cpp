@@ -19,6 +19,10 @@ PyObject* set_cpu_stepwise(PyObject*, PyObject* arg) {
   return PyBool_FromLong(rnn_ext::set_cpu_stepwise(on != 0));
 }
 
+PyObject* reusable_cached_bytes(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(rnn_ext::reusable_cached_bytes());
+}
+
 // The fit rule (rnn_ext/fit.h) on given figures, so that tests check it
 // with an H100's limits and the kernels' sm_90 registers without a GPU.
 PyObject* persistent_fit(PyObject*, PyObject* args) {
@@ -73,6 +77,8 @@ PyMethodDef methods[] = {
     {"_set_cpu_stepwise", set_cpu_stepwise, METH_O,
      "Run the CPU ops on the stepwise loop (the CUDA backend's) instead of the "
      "partitioned one (tests); returns the previous setting."},
+    {"_reusable_cached_bytes", reusable_cached_bytes, METH_NOARGS,
+     "Bytes of free blocks the CPU ops' buffer cache holds (ops/buffer_pool.h)."},
     {"_persistent_fit", persistent_fit, METH_VARARGS,
      "The fit rule: (H, Hin, G, B, dtype_bytes, sms, registers_per_sm, shared_per_sm, "
      "max_blocks_per_sm, max_threads_per_sm, registers_per_thread, threads, "

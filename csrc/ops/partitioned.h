@@ -17,6 +17,7 @@
 
 #include <algorithm>
 
+#include "ops/buffer_pool.h"
 #include "ops/sequence.h"
 #include "rnn_ext/partition.h"
 
@@ -43,7 +44,7 @@ struct PartitionedLoops {
     const int64_t ws_steps = training ? T_ : std::min<int64_t>(T_, 2);
     const int64_t proj_steps = P > 0 ? (training ? T_ : 1) : 0;
     Tensor y = at::empty({T_, B, Hin}, opts);
-    Tensor ws = at::empty({ws_steps, B, 5 * H}, acc);
+    Tensor ws = reusable_empty({ws_steps, B, 5 * H}, acc);
     Tensor proj_in = at::empty({proj_steps, B, H}, opts);
     const Tensor bias = b_hh ? *b_hh : at::zeros({4 * H}, opts);
     const Tensor c0_acc = c0.to(acc.dtype()).contiguous();
@@ -76,7 +77,7 @@ struct PartitionedLoops {
     const int64_t P = w_hr ? w_hr->size(0) : 0, Hin = P > 0 ? P : H;
     const auto opts = y.options();
     const auto acc = ws.scalar_type();
-    Tensor d_gates = at::empty({T_, B, 4 * H}, opts);
+    Tensor d_gates = reusable_empty({T_, B, 4 * H}, opts);
     Tensor dh_state = grad_h_n.to(acc, /*non_blocking=*/false, /*copy=*/true);
     Tensor dc_state = grad_c_n.to(acc, /*non_blocking=*/false, /*copy=*/true);
     const Tensor c0_acc = c0.to(acc).contiguous();
@@ -109,7 +110,7 @@ struct PartitionedLoops {
     // Inference: nothing reads the workspace of an earlier step.
     const int64_t ws_steps = training ? T_ : 1;
     Tensor y = at::empty({T_, B, H}, opts);
-    Tensor ws = at::empty({ws_steps, B, 4 * H}, acc);
+    Tensor ws = reusable_empty({ws_steps, B, 4 * H}, acc);
     const Tensor bias = b_hh ? *b_hh : at::zeros({3 * H}, opts);
     Tensor h_n = h0.clone(at::MemoryFormat::Contiguous);
     const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
@@ -134,8 +135,8 @@ struct PartitionedLoops {
     using Acc = at::opmath_type<T>;
     const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
     const auto opts = y.options();
-    Tensor d_gates = at::empty({T_, B, 3 * H}, opts);
-    Tensor d_hh = at::empty({T_, B, 3 * H}, opts);
+    Tensor d_gates = reusable_empty({T_, B, 3 * H}, opts);
+    Tensor d_hh = reusable_empty({T_, B, 3 * H}, opts);
     Tensor dh_state = grad_h_n.to(ws.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
     const Lengths L = prepare_lengths(lengths, T_, B, y.device());
     const Tensor active = Runner::active(L, y);
@@ -161,7 +162,7 @@ struct PartitionedLoops {
     const auto acc = opts.dtype(acc_dtype(gx.scalar_type()));
     const int64_t ws_steps = training ? T_ : 1;
     Tensor y = at::empty({T_, B, H}, opts);
-    Tensor ws = at::empty({ws_steps, B, H}, acc);
+    Tensor ws = reusable_empty({ws_steps, B, H}, acc);
     const Tensor bias = b_hh ? *b_hh : at::zeros({H}, opts);
     Tensor h_n = h0.clone(at::MemoryFormat::Contiguous);
     const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
@@ -185,7 +186,7 @@ struct PartitionedLoops {
     using K_ = KT<T>;
     using Acc = at::opmath_type<T>;
     const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
-    Tensor d_gates = at::empty({T_, B, H}, y.options());
+    Tensor d_gates = reusable_empty({T_, B, H}, y.options());
     Tensor dh_state = grad_h_n.to(ws.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
     const Lengths L = prepare_lengths(lengths, T_, B, y.device());
     const Tensor active = Runner::active(L, y);
