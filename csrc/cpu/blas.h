@@ -250,12 +250,23 @@ void pack_panels(int64_t n, int64_t k, Row row, T* panels) {
   }
 }
 
-// c[m, n] = a[m, k] times the packed panels[k, n] (k = 0: c = 0).
-inline void brgemm_panels(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-                          const float* panels, float* c, int64_t ldc) {
+// Fills panels[K, n] from the [k, n] block of a row-major matrix whose rows
+// are ld apart (columns of W_hh for the backward): a copy, row by row.
+template <typename T>
+void pack_panels_of_rows(int64_t n, int64_t k, const T* src, int64_t ld, T* panels) {
   for (int64_t p0 = 0; p0 < n; p0 += kPanel) {
     const int64_t width = n - p0 < kPanel ? n - p0 : kPanel;
-    brgemm_nn(m, width, k, a, lda, panels + p0 * k, width, c + p0, ldc, false);
+    T* panel = panels + p0 * k;
+    for (int64_t q = 0; q < k; ++q) memcpy(panel + q * width, src + q * ld + p0, sizeof(T) * width);
+  }
+}
+
+// c[m, n] (+)= a[m, k] times the packed panels[k, n] (k = 0: c = 0, or unchanged).
+inline void brgemm_panels(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                          const float* panels, float* c, int64_t ldc, bool accumulate = false) {
+  for (int64_t p0 = 0; p0 < n; p0 += kPanel) {
+    const int64_t width = n - p0 < kPanel ? n - p0 : kPanel;
+    brgemm_nn(m, width, k, a, lda, panels + p0 * k, width, c + p0, ldc, accumulate);
   }
 }
 
