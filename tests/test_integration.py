@@ -85,8 +85,23 @@ def test_cpu_autocast_bf16_like_nn(kind):
     ext.load_state_dict(ref.state_dict())
     x = torch.randn(shape)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        want, got = _flat(ref(x)), _flat(ext(x))
+        got = _flat(ext(x))
+        try:
+            want = _flat(ref(x))
+        except RuntimeError as e:
+            # nn.LSTM's bf16 path is oneDNN's fused LSTM, which needs AVX-512
+            # (BF16) and refuses on CPUs without it.  rnn_ext does not depend on
+            # it: check its dtype and its error against fp64 with a bf16 bound.
+            if "primitive descriptor" not in str(e):
+                raise
+            want = None
     truth = _flat(ref.double()(x.double()))
+    if want is None:
+        assert kind == "lstm"
+        assert got[0].dtype == torch.bfloat16
+        for g, t in zip(got, truth):
+            assert (g.double() - t).abs().max() <= 5e-2
+        return
     for g, w, t in zip(got, want, truth):
         assert g.dtype == w.dtype
         # No worse than twice nn's own error at that dtype, plus a small floor.
