@@ -1,14 +1,17 @@
 """The persistent CUDA kernels (csrc/cuda/persistent.cu, the partitioned
 loop's CUDA executor), reached with RNN_EXT_CUDA_PERSISTENT=force: the same
 numbers as the reference for LSTM and GRU, projection, sorted and unsorted
-lengths, forward and backward, in every dtype; and every element written
-(poisoned allocations).  Marked `cuda`: none of this has run on a GPU yet."""
+lengths, forward and backward, in every dtype; the fp16/bf16 forward
+products on tensor cores (batches of 1 to 17, partial tiles) within twice
+cuDNN's error; and every element written (poisoned allocations).  Marked
+`cuda`: none of this has run on a GPU yet."""
 import pytest
 import torch
 
 from _poison import poisoned_allocations
-from _utils import outputs_and_grads
+from _utils import make_inputs, make_module, outputs_and_grads, run_ops, run_torch
 from rnn_ext import functional
+from test_cuda import _errors
 
 pytestmark = pytest.mark.cuda
 
@@ -95,3 +98,53 @@ def test_fit_rule_routes_between_persistent_and_stepwise(monkeypatch, mode, B, H
     want_o, want_g = _run("lstm", case, torch.float64, "reference")
     for got, want in zip(got_o + got_g, want_o + want_g):
         assert (got.double() - want).abs().max().item() <= TOL[torch.float32] * max(1.0, want.abs().max().item())
+
+
+# The fp16/bf16 forward products run on tensor cores (csrc/cuda/mma_tile.cuh:
+# 16 weight rows by 8 batch rows per mma.sync, K in chunks of 16): batches of
+# one tile column (1, 8), of two and three (9, 17), hidden sizes and input
+# depths that leave partial row and K tiles (37, 100), tiles spanning two
+# gates, and sorted lengths (fewer active rows per step).
+MMA_CASES = [  # T, B, I, H, lengths
+    (5, 1, 7, 37, None),
+    (5, 8, 7, 48, None),
+    (4, 9, 5, 37, [4, 4, 3, 3, 3, 2, 2, 1, 1]),
+    (4, 17, 5, 100, None),
+]
+LOW = (torch.float16, torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("case", MMA_CASES, ids=["b1-h37", "b8-h48", "b9-h37-lengths", "b17-h100"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_persistent_tensor_core_products_within_twice_cudnn_error(kind, case, dtype, persistent):
+    """Error against fp64 at most twice cuDNN's at the same dtype (plus a
+    floor), on the persistent kernels (checked by name)."""
+    T, B, I, H, lengths = case
+    module = make_module(kind, I, H, 0, True, torch.float64, "cuda")
+    x, h0, c0 = make_inputs(kind, module, T, B, torch.float64, "cuda")
+    L = torch.tensor(lengths) if lengths else None
+    cell = "rnn" if kind.startswith("rnn") else kind
+    low = make_module(kind, I, H, 0, True, dtype, "cuda")
+    low.load_state_dict(module.state_dict())
+    args = [t.detach().to(dtype) if t is not None else None for t in (x, h0, c0)]
+    names = _kernel_names(lambda: run_ops(kind, low, *args, L, backend="cuda"))
+    assert any(f"{cell}_forward_kernel" in n for n in names), sorted(names)
+    ours, _ = _errors(kind, module, x, h0, c0, L, lambda *a: run_ops(*a, backend="cuda"), dtype)
+    cudnn, _ = _errors(kind, module, x, h0, c0, L, run_torch, dtype)
+    for k, (e, c) in enumerate(zip(ours, cudnn)):
+        assert e <= 2 * c + 2e-3, f"result {k}: error {e:.3g} vs cuDNN's {c:.3g}"
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_persistent_tensor_core_products_write_every_element(kind, dtype, persistent):
+    """The tile stores cover every gate column of every active row: with
+    poisoned allocations (the gate scratch starts as NaN) the results are
+    those of a clean run, bit for bit."""
+    case = (6, 11, 37, 0, [6, 6, 5, 5, 4, 4, 3, 3, 2, 1, 1])
+    clean = _run(kind, case, dtype, "cuda")
+    with poisoned_allocations():
+        poisoned = _run(kind, case, dtype, "cuda")
+    for a, b in zip(clean[0] + clean[1], poisoned[0] + poisoned[1]):
+        assert torch.equal(a, b)

@@ -70,6 +70,38 @@ def test_kernels_fit_sm90(source, reports):
         assert len(kernels) == 24, sorted(kernels)
 
 
+def _ptx_entries(source, arch, tmp_path):
+    """The PTX of each kernel in `source` compiled for `arch`, by mangled name."""
+    out = tmp_path / f"k_{arch}.ptx"
+    subprocess.run([NVCC, "-std=c++17", "-O3", f"-arch={arch}", f"-I{ROOT}/csrc", f"-I{ROOT}/csrc/include",
+                    "-ptx", os.path.join(ROOT, source), "-o", str(out)], capture_output=True, text=True,
+                   check=True)
+    entries = {}
+    for chunk in out.read_text().split(".entry ")[1:]:
+        name = chunk.split("(", 1)[0].strip()
+        entries[name] = chunk
+    return entries
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_persistent_16bit_products_use_tensor_cores(arch, tmp_path):
+    """The per-step product of the fp16 and bf16 persistent forward kernels
+    is the tensor-core tile (csrc/cuda/mma_tile.cuh: mma.sync m16n8k16 with
+    fp32 accumulators, in the storage type's form); fp32 and fp64, and the
+    backward kernels, keep FFMA and have no MMA.  (Which instruction is compiled, not that it is right:
+    ctest mma_layout runs the tile's index logic on the CPU.)"""
+    entries = _ptx_entries("csrc/cuda/persistent.cu", arch, tmp_path)
+    assert len(entries) == 24, sorted(entries)
+    mma = {"__half": "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+           "__nv_bfloat16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"}
+    for name, ptx in entries.items():
+        type_name = next((t for t in mma if f"I{len(t)}{t}f" in name), None)
+        if type_name and "_forward_kernel" in name:
+            assert ptx.count("mma.sync") == ptx.count(mma[type_name]) >= 1, name
+        else:  # fp32, fp64, and the backward kernels (their products are gemm_nn, FFMA)
+            assert "mma.sync" not in ptx, name
+
+
 # An H100 SXM (cudaDeviceProp): SMs, registers, shared memory, blocks and
 # threads per SM.
 H100 = dict(sms=132, registers_per_sm=65536, shared_per_sm=233472, max_blocks_per_sm=32,

@@ -7,6 +7,7 @@
 #include <cooperative_groups.h>
 
 #include "cuda/half_convert.cuh"
+#include "cuda/mma_tile.cuh"
 #include "cuda/persistent.h"
 
 namespace cg = cooperative_groups;
@@ -17,15 +18,30 @@ namespace {
 
 template <typename T, typename Acc>
 struct BlockExecutor {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  static constexpr bool kTensorCores = mma_tile::Supported<T, Acc>::value;
+#else
+  static constexpr bool kTensorCores = false;
+#endif
   __device__ partition::GateRows<T> resident_rows(const T* w, int64_t H, int64_t /*G*/,
                                                   int64_t Hin, partition::Slice u) {
     return {w + u.begin * Hin, H * Hin, Hin};
   }
+  // fp16 and bf16 on sm_80 and newer: tensor cores (cuda/mma_tile.cuh), the
+  // block's warps sharing the tiles of the G gates' rows (the rows of all
+  // gates numbered as c's columns are, so a tile may span two gates).
+  // Otherwise FFMA, one output per thread.
   __device__ void gemm_resident(int64_t m, int64_t k, const T* a, int64_t lda,
                                 const partition::GateRows<T>& rows, int G, int64_t n, Acc* c,
                                 int64_t ldc) {
-    for (int g = 0; g < G; ++g)
-      gemm_nt(m, n, k, a, lda, rows.gate(g), rows.ld, c + g * n, ldc, false);
+    if constexpr (kTensorCores) {
+      const mma::TileGemm g{m, k, G * n, lda, n, rows.gate_stride, rows.ld, ldc};
+      mma_tile::block_tile_gemm(g, a, rows.w, c);
+      __syncthreads();
+    } else {
+      for (int g = 0; g < G; ++g)
+        gemm_nt(m, n, k, a, lda, rows.gate(g), rows.ld, c + g * n, ldc, false);
+    }
   }
   // c[m, n] (+)= a[m, k] w[n, k]^T: one output per thread at a time, FFMA in Acc.
   __device__ void gemm_nt(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,

@@ -1,0 +1,122 @@
+// The per-step product of the persistent kernels on tensor cores, for fp16
+// and bf16 storage with fp32 accumulation: c[b, r] = sum_q a[b, q] w_r[q]
+// as D = W . a^T with mma.sync m16n8k16 (weight rows on M, the batch on the
+// narrow N = 8, so a batch of 1..8 is one tile column).  The tiling, the
+// fragment layouts, the zero padding and the store guards are index
+// functions in rnn_ext/mma_layout.h, which the C++ test
+// (csrc/tests/test_mma_layout.cpp) runs for 32 emulated lanes; this file
+// adds only the loads, the packing into registers, the instruction and the
+// stores.
+//
+// NOT YET RUN ON A GPU.  The fragments are loaded from w (global memory, or
+// wherever GateRows points) every step, element by element: the weight rows
+// stay in L1/L2 or shared memory, not yet in registers across steps.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "rnn_ext/mma_layout.h"
+
+namespace rnn_ext {
+namespace cuda {
+namespace mma_tile {
+
+// Whether the tile product serves storage T with accumulation Acc (the
+// instruction's f16 and bf16 forms, both with fp32 accumulators).
+template <typename T, typename Acc>
+struct Supported {
+  static constexpr bool value = false;
+};
+template <>
+struct Supported<__half, float> {
+  static constexpr bool value = true;
+};
+template <>
+struct Supported<__nv_bfloat16, float> {
+  static constexpr bool value = true;
+};
+
+__device__ __forceinline__ uint16_t bits(__half x) { return __half_as_ushort(x); }
+__device__ __forceinline__ uint16_t bits(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
+
+// D += A B on one warp's fragments (mma_layout.h's layouts).
+__device__ __forceinline__ void mma_16x8x16(float (&d)[mma::kCElems], const uint32_t (&a)[4],
+                                            const uint32_t (&b)[2], __half) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  __trap();  // callers select the tile product for sm_80 and newer only
+#endif
+}
+__device__ __forceinline__ void mma_16x8x16(float (&d)[mma::kCElems], const uint32_t (&a)[4],
+                                            const uint32_t (&b)[2], __nv_bfloat16) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  __trap();
+#endif
+}
+
+// One lane's part of mma::warp_tiles: its accumulators, and its loads and
+// stores at the offsets the layout functions give (-1: a zero, or no store).
+template <typename T>
+struct LaneOps {
+  const mma::TileGemm& g;
+  const T* a;  // [batch, depth] in rows of g.lda: the B operand, transposed
+  const T* w;  // the weight rows: the A operand
+  float* c;
+  int lane;
+  float d[mma::kCElems];
+
+  __device__ __forceinline__ static uint16_t load(const T* p, int64_t offset) {
+    return offset >= 0 ? bits(p[offset]) : uint16_t(0);  // +0.0 in fp16 and bf16
+  }
+  __device__ __forceinline__ void begin(int64_t) {
+#pragma unroll
+    for (int i = 0; i < mma::kCElems; ++i) d[i] = 0.f;
+  }
+  __device__ __forceinline__ void chunk(int64_t tile, int64_t k) {
+    uint32_t af[4], bf[2];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      af[j] = mma::pack_pair(load(w, g.a_offset(tile, k, lane, 2 * j)),
+                             load(w, g.a_offset(tile, k, lane, 2 * j + 1)));
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      bf[j] = mma::pack_pair(load(a, g.b_offset(tile, k, lane, 2 * j)),
+                             load(a, g.b_offset(tile, k, lane, 2 * j + 1)));
+    mma_16x8x16(d, af, bf, T());
+  }
+  __device__ __forceinline__ void end(int64_t tile) {
+#pragma unroll
+    for (int i = 0; i < mma::kCElems; ++i) {
+      const int64_t offset = g.c_offset(tile, lane, i);
+      if (offset >= 0) c[offset] = d[i];
+    }
+  }
+};
+
+// The block's warps share the tiles of g: c = the product (k = 0: zeros).
+// Every thread of the block must call it (blockDim.x a multiple of 32); no
+// barrier inside.
+template <typename T>
+__device__ __forceinline__ void block_tile_gemm(const mma::TileGemm& g, const T* a, const T* w,
+                                                float* c) {
+  LaneOps<T> ops{g, a, w, c, static_cast<int>(threadIdx.x % mma::kWarp), {}};
+  mma::warp_tiles(g, static_cast<int>(threadIdx.x / mma::kWarp),
+                  static_cast<int>(blockDim.x / mma::kWarp), ops);
+}
+
+}  // namespace mma_tile
+}  // namespace cuda
+}  // namespace rnn_ext

@@ -1,0 +1,125 @@
+// The register layout of the tensor-core instruction
+//   mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32
+// (D[16x8] = A[16x16] B[16x8] + C[16x8], fp32 accumulators), and the
+// persistent loop's per-step product cut into tiles of that instruction.
+// Index arithmetic only: no CUDA types, so the same functions compile with
+// g++ and the C++ test (csrc/tests/test_mma_layout.cpp) runs every index the
+// device code (cuda/mma_tile.cuh) uses, for 32 emulated lanes.
+//
+// The fragment layouts are those of the PTX ISA ("Matrix Fragments for
+// mma.m16n8k16 with floating point type"), with groupID = lane / 4 and
+// threadID_in_group = lane % 4:
+//   A (16x16, row-major, 8 elements in 4 registers of 2):
+//     row = groupID (+8 for a2, a3, a6, a7),
+//     col = 2*threadID_in_group + (i & 1) (+8 for a4..a7)
+//   B (16x8, column-major, 4 elements in 2 registers of 2):
+//     row = 2*threadID_in_group + (i & 1) (+8 for b2, b3), col = groupID
+//   C, D (16x8, 4 fp32 registers):
+//     row = groupID (+8 for c2, c3), col = 2*threadID_in_group + (i & 1)
+// Element 2j of A or B sits in the low half of register j, 2j+1 in the high.
+//
+// How the per-step product uses it (the batch on the narrow dimension):
+// c[b, r] = sum_q h[b, q] W[r, q] is computed as D = W . h^T, 16 weight rows
+// (M) by 8 batch rows (N) per tile, K in chunks of 16; so B = 1..8 is one
+// tile column with no wasted multiply for B = 8, and a larger batch loops
+// over tiles of 8.  Rows beyond the last weight row, batch rows beyond the
+// last, and K beyond the depth read as zeros (offset -1) and are not
+// stored.
+#pragma once
+
+#include <stdint.h>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define RNN_MMA_HD __host__ __device__ __forceinline__
+#else
+#define RNN_MMA_HD inline
+#endif
+
+namespace rnn_ext {
+namespace mma {
+
+constexpr int kM = 16, kN = 8, kK = 16;  // the instruction's shape
+constexpr int kWarp = 32;
+constexpr int kAElems = 8, kBElems = 4, kCElems = 4;  // per lane
+
+RNN_MMA_HD constexpr int group_id(int lane) { return lane >> 2; }
+RNN_MMA_HD constexpr int thread_in_group(int lane) { return lane & 3; }
+
+// Lane `lane`'s element i of A (i < 8): its row and column in the 16x16 tile.
+RNN_MMA_HD constexpr int a_row(int lane, int i) { return group_id(lane) + ((i >> 1) & 1) * 8; }
+RNN_MMA_HD constexpr int a_col(int lane, int i) {
+  return 2 * thread_in_group(lane) + (i & 1) + (i >> 2) * 8;
+}
+// Element i of B (i < 4): row (the K index) and column (the N index).
+RNN_MMA_HD constexpr int b_row(int lane, int i) {
+  return 2 * thread_in_group(lane) + (i & 1) + (i >> 1) * 8;
+}
+RNN_MMA_HD constexpr int b_col(int lane, int /*i*/) { return group_id(lane); }
+// Element i of C and D (i < 4).
+RNN_MMA_HD constexpr int c_row(int lane, int i) { return group_id(lane) + (i >> 1) * 8; }
+RNN_MMA_HD constexpr int c_col(int lane, int i) { return 2 * thread_in_group(lane) + (i & 1); }
+
+// Two 16-bit elements (their bit patterns) in one register: the lower
+// element index in the low half, as the instruction reads them.
+RNN_MMA_HD constexpr uint32_t pack_pair(uint16_t lo, uint16_t hi) {
+  return uint32_t(lo) | (uint32_t(hi) << 16);
+}
+
+// c[b, r] = sum_{q < depth} a[b, q] w_r[q] for b < batch, r < rows, where
+// weight row r is gate r / rows_per_gate's row r % rows_per_gate: the G
+// gates' rows of a worker's units (partition::GateRows), numbered as the
+// columns of c are (gate g in columns [g*n, (g+1)*n)).  A tile is 16 rows
+// by 8 batch rows; tiles are numbered row tile major, batch tile minor.
+struct TileGemm {
+  int64_t batch, depth, rows;
+  int64_t lda;                              // a: [batch, depth] in rows of lda
+  int64_t rows_per_gate, gate_stride, ldw;  // w: see above
+  int64_t ldc;                              // c: c[b, r] at b*ldc + r
+
+  RNN_MMA_HD int64_t row_tiles() const { return (rows + kM - 1) / kM; }
+  RNN_MMA_HD int64_t batch_tiles() const { return (batch + kN - 1) / kN; }
+  RNN_MMA_HD int64_t tiles() const { return row_tiles() * batch_tiles(); }
+  RNN_MMA_HD int64_t k_chunks() const { return (depth + kK - 1) / kK; }
+  RNN_MMA_HD int64_t row0(int64_t tile) const { return tile / batch_tiles() * kM; }
+  RNN_MMA_HD int64_t batch0(int64_t tile) const { return tile % batch_tiles() * kN; }
+
+  // Offset in w of weight row r, column q.
+  RNN_MMA_HD int64_t w_offset(int64_t r, int64_t q) const {
+    return r / rows_per_gate * gate_stride + r % rows_per_gate * ldw + q;
+  }
+  // Where lane's A element i of `tile`, K chunk `chunk`, is in w; -1: zero.
+  RNN_MMA_HD int64_t a_offset(int64_t tile, int64_t chunk, int lane, int i) const {
+    const int64_t r = row0(tile) + a_row(lane, i), q = chunk * kK + a_col(lane, i);
+    return r < rows && q < depth ? w_offset(r, q) : -1;
+  }
+  // Where lane's B element i is in a (B = a^T: row q, column b); -1: zero.
+  RNN_MMA_HD int64_t b_offset(int64_t tile, int64_t chunk, int lane, int i) const {
+    const int64_t q = chunk * kK + b_row(lane, i), b = batch0(tile) + b_col(lane, i);
+    return q < depth && b < batch ? b * lda + q : -1;
+  }
+  // Where lane's D element i goes in c (D = c^T: row r, column b); -1: not stored.
+  RNN_MMA_HD int64_t c_offset(int64_t tile, int lane, int i) const {
+    const int64_t r = row0(tile) + c_row(lane, i), b = batch0(tile) + c_col(lane, i);
+    return r < rows && b < batch ? b * ldc + r : -1;
+  }
+};
+
+// One warp's share of the tiles (tile warp, warp + warps, ...): for each,
+// `ops.begin(tile)` (zero the accumulators), `ops.chunk(tile, chunk)` per K
+// chunk (load the A and B fragments, issue the MMA), `ops.end(tile)` (store
+// D).  The loop bounds depend on the warp only, never on the lane, so every
+// lane of a warp issues the same MMAs (mma.sync's .aligned requires it).
+// The device code (cuda/mma_tile.cuh) and the CPU emulation run this same
+// loop with their own `ops`.
+template <class Ops>
+RNN_MMA_HD void warp_tiles(const TileGemm& g, int warp, int warps, Ops& ops) {
+  const int64_t tiles = g.tiles(), chunks = g.k_chunks();
+  for (int64_t tile = warp; tile < tiles; tile += warps) {
+    ops.begin(tile);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) ops.chunk(tile, chunk);
+    ops.end(tile);
+  }
+}
+
+}  // namespace mma
+}  // namespace rnn_ext
