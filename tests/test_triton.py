@@ -842,3 +842,85 @@ def test_direct_api_defaults_and_rank_check():
         rnn_triton.lstm(g[0], w, b)
     with pytest.raises(RuntimeError, match="input_gates must be 3-D"):
         rnn_triton.gru(g[0], w[:12], b[:12])
+
+
+# ------------------------------------------------ grid: resident weights ----
+class KwargsRecorder:
+    """Wraps a kernel to record the keyword arguments of its launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.kwargs = kernel, []
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def recorded(*args, **kwargs):
+            self.kwargs.append(kwargs)
+            return launch(*args, **kwargs)
+        return recorded
+
+
+def _record_grid_kernels(monkeypatch, kind):
+    cell = kind.split("_")[0]
+    recorders = {}
+    for way in ("fwd", "bwd"):
+        name = f"{cell}_{way}_grid_kernel"
+        recorders[way] = KwargsRecorder(getattr(S.K, name))
+        monkeypatch.setattr(S.K, name, recorders[way])
+    return recorders
+
+
+# (kind, T, B, H, dtype, lengths, programs): one program (H within one unit
+# tile: one launch of the whole sequence, as the interpreter runs it) or
+# cdiv(H, BLOCK_N) programs (one launch per step); B = 18 spans two batch
+# tiles; H not a multiple of the tile; lengths with empty rows.
+RESIDENT_CASES = [
+    ("lstm", 4, 3, 20, torch.float32, [4, 1, 0], 1),
+    ("lstm", 3, 18, 32, torch.float32, None, 1),
+    ("lstm", 3, 5, 37, torch.float64, [3, 1, 0, 2, 3], 3),
+    ("lstm", 3, 5, 70, torch.float32, [2, 3, 1, 0, 3], 3),
+    ("gru", 4, 3, 20, torch.float32, [4, 1, 0], 1),
+    ("gru", 3, 18, 32, torch.float32, [3, 1, 0, 2, 3, 3] * 3, 1),
+    ("gru", 3, 5, 37, torch.float64, None, 3),
+    ("gru", 3, 5, 70, torch.float32, [2, 3, 1, 0, 3], 3),
+    ("rnn_tanh", 4, 3, 20, torch.float32, [4, 1, 0], 1),
+    ("rnn_tanh", 3, 18, 32, torch.float32, None, 1),
+    ("rnn_tanh", 3, 5, 37, torch.float64, [3, 1, 0, 2, 3], 3),
+    ("rnn_relu", 4, 3, 20, torch.float32, None, 1),
+    ("rnn_relu", 3, 5, 70, torch.float32, [2, 3, 1, 0, 3], 3),
+    ("rnn_relu", 3, 18, 16, torch.float64, [3, 1, 0, 2, 3, 3] * 3, 1),
+]
+
+
+def _resident_id(case):
+    kind, T, B, H, dtype, lengths, programs = case
+    return f"{kind}-T{T}-B{B}-H{H}-{str(dtype)[-7:]}-{'len' if lengths else 'full'}-K{programs}"
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("case", RESIDENT_CASES, ids=[_resident_id(c) for c in RESIDENT_CASES])
+def test_grid_resident_matches_reference(case, bias, monkeypatch):
+    """The grid kernels with W_hh kept resident (one tl.dot per step against
+    the tile each program loaded before the time loop): outputs, workspace
+    and every gradient (h0 and c0 included) against the fp64 reference,
+    buffers poisoned with NaN.  fp32 runs under the rule; fp64 (not a speed
+    dtype, so the rule declines it) is forced by GRID_RESIDENT for a tight
+    comparison.  The launches are checked to be the resident ones."""
+    kind, T, B, H, dtype, lengths, programs = case
+    monkeypatch.setattr(S, "POISON_BUFFERS", True)
+    monkeypatch.setattr(S, "GRID_RESIDENT", True if dtype == torch.float64 else None)
+    if programs > 1:
+        monkeypatch.setattr(S, "GRID_PROGRAMS", programs)
+        monkeypatch.setattr(S, "GRID_STEPWISE", True)
+    assert programs == -(-H // S._grid_tiles(dtype)[1])
+    recorders = _record_grid_kernels(monkeypatch, kind)
+    args = make_args(kind, T, B, H, 0, bias, dtype)
+    tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    check_against_reference(kind, args, lengths, "grid", tol)
+    n_gates = {"lstm": 4, "gru": 3}.get(kind, 1)
+    for way, rec in recorders.items():
+        assert rec.kwargs, way
+        for kw in rec.kwargs:
+            assert kw["RESIDENT"] is True, way
+            want = S.resident_tile_shape(n_gates, H, H, dtype, way == "bwd")[1]
+            assert kw["BLOCK_R"] == want >= (n_gates * H if way == "bwd" else H)
