@@ -828,7 +828,12 @@ def gru_bwd_persistent_kernel(
 # functions over every batch tile and its own units, then all programs meet
 # at a grid barrier (two with a projection, whose columns are split by the
 # same rule).  W_hh is streamed from global memory (L2) in BLOCK_K chunks
-# each step, as the step kernels read it, so every hidden size runs.
+# each step, as the step kernels read it, so every hidden size runs; or,
+# with RESIDENT (the host's rule: each program owns exactly one unit tile
+# and its weights fit a budget, see _sequence.why_not_resident), each
+# program loads its share of W_hh once before the time loop and multiplies
+# by it with one tl.dot per step (_resident_tile, _times).  BLOCK_R is the
+# resident tile's row count (0 when streamed).
 #
 # Steps [s_begin, s_end) of the loop run (forward: t = s; backward:
 # t = T - 1 - s); PHASES picks the phases of a projected step (1: the
