@@ -356,24 +356,28 @@ def check_cases():
             cases.append((labels, sequence_launches(cell, 2, 64, H, P, torch_dt, "grid")))
     # The grid kernels with W_hh resident, at the largest hidden size the
     # rule admits for both directions (the tiles at the budget), one program
-    # per unit tile as the rule requires; H - 1 (not a multiple of 16, the
-    # same tiles) for the LSTM and the GRU in fp32 and fp16.
+    # per unit tile as the rule requires: H a multiple of 16 and not (the
+    # budget depends on it), every cell; bf16 (fp16's budget and tiles) for
+    # the aligned sizes only.
     for dt, torch_dt in DTYPES.items():
         if torch_dt not in S.RESIDENT_BUDGET:
             continue
         for cell in ("lstm", "gru", "rnn_tanh", "rnn_relu"):
-            H = largest_resident_h({"lstm": 4, "gru": 3}.get(cell, 1), torch_dt)
-            for h in (H, H - 1) if cell in ("lstm", "gru") and dt in ("fp32", "fp16") else (H,):
-                cases.append(resident_grid_case(cell, dt, h))
+            for is_aligned in (True, False) if dt != "bf16" else (True,):
+                H = largest_resident_h({"lstm": 4, "gru": 3}.get(cell, 1), torch_dt, is_aligned)
+                cases.append(resident_grid_case(cell, dt, H))
     return cases
 
 
-def largest_resident_h(n_gates, dtype, limit=4096):
-    """The largest H whose grid kernels, forward and backward, keep W_hh
-    resident under the host rule (with one program per unit tile)."""
+def largest_resident_h(n_gates, dtype, aligned=True, limit=2048):
+    """The largest H (a multiple of 16 or not) whose grid kernels, forward
+    and backward, keep W_hh resident under the host rule (with one program
+    per unit tile)."""
     block_n = S._grid_tiles(dtype)[1]
     best = None
-    for H in range(16, limit + 1, 16):
+    for H in range(16 if aligned else 17, limit + 1, 16 if aligned else 1):
+        if (H % 16 == 0) != aligned:
+            continue
         programs = triton.cdiv(H, block_n)
         if all(S.why_not_resident(n_gates, H, H, 0, dtype, programs, backward) is None
                for backward in (False, True)):

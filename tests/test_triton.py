@@ -479,14 +479,14 @@ def test_grid_resident_matches_reference(case, monkeypatch):
         for kw in rec.kwargs:
             assert kw["RESIDENT"] is True, way
             want = S.resident_tile_shape(n_gates, H, H, dtype, way == "bwd")[1]
-            assert kw["BLOCK_R"] == want >= (n_gates * H if way == "bwd" else H)
+            assert kw["BLOCK_R"] == want >= H
 
 
 def test_grid_resident_rule(monkeypatch):
     """why_not_resident: W_hh stays resident only when every program owns
     exactly one unit tile, the tiles fit the dtype's budget (fp32 64 KiB,
-    fp16/bf16 32 KiB per program), not for fp64 nor with a projection, and
-    not when the compiled kernel spills; GRID_RESIDENT forces it on (where
+    fp16/bf16 32 KiB per program, 16 KiB with H not a multiple of 16), not
+    for fp64 nor with a projection, and not when the compiled kernel spills; GRID_RESIDENT forces it on (where
     the kernel can: one tile per program, no projection) or off.  Under the
     interpreter a launch has one program, so the rule keeps the weights of
     H <= BLOCK_N resident there and streams them past it."""
@@ -497,23 +497,30 @@ def test_grid_resident_rule(monkeypatch):
     assert w(4, 128, 128, 0, f32, 4) is None and w(4, 128, 128, 0, f32, 4, backward=True) is None
     assert "3 programs for 4 unit tiles" in w(4, 128, 128, 0, f32, 3)
     assert "5 programs for 4 unit tiles" in w(4, 128, 128, 0, f32, 5)
-    # Budgets: LSTM forward 4 x [pad(K), 32], backward 1 x [pad(4H), 32].
+    # Budgets: LSTM 4 x [pad(H), 32] each way.
     assert S.resident_bytes(4, 128, 128, f32, False) == 64 * 1024 == S.resident_bytes(4, 128, 128, f32, True)
     assert "128 KiB, over the 64 KiB budget of float32" in w(4, 256, 256, 0, f32, 8)
     assert "over the 64 KiB budget" in w(4, 129, 129, 0, f32, 5, backward=True)
     assert w(4, 128, 128, 0, f16, 4) is None and w(4, 128, 128, 0, bf16, 4, backward=True) is None
     assert "over the 32 KiB budget of float16" in w(4, 256, 256, 0, f16, 8, backward=True)
-    # GRU: the forward's three [pad(H), 32] tiles bound H at 128; the
-    # backward's one [pad(3H), 32] tile at 170.
-    assert w(3, 170, 170, 0, f32, 6, backward=True) is None
-    assert w(3, 171, 171, 0, f32, 6, backward=True) is not None
-    assert w(3, 170, 170, 0, f32, 6) is not None and w(3, 128, 128, 0, f32, 4) is None
+    # GRU: three [pad(H), 32] tiles each way bound H at 128; RNN's one at 512.
+    assert w(3, 128, 128, 0, f32, 4, backward=True) is None and w(3, 128, 128, 0, f32, 4) is None
+    assert w(3, 129, 129, 0, f32, 5, backward=True) is not None and w(3, 129, 129, 0, f16, 5) is not None
     assert w(1, 512, 512, 0, f32, 16) is None and w(1, 513, 513, 0, bf16, 17) is not None
+    # H not a multiple of 16: fp16/bf16 at half the budget (their backward
+    # spills at 32 KiB there), fp32 at the same.
+    assert "over the 16 KiB budget of float16 with H not a multiple of 16" in w(4, 127, 127, 0, f16, 4)
+    assert w(4, 63, 63, 0, f16, 2, backward=True) is None and w(4, 127, 127, 0, f32, 4) is None
+    assert w(4, 112, 112, 0, bf16, 4) is None and w(4, 111, 111, 0, bf16, 4) is not None
     # Not for fp64, nor with a projection; not when the kernel spills.
     assert "float64" in w(4, 32, 32, 0, f64, 2)
     assert "projection" in w(4, 64, 32, 32, f32, 2)
-    assert w(4, 64, 64, 0, f32, 2, spill_bytes=S.GRID_STACK_BYTES) is None
-    assert "spills (24 bytes" in w(4, 64, 64, 0, f32, 2, spill_bytes=24)
+    # The compiled kernel: a stack frame of at most 16 bytes below the
+    # register cap is not spill; more, or any at 255 registers, is.
+    assert w(4, 64, 64, 0, f32, 2, spill_bytes=S.GRID_STACK_BYTES, registers=80) is None
+    assert "spills (24 bytes of local memory per thread at 80 registers)" in w(4, 64, 64, 0, f32, 2,
+                                                                               spill_bytes=24, registers=80)
+    assert "spills (16 bytes" in w(4, 128, 128, 0, f16, 4, backward=True, spill_bytes=16, registers=255)
     # The test switch.
     monkeypatch.setattr(S, "GRID_RESIDENT", True)
     assert w(4, 32, 32, 0, f64, 2) is None and w(4, 1024, 1024, 0, f32, 32, spill_bytes=999) is None
@@ -861,10 +868,11 @@ def test_sm90_resident_grid_kernels_fit(sm90):
     """The grid kernels with W_hh resident, at the largest H the rule admits
     (the tiles at RESIDENT_BUDGET) and one program per unit tile, as a
     launch compiles them for an H100: every grid kernel, fp32, fp16 and
-    bf16, within sm_90's shared memory and with no more local memory than
-    the streamed grid kernels (GRID_STACK_BYTES), so the rule's budget
-    admits nothing that spills; the tile is held in shared memory (the
-    compiled kernel's shared memory covers it)."""
+    bf16, H a multiple of 16 and not, within sm_90's shared memory and
+    without spill as the rule judges it on a GPU (spills_registers: no more
+    than the streamed grid kernels' small stack, none at the register cap),
+    so the budget admits nothing that spills; the tiles are staged in shared
+    memory (the compiled kernel's shared memory covers them)."""
     resident = [r for r in sm90 if r["strategy"] == "grid-resident"]
     assert {r["kernel"] for r in resident} == {n for n in dir(S.K) if n.endswith("_grid_kernel")}
     assert {r["dtype"] for r in resident} == {"fp32", "fp16", "bf16"}
@@ -879,9 +887,11 @@ def test_sm90_resident_grid_kernels_fit(sm90):
         tiles, rows, cols = S.resident_tile_shape(n_gates, r["H"], r["H"], dtype, backward)
         assert cx["BLOCK_R"] == rows and cols == cx["BLOCK_N"]
         assert r["shared_bytes"] >= S.resident_bytes(n_gates, r["H"], r["H"], dtype, backward), r
-        # At the budget: the rule admits it, and the next unit tile would be refused.
-        assert S.why_not_resident(n_gates, r["H"], r["H"], 0, dtype, r["programs"], backward) is None
-        bigger = 2 * S._pad(r["H"])
+        # At the budget: the rule admits it, compiled as it is (no spill), and
+        # the next tile size (of the same alignment) would be refused.
+        assert S.why_not_resident(n_gates, r["H"], r["H"], 0, dtype, r["programs"], backward,
+                                  r["spill_bytes"], r["registers"]) is None, r
+        bigger = 2 * S._pad(r["H"]) - (0 if r["H"] % 16 == 0 else 1)
         assert S.why_not_resident(n_gates, bigger, bigger, 0, dtype, -(-bigger // cols), backward) is not None, r
 
 

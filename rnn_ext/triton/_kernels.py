@@ -276,7 +276,8 @@ def row_product_kernel(
 
 
 @triton.jit
-def _lstm_bwd_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, m_tile, KA, gy_ptr, ghn_ptr, ws_ptr,
+def _lstm_bwd_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, wt_i, wt_f, wt_g, wt_o, KA, gy_ptr, ghn_ptr,
+                   ws_ptr,
                    ws_prev_ptr, c0_ptr, gws_ptr, dc_ptr, dg_ptr, len_ptr, t, T, B, H,
                    offs_b, offs_n, n_end, first,
                    ADD_GRAD: tl.constexpr, HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr,
@@ -287,8 +288,23 @@ def _lstm_bwd_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, m_tile, KA, g
     L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
     active = (t < L)[:, None]
     dh = tl.zeros([offs_b.shape[0], offs_n.shape[0]], dtype=ACC)
-    dh = _times(dh, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, m_tile, offs_b, offs_n,
-                B, n_end, KA, RESIDENT, PRECISION, BLOCK_K)
+    if RESIDENT:
+        # One gate's rows of W_hh at a time (wt_*: [pad(H), BLOCK_N] each):
+        # the A operand one gate wide, not 4H -- a product with one
+        # [pad(4H), BLOCK_N] tile spilled in fp16 on sm_90 (H = 127).
+        # KA is 4H or 0 (no step after the last).
+        kg = tl.minimum(KA, H)
+        dh = _times(dh, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, wt_i, offs_b, offs_n,
+                    B, n_end, kg, RESIDENT, PRECISION, BLOCK_K)
+        dh = _times(dh, a_ptr + H, a_stride, m_ptr, m_stride_k, m_stride_n, wt_f, offs_b, offs_n,
+                    B, n_end, kg, RESIDENT, PRECISION, BLOCK_K)
+        dh = _times(dh, a_ptr + 2 * H, a_stride, m_ptr, m_stride_k, m_stride_n, wt_g, offs_b, offs_n,
+                    B, n_end, kg, RESIDENT, PRECISION, BLOCK_K)
+        dh = _times(dh, a_ptr + 3 * H, a_stride, m_ptr, m_stride_k, m_stride_n, wt_o, offs_b, offs_n,
+                    B, n_end, kg, RESIDENT, PRECISION, BLOCK_K)
+    else:
+        dh = _times(dh, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, m_ptr, offs_b, offs_n,
+                    B, n_end, KA, RESIDENT, PRECISION, BLOCK_K)
     state = offs_b[:, None] * H + offs_n[None, :]
     if ADD_GRAD:
         dh += tl.load(gy_ptr + state, mask=mask, other=0.0).to(ACC)
@@ -347,7 +363,8 @@ def lstm_bwd_step_kernel(
     last step) without a projection, d_proj_t @ W_hr with one."""
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _lstm_bwd_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, m_ptr, KA, gy_ptr, ghn_ptr, ws_ptr,
+    _lstm_bwd_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, m_ptr, m_ptr, m_ptr, m_ptr, KA, gy_ptr,
+                   ghn_ptr, ws_ptr,
                    ws_prev_ptr, c0_ptr, gws_ptr, dc_ptr, dg_ptr, len_ptr, t, T, B, H,
                    offs_b, offs_n, H, FIRST, ADD_GRAD, HAS_LEN, HAS_GWS, False, PRECISION, BLOCK_K)
 
@@ -413,7 +430,7 @@ def gru_fwd_step_kernel(
 
 
 @triton.jit
-def _gru_bwd_tile(dhh_next_ptr, KA, w_ptr, w_tile, gy_ptr, hprev_ptr, ws_ptr, gws_ptr, carry_ptr, dg_ptr,
+def _gru_bwd_tile(dhh_next_ptr, KA, w_ptr, wt_r, wt_z, wt_n, gy_ptr, hprev_ptr, ws_ptr, gws_ptr, carry_ptr, dg_ptr,
                   dhh_ptr, len_ptr, t, T, B, H, offs_b, offs_n, n_end,
                   HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, RESIDENT: tl.constexpr,
                   PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -424,8 +441,18 @@ def _gru_bwd_tile(dhh_next_ptr, KA, w_ptr, w_tile, gy_ptr, hprev_ptr, ws_ptr, gw
     active = (t < L)[:, None]
     state = offs_b[:, None] * H + offs_n[None, :]
     dh = tl.load(carry_ptr + state, mask=mask, other=0.0)
-    dh = _times(dh, dhh_next_ptr, 3 * H, w_ptr, H, 1, w_tile, offs_b, offs_n, B, n_end, KA,
-                RESIDENT, PRECISION, BLOCK_K)
+    if RESIDENT:
+        # One gate's rows at a time, as in _lstm_bwd_tile; KA is 3H or 0.
+        kg = tl.minimum(KA, H)
+        dh = _times(dh, dhh_next_ptr, 3 * H, w_ptr, H, 1, wt_r, offs_b, offs_n, B, n_end, kg,
+                    RESIDENT, PRECISION, BLOCK_K)
+        dh = _times(dh, dhh_next_ptr + H, 3 * H, w_ptr, H, 1, wt_z, offs_b, offs_n, B, n_end, kg,
+                    RESIDENT, PRECISION, BLOCK_K)
+        dh = _times(dh, dhh_next_ptr + 2 * H, 3 * H, w_ptr, H, 1, wt_n, offs_b, offs_n, B, n_end, kg,
+                    RESIDENT, PRECISION, BLOCK_K)
+    else:
+        dh = _times(dh, dhh_next_ptr, 3 * H, w_ptr, H, 1, w_ptr, offs_b, offs_n, B, n_end, KA,
+                    RESIDENT, PRECISION, BLOCK_K)
     dh += tl.load(gy_ptr + state, mask=mask, other=0.0).to(ACC)
 
     ws = ws_ptr + offs_b[:, None] * (4 * H) + offs_n[None, :]
@@ -476,7 +503,7 @@ def gru_bwd_step_kernel(
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _gru_bwd_tile(dhh_next_ptr, KA, w_ptr, w_ptr, gy_ptr, hprev_ptr, ws_ptr, gws_ptr, carry_ptr, dg_ptr,
+    _gru_bwd_tile(dhh_next_ptr, KA, w_ptr, w_ptr, w_ptr, w_ptr, gy_ptr, hprev_ptr, ws_ptr, gws_ptr, carry_ptr, dg_ptr,
                   dhh_ptr, len_ptr, t, T, B, H, offs_b, offs_n, H, HAS_LEN, HAS_GWS, False, PRECISION, BLOCK_K)
 
 # ------------------------------------------- persistent strategy: LSTM ----
@@ -951,11 +978,18 @@ def lstm_bwd_grid_kernel(
     rows = tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_N)
     if RESIDENT:
-        # The program's columns of W_hh, every gate's rows: [BLOCK_R >= 4H, BLOCK_N].
+        # The program's columns of W_hh, one tile per gate's rows: [BLOCK_R >= H, BLOCK_N].
         tl.static_assert(not PROJ)
-        w_tile = _resident_tile(w_ptr + u0, H, 1, cols, u1 - u0, 4 * H, BLOCK_R)
+        wc = w_ptr + u0
+        wt_i = _resident_tile(wc, H, 1, cols, u1 - u0, H, BLOCK_R)
+        wt_f = _resident_tile(wc + H * H, H, 1, cols, u1 - u0, H, BLOCK_R)
+        wt_g = _resident_tile(wc + 2 * H * H, H, 1, cols, u1 - u0, H, BLOCK_R)
+        wt_o = _resident_tile(wc + 3 * H * H, H, 1, cols, u1 - u0, H, BLOCK_R)
     else:
-        w_tile = w_ptr
+        wt_i = w_ptr
+        wt_f = w_ptr
+        wt_g = w_ptr
+        wt_o = w_ptr
     for s in range(s_begin, s_end):
         t = T - 1 - s
         first = t == 0
@@ -976,7 +1010,8 @@ def lstm_bwd_grid_kernel(
             if PHASES >= 2:
                 for b0 in range(0, B, BLOCK_B):
                     for n0 in range(u0, u1, BLOCK_N):
-                        _lstm_bwd_tile(dproj_ptr + step * K, K, wr_ptr, H, 1, wr_ptr, K, gy_ptr, ghn_ptr,
+                        _lstm_bwd_tile(dproj_ptr + step * K, K, wr_ptr, H, 1, wr_ptr, wr_ptr, wr_ptr, wr_ptr,
+                                       K, gy_ptr, ghn_ptr,
                                        ws_ptr + step * (5 * H), ws_ptr + prev * (5 * H), c0_ptr,
                                        gws_ptr + step * (5 * H), dc_ptr, dg_ptr + step * (4 * H), len_ptr,
                                        t, T, B, H, b0 + rows, n0 + cols, u1, first,
@@ -985,7 +1020,8 @@ def lstm_bwd_grid_kernel(
         else:
             for b0 in range(0, B, BLOCK_B):
                 for n0 in range(u0, u1, BLOCK_N):
-                    _lstm_bwd_tile(nxt, 4 * H, w_ptr, H, 1, w_tile, k_next, gy_ptr + step * H, ghn_ptr,
+                    _lstm_bwd_tile(nxt, 4 * H, w_ptr, H, 1, wt_i, wt_f, wt_g, wt_o, k_next, gy_ptr + step * H,
+                                   ghn_ptr,
                                    ws_ptr + step * (5 * H), ws_ptr + prev * (5 * H), c0_ptr,
                                    gws_ptr + step * (5 * H), dc_ptr, dg_ptr + step * (4 * H), len_ptr,
                                    t, T, B, H, b0 + rows, n0 + cols, u1, first,
@@ -1047,10 +1083,15 @@ def gru_bwd_grid_kernel(
     rows = tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_N)
     if RESIDENT:
-        # The program's columns of W_hh, every gate's rows: [BLOCK_R >= 3H, BLOCK_N].
-        w_tile = _resident_tile(w_ptr + u0, H, 1, cols, u1 - u0, 3 * H, BLOCK_R)
+        # The program's columns of W_hh, one tile per gate's rows: [BLOCK_R >= H, BLOCK_N].
+        wc = w_ptr + u0
+        wt_r = _resident_tile(wc, H, 1, cols, u1 - u0, H, BLOCK_R)
+        wt_z = _resident_tile(wc + H * H, H, 1, cols, u1 - u0, H, BLOCK_R)
+        wt_n = _resident_tile(wc + 2 * H * H, H, 1, cols, u1 - u0, H, BLOCK_R)
     else:
-        w_tile = w_ptr
+        wt_r = w_ptr
+        wt_z = w_ptr
+        wt_n = w_ptr
     for s in range(s_begin, s_end):
         t = T - 1 - s
         step = tl.cast(t, tl.int64) * B
@@ -1059,7 +1100,7 @@ def gru_bwd_grid_kernel(
         hprev = tl.where(t == 0, h0_ptr, y_ptr + tl.cast(tl.maximum(t - 1, 0), tl.int64) * B * H)
         for b0 in range(0, B, BLOCK_B):
             for n0 in range(u0, u1, BLOCK_N):
-                _gru_bwd_tile(nxt, k_next, w_ptr, w_tile, gy_ptr + step * H, hprev, ws_ptr + step * (4 * H),
+                _gru_bwd_tile(nxt, k_next, w_ptr, wt_r, wt_z, wt_n, gy_ptr + step * H, hprev, ws_ptr + step * (4 * H),
                               gws_ptr + step * (4 * H), carry_ptr, dg_ptr + step * (3 * H),
                               dhh_ptr + step * (3 * H), len_ptr, t, T, B, H, b0 + rows, n0 + cols, u1,
                               HAS_LEN, HAS_GWS, RESIDENT, PRECISION, BLOCK_K)

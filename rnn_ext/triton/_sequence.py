@@ -232,14 +232,15 @@ def grid_programs(chunks, sms, blocks_per_sm):
 
 
 def _device_programs(kernel, chunks, like, args, kwargs):
-    """(K, spill) for a real launch: K is the device's SM count times the
-    blocks per SM of the kernel as compiled (registers, shared memory);
-    spill, the bytes per thread the compiled kernel spills (0 where nothing
-    is compiled: under the interpreter or with GRID_PROGRAMS set)."""
+    """(K, local, registers) for a real launch: K is the device's SM count
+    times the blocks per SM of the kernel as compiled (registers, shared
+    memory); local, the bytes of local memory per thread of the compiled
+    kernel (0 where nothing is compiled: under the interpreter or with
+    GRID_PROGRAMS set)."""
     if GRID_PROGRAMS is not None:
-        return GRID_PROGRAMS, 0
+        return GRID_PROGRAMS, 0, 0
     if _interpreting() or not like.is_cuda:
-        return 1, 0  # programs run one after another: only K = 1 passes a barrier
+        return 1, 0, 0  # programs run one after another: only K = 1 passes a barrier
     props = torch.cuda.get_device_properties(like.device)
     compiled = kernel.warmup(*args, grid=(1,), **kwargs)
     init = getattr(compiled, "_init_handles", None)
@@ -249,7 +250,8 @@ def _device_programs(kernel, chunks, like, args, kwargs):
         kwargs.get("num_warps", 4), getattr(compiled, "n_regs", 0), compiled.metadata.shared,
         props.max_threads_per_multi_processor, props.regs_per_multiprocessor,
         props.shared_memory_per_multiprocessor)
-    return grid_programs(chunks, props.multi_processor_count, per_sm), getattr(compiled, "n_spills", 0) or 0
+    return (grid_programs(chunks, props.multi_processor_count, per_sm), getattr(compiled, "n_spills", 0) or 0,
+            getattr(compiled, "n_regs", 0) or 0)
 
 
 # ------------------------------------------------ resident weights ----
@@ -257,25 +259,45 @@ def _device_programs(kernel, chunks, like, args, kwargs):
 # program count equals cdiv(H, BLOCK_N)) can load its share of W_hh once,
 # before the time loop, and keep it for the whole sequence: forward, each
 # gate's W_hh^T rows of its units, G tiles of [pad(K), BLOCK_N]; backward,
-# W_hh's columns of its units over every gate's rows, one tile of
-# [pad(G*H), BLOCK_N].  Each step's product is then one tl.dot against
-# the kept tile (_kernels._times) instead of BLOCK_K chunks read from L2.
-# Compiled for sm_90, Triton keeps the tile where it stages a dot operand:
-# in shared memory (metadata["shared"] grows by the tile's bytes or twice
-# them), with the registers near the streamed kernel's.  RESIDENT_BUDGET
-# bounds the tiles' bytes per program at the largest power of two at which
-# every resident grid kernel compiled (tests/_triton_sm90.py, every cell,
-# forward and backward) within sm_90's shared memory and without spill;
-# the next one up does not (fp32 at 128 KiB: the LSTM and GRU backward need
-# 256 KiB of shared memory; fp16/bf16 at 64 KiB: the LSTM backward spills
-# 648 bytes, the GRU backward 2.6 KB; the numbers are in benchmarks/NOTES.md).
-# On a GPU the kernel as compiled there is checked too: no more local
-# memory than GRID_STACK_BYTES.
+# W_hh's columns of its units, one tile of [pad(H), BLOCK_N] per gate's
+# rows.  Each step's product is then one tl.dot per tile against the kept
+# tiles (_kernels._times) instead of BLOCK_K chunks read from L2.
+# Compiled for sm_90, Triton stages the tiles in shared memory (the
+# kernel's shared memory grows by about the tiles' bytes) and, for the
+# fp16/bf16 tensor-core dots, holds them in registers as well, in the dot
+# operand layout (about 100 registers more than streamed at 32 KiB).  The
+# budget bounds the tiles' bytes per program where every resident grid
+# kernel compiled (tests/_triton_sm90.py, every cell, forward and backward)
+# within sm_90's shared memory, without spill and below the register cap
+# (numbers in benchmarks/NOTES.md): fp32 64 KiB (at 128 KiB the LSTM
+# backward needs 256 KiB of shared memory); fp16/bf16 32 KiB with H a
+# multiple of 16, which Triton's launcher specialises on (the LSTM backward
+# at 254 registers; at 64 KiB the LSTM and GRU backward sit at the cap of
+# 255), else 16 KiB (at 32 KiB, H = 100 or 127, the LSTM and GRU backward
+# reach 255 registers and spill 16 bytes; at 16 KiB, H = 63, 250 and 168
+# registers).  On a GPU the kernel as compiled there is checked too
+# (spills_registers).
 RESIDENT_BUDGET = {torch.float32: 64 * 1024, torch.float16: 32 * 1024, torch.bfloat16: 32 * 1024}
+RESIDENT_BUDGET_UNALIGNED = {torch.float32: 64 * 1024, torch.float16: 16 * 1024, torch.bfloat16: 16 * 1024}
 # The local memory (stack frame) cuobjdump reports for a few fp32 grid
 # kernels at 64-84 registers, weights streamed or resident alike (so not
-# register pressure): at most 16 bytes.  More counts as spill.
+# register pressure): at most 16 bytes.
 GRID_STACK_BYTES = 16
+MAX_REGISTERS = 255
+
+
+def spills_registers(local_bytes, registers):
+    """Whether a compiled kernel's local memory is register spill: more than
+    the small stack frame, or any at the register cap."""
+    return local_bytes > GRID_STACK_BYTES or (local_bytes > 0 and registers >= MAX_REGISTERS)
+
+
+def resident_budget(dtype, H):
+    """Bytes of resident W_hh tiles a program may hold (None: not kept)."""
+    table = RESIDENT_BUDGET if H % 16 == 0 else RESIDENT_BUDGET_UNALIGNED
+    return table.get(dtype)
+
+
 # Test hook: None, the rule decides; True, resident wherever the kernel can
 # be (one unit tile per program, no projection), whatever the dtype, the
 # budget and the spill; False, never.
@@ -283,9 +305,10 @@ GRID_RESIDENT = None
 
 
 def resident_tile_shape(n_gates, H, K, dtype, backward):
-    """(tiles, rows, columns) of a grid program's resident W_hh."""
+    """(tiles, rows, columns) of a grid program's resident W_hh: one tile per
+    gate, over the K inputs (forward) or the gate's H rows (backward)."""
     bn = _grid_tiles(dtype)[1]
-    return (1, _pad(n_gates * H), bn) if backward else (n_gates, _pad(K), bn)
+    return n_gates, _pad(H if backward else K), bn
 
 
 def resident_bytes(n_gates, H, K, dtype, backward):
@@ -293,7 +316,7 @@ def resident_bytes(n_gates, H, K, dtype, backward):
     return tiles * rows * columns * torch.empty((), dtype=dtype).element_size()
 
 
-def why_not_resident(n_gates, H, K, P, dtype, programs, backward=False, spill_bytes=0):
+def why_not_resident(n_gates, H, K, P, dtype, programs, backward=False, spill_bytes=0, registers=0):
     """None if a grid launch of `programs` programs keeps its W_hh tiles
     resident, else the reason (the rule; GRID_RESIDENT overrides it in tests)."""
     chunks = triton.cdiv(H, _grid_tiles(dtype)[1])
@@ -306,15 +329,19 @@ def why_not_resident(n_gates, H, K, P, dtype, programs, backward=False, spill_by
         return None
     if GRID_RESIDENT is False:
         return "switched off (GRID_RESIDENT = False)"
-    if dtype not in RESIDENT_BUDGET:
-        return f"{str(dtype).replace('torch.', '')} weights are not kept resident (not a speed dtype)"
-    need, budget = resident_bytes(n_gates, H, K, dtype, backward), RESIDENT_BUDGET[dtype]
+    name = str(dtype).replace('torch.', '')
+    budget = resident_budget(dtype, H)
+    if budget is None:
+        return f"{name} weights are not kept resident (not a speed dtype)"
+    need = resident_bytes(n_gates, H, K, dtype, backward)
     if need > budget:
         tiles, rows, columns = resident_tile_shape(n_gates, H, K, dtype, backward)
+        aligned = "" if H % 16 == 0 else " with H not a multiple of 16"
         return (f"{tiles} x [{rows}, {columns}] tiles of W_hh per program are {need // 1024} KiB, over the "
-                f"{budget // 1024} KiB budget of {str(dtype).replace('torch.', '')}")
-    if spill_bytes > GRID_STACK_BYTES:
-        return f"the resident kernel as compiled spills ({spill_bytes} bytes of local memory per thread)"
+                f"{budget // 1024} KiB budget of {name}{aligned}")
+    if spills_registers(spill_bytes, registers):
+        return (f"the resident kernel as compiled spills ({spill_bytes} bytes of local memory per thread "
+                f"at {registers} registers)")
     return None
 
 
@@ -344,12 +371,12 @@ def launch_grid(kernel, like, T, units, cols, block_n, args, kwargs, rule):
         # Sized (and checked for spill) as the resident kernel compiles.
         block_r = resident_tile_shape(n_gates, H, Kd, dtype, backward)[1]
         kw = dict(kwargs, RESIDENT=True, BLOCK_R=block_r)
-        programs, spill = _device_programs(kernel, chunks, like, args, dict(kw, launch_cooperative_grid=True))
-        resident = why_not_resident(n_gates, H, Kd, P, dtype, programs, backward, spill) is None
+        programs, local, regs = _device_programs(kernel, chunks, like, args, dict(kw, launch_cooperative_grid=True))
+        resident = why_not_resident(n_gates, H, Kd, P, dtype, programs, backward, local, regs) is None
         if resident:
             kwargs = kw
     if not resident:
-        programs, _ = _device_programs(kernel, chunks, like, args, dict(kwargs, launch_cooperative_grid=True))
+        programs = _device_programs(kernel, chunks, like, args, dict(kwargs, launch_cooperative_grid=True))[0]
     kwargs["units_ptr"] = slice_table(units, programs, block_n, like.device)
     if phased:
         kwargs["cols_ptr"] = slice_table(cols, programs, block_n, like.device) if cols else kwargs["units_ptr"]
