@@ -263,9 +263,9 @@ def _device_programs(kernel, chunks, like, args, kwargs):
 # rows.  Each step's product is then one tl.dot per tile against the kept
 # tiles (_kernels._times) instead of BLOCK_K chunks read from L2.
 # Compiled for sm_90, Triton stages the tiles in shared memory (the
-# kernel's shared memory grows by about the tiles' bytes) and, for the
-# fp16/bf16 tensor-core dots, holds them in registers as well, in the dot
-# operand layout (about 100 registers more than streamed at 32 KiB).  The
+# kernel's shared memory grows by at least the tiles' bytes) and, for the
+# fp16/bf16 tensor-core dots, apparently in registers as well (the fp16
+# LSTM backward: 156 registers streamed, 254 resident at 32 KiB).  The
 # budget bounds the tiles' bytes per program where every resident grid
 # kernel compiled (tests/_triton_sm90.py, every cell, forward and backward)
 # within sm_90's shared memory, without spill and below the register cap
@@ -273,7 +273,7 @@ def _device_programs(kernel, chunks, like, args, kwargs):
 # backward needs 256 KiB of shared memory); fp16/bf16 32 KiB with H a
 # multiple of 16, which Triton's launcher specialises on (the LSTM backward
 # at 254 registers; at 64 KiB the LSTM and GRU backward sit at the cap of
-# 255), else 16 KiB (at 32 KiB, H = 100 or 127, the LSTM and GRU backward
+# 255 and the RNN backward spills 40 bytes), else 16 KiB (at 32 KiB, H = 100 or 127, the LSTM and GRU backward
 # reach 255 registers and spill 16 bytes; at 16 KiB, H = 63, 250 and 168
 # registers).  On a GPU the kernel as compiled there is checked too
 # (spills_registers).
