@@ -309,7 +309,8 @@ def check_cases():
     tile) x alignment of H (a multiple of 16 or not): the largest size "auto"
     admits and the next size up (which must not fit); one persistent case
     with no optional input; the step kernels with their largest tiles; the
-    grid kernels (every cell, with and without projection).
+    grid kernels (every cell, with and without projection), and with W_hh
+    resident at the largest size the rule admits.
     (fp32 with TF32 dots, not PyTorch's default, is in the table, not
     recompiled here.)"""
     cases = []
@@ -353,7 +354,52 @@ def check_cases():
             labels = dict(family=cell + ("_proj" if P else ""), dtype=dt, H=H, P=P, B=64,
                           precision="ieee", strategy="grid")
             cases.append((labels, sequence_launches(cell, 2, 64, H, P, torch_dt, "grid")))
+    # The grid kernels with W_hh resident, at the largest hidden size the
+    # rule admits for both directions (the tiles at the budget), one program
+    # per unit tile as the rule requires: H a multiple of 16 and not (the
+    # budget depends on it), every cell; bf16 (fp16's budget and tiles) for
+    # the aligned sizes only.
+    for dt, torch_dt in DTYPES.items():
+        if torch_dt not in S.RESIDENT_BUDGET:
+            continue
+        for cell in ("lstm", "gru", "rnn_tanh", "rnn_relu"):
+            for is_aligned in (True, False) if dt != "bf16" else (True,):
+                H = largest_resident_h({"lstm": 4, "gru": 3}.get(cell, 1), torch_dt, is_aligned)
+                cases.append(resident_grid_case(cell, dt, H))
     return cases
+
+
+def largest_resident_h(n_gates, dtype, aligned=True, limit=2048):
+    """The largest H (a multiple of 16 or not) whose grid kernels, forward
+    and backward, keep W_hh resident under the host rule (with one program
+    per unit tile)."""
+    block_n = S._grid_tiles(dtype)[1]
+    best = None
+    for H in range(16 if aligned else 17, limit + 1, 16 if aligned else 1):
+        if (H % 16 == 0) != aligned:
+            continue
+        programs = triton.cdiv(H, block_n)
+        if all(S.why_not_resident(n_gates, H, H, 0, dtype, programs, backward) is None
+               for backward in (False, True)):
+            best = H
+    return best
+
+
+def resident_grid_case(cell, dt, H):
+    """The launches of a layer's grid kernels with as many programs as unit
+    tiles (what the rule asks of a device), so that the rule keeps W_hh
+    resident."""
+    torch_dt = DTYPES[dt]
+    programs = triton.cdiv(H, S._grid_tiles(torch_dt)[1])
+    saved = S.GRID_PROGRAMS
+    S.GRID_PROGRAMS = programs
+    try:
+        launches = sequence_launches(cell, 2, 64, H, 0, torch_dt, "grid")
+    finally:
+        S.GRID_PROGRAMS = saved
+    labels = dict(family=cell, dtype=dt, H=H, P=0, B=64, precision="ieee", strategy="grid-resident",
+                  programs=programs)
+    return labels, launches
 
 
 if __name__ == "__main__":

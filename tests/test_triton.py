@@ -305,9 +305,10 @@ def test_grid_with_k_programs_matches_reference(kind, P, programs, monkeypatch):
     assert counter.launches >= T * (2 if P else 1)  # forward ran stepwise (and backward too)
 
 
-def _count_launches(monkeypatch, host, *args):
+def _count_launches(monkeypatch, host, *args, resident=None):
     """Kernel launches host(*args) makes; nothing runs (the count is the
-    host code's), so the sizes can be large under the interpreter."""
+    host code's), so the sizes can be large under the interpreter.
+    resident: a dict to collect each kernel's RESIDENT flags in."""
     counts = {}
 
     class Stub:
@@ -317,6 +318,8 @@ def _count_launches(monkeypatch, host, *args):
         def __getitem__(self, grid):
             def launch(*a, **k):
                 counts[self.name] = counts.get(self.name, 0) + 1
+                if resident is not None and "RESIDENT" in k:
+                    resident.setdefault(self.name, set()).add(k["RESIDENT"])
             return launch
     for n in dir(S.K):
         if n.endswith("_kernel"):
@@ -329,18 +332,30 @@ def _z(*shape, dtype=torch.float32):
     return torch.zeros(*shape, dtype=dtype, device=DEVICE)
 
 
+@pytest.mark.parametrize("resident", [False, True], ids=["one-program", "program-per-tile"])
 @pytest.mark.parametrize("cell,H,P", [("lstm", 256, 0), ("lstm", 256, 128), ("gru", 256, 0), ("rnn", 256, 0),
-                                      ("lstm", 40, 0), ("gru", 100, 0)])
-def test_launch_count_does_not_grow_with_the_sequence(cell, H, P, monkeypatch):
+                                      ("lstm", 40, 0), ("gru", 100, 0), ("lstm", 128, 0), ("rnn", 512, 0)])
+def test_launch_count_does_not_grow_with_the_sequence(cell, H, P, resident, monkeypatch):
     """The issue's done-when: at hidden sizes where the single-program
     kernel does not fit, a forward and a training step (forward and
     backward) launch as many kernels at T = 12 as at T = 4: one per layer
-    direction each way under "auto" -- where the step loop launched T (2T)."""
+    direction each way under "auto" -- where the step loop launched T (2T).
+    With one program per unit tile (as a GPU sizes the grid), the launches
+    keep W_hh resident exactly where the rule says (fp32: up to 64 KiB of
+    tiles per program, no projection) and are still one per direction;
+    with one program (the interpreter's launches) nothing is resident past
+    one unit tile."""
     n_gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
     Kd = P or H
     assert not S.use_persistent(n_gates, H, Kd, P, torch.float32)
     B, f32 = 3, torch.float32
     L = torch.tensor([2, 4, 1])
+    chunks = -(-max(H, P) // S._grid_tiles(f32)[1])
+    if resident:
+        monkeypatch.setattr(S, "GRID_PROGRAMS", chunks)
+        # The stubs run nothing, so a launch of many programs is only counted.
+        monkeypatch.setattr(S, "_interpreting", lambda: False)
+    flags = {}
 
     def forward_and_backward(T, strategy):
         acc = S.acc_dtype(f32)
@@ -348,20 +363,21 @@ def test_launch_count_does_not_grow_with_the_sequence(cell, H, P, monkeypatch):
             gx, w, b = _z(T, B, 4 * H), _z(4 * H, Kd), _z(4 * H)
             w_hr = _z(P, H) if P else None
             h0, c0 = _z(B, Kd), _z(B, H)
-            fwd = _count_launches(monkeypatch, S.lstm_forward, gx, w, b, w_hr, h0, c0, L, strategy)
+            fwd = _count_launches(monkeypatch, S.lstm_forward, gx, w, b, w_hr, h0, c0, L, strategy,
+                                  resident=flags)
             bwd = _count_launches(monkeypatch, S.lstm_backward, _z(T, B, Kd), _z(B, Kd), _z(B, H), w, w_hr, h0,
                                   c0, _z(T, B, Kd), _z(T, B, 5 * H, dtype=acc), _z(T if P else 0, B, H), L,
-                                  None, strategy)
+                                  None, strategy, resident=flags)
         elif cell == "gru":
             gx, w, b, h0 = _z(T, B, 3 * H), _z(3 * H, H), _z(3 * H), _z(B, H)
-            fwd = _count_launches(monkeypatch, S.gru_forward, gx, w, b, h0, L, strategy)
+            fwd = _count_launches(monkeypatch, S.gru_forward, gx, w, b, h0, L, strategy, resident=flags)
             bwd = _count_launches(monkeypatch, S.gru_backward, _z(T, B, H), _z(B, H), w, h0, _z(T, B, H),
-                                  _z(T, B, 4 * H, dtype=acc), L, None, strategy)
+                                  _z(T, B, 4 * H, dtype=acc), L, None, strategy, resident=flags)
         else:
             gx, w, b, h0 = _z(T, B, H), _z(H, H), _z(H), _z(B, H)
-            fwd = _count_launches(monkeypatch, S.rnn_forward, gx, w, b, h0, L, False, strategy)
+            fwd = _count_launches(monkeypatch, S.rnn_forward, gx, w, b, h0, L, False, strategy, resident=flags)
             bwd = _count_launches(monkeypatch, S.rnn_backward, _z(T, B, H), _z(B, H), w, h0, _z(T, B, H),
-                                  _z(T, B, H, dtype=acc), L, None, False, strategy)
+                                  _z(T, B, H, dtype=acc), L, None, False, strategy, resident=flags)
         return fwd, bwd
 
     short, long_ = forward_and_backward(4, "auto"), forward_and_backward(12, "auto")
@@ -369,9 +385,164 @@ def test_launch_count_does_not_grow_with_the_sequence(cell, H, P, monkeypatch):
     fwd, bwd = short
     kind = "rnn" if cell == "rnn" else cell
     assert fwd == {f"{kind}_fwd_grid_kernel": 1} and bwd == {f"{kind}_bwd_grid_kernel": 1}
+    for way, backward in (("fwd", False), ("bwd", True)):
+        want = resident and S.why_not_resident(n_gates, H, Kd, P, f32, chunks, backward) is None
+        assert flags[f"{kind}_{way}_grid_kernel"] == {want}, (way, flags)
+    # Within the fp32 budget (and without a projection) the tiles are resident.
+    if resident and not P and (cell, H) in (("lstm", 40), ("gru", 100), ("lstm", 128), ("rnn", 256), ("rnn", 512)):
+        assert flags == {f"{kind}_fwd_grid_kernel": {True}, f"{kind}_bwd_grid_kernel": {True}}
     # The counter sees the step loop grow with T.
     step_short, step_long = forward_and_backward(4, "step"), forward_and_backward(12, "step")
     assert sum(step_long[0].values()) > sum(step_short[0].values()) >= 4
+
+
+# ------------------------------------------------ grid: resident weights ----
+class KwargsRecorder:
+    """Wraps a kernel to record the keyword arguments of its launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.kwargs = kernel, []
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def recorded(*args, **kwargs):
+            self.kwargs.append(kwargs)
+            return launch(*args, **kwargs)
+        return recorded
+
+
+def _record_grid_kernels(monkeypatch, kind):
+    cell = kind.split("_")[0]
+    recorders = {}
+    for way in ("fwd", "bwd"):
+        name = f"{cell}_{way}_grid_kernel"
+        recorders[way] = KwargsRecorder(getattr(S.K, name))
+        monkeypatch.setattr(S.K, name, recorders[way])
+    return recorders
+
+
+# (kind, T, B, H, dtype, lengths, programs, bias): one program (H within one unit
+# tile: one launch of the whole sequence, as the interpreter runs it) or
+# cdiv(H, BLOCK_N) programs (one launch per step); B = 18 spans two batch
+# tiles; H not a multiple of the tile; lengths with empty rows.
+RESIDENT_CASES = [
+    ("lstm", 4, 3, 20, torch.float32, [4, 1, 0], 1, True),
+    ("lstm", 3, 18, 32, torch.float32, None, 1, False),
+    ("lstm", 3, 5, 33, torch.float32, [3, 1, 0, 2, 3], 2, True),
+    ("lstm", 3, 5, 37, torch.float64, [3, 1, 0, 2, 3], 3, True),
+    ("lstm", 3, 5, 70, torch.float32, [2, 3, 1, 0, 3], 3, False),
+    ("lstm", 5, 2, 16, torch.float64, [5, 0], 1, True),
+    ("gru", 4, 3, 20, torch.float32, [4, 1, 0], 1, True),
+    ("gru", 3, 18, 32, torch.float32, [3, 1, 0, 2, 3, 3] * 3, 1, True),
+    ("gru", 3, 5, 37, torch.float64, None, 3, False),
+    ("gru", 3, 5, 48, torch.float32, [1, 3, 0, 2, 3], 2, True),
+    ("gru", 3, 5, 70, torch.float32, [2, 3, 1, 0, 3], 3, True),
+    ("rnn_tanh", 4, 3, 20, torch.float32, [4, 1, 0], 1, True),
+    ("rnn_tanh", 3, 18, 32, torch.float32, None, 1, False),
+    ("rnn_tanh", 3, 5, 37, torch.float64, [3, 1, 0, 2, 3], 3, True),
+    ("rnn_tanh", 3, 5, 64, torch.float32, [3, 3, 0, 1, 2], 2, True),
+    ("rnn_relu", 4, 3, 20, torch.float32, None, 1, False),
+    ("rnn_relu", 3, 5, 70, torch.float32, [2, 3, 1, 0, 3], 3, True),
+    ("rnn_relu", 3, 18, 16, torch.float64, [3, 1, 0, 2, 3, 3] * 3, 1, True),
+]
+
+
+def _resident_id(case):
+    kind, T, B, H, dtype, lengths, programs, bias = case
+    return (f"{kind}-T{T}-B{B}-H{H}-{str(dtype)[-7:]}-{'len' if lengths else 'full'}-K{programs}-"
+            f"{'bias' if bias else 'nobias'}")
+
+
+@pytest.mark.parametrize("case", RESIDENT_CASES, ids=[_resident_id(c) for c in RESIDENT_CASES])
+def test_grid_resident_matches_reference(case, monkeypatch):
+    """The grid kernels with W_hh kept resident (one tl.dot per step against
+    the tile each program loaded before the time loop): outputs, workspace
+    and every gradient (h0 and c0 included) against the fp64 reference,
+    buffers poisoned with NaN.  fp32 runs under the rule; fp64 (not a speed
+    dtype, so the rule declines it) is forced by GRID_RESIDENT for a tight
+    comparison.  The launches are checked to be the resident ones."""
+    kind, T, B, H, dtype, lengths, programs, bias = case
+    monkeypatch.setattr(S, "POISON_BUFFERS", True)
+    monkeypatch.setattr(S, "GRID_RESIDENT", True if dtype == torch.float64 else None)
+    if programs > 1:
+        monkeypatch.setattr(S, "GRID_PROGRAMS", programs)
+        monkeypatch.setattr(S, "GRID_STEPWISE", True)
+    assert programs == -(-H // S._grid_tiles(dtype)[1])
+    recorders = _record_grid_kernels(monkeypatch, kind)
+    args = make_args(kind, T, B, H, 0, bias, dtype)
+    tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    check_against_reference(kind, args, lengths, "grid", tol)
+    n_gates = {"lstm": 4, "gru": 3}.get(kind, 1)
+    for way, rec in recorders.items():
+        assert rec.kwargs, way
+        for kw in rec.kwargs:
+            assert kw["RESIDENT"] is True, way
+            want = S.resident_tile_shape(n_gates, H, H, dtype, way == "bwd")[1]
+            assert kw["BLOCK_R"] == want >= H
+
+
+def test_grid_resident_rule(monkeypatch):
+    """why_not_resident: W_hh stays resident only when every program owns
+    exactly one unit tile, the tiles fit the dtype's budget (fp32 64 KiB,
+    fp16/bf16 32 KiB per program, 16 KiB with H not a multiple of 16), not
+    for fp64 nor with a projection, and not when the compiled kernel spills; GRID_RESIDENT forces it on (where
+    the kernel can: one tile per program, no projection) or off.  Under the
+    interpreter a launch has one program, so the rule keeps the weights of
+    H <= BLOCK_N resident there and streams them past it."""
+    f32, f16, bf16, f64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
+    w = S.why_not_resident
+    assert S._grid_tiles(f32)[1] == S._grid_tiles(f16)[1] == 32
+    # One unit tile per program: 4 programs for H = 128 (BLOCK_N = 32).
+    assert w(4, 128, 128, 0, f32, 4) is None and w(4, 128, 128, 0, f32, 4, backward=True) is None
+    assert "3 programs for 4 unit tiles" in w(4, 128, 128, 0, f32, 3)
+    assert "5 programs for 4 unit tiles" in w(4, 128, 128, 0, f32, 5)
+    # Budgets: LSTM 4 x [pad(H), 32] each way.
+    assert S.resident_bytes(4, 128, 128, f32, False) == 64 * 1024 == S.resident_bytes(4, 128, 128, f32, True)
+    assert "128 KiB, over the 64 KiB budget of float32" in w(4, 256, 256, 0, f32, 8)
+    assert "over the 64 KiB budget" in w(4, 129, 129, 0, f32, 5, backward=True)
+    assert w(4, 128, 128, 0, f16, 4) is None and w(4, 128, 128, 0, bf16, 4, backward=True) is None
+    assert "over the 32 KiB budget of float16" in w(4, 256, 256, 0, f16, 8, backward=True)
+    # GRU: three [pad(H), 32] tiles each way bound H at 128; RNN's one at 512.
+    assert w(3, 128, 128, 0, f32, 4, backward=True) is None and w(3, 128, 128, 0, f32, 4) is None
+    assert w(3, 129, 129, 0, f32, 5, backward=True) is not None and w(3, 129, 129, 0, f16, 5) is not None
+    assert w(1, 512, 512, 0, f32, 16) is None and w(1, 513, 513, 0, bf16, 17) is not None
+    # H not a multiple of 16: fp16/bf16 at half the budget (their backward
+    # spills at 32 KiB there), fp32 at the same.
+    assert "over the 16 KiB budget of float16 with H not a multiple of 16" in w(4, 127, 127, 0, f16, 4)
+    assert w(4, 63, 63, 0, f16, 2, backward=True) is None and w(4, 127, 127, 0, f32, 4) is None
+    assert w(4, 112, 112, 0, bf16, 4) is None and w(4, 111, 111, 0, bf16, 4) is not None
+    # Not for fp64, nor with a projection; not when the kernel spills.
+    assert "float64" in w(4, 32, 32, 0, f64, 2)
+    assert "projection" in w(4, 64, 32, 32, f32, 2)
+    # The compiled kernel: a stack frame of at most 16 bytes below the
+    # register cap is not spill; more, or any at 255 registers, is.
+    assert w(4, 64, 64, 0, f32, 2, spill_bytes=S.GRID_STACK_BYTES, registers=80) is None
+    assert "spills (24 bytes of local memory per thread at 80 registers)" in w(4, 64, 64, 0, f32, 2,
+                                                                               spill_bytes=24, registers=80)
+    assert "spills (16 bytes" in w(4, 128, 128, 0, f16, 4, backward=True, spill_bytes=16, registers=255)
+    # The test switch.
+    monkeypatch.setattr(S, "GRID_RESIDENT", True)
+    assert w(4, 32, 32, 0, f64, 2) is None and w(4, 1024, 1024, 0, f32, 32, spill_bytes=999) is None
+    assert "projection" in w(4, 64, 32, 32, f32, 2) and "unit tiles" in w(4, 128, 128, 0, f32, 1)
+    monkeypatch.setattr(S, "GRID_RESIDENT", False)
+    assert "GRID_RESIDENT" in w(4, 128, 128, 0, f32, 4)
+    monkeypatch.setattr(S, "GRID_RESIDENT", None)
+
+    # What the launches do under the interpreter (one program each).
+    def resident_flags(kind, H, dtype, P=0):
+        recorders = _record_grid_kernels(monkeypatch, kind)
+        args = make_args(kind, 2, 3, H, P, True, dtype)
+        outs = run(kind, args, None, "grid")
+        grads(outs, args)
+        flags = {way: {kw["RESIDENT"] for kw in rec.kwargs} for way, rec in recorders.items()}
+        monkeypatch.undo()
+        return flags
+    assert resident_flags("gru", 32, f32) == {"fwd": {True}, "bwd": {True}}
+    assert resident_flags("gru", 33, f32) == {"fwd": {False}, "bwd": {False}}
+    assert resident_flags("rnn_tanh", 9, f16) == {"fwd": {True}, "bwd": {True}}
+    assert resident_flags("lstm", 16, f64) == {"fwd": {False}, "bwd": {False}}
+    assert resident_flags("lstm", 12, f32, P=8) == {"fwd": {False}, "bwd": {False}}
 
 
 # -------------------------------------------------- parity with reference ----
@@ -663,8 +834,9 @@ def sm90():
 
 # What cuobjdump reports as the stack of a few fp32 grid kernels at 64-128
 # registers (so not register pressure): at most 16 bytes; every other grid
-# kernel has none.
-GRID_STACK_BYTES = 16
+# kernel has none.  The resident rule allows the same on a GPU.
+GRID_STACK_BYTES = S.GRID_STACK_BYTES
+assert GRID_STACK_BYTES == 16
 
 
 def _fits(r):
@@ -687,7 +859,40 @@ def test_kernels_compile_for_sm90(sm90):
             assert _fits(r), r
         if r["strategy"] == "grid":  # every grid configuration "auto" or a name can launch
             assert r["shared_bytes"] <= S._fit.SM90_SHARED_LIMIT and r["spill_bytes"] <= GRID_STACK_BYTES, r
+            assert r["constexprs"]["RESIDENT"] is False, r  # one program per launch here: streamed
     assert {r["kernel"] for r in sm90 if r["strategy"] == "grid"} == {n for n in dir(S.K) if n.endswith("_grid_kernel")}
+
+
+@pytest.mark.xdist_group("sm90")
+def test_sm90_resident_grid_kernels_fit(sm90):
+    """The grid kernels with W_hh resident, at the largest H the rule admits
+    (the tiles at RESIDENT_BUDGET) and one program per unit tile, as a
+    launch compiles them for an H100: every grid kernel, fp32, fp16 and
+    bf16, H a multiple of 16 and not, within sm_90's shared memory and
+    without spill as the rule judges it on a GPU (spills_registers: no more
+    than the streamed grid kernels' small stack, none at the register cap),
+    so the budget admits nothing that spills; the tiles are staged in shared
+    memory (the compiled kernel's shared memory covers them)."""
+    resident = [r for r in sm90 if r["strategy"] == "grid-resident"]
+    assert {r["kernel"] for r in resident} == {n for n in dir(S.K) if n.endswith("_grid_kernel")}
+    assert {r["dtype"] for r in resident} == {"fp32", "fp16", "bf16"}
+    assert any(r["H"] % 16 for r in resident) and any(r["H"] % 16 == 0 for r in resident)
+    for r in resident:
+        cx = r["constexprs"]
+        assert cx["RESIDENT"] is True and r["programs"] == -(-r["H"] // cx["BLOCK_N"]), r
+        assert r["shared_bytes"] <= S._fit.SM90_SHARED_LIMIT and r["spill_bytes"] <= GRID_STACK_BYTES, r
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[r["dtype"]]
+        n_gates = {"lstm": 4, "gru": 3}.get(r["family"], 1)
+        backward = "_bwd_" in r["kernel"]
+        tiles, rows, cols = S.resident_tile_shape(n_gates, r["H"], r["H"], dtype, backward)
+        assert cx["BLOCK_R"] == rows and cols == cx["BLOCK_N"]
+        assert r["shared_bytes"] >= S.resident_bytes(n_gates, r["H"], r["H"], dtype, backward), r
+        # At the budget: the rule admits it, compiled as it is (no spill), and
+        # the next tile size (of the same alignment) would be refused.
+        assert S.why_not_resident(n_gates, r["H"], r["H"], 0, dtype, r["programs"], backward,
+                                  r["spill_bytes"], r["registers"]) is None, r
+        bigger = 2 * S._pad(r["H"]) - (0 if r["H"] % 16 == 0 else 1)
+        assert S.why_not_resident(n_gates, bigger, bigger, 0, dtype, -(-bigger // cols), backward) is not None, r
 
 
 @pytest.mark.xdist_group("sm90")

@@ -98,6 +98,34 @@ def _rows_times(acc, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, offs_b, off
     return acc
 
 
+@triton.jit
+def _resident_tile(m_ptr, m_stride_k, m_stride_n, offs_n, N, KA, BLOCK_R: tl.constexpr):
+    """M[0:KA, offs_n] as one [BLOCK_R, len(offs_n)] tile, zero past KA and
+    N (same addressing as _rows_times): a grid program's share of W_hh,
+    loaded once before the time loop when the weights stay resident."""
+    kk = tl.arange(0, BLOCK_R)
+    return tl.load(m_ptr + kk[:, None] * m_stride_k + offs_n[None, :] * m_stride_n,
+                   mask=(kk[:, None] < KA) & (offs_n[None, :] < N), other=0.0)
+
+
+@triton.jit
+def _times(acc, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, tile, offs_b, offs_n, B, N, KA,
+           RESIDENT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc += A[offs_b, 0:KA] @ M[0:KA, offs_n], the one product of every
+    tile function.  RESIDENT: M's tile is `tile` (from _resident_tile, kept
+    by the program across steps), one tl.dot with A's rows read whole;
+    else M is read from global memory in BLOCK_K chunks (`tile` unused)."""
+    if RESIDENT:
+        kk = tl.arange(0, tile.shape[0])
+        a = tl.load(a_ptr + offs_b[:, None] * a_stride + kk[None, :],
+                    mask=(offs_b[:, None] < B) & (kk[None, :] < KA), other=0.0)
+        acc = tl.dot(a, tile, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+    else:
+        acc = _rows_times(acc, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, offs_b, offs_n,
+                          B, N, KA, PRECISION, BLOCK_K)
+    return acc
+
+
 # ------------------------------------------------- step strategy: LSTM ----
 # Each step kernel is a thin wrapper over a tile function: the (batch rows
 # offs_b, hidden units offs_n) block of one step.  The grid kernels (below)
@@ -107,10 +135,11 @@ def _rows_times(acc, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, offs_b, off
 # (t == 0) is a constexpr in the step kernels and a runtime flag in the grid
 # kernels.
 @triton.jit
-def _lstm_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, c0_ptr, h0_ptr, ws_prev_ptr, ws_ptr, hout_ptr,
-                   hn_ptr, cn_ptr, len_ptr, t, T, B, H, K, offs_b, offs_n, n_end, first,
+def _lstm_fwd_tile(gx_ptr, hprev_ptr, w_ptr, wt_i, wt_f, wt_g, wt_o, b_ptr, c0_ptr, h0_ptr, ws_prev_ptr,
+                   ws_ptr, hout_ptr, hn_ptr, cn_ptr, len_ptr, t, T, B, H, K, offs_b, offs_n, n_end, first,
                    HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, WRITE_HN: tl.constexpr,
-                   PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+                   RESIDENT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    # wt_*: the gates' resident tiles of W_hh^T (if RESIDENT, see _times).
     ACC = ws_ptr.dtype.element_ty
     DT = hout_ptr.dtype.element_ty
     nm = offs_n < n_end
@@ -119,10 +148,14 @@ def _lstm_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, c0_ptr, h0_ptr, ws_prev_ptr,
     active = (t < L)[:, None]
 
     zero = tl.zeros([offs_b.shape[0], offs_n.shape[0]], dtype=ACC)
-    acc_i = _rows_times(zero, hprev_ptr, K, w_ptr, 1, K, offs_b, offs_n, B, n_end, K, PRECISION, BLOCK_K)
-    acc_f = _rows_times(zero, hprev_ptr, K, w_ptr + H * K, 1, K, offs_b, offs_n, B, n_end, K, PRECISION, BLOCK_K)
-    acc_g = _rows_times(zero, hprev_ptr, K, w_ptr + 2 * H * K, 1, K, offs_b, offs_n, B, n_end, K, PRECISION, BLOCK_K)
-    acc_o = _rows_times(zero, hprev_ptr, K, w_ptr + 3 * H * K, 1, K, offs_b, offs_n, B, n_end, K, PRECISION, BLOCK_K)
+    acc_i = _times(zero, hprev_ptr, K, w_ptr, 1, K, wt_i, offs_b, offs_n, B, n_end, K,
+                   RESIDENT, PRECISION, BLOCK_K)
+    acc_f = _times(zero, hprev_ptr, K, w_ptr + H * K, 1, K, wt_f, offs_b, offs_n, B, n_end, K,
+                   RESIDENT, PRECISION, BLOCK_K)
+    acc_g = _times(zero, hprev_ptr, K, w_ptr + 2 * H * K, 1, K, wt_g, offs_b, offs_n, B, n_end, K,
+                   RESIDENT, PRECISION, BLOCK_K)
+    acc_o = _times(zero, hprev_ptr, K, w_ptr + 3 * H * K, 1, K, wt_o, offs_b, offs_n, B, n_end, K,
+                   RESIDENT, PRECISION, BLOCK_K)
 
     gx = gx_ptr + offs_b[:, None] * (4 * H) + offs_n[None, :]
     acc_i += tl.load(gx, mask=mask, other=0.0).to(ACC)
@@ -188,9 +221,9 @@ def lstm_fwd_step_kernel(
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _lstm_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, c0_ptr, h0_ptr, ws_prev_ptr, ws_ptr, hout_ptr,
-                   hn_ptr, cn_ptr, len_ptr, t, T, B, H, K, offs_b, offs_n, H, FIRST,
-                   HAS_BIAS, HAS_LEN, WRITE_HN, PRECISION, BLOCK_K)
+    _lstm_fwd_tile(gx_ptr, hprev_ptr, w_ptr, w_ptr, w_ptr, w_ptr, w_ptr, b_ptr, c0_ptr, h0_ptr, ws_prev_ptr,
+                   ws_ptr, hout_ptr, hn_ptr, cn_ptr, len_ptr, t, T, B, H, K, offs_b, offs_n, H, FIRST,
+                   HAS_BIAS, HAS_LEN, WRITE_HN, False, PRECISION, BLOCK_K)
 
 
 @triton.jit
@@ -243,19 +276,35 @@ def row_product_kernel(
 
 
 @triton.jit
-def _lstm_bwd_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, KA, gy_ptr, ghn_ptr, ws_ptr,
+def _lstm_bwd_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, wt_i, wt_f, wt_g, wt_o, KA, gy_ptr, ghn_ptr,
+                   ws_ptr,
                    ws_prev_ptr, c0_ptr, gws_ptr, dc_ptr, dg_ptr, len_ptr, t, T, B, H,
                    offs_b, offs_n, n_end, first,
                    ADD_GRAD: tl.constexpr, HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr,
-                   PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+                   RESIDENT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     ACC = ws_ptr.dtype.element_ty
     DT = dg_ptr.dtype.element_ty
     mask = (offs_b[:, None] < B) & (offs_n[None, :] < n_end)
     L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
     active = (t < L)[:, None]
     dh = tl.zeros([offs_b.shape[0], offs_n.shape[0]], dtype=ACC)
-    dh = _rows_times(dh, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, offs_b, offs_n,
-                     B, n_end, KA, PRECISION, BLOCK_K)
+    if RESIDENT:
+        # One gate's rows of W_hh at a time (wt_*: [pad(H), BLOCK_N] each):
+        # the A operand one gate wide, not 4H -- a product with one
+        # [pad(4H), BLOCK_N] tile spilled in fp16 on sm_90 (H = 127).
+        # KA is 4H or 0 (no step after the last).
+        kg = tl.minimum(KA, H)
+        dh = _times(dh, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, wt_i, offs_b, offs_n,
+                    B, n_end, kg, RESIDENT, PRECISION, BLOCK_K)
+        dh = _times(dh, a_ptr + H, a_stride, m_ptr, m_stride_k, m_stride_n, wt_f, offs_b, offs_n,
+                    B, n_end, kg, RESIDENT, PRECISION, BLOCK_K)
+        dh = _times(dh, a_ptr + 2 * H, a_stride, m_ptr, m_stride_k, m_stride_n, wt_g, offs_b, offs_n,
+                    B, n_end, kg, RESIDENT, PRECISION, BLOCK_K)
+        dh = _times(dh, a_ptr + 3 * H, a_stride, m_ptr, m_stride_k, m_stride_n, wt_o, offs_b, offs_n,
+                    B, n_end, kg, RESIDENT, PRECISION, BLOCK_K)
+    else:
+        dh = _times(dh, a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, m_ptr, offs_b, offs_n,
+                    B, n_end, KA, RESIDENT, PRECISION, BLOCK_K)
     state = offs_b[:, None] * H + offs_n[None, :]
     if ADD_GRAD:
         dh += tl.load(gy_ptr + state, mask=mask, other=0.0).to(ACC)
@@ -314,17 +363,18 @@ def lstm_bwd_step_kernel(
     last step) without a projection, d_proj_t @ W_hr with one."""
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _lstm_bwd_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, KA, gy_ptr, ghn_ptr, ws_ptr,
+    _lstm_bwd_tile(a_ptr, a_stride, m_ptr, m_stride_k, m_stride_n, m_ptr, m_ptr, m_ptr, m_ptr, KA, gy_ptr,
+                   ghn_ptr, ws_ptr,
                    ws_prev_ptr, c0_ptr, gws_ptr, dc_ptr, dg_ptr, len_ptr, t, T, B, H,
-                   offs_b, offs_n, H, FIRST, ADD_GRAD, HAS_LEN, HAS_GWS, PRECISION, BLOCK_K)
+                   offs_b, offs_n, H, FIRST, ADD_GRAD, HAS_LEN, HAS_GWS, False, PRECISION, BLOCK_K)
 
 
 # -------------------------------------------------- step strategy: GRU ----
 @triton.jit
-def _gru_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, ws_ptr, y_ptr, hn_ptr, len_ptr, t, T, B, H,
-                  offs_b, offs_n, n_end, first,
-                  HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, PRECISION: tl.constexpr,
-                  BLOCK_K: tl.constexpr):
+def _gru_fwd_tile(gx_ptr, hprev_ptr, w_ptr, wt_r, wt_z, wt_n, b_ptr, ws_ptr, y_ptr, hn_ptr, len_ptr,
+                  t, T, B, H, offs_b, offs_n, n_end, first,
+                  HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, RESIDENT: tl.constexpr,
+                  PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     ACC = ws_ptr.dtype.element_ty
     DT = y_ptr.dtype.element_ty
     nm = offs_n < n_end
@@ -332,9 +382,12 @@ def _gru_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, ws_ptr, y_ptr, hn_ptr, len_pt
     L = _row_lengths(len_ptr, offs_b, B, T, HAS_LEN)
     active = (t < L)[:, None]
     zero = tl.zeros([offs_b.shape[0], offs_n.shape[0]], dtype=ACC)
-    hh_r = _rows_times(zero, hprev_ptr, H, w_ptr, 1, H, offs_b, offs_n, B, n_end, H, PRECISION, BLOCK_K)
-    hh_z = _rows_times(zero, hprev_ptr, H, w_ptr + H * H, 1, H, offs_b, offs_n, B, n_end, H, PRECISION, BLOCK_K)
-    hh_n = _rows_times(zero, hprev_ptr, H, w_ptr + 2 * H * H, 1, H, offs_b, offs_n, B, n_end, H, PRECISION, BLOCK_K)
+    hh_r = _times(zero, hprev_ptr, H, w_ptr, 1, H, wt_r, offs_b, offs_n, B, n_end, H,
+                  RESIDENT, PRECISION, BLOCK_K)
+    hh_z = _times(zero, hprev_ptr, H, w_ptr + H * H, 1, H, wt_z, offs_b, offs_n, B, n_end, H,
+                  RESIDENT, PRECISION, BLOCK_K)
+    hh_n = _times(zero, hprev_ptr, H, w_ptr + 2 * H * H, 1, H, wt_n, offs_b, offs_n, B, n_end, H,
+                  RESIDENT, PRECISION, BLOCK_K)
     if HAS_BIAS:
         hh_r += tl.load(b_ptr + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
         hh_z += tl.load(b_ptr + H + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
@@ -372,15 +425,15 @@ def gru_fwd_step_kernel(
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _gru_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, ws_ptr, y_ptr, hn_ptr, len_ptr, t, T, B, H,
-                  offs_b, offs_n, H, FIRST, HAS_BIAS, HAS_LEN, PRECISION, BLOCK_K)
+    _gru_fwd_tile(gx_ptr, hprev_ptr, w_ptr, w_ptr, w_ptr, w_ptr, b_ptr, ws_ptr, y_ptr, hn_ptr, len_ptr,
+                  t, T, B, H, offs_b, offs_n, H, FIRST, HAS_BIAS, HAS_LEN, False, PRECISION, BLOCK_K)
 
 
 @triton.jit
-def _gru_bwd_tile(dhh_next_ptr, KA, w_ptr, gy_ptr, hprev_ptr, ws_ptr, gws_ptr, carry_ptr, dg_ptr,
+def _gru_bwd_tile(dhh_next_ptr, KA, w_ptr, wt_r, wt_z, wt_n, gy_ptr, hprev_ptr, ws_ptr, gws_ptr, carry_ptr, dg_ptr,
                   dhh_ptr, len_ptr, t, T, B, H, offs_b, offs_n, n_end,
-                  HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, PRECISION: tl.constexpr,
-                  BLOCK_K: tl.constexpr):
+                  HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, RESIDENT: tl.constexpr,
+                  PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     ACC = ws_ptr.dtype.element_ty
     DT = dg_ptr.dtype.element_ty
     mask = (offs_b[:, None] < B) & (offs_n[None, :] < n_end)
@@ -388,7 +441,18 @@ def _gru_bwd_tile(dhh_next_ptr, KA, w_ptr, gy_ptr, hprev_ptr, ws_ptr, gws_ptr, c
     active = (t < L)[:, None]
     state = offs_b[:, None] * H + offs_n[None, :]
     dh = tl.load(carry_ptr + state, mask=mask, other=0.0)
-    dh = _rows_times(dh, dhh_next_ptr, 3 * H, w_ptr, H, 1, offs_b, offs_n, B, n_end, KA, PRECISION, BLOCK_K)
+    if RESIDENT:
+        # One gate's rows at a time, as in _lstm_bwd_tile; KA is 3H or 0.
+        kg = tl.minimum(KA, H)
+        dh = _times(dh, dhh_next_ptr, 3 * H, w_ptr, H, 1, wt_r, offs_b, offs_n, B, n_end, kg,
+                    RESIDENT, PRECISION, BLOCK_K)
+        dh = _times(dh, dhh_next_ptr + H, 3 * H, w_ptr, H, 1, wt_z, offs_b, offs_n, B, n_end, kg,
+                    RESIDENT, PRECISION, BLOCK_K)
+        dh = _times(dh, dhh_next_ptr + 2 * H, 3 * H, w_ptr, H, 1, wt_n, offs_b, offs_n, B, n_end, kg,
+                    RESIDENT, PRECISION, BLOCK_K)
+    else:
+        dh = _times(dh, dhh_next_ptr, 3 * H, w_ptr, H, 1, w_ptr, offs_b, offs_n, B, n_end, KA,
+                    RESIDENT, PRECISION, BLOCK_K)
     dh += tl.load(gy_ptr + state, mask=mask, other=0.0).to(ACC)
 
     ws = ws_ptr + offs_b[:, None] * (4 * H) + offs_n[None, :]
@@ -439,8 +503,8 @@ def gru_bwd_step_kernel(
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _gru_bwd_tile(dhh_next_ptr, KA, w_ptr, gy_ptr, hprev_ptr, ws_ptr, gws_ptr, carry_ptr, dg_ptr,
-                  dhh_ptr, len_ptr, t, T, B, H, offs_b, offs_n, H, HAS_LEN, HAS_GWS, PRECISION, BLOCK_K)
+    _gru_bwd_tile(dhh_next_ptr, KA, w_ptr, w_ptr, w_ptr, w_ptr, gy_ptr, hprev_ptr, ws_ptr, gws_ptr, carry_ptr, dg_ptr,
+                  dhh_ptr, len_ptr, t, T, B, H, offs_b, offs_n, H, HAS_LEN, HAS_GWS, False, PRECISION, BLOCK_K)
 
 # ------------------------------------------- persistent strategy: LSTM ----
 @triton.jit
@@ -791,7 +855,12 @@ def gru_bwd_persistent_kernel(
 # functions over every batch tile and its own units, then all programs meet
 # at a grid barrier (two with a projection, whose columns are split by the
 # same rule).  W_hh is streamed from global memory (L2) in BLOCK_K chunks
-# each step, as the step kernels read it, so every hidden size runs.
+# each step, as the step kernels read it, so every hidden size runs; or,
+# with RESIDENT (the host's rule: each program owns exactly one unit tile
+# and its weights fit a budget, see _sequence.why_not_resident), each
+# program loads its share of W_hh once before the time loop and multiplies
+# by it with one tl.dot per step (_resident_tile, _times).  BLOCK_R is the
+# resident tile's row count (0 when streamed).
 #
 # Steps [s_begin, s_end) of the loop run (forward: t = s; backward:
 # t = T - 1 - s); PHASES picks the phases of a projected step (1: the
@@ -836,8 +905,8 @@ def lstm_fwd_grid_kernel(
         ctr_ptr,    # int32 arrival counter, zero at launch (if SYNC)
         s_begin, s_end, T, B, H, K,
         HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, PROJ: tl.constexpr, SYNC: tl.constexpr,
-        PHASES: tl.constexpr, PRECISION: tl.constexpr,
-        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        PHASES: tl.constexpr, RESIDENT: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr):
     ACC = ws_ptr.dtype.element_ty
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
@@ -847,6 +916,20 @@ def lstm_fwd_grid_kernel(
     p1 = tl.load(cols_ptr + 2 * pid + 1)
     rows = tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_N)
+    if RESIDENT:
+        # The program's one unit tile: each gate's W_hh^T [BLOCK_R >= K, BLOCK_N]
+        # stays with it for the whole sequence (no projection: see the host rule).
+        tl.static_assert(not PROJ)
+        wt = w_ptr + u0 * K
+        wt_i = _resident_tile(wt, 1, K, cols, u1 - u0, K, BLOCK_R)
+        wt_f = _resident_tile(wt + H * K, 1, K, cols, u1 - u0, K, BLOCK_R)
+        wt_g = _resident_tile(wt + 2 * H * K, 1, K, cols, u1 - u0, K, BLOCK_R)
+        wt_o = _resident_tile(wt + 3 * H * K, 1, K, cols, u1 - u0, K, BLOCK_R)
+    else:
+        wt_i = w_ptr
+        wt_f = w_ptr
+        wt_g = w_ptr
+        wt_o = w_ptr
     for t in range(s_begin, s_end):
         first = t == 0
         step = tl.cast(t, tl.int64) * B
@@ -860,10 +943,10 @@ def lstm_fwd_grid_kernel(
         if PHASES % 2 == 1:
             for b0 in range(0, B, BLOCK_B):
                 for n0 in range(u0, u1, BLOCK_N):
-                    _lstm_fwd_tile(gx_ptr + step * (4 * H), hprev, w_ptr, b_ptr, c0_ptr, h0_ptr,
-                                   ws_ptr + prev * (5 * H), ws_ptr + step * (5 * H), hout, hn_ptr, cn_ptr,
-                                   len_ptr, t, T, B, H, K, b0 + rows, n0 + cols, u1, first,
-                                   HAS_BIAS, HAS_LEN, not PROJ, PRECISION, BLOCK_K)
+                    _lstm_fwd_tile(gx_ptr + step * (4 * H), hprev, w_ptr, wt_i, wt_f, wt_g, wt_o, b_ptr,
+                                   c0_ptr, h0_ptr, ws_ptr + prev * (5 * H), ws_ptr + step * (5 * H), hout,
+                                   hn_ptr, cn_ptr, len_ptr, t, T, B, H, K, b0 + rows, n0 + cols, u1, first,
+                                   HAS_BIAS, HAS_LEN, not PROJ, RESIDENT, PRECISION, BLOCK_K)
             _grid_barrier(ctr_ptr, programs * ((1 + PROJ) * (t - s_begin) + 1), SYNC)
         if PROJ and PHASES >= 2:
             # y_t = proj_in_t @ W_hr^T over the program's columns of P = K.
@@ -884,8 +967,8 @@ def lstm_bwd_grid_kernel(
         len_ptr, units_ptr, cols_ptr, ctr_ptr,
         s_begin, s_end, T, B, H, K,
         HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, PROJ: tl.constexpr, SYNC: tl.constexpr,
-        PHASES: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        PHASES: tl.constexpr, RESIDENT: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     u0 = tl.load(units_ptr + 2 * pid)
@@ -894,6 +977,19 @@ def lstm_bwd_grid_kernel(
     p1 = tl.load(cols_ptr + 2 * pid + 1)
     rows = tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_N)
+    if RESIDENT:
+        # The program's columns of W_hh, one tile per gate's rows: [BLOCK_R >= H, BLOCK_N].
+        tl.static_assert(not PROJ)
+        wc = w_ptr + u0
+        wt_i = _resident_tile(wc, H, 1, cols, u1 - u0, H, BLOCK_R)
+        wt_f = _resident_tile(wc + H * H, H, 1, cols, u1 - u0, H, BLOCK_R)
+        wt_g = _resident_tile(wc + 2 * H * H, H, 1, cols, u1 - u0, H, BLOCK_R)
+        wt_o = _resident_tile(wc + 3 * H * H, H, 1, cols, u1 - u0, H, BLOCK_R)
+    else:
+        wt_i = w_ptr
+        wt_f = w_ptr
+        wt_g = w_ptr
+        wt_o = w_ptr
     for s in range(s_begin, s_end):
         t = T - 1 - s
         first = t == 0
@@ -914,20 +1010,22 @@ def lstm_bwd_grid_kernel(
             if PHASES >= 2:
                 for b0 in range(0, B, BLOCK_B):
                     for n0 in range(u0, u1, BLOCK_N):
-                        _lstm_bwd_tile(dproj_ptr + step * K, K, wr_ptr, H, 1, K, gy_ptr, ghn_ptr,
+                        _lstm_bwd_tile(dproj_ptr + step * K, K, wr_ptr, H, 1, wr_ptr, wr_ptr, wr_ptr, wr_ptr,
+                                       K, gy_ptr, ghn_ptr,
                                        ws_ptr + step * (5 * H), ws_ptr + prev * (5 * H), c0_ptr,
                                        gws_ptr + step * (5 * H), dc_ptr, dg_ptr + step * (4 * H), len_ptr,
                                        t, T, B, H, b0 + rows, n0 + cols, u1, first,
-                                       False, HAS_LEN, HAS_GWS, PRECISION, BLOCK_K)
+                                       False, HAS_LEN, HAS_GWS, False, PRECISION, BLOCK_K)
                 _grid_barrier(ctr_ptr, programs * (2 * (s - s_begin) + 2), SYNC)
         else:
             for b0 in range(0, B, BLOCK_B):
                 for n0 in range(u0, u1, BLOCK_N):
-                    _lstm_bwd_tile(nxt, 4 * H, w_ptr, H, 1, k_next, gy_ptr + step * H, ghn_ptr,
+                    _lstm_bwd_tile(nxt, 4 * H, w_ptr, H, 1, wt_i, wt_f, wt_g, wt_o, k_next, gy_ptr + step * H,
+                                   ghn_ptr,
                                    ws_ptr + step * (5 * H), ws_ptr + prev * (5 * H), c0_ptr,
                                    gws_ptr + step * (5 * H), dc_ptr, dg_ptr + step * (4 * H), len_ptr,
                                    t, T, B, H, b0 + rows, n0 + cols, u1, first,
-                                   True, HAS_LEN, HAS_GWS, PRECISION, BLOCK_K)
+                                   True, HAS_LEN, HAS_GWS, RESIDENT, PRECISION, BLOCK_K)
             _grid_barrier(ctr_ptr, programs * (s - s_begin + 1), SYNC)
 
 
@@ -937,23 +1035,34 @@ def gru_fwd_grid_kernel(
         ws_ptr,  # [T, B, 4H]
         y_ptr,   # [T, B, H]
         hn_ptr, units_ptr, ctr_ptr, s_begin, s_end, T, B, H,
-        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, SYNC: tl.constexpr, PRECISION: tl.constexpr,
-        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, SYNC: tl.constexpr, RESIDENT: tl.constexpr,
+        PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        BLOCK_R: tl.constexpr):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     u0 = tl.load(units_ptr + 2 * pid)
     u1 = tl.load(units_ptr + 2 * pid + 1)
     rows = tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_N)
+    if RESIDENT:
+        # Each gate's W_hh^T [BLOCK_R >= H, BLOCK_N] of the program's one unit tile.
+        wt = w_ptr + u0 * H
+        wt_r = _resident_tile(wt, 1, H, cols, u1 - u0, H, BLOCK_R)
+        wt_z = _resident_tile(wt + H * H, 1, H, cols, u1 - u0, H, BLOCK_R)
+        wt_n = _resident_tile(wt + 2 * H * H, 1, H, cols, u1 - u0, H, BLOCK_R)
+    else:
+        wt_r = w_ptr
+        wt_z = w_ptr
+        wt_n = w_ptr
     for t in range(s_begin, s_end):
         first = t == 0
         step = tl.cast(t, tl.int64) * B
         hprev = tl.where(first, h0_ptr, y_ptr + tl.cast(tl.maximum(t - 1, 0), tl.int64) * B * H)
         for b0 in range(0, B, BLOCK_B):
             for n0 in range(u0, u1, BLOCK_N):
-                _gru_fwd_tile(gx_ptr + step * (3 * H), hprev, w_ptr, b_ptr, ws_ptr + step * (4 * H),
-                              y_ptr + step * H, hn_ptr, len_ptr, t, T, B, H, b0 + rows, n0 + cols, u1, first,
-                              HAS_BIAS, HAS_LEN, PRECISION, BLOCK_K)
+                _gru_fwd_tile(gx_ptr + step * (3 * H), hprev, w_ptr, wt_r, wt_z, wt_n, b_ptr,
+                              ws_ptr + step * (4 * H), y_ptr + step * H, hn_ptr, len_ptr, t, T, B, H,
+                              b0 + rows, n0 + cols, u1, first, HAS_BIAS, HAS_LEN, RESIDENT, PRECISION, BLOCK_K)
         _grid_barrier(ctr_ptr, programs * (t - s_begin + 1), SYNC)
 
 
@@ -964,14 +1073,25 @@ def gru_bwd_grid_kernel(
         dg_ptr,     # out [T, B, 3H]
         dhh_ptr,    # out [T, B, 3H]
         len_ptr, units_ptr, ctr_ptr, s_begin, s_end, T, B, H,
-        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, SYNC: tl.constexpr, PRECISION: tl.constexpr,
-        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, SYNC: tl.constexpr, RESIDENT: tl.constexpr,
+        PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        BLOCK_R: tl.constexpr):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     u0 = tl.load(units_ptr + 2 * pid)
     u1 = tl.load(units_ptr + 2 * pid + 1)
     rows = tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_N)
+    if RESIDENT:
+        # The program's columns of W_hh, one tile per gate's rows: [BLOCK_R >= H, BLOCK_N].
+        wc = w_ptr + u0
+        wt_r = _resident_tile(wc, H, 1, cols, u1 - u0, H, BLOCK_R)
+        wt_z = _resident_tile(wc + H * H, H, 1, cols, u1 - u0, H, BLOCK_R)
+        wt_n = _resident_tile(wc + 2 * H * H, H, 1, cols, u1 - u0, H, BLOCK_R)
+    else:
+        wt_r = w_ptr
+        wt_z = w_ptr
+        wt_n = w_ptr
     for s in range(s_begin, s_end):
         t = T - 1 - s
         step = tl.cast(t, tl.int64) * B
@@ -980,10 +1100,10 @@ def gru_bwd_grid_kernel(
         hprev = tl.where(t == 0, h0_ptr, y_ptr + tl.cast(tl.maximum(t - 1, 0), tl.int64) * B * H)
         for b0 in range(0, B, BLOCK_B):
             for n0 in range(u0, u1, BLOCK_N):
-                _gru_bwd_tile(nxt, k_next, w_ptr, gy_ptr + step * H, hprev, ws_ptr + step * (4 * H),
+                _gru_bwd_tile(nxt, k_next, w_ptr, wt_r, wt_z, wt_n, gy_ptr + step * H, hprev, ws_ptr + step * (4 * H),
                               gws_ptr + step * (4 * H), carry_ptr, dg_ptr + step * (3 * H),
                               dhh_ptr + step * (3 * H), len_ptr, t, T, B, H, b0 + rows, n0 + cols, u1,
-                              HAS_LEN, HAS_GWS, PRECISION, BLOCK_K)
+                              HAS_LEN, HAS_GWS, RESIDENT, PRECISION, BLOCK_K)
         _grid_barrier(ctr_ptr, programs * (s - s_begin + 1), SYNC)
 
 
@@ -1007,10 +1127,10 @@ def _rnn_act_grad(h, dh, RELU: tl.constexpr):
 
 
 @triton.jit
-def _rnn_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, ws_ptr, y_ptr, hn_ptr, len_ptr, t, T, B, H,
+def _rnn_fwd_tile(gx_ptr, hprev_ptr, w_ptr, w_tile, b_ptr, ws_ptr, y_ptr, hn_ptr, len_ptr, t, T, B, H,
                   offs_b, offs_n, n_end, first,
                   HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, RELU: tl.constexpr,
-                  PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+                  RESIDENT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     ACC = ws_ptr.dtype.element_ty
     DT = y_ptr.dtype.element_ty
     nm = offs_n < n_end
@@ -1019,7 +1139,8 @@ def _rnn_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, ws_ptr, y_ptr, hn_ptr, len_pt
     active = (t < L)[:, None]
     state = offs_b[:, None] * H + offs_n[None, :]
     pre = tl.load(gx_ptr + state, mask=mask, other=0.0).to(ACC)
-    pre = _rows_times(pre, hprev_ptr, H, w_ptr, 1, H, offs_b, offs_n, B, n_end, H, PRECISION, BLOCK_K)
+    pre = _times(pre, hprev_ptr, H, w_ptr, 1, H, w_tile, offs_b, offs_n, B, n_end, H,
+                 RESIDENT, PRECISION, BLOCK_K)
     if HAS_BIAS:
         pre += tl.load(b_ptr + offs_n, mask=nm, other=0.0).to(ACC)[None, :]
     h_acc = _rnn_act(pre, RELU)
@@ -1046,15 +1167,15 @@ def rnn_fwd_step_kernel(
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _rnn_fwd_tile(gx_ptr, hprev_ptr, w_ptr, b_ptr, ws_ptr, y_ptr, hn_ptr, len_ptr, t, T, B, H,
-                  offs_b, offs_n, H, FIRST, HAS_BIAS, HAS_LEN, RELU, PRECISION, BLOCK_K)
+    _rnn_fwd_tile(gx_ptr, hprev_ptr, w_ptr, w_ptr, b_ptr, ws_ptr, y_ptr, hn_ptr, len_ptr, t, T, B, H,
+                  offs_b, offs_n, H, FIRST, HAS_BIAS, HAS_LEN, RELU, False, PRECISION, BLOCK_K)
 
 
 @triton.jit
-def _rnn_bwd_tile(dg_next_ptr, KA, w_ptr, gy_ptr, ghn_ptr, ws_ptr, gws_ptr, dg_ptr, len_ptr,
+def _rnn_bwd_tile(dg_next_ptr, KA, w_ptr, w_tile, gy_ptr, ghn_ptr, ws_ptr, gws_ptr, dg_ptr, len_ptr,
                   t, T, B, H, offs_b, offs_n, n_end,
                   HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, RELU: tl.constexpr,
-                  PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+                  RESIDENT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     ACC = ws_ptr.dtype.element_ty
     DT = dg_ptr.dtype.element_ty
     mask = (offs_b[:, None] < B) & (offs_n[None, :] < n_end)
@@ -1063,7 +1184,8 @@ def _rnn_bwd_tile(dg_next_ptr, KA, w_ptr, gy_ptr, ghn_ptr, ws_ptr, gws_ptr, dg_p
     state = offs_b[:, None] * H + offs_n[None, :]
     dh = tl.load(gy_ptr + state, mask=mask, other=0.0).to(ACC)
     dh += tl.load(ghn_ptr + state, mask=mask & (t == L - 1)[:, None], other=0.0).to(ACC)
-    dh = _rows_times(dh, dg_next_ptr, H, w_ptr, H, 1, offs_b, offs_n, B, n_end, KA, PRECISION, BLOCK_K)
+    dh = _times(dh, dg_next_ptr, H, w_ptr, H, 1, w_tile, offs_b, offs_n, B, n_end, KA,
+                RESIDENT, PRECISION, BLOCK_K)
     if HAS_GWS:
         dh += tl.load(gws_ptr + state, mask=mask, other=0.0)
     h = tl.load(ws_ptr + state, mask=mask, other=0.0)
@@ -1088,8 +1210,8 @@ def rnn_bwd_step_kernel(
     step) in the same kernel as the activation's gradient."""
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _rnn_bwd_tile(dg_next_ptr, KA, w_ptr, gy_ptr, ghn_ptr, ws_ptr, gws_ptr, dg_ptr, len_ptr,
-                  t, T, B, H, offs_b, offs_n, H, HAS_LEN, HAS_GWS, RELU, PRECISION, BLOCK_K)
+    _rnn_bwd_tile(dg_next_ptr, KA, w_ptr, w_ptr, gy_ptr, ghn_ptr, ws_ptr, gws_ptr, dg_ptr, len_ptr,
+                  t, T, B, H, offs_b, offs_n, H, HAS_LEN, HAS_GWS, RELU, False, PRECISION, BLOCK_K)
 
 @triton.jit
 def rnn_fwd_persistent_kernel(
@@ -1183,7 +1305,8 @@ def rnn_fwd_grid_kernel(
         y_ptr,   # [T, B, H]
         hn_ptr, units_ptr, ctr_ptr, s_begin, s_end, T, B, H,
         HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, RELU: tl.constexpr, SYNC: tl.constexpr,
-        PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        RESIDENT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr):
     """The grid strategy for nn.RNN's cell (see "grid strategy" above)."""
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
@@ -1191,15 +1314,19 @@ def rnn_fwd_grid_kernel(
     u1 = tl.load(units_ptr + 2 * pid + 1)
     rows = tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_N)
+    if RESIDENT:
+        w_tile = _resident_tile(w_ptr + u0 * H, 1, H, cols, u1 - u0, H, BLOCK_R)
+    else:
+        w_tile = w_ptr
     for t in range(s_begin, s_end):
         first = t == 0
         step = tl.cast(t, tl.int64) * B * H
         hprev = tl.where(first, h0_ptr, y_ptr + tl.cast(tl.maximum(t - 1, 0), tl.int64) * B * H)
         for b0 in range(0, B, BLOCK_B):
             for n0 in range(u0, u1, BLOCK_N):
-                _rnn_fwd_tile(gx_ptr + step, hprev, w_ptr, b_ptr, ws_ptr + step, y_ptr + step, hn_ptr,
-                              len_ptr, t, T, B, H, b0 + rows, n0 + cols, u1, first,
-                              HAS_BIAS, HAS_LEN, RELU, PRECISION, BLOCK_K)
+                _rnn_fwd_tile(gx_ptr + step, hprev, w_ptr, w_tile, b_ptr, ws_ptr + step, y_ptr + step,
+                              hn_ptr, len_ptr, t, T, B, H, b0 + rows, n0 + cols, u1, first,
+                              HAS_BIAS, HAS_LEN, RELU, RESIDENT, PRECISION, BLOCK_K)
         _grid_barrier(ctr_ptr, programs * (t - s_begin + 1), SYNC)
 
 
@@ -1209,13 +1336,18 @@ def rnn_bwd_grid_kernel(
         dg_ptr,  # out [T, B, H]
         len_ptr, units_ptr, ctr_ptr, s_begin, s_end, T, B, H,
         HAS_LEN: tl.constexpr, HAS_GWS: tl.constexpr, RELU: tl.constexpr, SYNC: tl.constexpr,
-        PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        RESIDENT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     u0 = tl.load(units_ptr + 2 * pid)
     u1 = tl.load(units_ptr + 2 * pid + 1)
     rows = tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_N)
+    if RESIDENT:
+        w_tile = _resident_tile(w_ptr + u0, H, 1, cols, u1 - u0, H, BLOCK_R)
+    else:
+        w_tile = w_ptr
     for s in range(s_begin, s_end):
         t = T - 1 - s
         step = tl.cast(t, tl.int64) * B * H
@@ -1223,9 +1355,9 @@ def rnn_bwd_grid_kernel(
         k_next = tl.where(t + 1 < T, H, 0)
         for b0 in range(0, B, BLOCK_B):
             for n0 in range(u0, u1, BLOCK_N):
-                _rnn_bwd_tile(nxt, k_next, w_ptr, gy_ptr + step, ghn_ptr, ws_ptr + step, gws_ptr + step,
-                              dg_ptr + step, len_ptr, t, T, B, H, b0 + rows, n0 + cols, u1,
-                              HAS_LEN, HAS_GWS, RELU, PRECISION, BLOCK_K)
+                _rnn_bwd_tile(nxt, k_next, w_ptr, w_tile, gy_ptr + step, ghn_ptr, ws_ptr + step,
+                              gws_ptr + step, dg_ptr + step, len_ptr, t, T, B, H, b0 + rows, n0 + cols, u1,
+                              HAS_LEN, HAS_GWS, RELU, RESIDENT, PRECISION, BLOCK_K)
         _grid_barrier(ctr_ptr, programs * (s - s_begin + 1), SYNC)
 
 

@@ -232,12 +232,15 @@ def grid_programs(chunks, sms, blocks_per_sm):
 
 
 def _device_programs(kernel, chunks, like, args, kwargs):
-    """K for a real launch: the device's SM count times the blocks per SM of
-    the kernel as compiled (registers, shared memory)."""
+    """(K, local, registers) for a real launch: K is the device's SM count
+    times the blocks per SM of the kernel as compiled (registers, shared
+    memory); local, the bytes of local memory per thread of the compiled
+    kernel (0 where nothing is compiled: under the interpreter or with
+    GRID_PROGRAMS set)."""
     if GRID_PROGRAMS is not None:
-        return GRID_PROGRAMS
+        return GRID_PROGRAMS, 0, 0
     if _interpreting() or not like.is_cuda:
-        return 1  # programs run one after another: only K = 1 passes a barrier
+        return 1, 0, 0  # programs run one after another: only K = 1 passes a barrier
     props = torch.cuda.get_device_properties(like.device)
     compiled = kernel.warmup(*args, grid=(1,), **kwargs)
     init = getattr(compiled, "_init_handles", None)
@@ -247,18 +250,112 @@ def _device_programs(kernel, chunks, like, args, kwargs):
         kwargs.get("num_warps", 4), getattr(compiled, "n_regs", 0), compiled.metadata.shared,
         props.max_threads_per_multi_processor, props.regs_per_multiprocessor,
         props.shared_memory_per_multiprocessor)
-    return grid_programs(chunks, props.multi_processor_count, per_sm)
+    return (grid_programs(chunks, props.multi_processor_count, per_sm), getattr(compiled, "n_spills", 0) or 0,
+            getattr(compiled, "n_regs", 0) or 0)
 
 
-def launch_grid(kernel, like, T, units, cols, block_n, args, kwargs):
+# ------------------------------------------------ resident weights ----
+# A grid program that owns exactly one tile of BLOCK_N hidden units (the
+# program count equals cdiv(H, BLOCK_N)) can load its share of W_hh once,
+# before the time loop, and keep it for the whole sequence: forward, each
+# gate's W_hh^T rows of its units, G tiles of [pad(K), BLOCK_N]; backward,
+# W_hh's columns of its units, one tile of [pad(H), BLOCK_N] per gate's
+# rows.  Each step's product is then one tl.dot per tile against the kept
+# tiles (_kernels._times) instead of BLOCK_K chunks read from L2.
+# Compiled for sm_90, Triton stages the tiles in shared memory (the
+# kernel's shared memory grows by at least the tiles' bytes) and, for the
+# fp16/bf16 tensor-core dots, apparently in registers as well (the fp16
+# LSTM backward: 156 registers streamed, 254 resident at 32 KiB).  The
+# budget bounds the tiles' bytes per program where every resident grid
+# kernel compiled (tests/_triton_sm90.py, every cell, forward and backward)
+# within sm_90's shared memory, without spill and below the register cap
+# (numbers in benchmarks/NOTES.md): fp32 64 KiB (at 128 KiB the LSTM
+# backward needs 256 KiB of shared memory); fp16/bf16 32 KiB with H a
+# multiple of 16, which Triton's launcher specialises on (the LSTM backward
+# at 254 registers; at 64 KiB the LSTM and GRU backward sit at the cap of
+# 255 and the RNN backward spills 40 bytes), else 16 KiB (at 32 KiB, H = 100 or 127, the LSTM and GRU backward
+# reach 255 registers and spill 16 bytes; at 16 KiB, H = 63, 250 and 168
+# registers).  On a GPU the kernel as compiled there is checked too
+# (spills_registers).
+RESIDENT_BUDGET = {torch.float32: 64 * 1024, torch.float16: 32 * 1024, torch.bfloat16: 32 * 1024}
+RESIDENT_BUDGET_UNALIGNED = {torch.float32: 64 * 1024, torch.float16: 16 * 1024, torch.bfloat16: 16 * 1024}
+# The local memory (stack frame) cuobjdump reports for a few fp32 grid
+# kernels at 64-84 registers, weights streamed or resident alike (so not
+# register pressure): at most 16 bytes.
+GRID_STACK_BYTES = 16
+MAX_REGISTERS = 255
+
+
+def spills_registers(local_bytes, registers):
+    """Whether a compiled kernel's local memory is register spill: more than
+    the small stack frame, or any at the register cap."""
+    return local_bytes > GRID_STACK_BYTES or (local_bytes > 0 and registers >= MAX_REGISTERS)
+
+
+def resident_budget(dtype, H):
+    """Bytes of resident W_hh tiles a program may hold (None: not kept)."""
+    table = RESIDENT_BUDGET if H % 16 == 0 else RESIDENT_BUDGET_UNALIGNED
+    return table.get(dtype)
+
+
+# Test hook: None, the rule decides; True, resident wherever the kernel can
+# be (one unit tile per program, no projection), whatever the dtype, the
+# budget and the spill; False, never.
+GRID_RESIDENT = None
+
+
+def resident_tile_shape(n_gates, H, K, dtype, backward):
+    """(tiles, rows, columns) of a grid program's resident W_hh: one tile per
+    gate, over the K inputs (forward) or the gate's H rows (backward)."""
+    bn = _grid_tiles(dtype)[1]
+    return n_gates, _pad(H if backward else K), bn
+
+
+def resident_bytes(n_gates, H, K, dtype, backward):
+    tiles, rows, columns = resident_tile_shape(n_gates, H, K, dtype, backward)
+    return tiles * rows * columns * torch.empty((), dtype=dtype).element_size()
+
+
+def why_not_resident(n_gates, H, K, P, dtype, programs, backward=False, spill_bytes=0, registers=0):
+    """None if a grid launch of `programs` programs keeps its W_hh tiles
+    resident, else the reason (the rule; GRID_RESIDENT overrides it in tests)."""
+    chunks = triton.cdiv(H, _grid_tiles(dtype)[1])
+    if P:
+        return "a projection (proj_size) is not kept resident: its second product streams W_hr"
+    if programs != chunks:
+        return (f"{programs} programs for {chunks} unit tiles of H={H}: only a program owning exactly "
+                f"one unit tile keeps its weights")
+    if GRID_RESIDENT is True:
+        return None
+    if GRID_RESIDENT is False:
+        return "switched off (GRID_RESIDENT = False)"
+    name = str(dtype).replace('torch.', '')
+    budget = resident_budget(dtype, H)
+    if budget is None:
+        return f"{name} weights are not kept resident (not a speed dtype)"
+    need = resident_bytes(n_gates, H, K, dtype, backward)
+    if need > budget:
+        tiles, rows, columns = resident_tile_shape(n_gates, H, K, dtype, backward)
+        aligned = "" if H % 16 == 0 else " with H not a multiple of 16"
+        return (f"{tiles} x [{rows}, {columns}] tiles of W_hh per program are {need // 1024} KiB, over the "
+                f"{budget // 1024} KiB budget of {name}{aligned}")
+    if spills_registers(spill_bytes, registers):
+        return (f"the resident kernel as compiled spills ({spill_bytes} bytes of local memory per thread "
+                f"at {registers} registers)")
+    return None
+
+
+def launch_grid(kernel, like, T, units, cols, block_n, args, kwargs, rule):
     """One launch of a grid kernel for the whole sequence (or, with
     GRID_STEPWISE, one per step and phase).  units: hidden units split over
     the programs; cols: projection columns (0: none; only the LSTM kernels
-    take them: None for the others)."""
+    take them: None for the others); rule: (n_gates, H, K, P, dtype,
+    backward) for why_not_resident.  Returns whether the weights were kept
+    resident."""
     phased = cols is not None
     cols = cols or 0
     chunks = max(triton.cdiv(units, block_n), triton.cdiv(cols, block_n))
-    kwargs = dict(kwargs, s_begin=0, s_end=T, SYNC=True)
+    kwargs = dict(kwargs, s_begin=0, s_end=T, SYNC=True, RESIDENT=False, BLOCK_R=0)
     if phased:
         kwargs["PHASES"] = 3
     ctr = torch.zeros(1, dtype=torch.int32, device=like.device)
@@ -268,7 +365,18 @@ def launch_grid(kernel, like, T, units, cols, block_n, args, kwargs):
     kwargs["units_ptr"] = slice_table(units, 1, block_n, like.device)
     if phased:
         kwargs["cols_ptr"] = kwargs["units_ptr"]
-    programs = _device_programs(kernel, chunks, like, args, dict(kwargs, launch_cooperative_grid=True))
+    n_gates, H, Kd, P, dtype, backward = rule
+    resident = False
+    if why_not_resident(n_gates, H, Kd, P, dtype, chunks, backward) is None:
+        # Sized (and checked for spill) as the resident kernel compiles.
+        block_r = resident_tile_shape(n_gates, H, Kd, dtype, backward)[1]
+        kw = dict(kwargs, RESIDENT=True, BLOCK_R=block_r)
+        programs, local, regs = _device_programs(kernel, chunks, like, args, dict(kw, launch_cooperative_grid=True))
+        resident = why_not_resident(n_gates, H, Kd, P, dtype, programs, backward, local, regs) is None
+        if resident:
+            kwargs = kw
+    if not resident:
+        programs = _device_programs(kernel, chunks, like, args, dict(kwargs, launch_cooperative_grid=True))[0]
     kwargs["units_ptr"] = slice_table(units, programs, block_n, like.device)
     if phased:
         kwargs["cols_ptr"] = slice_table(cols, programs, block_n, like.device) if cols else kwargs["units_ptr"]
@@ -279,12 +387,13 @@ def launch_grid(kernel, like, T, units, cols, block_n, args, kwargs):
                 if phased:
                     kw["PHASES"] = phases
                 kernel[(programs,)](*args, **kw)
-        return
+        return resident
     if programs > 1 and _interpreting():
         raise RuntimeError("rnn_ext: a grid launch of more than one program cannot run under the "
                            "Triton interpreter (its programs run one after another and would wait "
                            "at the first barrier forever); set GRID_STEPWISE")
     kernel[(programs,)](*args, launch_cooperative_grid=True, **kwargs)
+    return resident
 
 
 # ---------------------------------------------------------------- LSTM ----
@@ -321,7 +430,8 @@ def lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, lengths, strategy):
                         (gx, w_hh, b_hh if b_hh is not None else dummy, w_hr if P else dummy, h0, c0,
                          L if has_len else dummy, ws, y, proj_in if P else dummy, h_n, c_n),
                         dict(T=T, B=B, H=H, K=Kd, HAS_BIAS=b_hh is not None, HAS_LEN=has_len, PROJ=bool(P),
-                             PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps))
+                             PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps),
+                        (4, H, Kd, P, dt, False))
             return y, h_n, c_n, ws, proj_in
         bb, bn, bk, warps = _step_tiles(B, dt)
         # strategy "step": the explicit fallback (see "grid" above).
@@ -385,7 +495,8 @@ def lstm_backward(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, proj_in
                              L if has_len else dummy),
                             dict(T=T, B=B, H=H, K=Kd, HAS_LEN=has_len, HAS_GWS=has_gws, PROJ=bool(P),
                                  PRECISION=prec, ACC=_tl_acc(dt), BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk,
-                                 num_warps=warps))
+                                 num_warps=warps),
+                            (4, H, Kd, P, dt, True))
             for t in reversed(range(T) if strategy == "step" else ()):
                 # d_gates of step t+1 times W_hh; nothing after the last step.
                 nxt, k_next = (d_gates[t + 1], 4 * H) if t + 1 < T else (d_gates[t], 0)
@@ -454,7 +565,8 @@ def gru_forward(gx, w_hh, b_hh, h0, lengths, strategy):
             launch_grid(K.gru_fwd_grid_kernel, gx, T, H, None, bn,
                         (gx, w_hh, b_hh if b_hh is not None else dummy, h0, L if has_len else dummy, ws, y, h_n),
                         dict(T=T, B=B, H=H, HAS_BIAS=b_hh is not None, HAS_LEN=has_len, PRECISION=prec,
-                             BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps))
+                             BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps),
+                        (3, H, H, 0, dt, False))
             return y, h_n, ws
         bb, bn, bk, warps = _step_tiles(B, dt)
         grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
@@ -500,7 +612,8 @@ def gru_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, strategy):
                             (grad_y, w_hh, h0, y, ws, grad_ws if has_gws else dummy, carry, d_gates, d_hh,
                              L if has_len else dummy),
                             dict(T=T, B=B, H=H, HAS_LEN=has_len, HAS_GWS=has_gws, PRECISION=prec,
-                                 BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps))
+                                 BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps),
+                            (3, H, H, 0, dt, True))
             for t in reversed(range(T) if strategy == "step" else ()):
                 nxt, k_next = (d_hh[t + 1], 3 * H) if t + 1 < T else (d_hh[t], 0)
                 K.gru_bwd_step_kernel[grid](
@@ -544,7 +657,8 @@ def rnn_forward(gx, w_hh, b_hh, h0, lengths, relu, strategy):
             launch_grid(K.rnn_fwd_grid_kernel, gx, T, H, None, bn,
                         (gx, w_hh, b_hh if b_hh is not None else dummy, h0, L if has_len else dummy, ws, y, h_n),
                         dict(T=T, B=B, H=H, HAS_BIAS=b_hh is not None, HAS_LEN=has_len, RELU=relu,
-                             PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps))
+                             PRECISION=prec, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps),
+                        (1, H, H, 0, dt, False))
             return y, h_n, ws
         bb, bn, bk, warps = _step_tiles(B, dt)
         grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
@@ -581,7 +695,8 @@ def rnn_backward(grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, relu, stra
                         (grad_y, grad_h_n, w_hh, ws, grad_ws if has_gws else dummy, d_gates,
                          L if has_len else dummy),
                         dict(T=T, B=B, H=H, HAS_LEN=has_len, HAS_GWS=has_gws, RELU=relu, PRECISION=prec,
-                             BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps))
+                             BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps),
+                        (1, H, H, 0, dt, True))
         else:
             bb, bn, bk, warps = _step_tiles(B, dt)
             grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
