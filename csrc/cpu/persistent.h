@@ -151,6 +151,12 @@ struct Executor {
     }
     return rows;
   }
+  // In place: gemm_nn packs the block into panels on its first product
+  // (column_panels), where that pays.
+  partition::ResidentColumns<T> resident_columns(const T* w, int64_t ldw, int64_t /*k*/,
+                                                 partition::Slice cols) {
+    return {w + cols.begin, ldw};
+  }
   void gemm_resident(int64_t m, int64_t k, const T* a, int64_t lda,
                      const partition::GateRows<T>& rows, int G, int64_t n, Acc* c,
                      int64_t ldc) {
