@@ -273,5 +273,39 @@ void run(Seq seq, int64_t workers, Worker worker) {
   delete sync;
 }
 
+// Both directions of a bidirectional layer on one team (partition.h's
+// pair_worker): half of the granted threads run a, the rest b, all meeting
+// at one barrier per phase; a team of one runs a, then b.  The sequences
+// must pass the same barriers (partition::same_barriers).
+template <typename T, typename Acc, class Seq, class Worker>
+void run_pair(Seq a, Seq b, int64_t workers, Worker worker) {
+  if (workers <= 1) {
+    run<T, Acc>(a, 1, worker);
+    run<T, Acc>(b, 1, worker);
+    return;
+  }
+  Barrier* sync = nullptr;
+#pragma omp parallel num_threads(static_cast<int>(workers)) shared(sync)
+  {
+    const int K = omp_get_num_threads();
+#pragma omp single
+    sync = new Barrier(K);
+    Seq mine_a = a, mine_b = b;
+    mine_a.workers = K / 2;
+    mine_b.workers = K - K / 2;
+    Executor<T, Acc> ex{sync};
+    ex.batch = a.B;
+    blas::SingleThreaded one;
+    if (K == 1) {  // granted one thread inside a parallel region
+      mine_a.workers = mine_b.workers = 1;
+      worker(mine_a, 0, ex);
+      worker(mine_b, 0, ex);
+    } else {
+      partition::pair_worker(mine_a, mine_b, omp_get_thread_num(), ex, worker);
+    }
+  }
+  delete sync;
+}
+
 }  // namespace cpu
 }  // namespace rnn_ext

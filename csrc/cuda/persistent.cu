@@ -5,7 +5,8 @@
 // workers' barrier (cooperative launch: every block is resident, or the
 // launch fails instead of deadlocking).  A worker's weights are copied once
 // into its block's dynamic shared memory (layout: resident.h) and every
-// step's product reads them there.
+// step's product reads them there.  A launch runs one layer direction, or
+// both directions of a bidirectional layer (partition::pair_worker).
 #include <cooperative_groups.h>
 
 #include "cuda/half_convert.cuh"
@@ -133,54 +134,82 @@ struct BlockExecutor {
   __device__ void barrier() { cg::this_grid().sync(); }
 };
 
+// Each kernel runs one layer direction (b.workers = 0) or both directions
+// of a bidirectional layer (partition::pair_worker: blocks [0, a.workers)
+// run a, the next b.workers run b, all at one grid barrier per phase).
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    lstm_forward_kernel(const partition::LSTMForwardSeq<T, Acc> s) {
+    lstm_forward_kernel(const partition::LSTMForwardSeq<T, Acc> a, const partition::LSTMForwardSeq<T, Acc> b) {
   BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
-  partition::lstm_forward_worker(s, blockIdx.x, ex);
+  partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
+    partition::lstm_forward_worker(s, k, e);
+  });
 }
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    lstm_backward_kernel(const partition::LSTMBackwardSeq<T, Acc> s) {
+    lstm_backward_kernel(const partition::LSTMBackwardSeq<T, Acc> a, const partition::LSTMBackwardSeq<T, Acc> b) {
   BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
-  partition::lstm_backward_worker(s, blockIdx.x, ex);
+  partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
+    partition::lstm_backward_worker(s, k, e);
+  });
 }
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    gru_forward_kernel(const partition::GRUForwardSeq<T, Acc> s) {
+    gru_forward_kernel(const partition::GRUForwardSeq<T, Acc> a, const partition::GRUForwardSeq<T, Acc> b) {
   BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
-  partition::gru_forward_worker(s, blockIdx.x, ex);
+  partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
+    partition::gru_forward_worker(s, k, e);
+  });
 }
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    gru_backward_kernel(const partition::GRUBackwardSeq<T, Acc> s) {
+    gru_backward_kernel(const partition::GRUBackwardSeq<T, Acc> a, const partition::GRUBackwardSeq<T, Acc> b) {
   BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
-  partition::gru_backward_worker(s, blockIdx.x, ex);
-}
-
-template <typename T, typename Acc>
-__global__ void __launch_bounds__(kPersistentThreads, 1)
-    rnn_forward_kernel(const partition::RNNForwardSeq<T, Acc> s) {
-  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
-  partition::rnn_forward_worker(s, blockIdx.x, ex);
-}
-template <typename T, typename Acc>
-__global__ void __launch_bounds__(kPersistentThreads, 1)
-    rnn_backward_kernel(const partition::RNNBackwardSeq<T, Acc> s) {
-  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
-  partition::rnn_backward_worker(s, blockIdx.x, ex);
+  partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
+    partition::gru_backward_worker(s, k, e);
+  });
 }
 
-// The dynamic shared memory a launch of `kernel` with K = s.workers blocks
-// gets: the largest worker's weights (resident.h, what the fit rule
-// admitted), or none where they would not fit one block or would leave
-// fewer than K blocks co-resident (then the workers read their weights in
-// place: correct, only slower; RNN_EXT_CUDA_PERSISTENT=force reaches this).
-template <typename T, class Kernel>
-cudaError_t weights_shared_bytes(Kernel kernel, int64_t H, int64_t P, int64_t G, int64_t workers,
-                                 int64_t align, bool backward, size_t* shared) {
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    rnn_forward_kernel(const partition::RNNForwardSeq<T, Acc> a, const partition::RNNForwardSeq<T, Acc> b) {
+  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+  partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
+    partition::rnn_forward_worker(s, k, e);
+  });
+}
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    rnn_backward_kernel(const partition::RNNBackwardSeq<T, Acc> a, const partition::RNNBackwardSeq<T, Acc> b) {
+  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+  partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
+    partition::rnn_backward_worker(s, k, e);
+  });
+}
+
+// A sequence's projection columns (LSTM proj_size; 0: none).
+template <typename T, typename Acc>
+int64_t projection(const partition::LSTMForwardSeq<T, Acc>& s) { return s.P; }
+template <typename T, typename Acc>
+int64_t projection(const partition::LSTMBackwardSeq<T, Acc>& s) { return s.P; }
+template <class Seq>
+int64_t projection(const Seq&) { return 0; }
+
+// The bytes of shared memory the largest worker of s holds its weights in
+// (resident.h; what the fit rule admitted).  G: gates.
+template <typename T, class Seq>
+int64_t weight_bytes(const Seq& s, int64_t G, bool backward) {
+  if (s.workers <= 0) return 0;
+  return resident::worker_bytes(s.H, projection(s), G, s.workers, s.align, sizeof(T), backward);
+}
+
+// The dynamic shared memory a launch of `blocks` blocks of `kernel` gets:
+// `bytes`, or none where that would not fit one block or would leave fewer
+// than `blocks` co-resident (then the workers read their weights in place:
+// correct, only slower; RNN_EXT_CUDA_PERSISTENT=force reaches this).
+template <class Kernel>
+cudaError_t usable_shared_bytes(Kernel kernel, int64_t bytes, int64_t blocks, size_t* shared) {
   *shared = 0;
-  const int64_t bytes = resident::worker_bytes(H, P, G, workers, align, sizeof(T), backward);
   if (bytes <= 0) return cudaSuccess;
   int device = 0, optin = 0, sms = 0, per_sm = 0;
   cudaFuncAttributes a;
@@ -202,24 +231,37 @@ cudaError_t weights_shared_bytes(Kernel kernel, int64_t H, int64_t P, int64_t G,
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
         &per_sm, reinterpret_cast<const void*>(kernel), kPersistentThreads, static_cast<size_t>(bytes));
   if (err != cudaSuccess) return err;
-  if (static_cast<int64_t>(per_sm) * sms >= workers) *shared = static_cast<size_t>(bytes);
+  if (static_cast<int64_t>(per_sm) * sms >= blocks) *shared = static_cast<size_t>(bytes);
   return cudaSuccess;
 }
 
-// One cooperative launch of K = s.workers blocks; G gates, P projection
-// columns (0: none).
+// One cooperative launch of a.workers + b.workers blocks (b.workers = 0:
+// one direction); G gates.  Every block gets the largest worker's
+// shared-memory size.
 template <typename T, class Seq>
-cudaError_t launch(void (*kernel)(const Seq), const Seq& s, int64_t G, int64_t P, bool backward,
-                   cudaStream_t stream) {
-  if (s.workers <= 0) return cudaErrorInvalidValue;
+cudaError_t launch(void (*kernel)(const Seq, const Seq), const Seq& a, const Seq& b, int64_t G,
+                   bool backward, cudaStream_t stream) {
+  if (a.workers <= 0 || b.workers < 0) return cudaErrorInvalidValue;
+  if (b.workers > 0 && !partition::same_barriers(a, b)) return cudaErrorInvalidValue;
+  const int64_t workers = a.workers + b.workers;
+  const int64_t bytes_a = weight_bytes<T>(a, G, backward), bytes_b = weight_bytes<T>(b, G, backward);
   size_t shared = 0;
   const cudaError_t err =
-      weights_shared_bytes<T>(kernel, s.H, P, G, s.workers, s.align, backward, &shared);
+      usable_shared_bytes(kernel, bytes_a > bytes_b ? bytes_a : bytes_b, workers, &shared);
   if (err != cudaSuccess) return err;
-  void* args[] = {const_cast<Seq*>(&s)};
+  void* args[] = {const_cast<Seq*>(&a), const_cast<Seq*>(&b)};
   return cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel),
-                                     dim3(static_cast<unsigned>(s.workers)),
+                                     dim3(static_cast<unsigned>(workers)),
                                      dim3(kPersistentThreads), args, shared, stream);
+}
+
+// One layer direction.
+template <typename T, class Seq>
+cudaError_t launch(void (*kernel)(const Seq, const Seq), const Seq& s, int64_t G, bool backward,
+                   cudaStream_t stream) {
+  Seq none = s;
+  none.workers = 0;
+  return launch<T>(kernel, s, none, G, backward, stream);
 }
 
 template <class Kernel>
@@ -272,45 +314,75 @@ cudaError_t persistent_max_workers(int device, int kind, int* workers) {
 
 template <typename T, typename Acc>
 cudaError_t lstm_forward_persistent(const partition::LSTMForwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(lstm_forward_kernel<T, Acc>, s, 4, s.P, false, stream);
+  return launch<T>(lstm_forward_kernel<T, Acc>, s, 4, false, stream);
+}
+template <typename T, typename Acc>
+cudaError_t lstm_forward_persistent_pair(const partition::LSTMForwardSeq<T, Acc>& a,
+                                   const partition::LSTMForwardSeq<T, Acc>& b, cudaStream_t stream) {
+  return launch<T>(lstm_forward_kernel<T, Acc>, a, b, 4, false, stream);
 }
 template <typename T, typename Acc>
 cudaError_t lstm_backward_persistent(const partition::LSTMBackwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(lstm_backward_kernel<T, Acc>, s, 4, s.P, true, stream);
+  return launch<T>(lstm_backward_kernel<T, Acc>, s, 4, true, stream);
+}
+template <typename T, typename Acc>
+cudaError_t lstm_backward_persistent_pair(const partition::LSTMBackwardSeq<T, Acc>& a,
+                                   const partition::LSTMBackwardSeq<T, Acc>& b, cudaStream_t stream) {
+  return launch<T>(lstm_backward_kernel<T, Acc>, a, b, 4, true, stream);
 }
 template <typename T, typename Acc>
 cudaError_t gru_forward_persistent(const partition::GRUForwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(gru_forward_kernel<T, Acc>, s, 3, 0, false, stream);
+  return launch<T>(gru_forward_kernel<T, Acc>, s, 3, false, stream);
+}
+template <typename T, typename Acc>
+cudaError_t gru_forward_persistent_pair(const partition::GRUForwardSeq<T, Acc>& a,
+                                   const partition::GRUForwardSeq<T, Acc>& b, cudaStream_t stream) {
+  return launch<T>(gru_forward_kernel<T, Acc>, a, b, 3, false, stream);
 }
 template <typename T, typename Acc>
 cudaError_t gru_backward_persistent(const partition::GRUBackwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(gru_backward_kernel<T, Acc>, s, 3, 0, true, stream);
+  return launch<T>(gru_backward_kernel<T, Acc>, s, 3, true, stream);
+}
+template <typename T, typename Acc>
+cudaError_t gru_backward_persistent_pair(const partition::GRUBackwardSeq<T, Acc>& a,
+                                   const partition::GRUBackwardSeq<T, Acc>& b, cudaStream_t stream) {
+  return launch<T>(gru_backward_kernel<T, Acc>, a, b, 3, true, stream);
 }
 
 template <typename T, typename Acc>
 cudaError_t rnn_forward_persistent(const partition::RNNForwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(rnn_forward_kernel<T, Acc>, s, 1, 0, false, stream);
+  return launch<T>(rnn_forward_kernel<T, Acc>, s, 1, false, stream);
+}
+template <typename T, typename Acc>
+cudaError_t rnn_forward_persistent_pair(const partition::RNNForwardSeq<T, Acc>& a,
+                                   const partition::RNNForwardSeq<T, Acc>& b, cudaStream_t stream) {
+  return launch<T>(rnn_forward_kernel<T, Acc>, a, b, 1, false, stream);
 }
 template <typename T, typename Acc>
 cudaError_t rnn_backward_persistent(const partition::RNNBackwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(rnn_backward_kernel<T, Acc>, s, 1, 0, true, stream);
+  return launch<T>(rnn_backward_kernel<T, Acc>, s, 1, true, stream);
+}
+template <typename T, typename Acc>
+cudaError_t rnn_backward_persistent_pair(const partition::RNNBackwardSeq<T, Acc>& a,
+                                   const partition::RNNBackwardSeq<T, Acc>& b, cudaStream_t stream) {
+  return launch<T>(rnn_backward_kernel<T, Acc>, a, b, 1, true, stream);
 }
 
-#define RNN_EXT_INSTANTIATE(T, Acc)                                                          \
-  template cudaError_t persistent_max_workers<T, Acc>(int, int, int*);                       \
-  template cudaError_t persistent_resources<T, Acc>(int, int*, int*);                        \
-  template cudaError_t lstm_forward_persistent<T, Acc>(                                      \
-      const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t);                               \
-  template cudaError_t lstm_backward_persistent<T, Acc>(                                     \
-      const partition::LSTMBackwardSeq<T, Acc>&, cudaStream_t);                              \
-  template cudaError_t gru_forward_persistent<T, Acc>(const partition::GRUForwardSeq<T, Acc>&, \
-                                                      cudaStream_t);                         \
-  template cudaError_t gru_backward_persistent<T, Acc>(                                      \
-      const partition::GRUBackwardSeq<T, Acc>&, cudaStream_t);                               \
-  template cudaError_t rnn_forward_persistent<T, Acc>(const partition::RNNForwardSeq<T, Acc>&, \
-                                                      cudaStream_t);                         \
-  template cudaError_t rnn_backward_persistent<T, Acc>(                                      \
-      const partition::RNNBackwardSeq<T, Acc>&, cudaStream_t);
+#define RNN_EXT_INSTANTIATE(T, Acc)                                                                                                                               \
+  template cudaError_t persistent_max_workers<T, Acc>(int, int, int*);                                                                                            \
+  template cudaError_t persistent_resources<T, Acc>(int, int*, int*);                                                                                             \
+  template cudaError_t lstm_forward_persistent<T, Acc>(const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t);                                                   \
+  template cudaError_t lstm_forward_persistent_pair<T, Acc>(const partition::LSTMForwardSeq<T, Acc>&, const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t);    \
+  template cudaError_t lstm_backward_persistent<T, Acc>(const partition::LSTMBackwardSeq<T, Acc>&, cudaStream_t);                                                 \
+  template cudaError_t lstm_backward_persistent_pair<T, Acc>(const partition::LSTMBackwardSeq<T, Acc>&, const partition::LSTMBackwardSeq<T, Acc>&, cudaStream_t); \
+  template cudaError_t gru_forward_persistent<T, Acc>(const partition::GRUForwardSeq<T, Acc>&, cudaStream_t);                                                     \
+  template cudaError_t gru_forward_persistent_pair<T, Acc>(const partition::GRUForwardSeq<T, Acc>&, const partition::GRUForwardSeq<T, Acc>&, cudaStream_t);       \
+  template cudaError_t gru_backward_persistent<T, Acc>(const partition::GRUBackwardSeq<T, Acc>&, cudaStream_t);                                                   \
+  template cudaError_t gru_backward_persistent_pair<T, Acc>(const partition::GRUBackwardSeq<T, Acc>&, const partition::GRUBackwardSeq<T, Acc>&, cudaStream_t);    \
+  template cudaError_t rnn_forward_persistent<T, Acc>(const partition::RNNForwardSeq<T, Acc>&, cudaStream_t);                                                     \
+  template cudaError_t rnn_forward_persistent_pair<T, Acc>(const partition::RNNForwardSeq<T, Acc>&, const partition::RNNForwardSeq<T, Acc>&, cudaStream_t);       \
+  template cudaError_t rnn_backward_persistent<T, Acc>(const partition::RNNBackwardSeq<T, Acc>&, cudaStream_t);                                                   \
+  template cudaError_t rnn_backward_persistent_pair<T, Acc>(const partition::RNNBackwardSeq<T, Acc>&, const partition::RNNBackwardSeq<T, Acc>&, cudaStream_t);
 RNN_EXT_INSTANTIATE(float, float)
 RNN_EXT_INSTANTIATE(double, double)
 RNN_EXT_INSTANTIATE(__half, float)

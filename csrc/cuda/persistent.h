@@ -51,5 +51,30 @@ cudaError_t rnn_forward_persistent(const partition::RNNForwardSeq<T, Acc>& s, cu
 template <typename T, typename Acc>
 cudaError_t rnn_backward_persistent(const partition::RNNBackwardSeq<T, Acc>& s, cudaStream_t stream);
 
+// Both directions of a bidirectional layer in one cooperative launch of
+// a.workers + b.workers blocks, one grid barrier per phase for both
+// (partition::pair_worker); the two must pass the same barriers
+// (partition::same_barriers: same steps, a projection in both or neither),
+// else cudaErrorInvalidValue.  NOT YET RUN ON A GPU, and not yet called by
+// the ops (each direction is its own op call today).
+template <typename T, typename Acc>
+cudaError_t lstm_forward_persistent_pair(const partition::LSTMForwardSeq<T, Acc>& a,
+                                   const partition::LSTMForwardSeq<T, Acc>& b, cudaStream_t stream);
+template <typename T, typename Acc>
+cudaError_t lstm_backward_persistent_pair(const partition::LSTMBackwardSeq<T, Acc>& a,
+                                   const partition::LSTMBackwardSeq<T, Acc>& b, cudaStream_t stream);
+template <typename T, typename Acc>
+cudaError_t gru_forward_persistent_pair(const partition::GRUForwardSeq<T, Acc>& a,
+                                   const partition::GRUForwardSeq<T, Acc>& b, cudaStream_t stream);
+template <typename T, typename Acc>
+cudaError_t gru_backward_persistent_pair(const partition::GRUBackwardSeq<T, Acc>& a,
+                                   const partition::GRUBackwardSeq<T, Acc>& b, cudaStream_t stream);
+template <typename T, typename Acc>
+cudaError_t rnn_forward_persistent_pair(const partition::RNNForwardSeq<T, Acc>& a,
+                                   const partition::RNNForwardSeq<T, Acc>& b, cudaStream_t stream);
+template <typename T, typename Acc>
+cudaError_t rnn_backward_persistent_pair(const partition::RNNBackwardSeq<T, Acc>& a,
+                                   const partition::RNNBackwardSeq<T, Acc>& b, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace rnn_ext

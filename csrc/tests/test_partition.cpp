@@ -155,38 +155,64 @@ static std::vector<double> randn(size_t n, std::mt19937& g, double scale = 1.0) 
   return v;
 }
 
-// One LSTM sequence with a projection and unsorted lengths on K workers.
-static std::vector<double> lstm_sequence(int64_t K, RunMode mode = {false, 1}) {
-  const int64_t T = 6, B = 3, H = 13, P = 5;
-  std::mt19937 g(7);
-  auto gx = randn(T * B * 4 * H, g), w = randn(4 * H * P, g, 0.4), wr = randn(P * H, g, 0.4);
-  auto bias = randn(4 * H, g), h0 = randn(B * P, g), c0 = randn(B * H, g);
+// One LSTM sequence with a projection and unsorted lengths: its buffers.
+struct LSTMCase {
+  static constexpr int64_t T = 6, B = 3, H = 13, P = 5;
+  std::mt19937 g;
+  std::vector<double> gx, w, wr, bias, h0, c0, ws, proj_in, y, gates, proj_acc, h_n, c_n, grad_y, dh,
+      dc, d_gates, d_proj, dh_pre;
   std::vector<int64_t> lengths = {4, 6, 0};
-  std::vector<double> ws(T * B * 5 * H), proj_in(T * B * H), y(T * B * P), gates(B * 4 * H),
-      proj_acc(B * P), h_n(h0), c_n(c0);
-  partition::LSTMForwardSeq<double, double> s{
-      T, B, H, P, K, 1, lengths.data(), nullptr, gx.data(), w.data(), wr.data(), bias.data(),
-      h0.data(), false, c0.data(), ws.data(), T, proj_in.data(), T, y.data(), gates.data(),
-      proj_acc.data(), h_n.data(), c_n.data()};
-  run_workers(s, K, mode, 4, P, false, [](const auto& seq, int64_t k, auto& ex) {
-    partition::lstm_forward_worker(seq, k, ex);
-  });
-  std::vector<double> out(y);
-  out.insert(out.end(), h_n.begin(), h_n.end());
-  out.insert(out.end(), c_n.begin(), c_n.end());
-  // Backward through the same sequence.
-  auto grad_y = randn(T * B * P, g);
-  std::vector<double> dh(B * P, 0.5), dc(B * H, -0.25), d_gates(T * B * 4 * H),
-      d_proj(T * B * P), dh_pre(B * H);
-  partition::LSTMBackwardSeq<double, double> b{
-      T, B, H, P, K, 1, lengths.data(), nullptr, w.data(), wr.data(), ws.data(), c0.data(),
-      nullptr, grad_y.data(), dh.data(), dc.data(), d_gates.data(), d_proj.data(), dh_pre.data()};
-  run_workers(b, K, mode, 4, P, true, [](const auto& seq, int64_t k, auto& ex) {
-    partition::lstm_backward_worker(seq, k, ex);
-  });
-  out.insert(out.end(), d_gates.begin(), d_gates.end());
-  out.insert(out.end(), dh.begin(), dh.end());
-  out.insert(out.end(), dc.begin(), dc.end());
+  explicit LSTMCase(unsigned seed) : g(seed) {
+    gx = randn(T * B * 4 * H, g), w = randn(4 * H * P, g, 0.4), wr = randn(P * H, g, 0.4);
+    bias = randn(4 * H, g), h0 = randn(B * P, g), c0 = randn(B * H, g);
+    grad_y = randn(T * B * P, g);
+    ws.resize(T * B * 5 * H), proj_in.resize(T * B * H), y.resize(T * B * P);
+    gates.resize(B * 4 * H), proj_acc.resize(B * P), h_n = h0, c_n = c0;
+    dh.assign(B * P, 0.5), dc.assign(B * H, -0.25), d_gates.resize(T * B * 4 * H);
+    d_proj.resize(T * B * P), dh_pre.resize(B * H);
+  }
+  partition::LSTMForwardSeq<double, double> forward(int64_t K) {
+    return {T, B, H, P, K, 1, lengths.data(), nullptr, gx.data(), w.data(), wr.data(), bias.data(),
+            h0.data(), false, c0.data(), ws.data(), T, proj_in.data(), T, y.data(), gates.data(),
+            proj_acc.data(), h_n.data(), c_n.data()};
+  }
+  // Backward through the same sequence (after forward()).
+  partition::LSTMBackwardSeq<double, double> backward(int64_t K) {
+    return {T, B, H, P, K, 1, lengths.data(), nullptr, w.data(), wr.data(), ws.data(), c0.data(),
+            nullptr, grad_y.data(), dh.data(), dc.data(), d_gates.data(), d_proj.data(), dh_pre.data()};
+  }
+  std::vector<double> results() const {
+    std::vector<double> out(y);
+    for (const auto* v : {&h_n, &c_n, &d_gates, &dh, &dc}) out.insert(out.end(), v->begin(), v->end());
+    return out;
+  }
+};
+
+const auto lstm_forward_program = [](const auto& seq, int64_t k, auto& ex) {
+  partition::lstm_forward_worker(seq, k, ex);
+};
+const auto lstm_backward_program = [](const auto& seq, int64_t k, auto& ex) {
+  partition::lstm_backward_worker(seq, k, ex);
+};
+
+// The LSTM case on K workers.
+static std::vector<double> lstm_sequence(int64_t K, RunMode mode = {false, 1}, unsigned seed = 7) {
+  LSTMCase c(seed);
+  run_workers(c.forward(K), K, mode, 4, LSTMCase::P, false, lstm_forward_program);
+  run_workers(c.backward(K), K, mode, 4, LSTMCase::P, true, lstm_backward_program);
+  return c.results();
+}
+
+// Two LSTM cases (seeds 7 and 8) as the two directions of one layer, on one
+// team of `workers` threads meeting at one barrier (cpu::run_pair, the
+// CUDA kernels' pair launch): both results, a's then b's.
+static std::vector<double> lstm_pair(int64_t workers) {
+  LSTMCase a(7), b(8);
+  EXPECT(partition::same_barriers(a.forward(1), b.forward(1)), "pair: barriers differ");
+  cpu::run_pair<double, double>(a.forward(1), b.forward(1), workers, lstm_forward_program);
+  cpu::run_pair<double, double>(a.backward(1), b.backward(1), workers, lstm_backward_program);
+  std::vector<double> out = a.results(), more = b.results();
+  out.insert(out.end(), more.begin(), more.end());
   return out;
 }
 
@@ -245,10 +271,33 @@ static void test_sequences() {
          shared_misses);
 }
 
+// Both directions on one team: the same numbers as each direction alone,
+// however the team splits (an odd team gives b one worker more).  And a
+// projection in one direction only would not meet the same barriers.
+static void test_pairs() {
+  std::vector<double> want = lstm_sequence(1), b = lstm_sequence(1, {false, 1}, 8);
+  want.insert(want.end(), b.begin(), b.end());
+  for (int64_t workers : {1, 2, 3, 7}) {
+    const std::vector<double> got = lstm_pair(workers);
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
+    EXPECT(got.size() == want.size() && worst < 1e-12, "pair on %ld workers differs by %g",
+           (long)workers, worst);
+  }
+  LSTMCase a(7);
+  auto plain = a.forward(1), projected = a.forward(1);
+  plain.P = 0;
+  EXPECT(!partition::same_barriers(plain, projected), "projection in one direction only");
+  projected.steps = 5;
+  plain.P = projected.P;
+  EXPECT(!partition::same_barriers(plain, projected), "different step counts");
+}
+
 int main() {
   test_split();
   test_barrier();
   test_sequences();
+  test_pairs();
   if (failures) {
     std::printf("%d failure(s)\n", failures);
     return 1;

@@ -432,5 +432,31 @@ RNN_HD void rnn_backward_worker(const RNNBackwardSeq<T, Acc>& s, int64_t k, Exec
                s.dh_state + u.begin, H, true);
 }
 
+// ------------------------------------------------ both directions at once --
+// A bidirectional layer's two directions in one launch (or one team): the
+// first a.workers workers run direction a, the next b.workers direction b
+// (each with its own k from 0), and every worker meets every barrier.  That
+// holds because both programs pass the same barriers: the same steps, and
+// the same phases per step (a projection in both or in neither), which the
+// host checks with same_barriers() before the launch.
+template <typename T, typename Acc>
+RNN_HD int64_t barriers_per_step(const LSTMForwardSeq<T, Acc>& s) { return s.P > 0 ? 2 : 1; }
+template <typename T, typename Acc>
+RNN_HD int64_t barriers_per_step(const LSTMBackwardSeq<T, Acc>& s) { return s.P > 0 ? 2 : 1; }
+template <class Seq>
+RNN_HD int64_t barriers_per_step(const Seq&) { return 1; }
+
+template <class Seq>
+RNN_HD bool same_barriers(const Seq& a, const Seq& b) {
+  return a.steps == b.steps && barriers_per_step(a) == barriers_per_step(b);
+}
+
+// worker(seq, k, ex) of partition.h for worker k of the pair.
+template <class Exec, class Seq, class Worker>
+RNN_HD void pair_worker(const Seq& a, const Seq& b, int64_t k, Exec& ex, Worker worker) {
+  if (k < a.workers) worker(a, k, ex);
+  else worker(b, k - a.workers, ex);
+}
+
 }  // namespace partition
 }  // namespace rnn_ext
