@@ -80,12 +80,13 @@ RESERVED_SHARED_PER_BLOCK = 1024  # the runtime's, per block (sm_80+)
 DTYPE_NAMES = {"__half": 2, "__nv_bfloat16": 2, "f": 4, "d": 8}  # in the mangled names
 
 
-def _fit(H, Hin, G, B, dtype_bytes, registers, shared=0, backward=False):
+def _fit(H, Hin, G, B, dtype_bytes, registers, shared=0, backward=False, directions=1):
     from rnn_ext import _C
     d = H100
     return _C._persistent_fit(H, Hin, G, B, dtype_bytes, d["sms"], d["registers_per_sm"],
                               d["shared_per_sm"], d["max_blocks_per_sm"], d["max_threads_per_sm"],
-                              d["shared_per_block"], registers, PERSISTENT_THREADS, shared, backward)
+                              d["shared_per_block"], registers, PERSISTENT_THREADS, shared, backward,
+                              directions)
 
 
 def _largest_slice(n, K, align):
@@ -154,6 +155,30 @@ def test_fit_rule_projection_shared_bytes(reports, backward):
         d = _fit(H, P, 4, 8, 2, r["registers"], r.get("shared", 0), backward)
         assert d["persistent"], (H, P, d)
         assert d["weight_bytes_per_worker"] == _weight_bytes(H, P, 4, d["workers"], 2, backward)
+
+
+@pytest.mark.parametrize("cell,G", [("lstm", 4), ("gru", 3), ("rnn", 1)])
+def test_fit_rule_both_directions_in_one_launch(reports, cell, G):
+    """Both directions of a bidirectional layer in one cooperative launch
+    (the kernels' second sequence): on an H100 with the sm_90 kernels, bf16
+    at the issue's sizes up to H = 1024 fits with 2K blocks co-resident, each
+    with its worker's weights in shared memory; fp32 LSTM at H = 1024 (2 x 16
+    MiB) does not fit the chip."""
+    for direction in ("forward", "backward"):
+        [r] = _persistent_kernels(reports, cell, direction, "__nv_bfloat16")
+        static = r.get("shared", 0)
+        for H in (256, 512, 768, 1024):
+            d = _fit(H, H, G, 16, 2, r["registers"], static, direction == "backward", 2)
+            assert d["persistent"], (cell, direction, H, d)
+            K, per_sm, weights = d["workers"], d["blocks_per_sm"], d["weight_bytes_per_worker"]
+            assert 2 * K <= per_sm * H100["sms"]
+            assert per_sm * (static + weights + RESERVED_SHARED_PER_BLOCK) <= H100["shared_per_sm"]
+            assert per_sm * r["registers"] * PERSISTENT_THREADS <= REGISTERS_PER_SM
+            assert weights == _weight_bytes(H, 0, G, K, 2, direction == "backward")
+    [r] = _persistent_kernels(reports, "lstm", "forward", "f")
+    assert _fit(1024, 1024, 4, 16, 4, r["registers"], r.get("shared", 0))["persistent"]
+    pair = _fit(1024, 1024, 4, 16, 4, r["registers"], r.get("shared", 0), False, 2)
+    assert not pair["persistent"] and pair["reason"] == "weights_exceed_chip"
 
 
 def test_fit_rule_needs_more_workers_where_slices_exceed_a_block():

@@ -30,10 +30,10 @@ PyObject* persistent_fit(PyObject*, PyObject* args) {
   rnn_ext::fit::DeviceLimits d{};
   rnn_ext::fit::KernelResources k{};
   int backward = 0;
-  if (!PyArg_ParseTuple(args, "LLLLLLLLLLLLLLp", &l.H, &l.Hin, &l.G, &l.B, &l.dtype_bytes, &d.sms,
+  if (!PyArg_ParseTuple(args, "LLLLLLLLLLLLLLp|L", &l.H, &l.Hin, &l.G, &l.B, &l.dtype_bytes, &d.sms,
                         &d.registers_per_sm, &d.shared_per_sm, &d.max_blocks_per_sm,
                         &d.max_threads_per_sm, &d.shared_per_block, &k.registers_per_thread,
-                        &k.threads, &k.shared_per_block, &backward))
+                        &k.threads, &k.shared_per_block, &backward, &l.directions))
     return nullptr;
   l.backward = backward != 0;
   const rnn_ext::fit::Decision r = rnn_ext::fit::decide(l, d, k);
@@ -84,7 +84,7 @@ PyMethodDef methods[] = {
     {"_persistent_fit", persistent_fit, METH_VARARGS,
      "The fit rule: (H, Hin, G, B, dtype_bytes, sms, registers_per_sm, shared_per_sm, "
      "max_blocks_per_sm, max_threads_per_sm, shared_per_block_optin, registers_per_thread, "
-     "threads, static_shared_per_block, backward) -> dict."},
+     "threads, static_shared_per_block, backward[, directions]) -> dict."},
     {nullptr, nullptr, 0, nullptr}};
 }  // namespace
 

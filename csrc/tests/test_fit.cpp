@@ -160,6 +160,29 @@ static void test_decisions() {
   // Fewer units than 8: one worker; never more workers than units.
   d = decide({3, 3, 3, 1, 4}, kH100, k);
   EXPECT(d.persistent && d.workers == 1, "H=3: %ld", (long)d.workers);
+  // Both directions in one launch: twice the blocks must be co-resident.
+  // bf16 LSTM at H=1024: 128 workers a direction, 256 blocks of 64 KiB, 3
+  // per SM (shared memory; 64 registers would allow 4); fp32 at H=1024
+  // (2 x 16 MiB) is more than the chip holds, though one direction fits.
+  l = {1024, 1024, 4, 16, 2};
+  l.directions = 2;
+  d = decide(l, kH100, k);
+  EXPECT(d.persistent && d.workers == 128 && d.blocks_per_sm == 3, "pair bf16: %ld",
+         (long)d.workers);
+  l = {1024, 1024, 4, 16, 4};
+  l.directions = 2;
+  d = decide(l, kH100, k);
+  EXPECT(!d.persistent && d.reason == Reason::weights_exceed_chip, "pair fp32: %ld", (long)d.workers);
+  // Where 2K blocks of one direction's size would not be co-resident, the
+  // pair takes smaller slices: bf16 LSTM at H=1280 (12.5 MiB a direction),
+  // 160 workers of 80 KiB alone (2 per SM), 183 of 70 KiB (3 per SM) as a pair.
+  l = {1280, 1280, 4, 16, 2};
+  const Decision one = decide(l, kH100, k);
+  l.directions = 2;
+  d = decide(l, kH100, k);
+  EXPECT(one.persistent && one.workers == 160 && d.persistent && d.workers == 183 &&
+             d.blocks_per_sm == 3,
+         "pair H=1280: %ld vs %ld", (long)d.workers, (long)one.workers);
   // Slices of whole 8-unit chunks where every worker gets four or more.
   EXPECT(unit_align(256, 8) == 8 && unit_align(256, 9) == 1 && unit_align(256, 32) == 1,
          "unit_align");

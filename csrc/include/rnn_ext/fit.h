@@ -20,7 +20,8 @@
 //     step (the layout and its size: cuda/resident.h).  A worker count K is
 //     admitted when the largest worker's copy plus the kernel's static
 //     shared memory fits one block (the device's opt-in limit: 227 KiB on
-//     sm_90) and K blocks of that size are co-resident (1).  K: the fewest
+//     sm_90) and K blocks of that size (2K for both directions of a
+//     bidirectional layer in one launch) are co-resident (1).  K: the fewest
 //     from one per kMinUnitsPerWorker units (enough threads of work per
 //     block) up to the resident blocks and at most one per unit.  No K
 //     admitted: stepwise.
@@ -62,6 +63,9 @@ struct Layer {
   int64_t B;            // batch rows
   int64_t dtype_bytes;  // of W_hh's storage type
   bool backward = false;  // the backward kernel (it holds columns, not rows)
+  // Layer directions in the launch: 2 runs both directions of a
+  // bidirectional layer at once, `workers` blocks each.
+  int64_t directions = 1;
   // A projection (LSTM proj_size P) shows as Hin = P != H.
   int64_t P() const { return Hin != H ? Hin : 0; }
 };
@@ -116,7 +120,8 @@ inline int64_t weight_bytes_per_worker(const Layer& l, int64_t workers) {
 inline Decision decide(const Layer& l, const DeviceLimits& d, const KernelResources& k) {
   Decision out;
   const int64_t most_per_sm = resident_blocks_per_sm(d, k);  // without the weights
-  const int64_t max_workers = std::min(most_per_sm * d.sms, l.H);
+  const int64_t directions = std::max<int64_t>(l.directions, 1);
+  const int64_t max_workers = std::min(most_per_sm * d.sms / directions, l.H);
   if (max_workers <= 0 || l.H <= 0) return out;  // not_resident
   out.chip_bytes_per_worker = d.shared_per_block - k.shared_per_block;
   out.weight_bytes_per_worker = weight_bytes_per_worker(l, max_workers);
@@ -130,7 +135,7 @@ inline Decision decide(const Layer& l, const DeviceLimits& d, const KernelResour
     KernelResources with_weights = k;
     with_weights.shared_per_block = k.shared_per_block + bytes;
     const int64_t per_sm = resident_blocks_per_sm(d, with_weights);
-    if (per_sm * d.sms < K) continue;
+    if (per_sm * d.sms < K * directions) continue;
     out.workers = K;
     out.blocks_per_sm = per_sm;
     out.weight_bytes_per_worker = bytes;
