@@ -1,10 +1,12 @@
 """The persistent CUDA kernels (csrc/cuda/persistent.cu, the partitioned
 loop's CUDA executor), reached with RNN_EXT_CUDA_PERSISTENT=force: the same
-numbers as the reference for LSTM and GRU, projection, sorted and unsorted
-lengths, forward and backward, in every dtype; the fp16/bf16 forward
-products on tensor cores (batches of 1 to 17, partial tiles) within twice
-cuDNN's error; and every element written (poisoned allocations).  Marked
-`cuda`: none of this has run on a GPU yet."""
+numbers as the reference for LSTM, GRU and RNN, projection, sorted and
+unsorted lengths, forward and backward, in every dtype, with each worker's
+weights in its block's shared memory (the fit rule's sizes) and, forced past
+what shared memory holds, read in place; the fp16/bf16 forward products on
+tensor cores (batches of 1 to 17, partial tiles) within twice cuDNN's error;
+and every element written (poisoned allocations).  Marked `cuda`: none of
+this has run on a GPU yet."""
 import pytest
 import torch
 
@@ -41,6 +43,9 @@ def _run(kind, case, dtype, backend):
         inputs = [r(T, B, 4 * H), r(4 * H, hout, scale=0.2), r(4 * H), r(P, H, scale=0.2) if P else None,
                   r(B, hout), r(B, H)]
         outs = functional.lstm(*inputs, lengths=L, backend=backend)
+    elif kind == "rnn":
+        inputs = [r(T, B, H), r(H, H, scale=0.2), r(H), r(B, H)]
+        outs = functional.rnn(*inputs, lengths=L, backend=backend)
     else:
         inputs = [r(T, B, 3 * H), r(3 * H, H, scale=0.2), r(3 * H), r(B, H)]
         outs = functional.gru(*inputs, lengths=L, backend=backend)
@@ -52,9 +57,9 @@ TOL = {torch.float64: 1e-10, torch.float32: 2e-4, torch.float16: 2e-2, torch.bfl
 
 @pytest.mark.parametrize("dtype", list(TOL), ids=str)
 @pytest.mark.parametrize("case", CASES, ids=["h37", "h37-proj", "h64-sorted", "h300-proj-unsorted"])
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_persistent_matches_reference(kind, case, dtype, persistent):
-    if kind == "gru" and case[3]:
+    if kind != "lstm" and case[3]:
         pytest.skip("projection is LSTM only")
     torch.backends.cuda.matmul.allow_tf32 = False
     got_o, got_g = _run(kind, case, dtype, "cuda")
@@ -148,3 +153,38 @@ def test_persistent_tensor_core_products_write_every_element(kind, dtype, persis
         poisoned = _run(kind, case, dtype, "cuda")
     for a, b in zip(clean[0] + clean[1], poisoned[0] + poisoned[1]):
         assert torch.equal(a, b)
+
+
+def _check_against_reference(kind, case, dtype):
+    got_o, got_g = _run(kind, case, dtype, "cuda")
+    want_o, want_g = _run(kind, case, torch.float64, "reference")
+    for got, want in zip(got_o + got_g, want_o + want_g):
+        scale = max(1.0, want.abs().max().item())
+        assert (got.double() - want).abs().max().item() <= TOL[dtype] * scale
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("kind,case", [
+    ("lstm", (5, 16, 1024, 0, None)),        # 128 workers, 64 KiB (bf16) / 128 KiB (fp32) each
+    ("gru", (5, 4, 768, 0, [5, 5, 3, 1])),   # sorted lengths
+    ("lstm", (4, 8, 512, 128, [1, 4, 4, 2, 0, 3, 4, 1])),  # projection: the two directions' blocks differ
+    ("rnn", (6, 1, 1536, 0, None)),
+])
+def test_persistent_shared_memory_sizes(monkeypatch, kind, case, dtype):
+    """Sizes the fit rule admits with the weights in shared memory, up to
+    the issue's H = 1024 (fp32 LSTM there: 128 KiB per block, one block per
+    SM), through RNN_EXT_CUDA_PERSISTENT=1 (so the rule's worker count and
+    shared-memory size are the ones launched)."""
+    monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", "1")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    names = _kernel_names(lambda: _run(kind, case, dtype, "cuda"))
+    assert any(f"{kind}_forward_kernel" in n for n in names), sorted(names)
+    assert any(f"{kind}_backward_kernel" in n for n in names), sorted(names)
+    _check_against_reference(kind, case, dtype)
+
+
+def test_persistent_forced_past_shared_memory(persistent):
+    """An fp64 LSTM at H = 1024 (32 MiB of W_hh) does not fit the chip's
+    shared memory: forced, the launch gives the blocks none and the workers
+    read their weights in place, with the same numbers."""
+    _check_against_reference("lstm", (3, 2, 1024, 0, None), torch.float64)

@@ -3,8 +3,10 @@ launches need, checked on any machine with nvcc, GPU or not: no register
 spills, no local-memory stack, and registers x threads of the persistent
 kernels within one SM's register file (a cooperative launch needs every
 block resident).  And the fit rule (csrc/include/rnn_ext/fit.h) on an
-H100's limits with the persistent kernels' sm_90 registers: the issue's
-target shapes go persistent, what cannot fit goes stepwise."""
+H100's limits with the persistent kernels' sm_90 registers and static
+shared memory: the issue's target shapes go persistent with every worker's
+weights in its block's shared memory (227 KiB a block, less the static) and
+every block co-resident at that size; what cannot fit goes stepwise."""
 import os
 import re
 import shutil
@@ -103,18 +105,37 @@ def test_persistent_16bit_products_use_tensor_cores(arch, tmp_path):
 
 
 # An H100 SXM (cudaDeviceProp): SMs, registers, shared memory, blocks and
-# threads per SM.
+# threads per SM, and the shared memory one block may opt in to.
 H100 = dict(sms=132, registers_per_sm=65536, shared_per_sm=233472, max_blocks_per_sm=32,
-            max_threads_per_sm=2048)
+            max_threads_per_sm=2048, shared_per_block=232448)
+RESERVED_SHARED_PER_BLOCK = 1024  # the runtime's, per block (sm_80+)
 DTYPE_NAMES = {"__half": 2, "__nv_bfloat16": 2, "f": 4, "d": 8}  # in the mangled names
 
 
-def _fit(H, Hin, G, B, dtype_bytes, registers, shared=0):
+def _fit(H, Hin, G, B, dtype_bytes, registers, shared=0, backward=False, directions=1):
     from rnn_ext import _C
     d = H100
     return _C._persistent_fit(H, Hin, G, B, dtype_bytes, d["sms"], d["registers_per_sm"],
                               d["shared_per_sm"], d["max_blocks_per_sm"], d["max_threads_per_sm"],
-                              registers, PERSISTENT_THREADS, shared)
+                              d["shared_per_block"], registers, PERSISTENT_THREADS, shared, backward,
+                              directions)
+
+
+def _largest_slice(n, K, align):
+    from rnn_ext import _C
+    return max(e - b for b, e in _C._partition_slices(n, K, align)) if n else 0
+
+
+def _weight_bytes(H, P, G, K, dtype_bytes, backward):
+    """A worker's shared-memory copy of its weights (csrc/cuda/resident.h),
+    recomputed here from the partition's own slices: forward [Hin, G*|u|]
+    (+ [H, |pc|] of W_hr), backward [G*H, |d|] (+ [P, |u|] of W_hr), each
+    region rounded up to 16 bytes."""
+    align = 8 if H >= 32 * K else 1
+    u, pc = _largest_slice(H, K, align), _largest_slice(P, K, align)
+    Hin = P or H
+    regions = [G * H * (pc if P else u), P * u] if backward else [Hin * G * u, H * pc]
+    return sum(-(-r * dtype_bytes // 16) * 16 for r in regions)
 
 
 def _persistent_kernels(reports, cell, direction, type_name):
@@ -128,24 +149,83 @@ def _persistent_kernels(reports, cell, direction, type_name):
 @pytest.mark.parametrize("type_name", ["__nv_bfloat16", "__half"])
 def test_fit_rule_with_sm90_registers(reports, cell, G, type_name):
     """The persistent kernels as compiled for sm_90, on an H100: the issue's
-    target shapes (B in 1, 4, 16; H in 256..1024; 16-bit) fit, with every
-    worker's W_hh slice within its on-chip share and no more workers than
-    can be resident; a W_hh too large for the chip, or a batch above 128,
-    goes stepwise."""
+    target shapes (B in 1, 4, 16; H in 256..1024; 16-bit) fit, each worker's
+    W_hh slice in its block's shared memory (with the kernel's static shared
+    memory within 227 KiB) and every block co-resident at that size (the
+    registers x threads and shared memory of blocks_per_sm blocks within one
+    SM's); a W_hh too large for the chip, or a batch above 128, goes
+    stepwise."""
     for direction in ("forward", "backward"):
         [r] = _persistent_kernels(reports, cell, direction, type_name)
+        static = r.get("shared", 0)
         for H in (256, 512, 768, 1024):
             for B in (1, 4, 16):
-                d = _fit(H, H, G, B, 2, r["registers"], r.get("shared", 0))
+                d = _fit(H, H, G, B, 2, r["registers"], static, direction == "backward")
                 assert d["persistent"], (cell, direction, H, B, r, d)
                 assert d["reason"] == "fits"
-                assert 1 <= d["workers"] <= min(H, d["blocks_per_sm"] * H100["sms"])
-                assert d["weight_bytes_per_worker"] <= d["chip_bytes_per_worker"]
-                assert d["weight_bytes_per_worker"] == G * -(-H // d["workers"]) * H * 2
-        too_big = _fit(8192, 8192, G, 16, 8, r["registers"])
+                K, per_sm = d["workers"], d["blocks_per_sm"]
+                assert 1 <= K <= min(H, per_sm * H100["sms"])
+                weights = d["weight_bytes_per_worker"]
+                assert weights == _weight_bytes(H, 0, G, K, 2, direction == "backward")
+                assert static + weights <= H100["shared_per_block"]
+                assert per_sm * (static + weights + RESERVED_SHARED_PER_BLOCK) <= H100["shared_per_sm"]
+                assert per_sm * r["registers"] * PERSISTENT_THREADS <= REGISTERS_PER_SM
+                assert weights <= d["chip_bytes_per_worker"]
+        too_big = _fit(8192, 8192, G, 16, 8, r["registers"], static, direction == "backward")
         assert not too_big["persistent"] and too_big["reason"] == "weights_exceed_chip"
-        wide = _fit(256, 256, G, 256, 2, r["registers"])
+        wide = _fit(256, 256, G, 256, 2, r["registers"], static, direction == "backward")
         assert not wide["persistent"] and wide["reason"] == "batch_too_large"
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_fit_rule_projection_shared_bytes(reports, backward):
+    """LSTM with a projection on an H100 with the sm_90 kernels: the forward
+    holds W_hh's rows and W_hr's, the backward their columns, and the rule's
+    bytes are those of the partition's largest slices."""
+    [r] = _persistent_kernels(reports, "lstm", "backward" if backward else "forward", "__nv_bfloat16")
+    for H, P in ((300, 40), (1024, 256), (768, 512)):
+        d = _fit(H, P, 4, 8, 2, r["registers"], r.get("shared", 0), backward)
+        assert d["persistent"], (H, P, d)
+        assert d["weight_bytes_per_worker"] == _weight_bytes(H, P, 4, d["workers"], 2, backward)
+
+
+@pytest.mark.parametrize("cell,G", [("lstm", 4), ("gru", 3), ("rnn", 1)])
+def test_fit_rule_both_directions_in_one_launch(reports, cell, G):
+    """Both directions of a bidirectional layer in one cooperative launch
+    (the kernels' second sequence): on an H100 with the sm_90 kernels, bf16
+    at the issue's sizes up to H = 1024 fits with 2K blocks co-resident, each
+    with its worker's weights in shared memory; fp32 LSTM at H = 1024 (2 x 16
+    MiB) does not fit the chip."""
+    for direction in ("forward", "backward"):
+        [r] = _persistent_kernels(reports, cell, direction, "__nv_bfloat16")
+        static = r.get("shared", 0)
+        for H in (256, 512, 768, 1024):
+            d = _fit(H, H, G, 16, 2, r["registers"], static, direction == "backward", 2)
+            assert d["persistent"], (cell, direction, H, d)
+            K, per_sm, weights = d["workers"], d["blocks_per_sm"], d["weight_bytes_per_worker"]
+            assert 2 * K <= per_sm * H100["sms"]
+            assert per_sm * (static + weights + RESERVED_SHARED_PER_BLOCK) <= H100["shared_per_sm"]
+            assert per_sm * r["registers"] * PERSISTENT_THREADS <= REGISTERS_PER_SM
+            assert weights == _weight_bytes(H, 0, G, K, 2, direction == "backward")
+    [r] = _persistent_kernels(reports, "lstm", "forward", "f")
+    assert _fit(1024, 1024, 4, 16, 4, r["registers"], r.get("shared", 0))["persistent"]
+    pair = _fit(1024, 1024, 4, 16, 4, r["registers"], r.get("shared", 0), False, 2)
+    assert not pair["persistent"] and pair["reason"] == "weights_exceed_chip"
+
+
+def test_fit_rule_needs_more_workers_where_slices_exceed_a_block():
+    """fp32 LSTM at H=1280 (25 MiB of W_hh): 160 workers of 8 units would
+    need 160 KiB each, one block per SM, so only 132 co-resident: the rule
+    takes more workers, the fewest with which two blocks fit an SM, and
+    refuses where no count fits (fp64 at H=1024, 32 MiB)."""
+    d = _fit(1280, 1280, 4, 16, 4, 64)
+    assert d["persistent"] and 160 < d["workers"] <= 2 * H100["sms"] and d["blocks_per_sm"] == 2
+    fewer = d["workers"] - 1
+    w = _weight_bytes(1280, 0, 4, fewer, 4, False)
+    blocks = min(4, H100["shared_per_sm"] // (w + RESERVED_SHARED_PER_BLOCK))
+    assert blocks * H100["sms"] < fewer, "a smaller worker count would have fitted"
+    refused = _fit(1024, 1024, 4, 16, 8, 64)
+    assert not refused["persistent"] and refused["reason"] == "weights_exceed_chip"
 
 
 def test_fit_rule_register_granule_and_refusals():

@@ -151,6 +151,12 @@ struct Executor {
     }
     return rows;
   }
+  // In place: gemm_nn packs the block into panels on its first product
+  // (column_panels), where that pays.
+  partition::ResidentColumns<T> resident_columns(const T* w, int64_t ldw, int64_t /*k*/,
+                                                 partition::Slice cols) {
+    return {w + cols.begin, ldw};
+  }
   void gemm_resident(int64_t m, int64_t k, const T* a, int64_t lda,
                      const partition::GateRows<T>& rows, int G, int64_t n, Acc* c,
                      int64_t ldc) {
@@ -263,6 +269,40 @@ void run(Seq seq, int64_t workers, Worker worker) {
     ex.batch = seq.B;
     blas::SingleThreaded one;
     worker(mine, omp_get_thread_num(), ex);
+  }
+  delete sync;
+}
+
+// Both directions of a bidirectional layer on one team (partition.h's
+// pair_worker): half of the granted threads run a, the rest b, all meeting
+// at one barrier per phase; a team of one runs a, then b.  The sequences
+// must pass the same barriers (partition::same_barriers).
+template <typename T, typename Acc, class Seq, class Worker>
+void run_pair(Seq a, Seq b, int64_t workers, Worker worker) {
+  if (workers <= 1) {
+    run<T, Acc>(a, 1, worker);
+    run<T, Acc>(b, 1, worker);
+    return;
+  }
+  Barrier* sync = nullptr;
+#pragma omp parallel num_threads(static_cast<int>(workers)) shared(sync)
+  {
+    const int K = omp_get_num_threads();
+#pragma omp single
+    sync = new Barrier(K);
+    Seq mine_a = a, mine_b = b;
+    mine_a.workers = K / 2;
+    mine_b.workers = K - K / 2;
+    Executor<T, Acc> ex{sync};
+    ex.batch = a.B;
+    blas::SingleThreaded one;
+    if (K == 1) {  // granted one thread inside a parallel region
+      mine_a.workers = mine_b.workers = 1;
+      worker(mine_a, 0, ex);
+      worker(mine_b, 0, ex);
+    } else {
+      partition::pair_worker(mine_a, mine_b, omp_get_thread_num(), ex, worker);
+    }
   }
   delete sync;
 }

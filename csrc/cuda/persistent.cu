@@ -3,18 +3,31 @@
 // share the block's GEMM outputs and elements, with __syncthreads() between
 // the phases that hand data from thread to thread, and grid.sync() as the
 // workers' barrier (cooperative launch: every block is resident, or the
-// launch fails instead of deadlocking).
+// launch fails instead of deadlocking).  A worker's weights are copied once
+// into its block's dynamic shared memory (layout: resident.h) and every
+// step's product reads them there.  A launch runs one layer direction, or
+// both directions of a bidirectional layer (partition::pair_worker).
 #include <cooperative_groups.h>
 
 #include "cuda/half_convert.cuh"
 #include "cuda/mma_tile.cuh"
 #include "cuda/persistent.h"
+#include "cuda/resident.h"
 
 namespace cg = cooperative_groups;
 
 namespace rnn_ext {
 namespace cuda {
 namespace {
+
+// The launch's dynamic shared memory: the worker's weights (resident.h).
+extern __shared__ __align__(16) unsigned char resident_shared[];
+
+__device__ __forceinline__ int64_t dynamic_shared_bytes() {
+  unsigned bytes;
+  asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(bytes));
+  return bytes;
+}
 
 template <typename T, typename Acc>
 struct BlockExecutor {
@@ -23,9 +36,41 @@ struct BlockExecutor {
 #else
   static constexpr bool kTensorCores = false;
 #endif
-  __device__ partition::GateRows<T> resident_rows(const T* w, int64_t H, int64_t /*G*/,
-                                                  int64_t Hin, partition::Slice u) {
-    return {w + u.begin * Hin, H * Hin, Hin};
+  // What is left of the block's dynamic shared memory.  Every thread holds
+  // the same copy and takes the same regions, so no thread waits for another
+  // to learn where a region is.
+  resident::Shelf shelf;
+
+  // Before the time loop: the worker's rows of w (G gates of units u, Hin
+  // each) transposed into shared memory, [Hin, G*|u|] (GateRows::wt), so
+  // that a step's product is one [m, Hin] x [Hin, G*|u|] product whose
+  // threads read consecutive elements of a weight row.  Where the launch
+  // gave too little shared memory (it could not be co-resident with it),
+  // the rows stay in place in global memory.
+  __device__ partition::GateRows<T> resident_rows(const T* w, int64_t H, int64_t G, int64_t Hin,
+                                                  partition::Slice u) {
+    partition::GateRows<T> rows{w + u.begin * Hin, H * Hin, Hin};
+    const int64_t nu = u.size();
+    T* copy = nu > 0 ? shelf.take<T>(Hin * G * nu) : nullptr;
+    if (copy != nullptr) {
+      resident::pack_rows_transposed(rows, G, nu, Hin, copy, threadIdx.x, blockDim.x);
+      rows.wt = copy;
+    }
+    __syncthreads();
+    return rows;
+  }
+  // Before the time loop: the [k, |cols|] block of w [k, ldw] into shared
+  // memory, rows |cols| apart (the backward's operand); in place where it
+  // does not fit, as above.
+  __device__ partition::ResidentColumns<T> resident_columns(const T* w, int64_t ldw, int64_t k,
+                                                            partition::Slice cols) {
+    const int64_t n = cols.size();
+    T* copy = n > 0 ? shelf.take<T>(k * n) : nullptr;
+    if (copy != nullptr)
+      resident::pack_columns(w + cols.begin, ldw, k, n, copy, threadIdx.x, blockDim.x);
+    __syncthreads();
+    if (copy == nullptr) return {w + cols.begin, ldw};
+    return {copy, n};
   }
   // fp16 and bf16 on sm_80 and newer: tensor cores (cuda/mma_tile.cuh), the
   // block's warps sharing the tiles of the G gates' rows (the rows of all
@@ -35,10 +80,17 @@ struct BlockExecutor {
                                 const partition::GateRows<T>& rows, int G, int64_t n, Acc* c,
                                 int64_t ldc) {
     if constexpr (kTensorCores) {
-      const mma::TileGemm g{m, k, G * n, lda, n, rows.gate_stride, rows.ld, ldc};
-      mma_tile::block_tile_gemm(g, a, rows.w, c);
+      // The shared-memory copy (rows.wt, [k, G*n]: product row r in column
+      // r, K rows G*n apart), else W_hh's rows in place, gate by gate.
+      const mma::TileGemm g =
+          rows.wt != nullptr
+              ? mma::TileGemm{m, k, G * n, lda, G * n, 0, 1, ldc, G * n}
+              : mma::TileGemm{m, k, G * n, lda, n, rows.gate_stride, rows.ld, ldc};
+      mma_tile::block_tile_gemm(g, a, rows.wt != nullptr ? rows.wt : rows.w, c);
       __syncthreads();
     } else {
+      // The G gates side by side in the copy: columns g*n + j of c.
+      if (rows.wt != nullptr) return gemm_nn(m, G * n, k, a, lda, rows.wt, G * n, c, ldc, false);
       for (int g = 0; g < G; ++g)
         gemm_nt(m, n, k, a, lda, rows.gate(g), rows.ld, c + g * n, ldc, false);
     }
@@ -55,7 +107,10 @@ struct BlockExecutor {
     }
     __syncthreads();
   }
-  // c[m, n] (+)= a[m, k] w[k, n].
+  // c[m, n] (+)= a[m, k] w[k, n]: consecutive threads take consecutive
+  // columns j, so a row of w (in shared memory) is read from consecutive
+  // banks, and a row of a (h_{t-1} or the gate gradients, in global memory)
+  // is one address per warp and row i.
   __device__ void gemm_nn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
                           const T* w, int64_t ldw, Acc* c, int64_t ldc, bool accumulate) {
     for (int64_t e = threadIdx.x; e < m * n; e += blockDim.x) {
@@ -100,51 +155,134 @@ struct BlockExecutor {
   __device__ void barrier() { cg::this_grid().sync(); }
 };
 
+// Each kernel runs one layer direction (b.workers = 0) or both directions
+// of a bidirectional layer (partition::pair_worker: blocks [0, a.workers)
+// run a, the next b.workers run b, all at one grid barrier per phase).
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    lstm_forward_kernel(const partition::LSTMForwardSeq<T, Acc> s) {
-  BlockExecutor<T, Acc> ex;
-  partition::lstm_forward_worker(s, blockIdx.x, ex);
+    lstm_forward_kernel(const partition::LSTMForwardSeq<T, Acc> a, const partition::LSTMForwardSeq<T, Acc> b) {
+  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+  partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
+    partition::lstm_forward_worker(s, k, e);
+  });
 }
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    lstm_backward_kernel(const partition::LSTMBackwardSeq<T, Acc> s) {
-  BlockExecutor<T, Acc> ex;
-  partition::lstm_backward_worker(s, blockIdx.x, ex);
+    lstm_backward_kernel(const partition::LSTMBackwardSeq<T, Acc> a, const partition::LSTMBackwardSeq<T, Acc> b) {
+  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+  partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
+    partition::lstm_backward_worker(s, k, e);
+  });
 }
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    gru_forward_kernel(const partition::GRUForwardSeq<T, Acc> s) {
-  BlockExecutor<T, Acc> ex;
-  partition::gru_forward_worker(s, blockIdx.x, ex);
+    gru_forward_kernel(const partition::GRUForwardSeq<T, Acc> a, const partition::GRUForwardSeq<T, Acc> b) {
+  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+  partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
+    partition::gru_forward_worker(s, k, e);
+  });
 }
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    gru_backward_kernel(const partition::GRUBackwardSeq<T, Acc> s) {
-  BlockExecutor<T, Acc> ex;
-  partition::gru_backward_worker(s, blockIdx.x, ex);
-}
-
-template <typename T, typename Acc>
-__global__ void __launch_bounds__(kPersistentThreads, 1)
-    rnn_forward_kernel(const partition::RNNForwardSeq<T, Acc> s) {
-  BlockExecutor<T, Acc> ex;
-  partition::rnn_forward_worker(s, blockIdx.x, ex);
-}
-template <typename T, typename Acc>
-__global__ void __launch_bounds__(kPersistentThreads, 1)
-    rnn_backward_kernel(const partition::RNNBackwardSeq<T, Acc> s) {
-  BlockExecutor<T, Acc> ex;
-  partition::rnn_backward_worker(s, blockIdx.x, ex);
+    gru_backward_kernel(const partition::GRUBackwardSeq<T, Acc> a, const partition::GRUBackwardSeq<T, Acc> b) {
+  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+  partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
+    partition::gru_backward_worker(s, k, e);
+  });
 }
 
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    rnn_forward_kernel(const partition::RNNForwardSeq<T, Acc> a, const partition::RNNForwardSeq<T, Acc> b) {
+  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+  partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
+    partition::rnn_forward_worker(s, k, e);
+  });
+}
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    rnn_backward_kernel(const partition::RNNBackwardSeq<T, Acc> a, const partition::RNNBackwardSeq<T, Acc> b) {
+  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+  partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
+    partition::rnn_backward_worker(s, k, e);
+  });
+}
+
+// A sequence's projection columns (LSTM proj_size; 0: none).
+template <typename T, typename Acc>
+int64_t projection(const partition::LSTMForwardSeq<T, Acc>& s) { return s.P; }
+template <typename T, typename Acc>
+int64_t projection(const partition::LSTMBackwardSeq<T, Acc>& s) { return s.P; }
 template <class Seq>
-cudaError_t launch(void (*kernel)(const Seq), const Seq& s, cudaStream_t stream) {
-  if (s.workers <= 0) return cudaErrorInvalidValue;
-  void* args[] = {const_cast<Seq*>(&s)};
+int64_t projection(const Seq&) { return 0; }
+
+// The bytes of shared memory the largest worker of s holds its weights in
+// (resident.h; what the fit rule admitted).  G: gates.
+template <typename T, class Seq>
+int64_t weight_bytes(const Seq& s, int64_t G, bool backward) {
+  if (s.workers <= 0) return 0;
+  return resident::worker_bytes(s.H, projection(s), G, s.workers, s.align, sizeof(T), backward);
+}
+
+// The dynamic shared memory a launch of `blocks` blocks of `kernel` gets:
+// `bytes`, or none where that would not fit one block or would leave fewer
+// than `blocks` co-resident (then the workers read their weights in place:
+// correct, only slower; RNN_EXT_CUDA_PERSISTENT=force reaches this).
+template <class Kernel>
+cudaError_t usable_shared_bytes(Kernel kernel, int64_t bytes, int64_t blocks, size_t* shared) {
+  *shared = 0;
+  if (bytes <= 0) return cudaSuccess;
+  int device = 0, optin = 0, sms = 0, per_sm = 0;
+  cudaFuncAttributes a;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) err = cudaFuncGetAttributes(&a, reinterpret_cast<const void*>(kernel));
+  if (err != cudaSuccess) return err;
+  if (static_cast<int64_t>(a.sharedSizeBytes) + bytes > optin) return cudaSuccess;
+  // The attribute first: without it the occupancy query (and the launch)
+  // refuse more than 48 KiB.  Shared memory over L1 in the unified array.
+  err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (err == cudaSuccess)
+    err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                               cudaFuncAttributePreferredSharedMemoryCarveout,
+                               cudaSharedmemCarveoutMaxShared);
+  if (err == cudaSuccess)
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, reinterpret_cast<const void*>(kernel), kPersistentThreads, static_cast<size_t>(bytes));
+  if (err != cudaSuccess) return err;
+  if (static_cast<int64_t>(per_sm) * sms >= blocks) *shared = static_cast<size_t>(bytes);
+  return cudaSuccess;
+}
+
+// One cooperative launch of a.workers + b.workers blocks (b.workers = 0:
+// one direction); G gates.  Every block gets the largest worker's
+// shared-memory size.
+template <typename T, class Seq>
+cudaError_t launch(void (*kernel)(const Seq, const Seq), const Seq& a, const Seq& b, int64_t G,
+                   bool backward, cudaStream_t stream) {
+  if (a.workers <= 0 || b.workers < 0) return cudaErrorInvalidValue;
+  if (b.workers > 0 && !partition::same_barriers(a, b)) return cudaErrorInvalidValue;
+  const int64_t workers = a.workers + b.workers;
+  const int64_t bytes_a = weight_bytes<T>(a, G, backward), bytes_b = weight_bytes<T>(b, G, backward);
+  size_t shared = 0;
+  const cudaError_t err =
+      usable_shared_bytes(kernel, bytes_a > bytes_b ? bytes_a : bytes_b, workers, &shared);
+  if (err != cudaSuccess) return err;
+  void* args[] = {const_cast<Seq*>(&a), const_cast<Seq*>(&b)};
   return cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel),
-                                     dim3(static_cast<unsigned>(s.workers)),
-                                     dim3(kPersistentThreads), args, 0, stream);
+                                     dim3(static_cast<unsigned>(workers)),
+                                     dim3(kPersistentThreads), args, shared, stream);
+}
+
+// One layer direction.
+template <typename T, class Seq>
+cudaError_t launch(void (*kernel)(const Seq, const Seq), const Seq& s, int64_t G, bool backward,
+                   cudaStream_t stream) {
+  Seq none = s;
+  none.workers = 0;
+  return launch<T>(kernel, s, none, G, backward, stream);
 }
 
 template <class Kernel>
@@ -197,45 +335,75 @@ cudaError_t persistent_max_workers(int device, int kind, int* workers) {
 
 template <typename T, typename Acc>
 cudaError_t lstm_forward_persistent(const partition::LSTMForwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch(lstm_forward_kernel<T, Acc>, s, stream);
+  return launch<T>(lstm_forward_kernel<T, Acc>, s, 4, false, stream);
+}
+template <typename T, typename Acc>
+cudaError_t lstm_forward_persistent_pair(const partition::LSTMForwardSeq<T, Acc>& a,
+                                   const partition::LSTMForwardSeq<T, Acc>& b, cudaStream_t stream) {
+  return launch<T>(lstm_forward_kernel<T, Acc>, a, b, 4, false, stream);
 }
 template <typename T, typename Acc>
 cudaError_t lstm_backward_persistent(const partition::LSTMBackwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch(lstm_backward_kernel<T, Acc>, s, stream);
+  return launch<T>(lstm_backward_kernel<T, Acc>, s, 4, true, stream);
+}
+template <typename T, typename Acc>
+cudaError_t lstm_backward_persistent_pair(const partition::LSTMBackwardSeq<T, Acc>& a,
+                                   const partition::LSTMBackwardSeq<T, Acc>& b, cudaStream_t stream) {
+  return launch<T>(lstm_backward_kernel<T, Acc>, a, b, 4, true, stream);
 }
 template <typename T, typename Acc>
 cudaError_t gru_forward_persistent(const partition::GRUForwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch(gru_forward_kernel<T, Acc>, s, stream);
+  return launch<T>(gru_forward_kernel<T, Acc>, s, 3, false, stream);
+}
+template <typename T, typename Acc>
+cudaError_t gru_forward_persistent_pair(const partition::GRUForwardSeq<T, Acc>& a,
+                                   const partition::GRUForwardSeq<T, Acc>& b, cudaStream_t stream) {
+  return launch<T>(gru_forward_kernel<T, Acc>, a, b, 3, false, stream);
 }
 template <typename T, typename Acc>
 cudaError_t gru_backward_persistent(const partition::GRUBackwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch(gru_backward_kernel<T, Acc>, s, stream);
+  return launch<T>(gru_backward_kernel<T, Acc>, s, 3, true, stream);
+}
+template <typename T, typename Acc>
+cudaError_t gru_backward_persistent_pair(const partition::GRUBackwardSeq<T, Acc>& a,
+                                   const partition::GRUBackwardSeq<T, Acc>& b, cudaStream_t stream) {
+  return launch<T>(gru_backward_kernel<T, Acc>, a, b, 3, true, stream);
 }
 
 template <typename T, typename Acc>
 cudaError_t rnn_forward_persistent(const partition::RNNForwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch(rnn_forward_kernel<T, Acc>, s, stream);
+  return launch<T>(rnn_forward_kernel<T, Acc>, s, 1, false, stream);
+}
+template <typename T, typename Acc>
+cudaError_t rnn_forward_persistent_pair(const partition::RNNForwardSeq<T, Acc>& a,
+                                   const partition::RNNForwardSeq<T, Acc>& b, cudaStream_t stream) {
+  return launch<T>(rnn_forward_kernel<T, Acc>, a, b, 1, false, stream);
 }
 template <typename T, typename Acc>
 cudaError_t rnn_backward_persistent(const partition::RNNBackwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch(rnn_backward_kernel<T, Acc>, s, stream);
+  return launch<T>(rnn_backward_kernel<T, Acc>, s, 1, true, stream);
+}
+template <typename T, typename Acc>
+cudaError_t rnn_backward_persistent_pair(const partition::RNNBackwardSeq<T, Acc>& a,
+                                   const partition::RNNBackwardSeq<T, Acc>& b, cudaStream_t stream) {
+  return launch<T>(rnn_backward_kernel<T, Acc>, a, b, 1, true, stream);
 }
 
-#define RNN_EXT_INSTANTIATE(T, Acc)                                                          \
-  template cudaError_t persistent_max_workers<T, Acc>(int, int, int*);                       \
-  template cudaError_t persistent_resources<T, Acc>(int, int*, int*);                        \
-  template cudaError_t lstm_forward_persistent<T, Acc>(                                      \
-      const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t);                               \
-  template cudaError_t lstm_backward_persistent<T, Acc>(                                     \
-      const partition::LSTMBackwardSeq<T, Acc>&, cudaStream_t);                              \
-  template cudaError_t gru_forward_persistent<T, Acc>(const partition::GRUForwardSeq<T, Acc>&, \
-                                                      cudaStream_t);                         \
-  template cudaError_t gru_backward_persistent<T, Acc>(                                      \
-      const partition::GRUBackwardSeq<T, Acc>&, cudaStream_t);                               \
-  template cudaError_t rnn_forward_persistent<T, Acc>(const partition::RNNForwardSeq<T, Acc>&, \
-                                                      cudaStream_t);                         \
-  template cudaError_t rnn_backward_persistent<T, Acc>(                                      \
-      const partition::RNNBackwardSeq<T, Acc>&, cudaStream_t);
+#define RNN_EXT_INSTANTIATE(T, Acc)                                                                                                                               \
+  template cudaError_t persistent_max_workers<T, Acc>(int, int, int*);                                                                                            \
+  template cudaError_t persistent_resources<T, Acc>(int, int*, int*);                                                                                             \
+  template cudaError_t lstm_forward_persistent<T, Acc>(const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t);                                                   \
+  template cudaError_t lstm_forward_persistent_pair<T, Acc>(const partition::LSTMForwardSeq<T, Acc>&, const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t);    \
+  template cudaError_t lstm_backward_persistent<T, Acc>(const partition::LSTMBackwardSeq<T, Acc>&, cudaStream_t);                                                 \
+  template cudaError_t lstm_backward_persistent_pair<T, Acc>(const partition::LSTMBackwardSeq<T, Acc>&, const partition::LSTMBackwardSeq<T, Acc>&, cudaStream_t); \
+  template cudaError_t gru_forward_persistent<T, Acc>(const partition::GRUForwardSeq<T, Acc>&, cudaStream_t);                                                     \
+  template cudaError_t gru_forward_persistent_pair<T, Acc>(const partition::GRUForwardSeq<T, Acc>&, const partition::GRUForwardSeq<T, Acc>&, cudaStream_t);       \
+  template cudaError_t gru_backward_persistent<T, Acc>(const partition::GRUBackwardSeq<T, Acc>&, cudaStream_t);                                                   \
+  template cudaError_t gru_backward_persistent_pair<T, Acc>(const partition::GRUBackwardSeq<T, Acc>&, const partition::GRUBackwardSeq<T, Acc>&, cudaStream_t);    \
+  template cudaError_t rnn_forward_persistent<T, Acc>(const partition::RNNForwardSeq<T, Acc>&, cudaStream_t);                                                     \
+  template cudaError_t rnn_forward_persistent_pair<T, Acc>(const partition::RNNForwardSeq<T, Acc>&, const partition::RNNForwardSeq<T, Acc>&, cudaStream_t);       \
+  template cudaError_t rnn_backward_persistent<T, Acc>(const partition::RNNBackwardSeq<T, Acc>&, cudaStream_t);                                                   \
+  template cudaError_t rnn_backward_persistent_pair<T, Acc>(const partition::RNNBackwardSeq<T, Acc>&, const partition::RNNBackwardSeq<T, Acc>&, cudaStream_t);
 RNN_EXT_INSTANTIATE(float, float)
 RNN_EXT_INSTANTIATE(double, double)
 RNN_EXT_INSTANTIATE(__half, float)

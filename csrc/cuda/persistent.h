@@ -5,11 +5,14 @@
 // projection).  Raw pointers, sizes and a stream in, a cudaError_t out: no
 // PyTorch here.
 //
-// NOT YET RUN ON A GPU.  This first version keeps W_hh in global memory (the
-// L2 and each SM's L1 hold a worker's rows across steps) and multiplies with
-// FFMA; the on-chip residency and tensor-core MMAs of the persistent design
-// (issue "The persistent recurrence, part 2") build on it.  The CUDA ops use
-// it only when RNN_EXT_CUDA_PERSISTENT=1; "auto" never does.
+// NOT YET RUN ON A GPU.  Each block copies its worker's W_hh rows (forward)
+// or columns (backward), and W_hr's with a projection, into its dynamic
+// shared memory once before the time loop (layout and sizes: resident.h;
+// the launch requests exactly the bytes the fit rule admitted, or none
+// where they would not fit, and the workers then read in place); every
+// step multiplies from there: fp16/bf16 forward products on tensor cores
+// (mma_tile.cuh, sm_80+), everything else with FFMA.
+// The CUDA ops use it only when RNN_EXT_CUDA_PERSISTENT=1; "auto" never does.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -22,14 +25,16 @@ namespace cuda {
 constexpr int kPersistentThreads = 256;
 
 // The most workers (blocks) of each kernel that can be resident at once on
-// `device`, which a cooperative launch requires: the fit rule's limit.
+// `device` without dynamic shared memory, which a cooperative launch
+// requires: the limit where the fit rule admits no worker count.
 template <typename T, typename Acc>
 cudaError_t persistent_max_workers(int device, int kind, int* workers);
 // kind: 0 LSTM forward, 1 LSTM backward, 2 GRU forward, 3 GRU backward,
 // 4 RNN forward, 5 RNN backward.
 
 // The compiled resources of a kernel (cudaFuncGetAttributes), for the fit
-// rule (rnn_ext/fit.h): registers per thread and static shared memory.
+// rule (rnn_ext/fit.h): registers per thread and static shared memory (the
+// weights' dynamic shared memory comes on top).
 template <typename T, typename Acc>
 cudaError_t persistent_resources(int kind, int* registers, int* shared_bytes);
 
@@ -45,6 +50,31 @@ template <typename T, typename Acc>
 cudaError_t rnn_forward_persistent(const partition::RNNForwardSeq<T, Acc>& s, cudaStream_t stream);
 template <typename T, typename Acc>
 cudaError_t rnn_backward_persistent(const partition::RNNBackwardSeq<T, Acc>& s, cudaStream_t stream);
+
+// Both directions of a bidirectional layer in one cooperative launch of
+// a.workers + b.workers blocks, one grid barrier per phase for both
+// (partition::pair_worker); the two must pass the same barriers
+// (partition::same_barriers: same steps, a projection in both or neither),
+// else cudaErrorInvalidValue.  NOT YET RUN ON A GPU, and not yet called by
+// the ops (each direction is its own op call today).
+template <typename T, typename Acc>
+cudaError_t lstm_forward_persistent_pair(const partition::LSTMForwardSeq<T, Acc>& a,
+                                   const partition::LSTMForwardSeq<T, Acc>& b, cudaStream_t stream);
+template <typename T, typename Acc>
+cudaError_t lstm_backward_persistent_pair(const partition::LSTMBackwardSeq<T, Acc>& a,
+                                   const partition::LSTMBackwardSeq<T, Acc>& b, cudaStream_t stream);
+template <typename T, typename Acc>
+cudaError_t gru_forward_persistent_pair(const partition::GRUForwardSeq<T, Acc>& a,
+                                   const partition::GRUForwardSeq<T, Acc>& b, cudaStream_t stream);
+template <typename T, typename Acc>
+cudaError_t gru_backward_persistent_pair(const partition::GRUBackwardSeq<T, Acc>& a,
+                                   const partition::GRUBackwardSeq<T, Acc>& b, cudaStream_t stream);
+template <typename T, typename Acc>
+cudaError_t rnn_forward_persistent_pair(const partition::RNNForwardSeq<T, Acc>& a,
+                                   const partition::RNNForwardSeq<T, Acc>& b, cudaStream_t stream);
+template <typename T, typename Acc>
+cudaError_t rnn_backward_persistent_pair(const partition::RNNBackwardSeq<T, Acc>& a,
+                                   const partition::RNNBackwardSeq<T, Acc>& b, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace rnn_ext

@@ -29,11 +29,13 @@ PyObject* persistent_fit(PyObject*, PyObject* args) {
   rnn_ext::fit::Layer l{};
   rnn_ext::fit::DeviceLimits d{};
   rnn_ext::fit::KernelResources k{};
-  if (!PyArg_ParseTuple(args, "LLLLLLLLLLLLL", &l.H, &l.Hin, &l.G, &l.B, &l.dtype_bytes, &d.sms,
+  int backward = 0;
+  if (!PyArg_ParseTuple(args, "LLLLLLLLLLLLLLp|L", &l.H, &l.Hin, &l.G, &l.B, &l.dtype_bytes, &d.sms,
                         &d.registers_per_sm, &d.shared_per_sm, &d.max_blocks_per_sm,
-                        &d.max_threads_per_sm, &k.registers_per_thread, &k.threads,
-                        &k.shared_per_block))
+                        &d.max_threads_per_sm, &d.shared_per_block, &k.registers_per_thread,
+                        &k.threads, &k.shared_per_block, &backward, &l.directions))
     return nullptr;
+  l.backward = backward != 0;
   const rnn_ext::fit::Decision r = rnn_ext::fit::decide(l, d, k);
   static const char* reasons[] = {"fits", "not_resident", "batch_too_large", "weights_exceed_chip"};
   return Py_BuildValue("{s:O,s:L,s:L,s:L,s:L,s:s}", "persistent", r.persistent ? Py_True : Py_False,
@@ -81,8 +83,8 @@ PyMethodDef methods[] = {
      "Bytes of free blocks the CPU ops' buffer cache holds (ops/buffer_pool.h)."},
     {"_persistent_fit", persistent_fit, METH_VARARGS,
      "The fit rule: (H, Hin, G, B, dtype_bytes, sms, registers_per_sm, shared_per_sm, "
-     "max_blocks_per_sm, max_threads_per_sm, registers_per_thread, threads, "
-     "shared_per_block) -> dict."},
+     "max_blocks_per_sm, max_threads_per_sm, shared_per_block_optin, registers_per_thread, "
+     "threads, static_shared_per_block, backward[, directions]) -> dict."},
     {nullptr, nullptr, 0, nullptr}};
 }  // namespace
 

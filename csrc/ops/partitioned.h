@@ -6,7 +6,9 @@
 //
 // A Runner provides
 //   kernel_type<T>                     the kernels' storage type for ATen's T
-//   workers(B, H, G, Hin, like)        how many workers for this layer
+//   workers(B, H, G, Hin, like, backward)
+//                                      how many workers for this layer's
+//                                      forward or backward loop
 //   align(H, workers)                  the granularity of the unit slices
 //   h0_zero(h0, macs)                  whether step 0 may skip its product
 //                                      (macs: its multiply-adds)
@@ -52,7 +54,7 @@ struct PartitionedLoops {
     Tensor c_n = c0.clone(at::MemoryFormat::Contiguous);
     const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
     const Tensor active = Runner::active(L, gx);
-    const int64_t K = Runner::workers(B, H, 4, Hin, gx);
+    const int64_t K = Runner::workers(B, H, 4, Hin, gx, false);
     Tensor gates = at::empty({B, 4 * H}, acc);
     Tensor proj_acc = at::empty({P > 0 ? B : 0, P}, acc);
     partition::LSTMForwardSeq<K_, Acc> s{
@@ -85,7 +87,7 @@ struct PartitionedLoops {
     Tensor dh_pre = at::empty({P > 0 ? B : 0, H}, ws.options());
     const Lengths L = prepare_lengths(lengths, T_, B, y.device());
     const Tensor active = Runner::active(L, y);
-    const int64_t K = Runner::workers(B, H, 4, Hin, y);
+    const int64_t K = Runner::workers(B, H, 4, Hin, y, true);
     partition::LSTMBackwardSeq<K_, Acc> s{
         T_, B, H, P, K, Runner::align(H, K), L.data(), ptr<const int64_t>(active),
         ptr<const K_>(w_hh), ptr<const K_>(w_hr), ptr<const Acc>(ws),
@@ -115,7 +117,7 @@ struct PartitionedLoops {
     Tensor h_n = h0.clone(at::MemoryFormat::Contiguous);
     const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
     const Tensor active = Runner::active(L, gx);
-    const int64_t K = Runner::workers(B, H, 3, H, gx);
+    const int64_t K = Runner::workers(B, H, 3, H, gx, false);
     Tensor gates = at::empty({B, 3 * H}, acc);
     partition::GRUForwardSeq<K_, Acc> s{
         T_, B, H, K, Runner::align(H, K), L.data(), ptr<const int64_t>(active),
@@ -140,7 +142,7 @@ struct PartitionedLoops {
     Tensor dh_state = grad_h_n.to(ws.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
     const Lengths L = prepare_lengths(lengths, T_, B, y.device());
     const Tensor active = Runner::active(L, y);
-    const int64_t K = Runner::workers(B, H, 3, H, y);
+    const int64_t K = Runner::workers(B, H, 3, H, y, true);
     partition::GRUBackwardSeq<K_, Acc> s{
         T_, B, H, K, Runner::align(H, K), L.data(), ptr<const int64_t>(active),
         ptr<const K_>(w_hh), ptr<const Acc>(ws), ptr<const Acc>(grad_ws),
@@ -167,7 +169,7 @@ struct PartitionedLoops {
     Tensor h_n = h0.clone(at::MemoryFormat::Contiguous);
     const Lengths L = prepare_lengths(lengths, T_, B, gx.device());
     const Tensor active = Runner::active(L, gx);
-    const int64_t K = Runner::workers(B, H, 1, H, gx);
+    const int64_t K = Runner::workers(B, H, 1, H, gx, false);
     Tensor gates = at::empty({B, H}, acc);
     partition::RNNForwardSeq<K_, Acc> s{
         T_, B, H, K, Runner::align(H, K), L.data(), ptr<const int64_t>(active),
@@ -190,7 +192,7 @@ struct PartitionedLoops {
     Tensor dh_state = grad_h_n.to(ws.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
     const Lengths L = prepare_lengths(lengths, T_, B, y.device());
     const Tensor active = Runner::active(L, y);
-    const int64_t K = Runner::workers(B, H, 1, H, y);
+    const int64_t K = Runner::workers(B, H, 1, H, y, true);
     partition::RNNBackwardSeq<K_, Acc> s{
         T_, B, H, K, Runner::align(H, K), L.data(), ptr<const int64_t>(active),
         ptr<const K_>(w_hh), ptr<const Acc>(ws), ptr<const Acc>(grad_ws),

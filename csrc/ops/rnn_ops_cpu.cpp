@@ -52,7 +52,8 @@ struct CpuRunner {
   template <typename T>
   using kernel_type = T;
 
-  static int64_t workers(int64_t B, int64_t H, int64_t G, int64_t Hin, const Tensor&) {
+  static int64_t workers(int64_t B, int64_t H, int64_t G, int64_t Hin, const Tensor&,
+                         bool /*backward*/) {
     return workers_for(B, H, G, Hin);
   }
   // Slices in whole cache lines of fp32 when every worker gets several;

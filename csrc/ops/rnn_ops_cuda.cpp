@@ -68,9 +68,12 @@ fit::Decision persistent_fit(int kind, int64_t B, int64_t H, int64_t G, int64_t 
   const fit::DeviceLimits device{prop->multiProcessorCount, prop->regsPerMultiprocessor,
                                  static_cast<int64_t>(prop->sharedMemPerMultiprocessor),
                                  prop->maxBlocksPerMultiProcessor,
-                                 prop->maxThreadsPerMultiProcessor};
+                                 prop->maxThreadsPerMultiProcessor,
+                                 static_cast<int64_t>(prop->sharedMemPerBlockOptin)};
   const fit::KernelResources kernel{registers, cuda::kPersistentThreads, shared};
-  return fit::decide({H, Hin, G, B, static_cast<int64_t>(sizeof(K_))}, device, kernel);
+  fit::Layer layer{H, Hin, G, B, static_cast<int64_t>(sizeof(K_))};
+  layer.backward = kind % 2 == 1;
+  return fit::decide(layer, device, kernel);
 }
 
 // The forward kernel of a cell (the larger of the two): 0 LSTM, 2 GRU, 4 RNN.
@@ -83,31 +86,29 @@ struct CudaRunner {
   template <typename T>
   using kernel_type = typename CudaType<T>::type;
 
-  // The fit rule's workers, the same for the forward and the backward
-  // kernel (the fewer of the two); where the rule refuses (the kernels
-  // forced by RNN_EXT_CUDA_PERSISTENT=force), one per 8 units up to as many
-  // as can be resident at once (the cooperative launch's limit).
-  static int64_t workers(int64_t B, int64_t H, int64_t G, int64_t Hin, const Tensor& like) {
+  // The fit rule's workers for the layer direction's forward or backward
+  // kernel (each sizes its own shared memory, so the two may differ);
+  // where the rule admits none (the kernels forced by
+  // RNN_EXT_CUDA_PERSISTENT=force), one per 8 units up to as many as can be
+  // resident at once without the weights in shared memory (the cooperative
+  // launch's limit; the launch then leaves them in global memory).
+  static int64_t workers(int64_t B, int64_t H, int64_t G, int64_t Hin, const Tensor& like,
+                         bool backward) {
+    const int kind = forward_kind(G) + (backward ? 1 : 0);
     int64_t workers = 0;
     int limit = 0;
     RNN_EXT_DISPATCH(like.scalar_type(), "rnn_ext::persistent_workers", [&] {
       using K_ = kernel_type<scalar_t>;
       using A_ = at::opmath_type<scalar_t>;
-      const int64_t fwd = persistent_fit<scalar_t>(forward_kind(G), B, H, G, Hin, like).workers;
-      const int64_t bwd = persistent_fit<scalar_t>(forward_kind(G) + 1, B, H, G, Hin, like).workers;
-      workers = std::min(fwd, bwd);
-      int limit_bwd = 0;
-      check_launch(cuda::persistent_max_workers<K_, A_>(like.get_device(), forward_kind(G), &limit));
-      check_launch(cuda::persistent_max_workers<K_, A_>(like.get_device(), forward_kind(G) + 1,
-                                                        &limit_bwd));
-      limit = std::min(limit, limit_bwd);
+      workers = persistent_fit<scalar_t>(kind, B, H, G, Hin, like).workers;
+      check_launch(cuda::persistent_max_workers<K_, A_>(like.get_device(), kind, &limit));
     });
     TORCH_CHECK(limit > 0, "rnn_ext: the persistent CUDA kernels cannot be resident on ",
                 like.device());
     if (workers > 0) return workers;
     return std::max<int64_t>(1, std::min<int64_t>(limit, (H + 7) / 8));
   }
-  static int64_t align(int64_t H, int64_t workers) { return H >= 32 * workers ? 8 : 1; }
+  static int64_t align(int64_t H, int64_t workers) { return fit::unit_align(H, workers); }
   // Testing h0 on the host would synchronise with the device.
   static bool h0_zero(const Tensor&, int64_t) { return false; }
   static Tensor active(const Lengths& L, const Tensor& like) {

@@ -21,6 +21,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda/resident.h"
 #include "rnn_ext/mma_layout.h"
 #include "tests/expect.h"
 
@@ -181,6 +182,9 @@ struct Case {
   int64_t u0;
   int64_t lda_pad, ldw_pad, ldc_extra;  // padding columns (NaN) of a, w and c
   int warps;
+  // The worker's rows as the CUDA executor keeps them in shared memory:
+  // transposed by resident::pack_rows_transposed, [depth, G*n] (GateRows::wt).
+  bool shared_copy = false;
 };
 
 // The worker's product as the persistent loop asks for it: c[b, g*n + j] =
@@ -203,8 +207,17 @@ static void run_case(const Case& cs, uint32_t seed) {
 
   // As BlockExecutor::gemm_resident builds it from GateRows (resident_rows:
   // the slice's first row, gate stride H rows, rows of ldw).
-  const TileGemm g{cs.m, cs.depth, rows, lda, cs.n, cs.H * ldw, ldw, ldc};
-  const uint16_t* w = W.data() + cs.u0 * ldw;
+  const TileGemm in_place{cs.m, cs.depth, rows, lda, cs.n, cs.H * ldw, ldw, ldc};
+  // As it builds it from GateRows::wt: product row r in column r, K rows G*n apart.
+  const TileGemm transposed{cs.m, cs.depth, rows, lda, rows, 0, 1, ldc, rows};
+  const TileGemm& g = cs.shared_copy ? transposed : in_place;
+  std::vector<uint16_t> wt(cs.depth * rows);
+  if (cs.shared_copy) {
+    const rnn_ext::partition::GateRows<uint16_t> gate_rows{W.data() + cs.u0 * ldw, cs.H * ldw,
+                                                           ldw};
+    rnn_ext::resident::pack_rows_transposed(gate_rows, cs.G, cs.n, cs.depth, wt.data(), 0, 1);
+  }
+  const uint16_t* w = cs.shared_copy ? wt.data() : W.data() + cs.u0 * ldw;
   for (int warp = 0; warp < cs.warps; ++warp) {
     EmulatedWarp ops{g, a.data(), w, c.data(), &stores, {}};
     warp_tiles(g, warp, cs.warps, ops);
@@ -253,6 +266,12 @@ static void test_emulated_tile_gemm() {
       {4, 0, 7, 4, 7, 0, 0, 0, 0, 8},        // depth 0: zeros
       {2, 300, 40, 4, 300, 160, 0, 0, 0, 8}, // the h300 test shape's worker
       {16, 31, 48, 4, 48, 0, 1, 0, 0, 8},    // more tiles than warps
+      // The shared-memory copy of the worker's rows (transposed):
+      {3, 37, 9, 4, 37, 24, 0, 0, 0, 8, true},
+      {9, 45, 5, 3, 11, 6, 0, 2, 0, 8, true},
+      {17, 3, 29, 1, 29, 0, 0, 0, 0, 3, true},
+      {2, 300, 40, 4, 300, 160, 0, 0, 0, 8, true},
+      {6, 40, 11, 1, 40, 13, 0, 0, 29, 8, true},
   };
   uint32_t seed = 1;
   for (const Case& cs : cases) run_case(cs, seed++);

@@ -75,6 +75,7 @@ struct TileGemm {
   int64_t lda;                              // a: [batch, depth] in rows of lda
   int64_t rows_per_gate, gate_stride, ldw;  // w: see above
   int64_t ldc;                              // c: c[b, r] at b*ldc + r
+  int64_t ldk = 1;                          // w: K stride (1: rows; a transposed copy: its width)
 
   RNN_MMA_HD int64_t row_tiles() const { return (rows + kM - 1) / kM; }
   RNN_MMA_HD int64_t batch_tiles() const { return (batch + kN - 1) / kN; }
@@ -85,7 +86,7 @@ struct TileGemm {
 
   // Offset in w of weight row r, column q.
   RNN_MMA_HD int64_t w_offset(int64_t r, int64_t q) const {
-    return r / rows_per_gate * gate_stride + r % rows_per_gate * ldw + q;
+    return r / rows_per_gate * gate_stride + r % rows_per_gate * ldw + q * ldk;
   }
   // Where lane's A element i of `tile`, K chunk `chunk`, is in w; -1: zero.
   RNN_MMA_HD int64_t a_offset(int64_t tile, int64_t chunk, int lane, int i) const {

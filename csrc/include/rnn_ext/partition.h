@@ -25,6 +25,12 @@
 //   ex.resident_rows(w, H, G, Hin, u)   worker's rows of w [G*H, Hin] (the G
 //                                       gates of units u) where they stay for
 //                                       the sequence, as GateRows
+//   ex.resident_columns(w, ldw, k, cols)
+//                                       worker's block of w [k, ldw] at
+//                                       columns cols, [k, |cols|], where it
+//                                       stays for the sequence, as
+//                                       ResidentColumns (the backward's
+//                                       operand of gemm_nn)
 //   ex.gemm_resident(m, k, a, lda, rows, G, n, c, ldc)
 //                                       c[m, G*n] = a[m,k] times the G gates'
 //                                       rows (n each) of `rows`, transposed:
@@ -86,6 +92,15 @@ struct GateRows {
   // CPU's brgemm multiplies by [K, N] panels), where it wants them so; else null.
   const T* wt = nullptr;
   RNN_HD const T* gate(int64_t g) const { return w + g * gate_stride; }
+};
+
+// A worker's columns of a weight: the [k, |cols|] block, rows `ld` apart.
+// In place on the CPU (w + cols.begin, ld = the weight's row length); a GPU
+// executor copies them on chip once.
+template <typename T>
+struct ResidentColumns {
+  const T* w;
+  int64_t ld;
 };
 
 // Rows the GEMMs of step t cover: the rows still active when lengths are
@@ -206,11 +221,14 @@ RNN_HD void lstm_backward_worker(const LSTMBackwardSeq<T, Acc>& s, int64_t k, Ex
   // The columns of the carried dh this worker accumulates: its projection
   // columns with a projection, else its units.
   const Slice dcols = P > 0 ? pc : u;
+  const ResidentColumns<T> w = ex.resident_columns(s.w_hh, Hin, 4 * H, dcols);
+  const ResidentColumns<T> wr =
+      P > 0 ? ex.resident_columns(s.w_hr, H, P, u) : ResidentColumns<T>{s.w_hr, H};
   for (int64_t t = s.steps - 1; t >= 0; --t) {
     const int64_t n = gemm_rows(s.active, t, B);
     if (t + 1 < s.steps && dcols.size() > 0)
       ex.gemm_nn(gemm_rows(s.active, t + 1, B), dcols.size(), 4 * H,
-                 s.d_gates + (t + 1) * B * 4 * H, 4 * H, s.w_hh + dcols.begin, Hin,
+                 s.d_gates + (t + 1) * B * 4 * H, 4 * H, w.w, w.ld,
                  s.dh_state + dcols.begin, Hin, true);
     const T* grad_y = s.grad_y + t * B * Hin;
     if (P > 0) {
@@ -221,7 +239,7 @@ RNN_HD void lstm_backward_worker(const LSTMBackwardSeq<T, Acc>& s, int64_t k, Ex
       }
       ex.barrier();
       if (u.size() > 0)
-        ex.gemm_nn(n, u.size(), P, d_proj, P, s.w_hr + u.begin, H, s.dh_pre + u.begin, H, false);
+        ex.gemm_nn(n, u.size(), P, d_proj, P, wr.w, wr.ld, s.dh_pre + u.begin, H, false);
     }
     if (u.size() > 0) {
       LSTMBackwardStep<T, Acc> p{
@@ -236,8 +254,8 @@ RNN_HD void lstm_backward_worker(const LSTMBackwardSeq<T, Acc>& s, int64_t k, Ex
   }
   // What flows into h0: the product of step 0's gate gradients.
   if (dcols.size() > 0)
-    ex.gemm_nn(gemm_rows(s.active, 0, B), dcols.size(), 4 * H, s.d_gates, 4 * H,
-               s.w_hh + dcols.begin, Hin, s.dh_state + dcols.begin, Hin, true);
+    ex.gemm_nn(gemm_rows(s.active, 0, B), dcols.size(), 4 * H, s.d_gates, 4 * H, w.w, w.ld,
+               s.dh_state + dcols.begin, Hin, true);
 }
 
 // ----------------------------------------------------------------- GRU ----
@@ -309,11 +327,12 @@ template <class Exec, typename T, typename Acc>
 RNN_HD void gru_backward_worker(const GRUBackwardSeq<T, Acc>& s, int64_t k, Exec& ex) {
   const int64_t B = s.B, H = s.H;
   const Slice u = split(H, s.workers, k, s.align);
+  const ResidentColumns<T> w = ex.resident_columns(s.w_hh, H, 3 * H, u);
   for (int64_t t = s.steps - 1; t >= 0; --t) {
     if (u.size() > 0) {
       if (t + 1 < s.steps)
         ex.gemm_nn(gemm_rows(s.active, t + 1, B), u.size(), 3 * H,
-                   s.d_hh + (t + 1) * B * 3 * H, 3 * H, s.w_hh + u.begin, H,
+                   s.d_hh + (t + 1) * B * 3 * H, 3 * H, w.w, w.ld,
                    s.dh_state + u.begin, H, true);
       GRUBackwardStep<T, Acc> p{B, H, t, s.lengths, s.ws + t * B * 4 * H,
                                 t == 0 ? s.h0 : s.y + (t - 1) * B * H,
@@ -325,8 +344,8 @@ RNN_HD void gru_backward_worker(const GRUBackwardSeq<T, Acc>& s, int64_t k, Exec
     ex.barrier();
   }
   if (u.size() > 0)
-    ex.gemm_nn(gemm_rows(s.active, 0, B), u.size(), 3 * H, s.d_hh, 3 * H,
-               s.w_hh + u.begin, H, s.dh_state + u.begin, H, true);
+    ex.gemm_nn(gemm_rows(s.active, 0, B), u.size(), 3 * H, s.d_hh, 3 * H, w.w, w.ld,
+               s.dh_state + u.begin, H, true);
 }
 
 // ----------------------------------------------------------------- RNN ----
@@ -395,11 +414,12 @@ template <class Exec, typename T, typename Acc>
 RNN_HD void rnn_backward_worker(const RNNBackwardSeq<T, Acc>& s, int64_t k, Exec& ex) {
   const int64_t B = s.B, H = s.H;
   const Slice u = split(H, s.workers, k, s.align);
+  const ResidentColumns<T> w = ex.resident_columns(s.w_hh, H, H, u);
   for (int64_t t = s.steps - 1; t >= 0; --t) {
     if (u.size() > 0) {
       if (t + 1 < s.steps)
         ex.gemm_nn(gemm_rows(s.active, t + 1, B), u.size(), H, s.d_gates + (t + 1) * B * H, H,
-                   s.w_hh + u.begin, H, s.dh_state + u.begin, H, true);
+                   w.w, w.ld, s.dh_state + u.begin, H, true);
       RNNBackwardStep<T, Acc> p{B, H, t, s.lengths, s.ws + t * B * H,
                                 s.grad_ws ? s.grad_ws + t * B * H : nullptr, s.dh_state,
                                 s.grad_y + t * B * H, s.d_gates + t * B * H, s.relu};
@@ -408,8 +428,34 @@ RNN_HD void rnn_backward_worker(const RNNBackwardSeq<T, Acc>& s, int64_t k, Exec
     ex.barrier();
   }
   if (u.size() > 0)
-    ex.gemm_nn(gemm_rows(s.active, 0, B), u.size(), H, s.d_gates, H, s.w_hh + u.begin, H,
+    ex.gemm_nn(gemm_rows(s.active, 0, B), u.size(), H, s.d_gates, H, w.w, w.ld,
                s.dh_state + u.begin, H, true);
+}
+
+// ------------------------------------------------ both directions at once --
+// A bidirectional layer's two directions in one launch (or one team): the
+// first a.workers workers run direction a, the next b.workers direction b
+// (each with its own k from 0), and every worker meets every barrier.  That
+// holds because both programs pass the same barriers: the same steps, and
+// the same phases per step (a projection in both or in neither), which the
+// host checks with same_barriers() before the launch.
+template <typename T, typename Acc>
+RNN_HD int64_t barriers_per_step(const LSTMForwardSeq<T, Acc>& s) { return s.P > 0 ? 2 : 1; }
+template <typename T, typename Acc>
+RNN_HD int64_t barriers_per_step(const LSTMBackwardSeq<T, Acc>& s) { return s.P > 0 ? 2 : 1; }
+template <class Seq>
+RNN_HD int64_t barriers_per_step(const Seq&) { return 1; }
+
+template <class Seq>
+RNN_HD bool same_barriers(const Seq& a, const Seq& b) {
+  return a.steps == b.steps && barriers_per_step(a) == barriers_per_step(b);
+}
+
+// worker(seq, k, ex) of partition.h for worker k of the pair.
+template <class Exec, class Seq, class Worker>
+RNN_HD void pair_worker(const Seq& a, const Seq& b, int64_t k, Exec& ex, Worker worker) {
+  if (k < a.workers) worker(a, k, ex);
+  else worker(b, k - a.workers, ex);
 }
 
 }  // namespace partition
