@@ -3,7 +3,7 @@ loop's CUDA executor), reached with RNN_EXT_CUDA_PERSISTENT=force: the same
 numbers as the reference for LSTM, GRU and RNN, projection, sorted and
 unsorted lengths, forward and backward, in every dtype, with each worker's
 weights in its block's shared memory (the fit rule's sizes) and, forced past
-what shared memory holds, read in place; the fp16/bf16 forward products on
+what shared memory holds, read in place; the fp16/bf16 products on
 tensor cores (batches of 1 to 17, partial tiles) within twice cuDNN's error;
 and every element written (poisoned allocations).  Marked `cuda`: none of
 this has run on a GPU yet."""
@@ -123,8 +123,9 @@ LOW = (torch.float16, torch.bfloat16)
 @pytest.mark.parametrize("case", MMA_CASES, ids=["b1-h37", "b8-h48", "b9-h37-lengths", "b17-h100"])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 def test_persistent_tensor_core_products_within_twice_cudnn_error(kind, case, dtype, persistent):
-    """Error against fp64 at most twice cuDNN's at the same dtype (plus a
-    floor), on the persistent kernels (checked by name)."""
+    """Outputs and gradients (forward and backward products on tensor cores)
+    within twice cuDNN's error at the same dtype against fp64 (plus a floor),
+    on the persistent kernels (checked by name)."""
     T, B, I, H, lengths = case
     module = make_module(kind, I, H, 0, True, torch.float64, "cuda")
     x, h0, c0 = make_inputs(kind, module, T, B, torch.float64, "cuda")

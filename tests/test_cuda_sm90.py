@@ -87,20 +87,21 @@ def _ptx_entries(source, arch, tmp_path):
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_persistent_16bit_products_use_tensor_cores(arch, tmp_path):
-    """The per-step product of the fp16 and bf16 persistent forward kernels
-    is the tensor-core tile (csrc/cuda/mma_tile.cuh: mma.sync m16n8k16 with
-    fp32 accumulators, in the storage type's form); fp32 and fp64, and the
-    backward kernels, keep FFMA and have no MMA.  (Which instruction is compiled, not that it is right:
-    ctest mma_layout runs the tile's index logic on the CPU.)"""
+    """The per-step products of the fp16 and bf16 persistent kernels,
+    forward and backward, are the tensor-core tile (csrc/cuda/mma_tile.cuh:
+    mma.sync m16n8k16 with fp32 accumulators, in the storage type's form);
+    fp32 and fp64 keep FFMA and have no MMA.  (Which instruction is
+    compiled, not that it is right: ctest mma_layout runs the tile's index
+    logic on the CPU.)"""
     entries = _ptx_entries("csrc/cuda/persistent.cu", arch, tmp_path)
     assert len(entries) == 24, sorted(entries)
     mma = {"__half": "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
            "__nv_bfloat16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"}
     for name, ptx in entries.items():
         type_name = next((t for t in mma if f"I{len(t)}{t}f" in name), None)
-        if type_name and "_forward_kernel" in name:
+        if type_name:
             assert ptx.count("mma.sync") == ptx.count(mma[type_name]) >= 1, name
-        else:  # fp32, fp64, and the backward kernels (their products are gemm_nn, FFMA)
+        else:  # fp32 and fp64: FFMA
             assert "mma.sync" not in ptx, name
 
 

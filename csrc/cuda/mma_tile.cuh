@@ -81,9 +81,12 @@ struct LaneOps {
   __device__ __forceinline__ static uint16_t load(const T* p, int64_t offset) {
     return offset >= 0 ? bits(p[offset]) : uint16_t(0);  // +0.0 in fp16 and bf16
   }
-  __device__ __forceinline__ void begin(int64_t) {
+  __device__ __forceinline__ void begin(int64_t tile) {
 #pragma unroll
-    for (int i = 0; i < mma::kCElems; ++i) d[i] = 0.f;
+    for (int i = 0; i < mma::kCElems; ++i) {
+      const int64_t offset = g.accumulate ? g.c_offset(tile, lane, i) : -1;
+      d[i] = offset >= 0 ? c[offset] : 0.f;
+    }
   }
   __device__ __forceinline__ void chunk(int64_t tile, int64_t k) {
     uint32_t af[4], bf[2];
@@ -106,7 +109,8 @@ struct LaneOps {
   }
 };
 
-// The block's warps share the tiles of g: c = the product (k = 0: zeros).
+// The block's warps share the tiles of g: c = the product (k = 0: zeros),
+// or c += it with g.accumulate.
 // Every thread of the block must call it (blockDim.x a multiple of 32); no
 // barrier inside.
 template <typename T>

@@ -111,14 +111,22 @@ struct BlockExecutor {
   // columns j, so a row of w (in shared memory) is read from consecutive
   // banks, and a row of a (h_{t-1} or the gate gradients, in global memory)
   // is one address per warp and row i.
+  // fp16/bf16 on sm_80+: the tensor-core tile with w^T as the A operand
+  // (product row r = column r of w, K rows ldw apart: the backward's
+  // shared-memory columns or W_hh in place), the batch on N as forward.
   __device__ void gemm_nn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
                           const T* w, int64_t ldw, Acc* c, int64_t ldc, bool accumulate) {
-    for (int64_t e = threadIdx.x; e < m * n; e += blockDim.x) {
-      const int64_t i = e / n, j = e % n;
-      Acc sum = accumulate ? c[i * ldc + j] : Acc(0);
-      for (int64_t q = 0; q < k; ++q)
-        sum += to_acc<Acc>(a[i * lda + q]) * to_acc<Acc>(w[q * ldw + j]);
-      c[i * ldc + j] = sum;
+    if constexpr (kTensorCores) {
+      const mma::TileGemm g{m, k, n, lda, n, 0, 1, ldc, ldw, accumulate};
+      mma_tile::block_tile_gemm(g, a, w, c);
+    } else {
+      for (int64_t e = threadIdx.x; e < m * n; e += blockDim.x) {
+        const int64_t i = e / n, j = e % n;
+        Acc sum = accumulate ? c[i * ldc + j] : Acc(0);
+        for (int64_t q = 0; q < k; ++q)
+          sum += to_acc<Acc>(a[i * lda + q]) * to_acc<Acc>(w[q * ldw + j]);
+        c[i * ldc + j] = sum;
+      }
     }
     __syncthreads();
   }

@@ -10,7 +10,7 @@
 // shared memory once before the time loop (layout and sizes: resident.h;
 // the launch requests exactly the bytes the fit rule admitted, or none
 // where they would not fit, and the workers then read in place); every
-// step multiplies from there: fp16/bf16 forward products on tensor cores
+// step multiplies from there: fp16/bf16 products (forward and backward) on tensor cores
 // (mma_tile.cuh, sm_80+), everything else with FFMA.
 // The CUDA ops use it only when RNN_EXT_CUDA_PERSISTENT=1; "auto" never does.
 #pragma once

@@ -149,9 +149,12 @@ struct EmulatedWarp {
   float d[kWarp][kCElems];
 
   static uint16_t load(const uint16_t* p, int64_t offset) { return offset >= 0 ? p[offset] : 0; }
-  void begin(int64_t) {
-    for (auto& lane : d)
-      for (float& x : lane) x = 0.f;
+  void begin(int64_t tile) {
+    for (int lane = 0; lane < kWarp; ++lane)
+      for (int i = 0; i < kCElems; ++i) {
+        const int64_t offset = g.accumulate ? g.c_offset(tile, lane, i) : -1;
+        d[lane][i] = offset >= 0 ? c[offset] : 0.f;
+      }
   }
   void chunk(int64_t tile, int64_t k) {
     uint32_t af[kWarp][4], bf[kWarp][2];
@@ -277,11 +280,70 @@ static void test_emulated_tile_gemm() {
   for (const Case& cs : cases) run_case(cs, seed++);
 }
 
+// The backward's product as BlockExecutor::gemm_nn builds it: c[b, j] (+)=
+// sum_q a[b, q] w[q * ldw + j], j < n (w: the worker's columns of W_hh, in
+// place with ldw = the layer's width, or the shared-memory copy with ldw = n),
+// w^T the A operand.  With accumulate, c starts from its own values.
+static void run_nn_case(int64_t m, int64_t k, int64_t n, int64_t ldw, int64_t col0,
+                        bool accumulate, int warps, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  const float nan = std::nanf("");
+  const int64_t B = m + 1, lda = k + 2, ldc = n + 3;
+  std::vector<uint16_t> a(B * lda), W(k * ldw);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t q = 0; q < lda; ++q) a[b * lda + q] = to_bf16(b < m && q < k ? dist(rng) : nan);
+  for (int64_t q = 0; q < k; ++q)
+    for (int64_t j = 0; j < ldw; ++j)
+      W[q * ldw + j] = to_bf16(j >= col0 && j < col0 + n ? dist(rng) : nan);
+  std::vector<float> c(B * ldc, nan), c0;
+  for (int64_t b = 0; b < m; ++b)
+    for (int64_t j = 0; j < n; ++j) c[b * ldc + j] = accumulate ? dist(rng) : nan;
+  c0 = c;
+  std::vector<int> stores(c.size(), 0);
+  const TileGemm g{m, k, n, lda, n, 0, 1, ldc, ldw, accumulate};
+  const uint16_t* w = W.data() + col0;
+  for (int warp = 0; warp < warps; ++warp) {
+    EmulatedWarp ops{g, a.data(), w, c.data(), &stores, {}};
+    warp_tiles(g, warp, warps, ops);
+  }
+  int bad = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < ldc; ++j) {
+      const int64_t e = b * ldc + j;
+      if (b >= m || j >= n) {
+        if (!std::isnan(c[e]) || stores[e] != 0) ++bad;
+        continue;
+      }
+      double want = accumulate ? c0[e] : 0.0, scale = std::fabs(want);
+      for (int64_t q = 0; q < k; ++q) {
+        const double p = double(from_bf16(a[b * lda + q])) * from_bf16(w[q * ldw + j]);
+        want += p;
+        scale += std::fabs(p);
+      }
+      const double tol = 2.0 * (k + kK + 1) * std::ldexp(1.0, -24) * scale;
+      bad += !(stores[e] == 1 && std::fabs(c[e] - want) <= tol);
+    }
+  EXPECT(bad == 0, "nn m=%ld k=%ld n=%ld ldw=%ld acc=%d: %d elements wrong", (long)m, (long)k,
+         (long)n, (long)ldw, (int)accumulate, bad);
+}
+
+static void test_emulated_backward_product() {
+  // m, k (= 4H or P), n (the worker's columns), ldw, first column, accumulate, warps
+  run_nn_case(1, 148, 9, 37, 24, true, 8, 101);    // in place, B = 1, LSTM 4H = 148
+  run_nn_case(9, 148, 9, 9, 0, true, 8, 102);      // the shared-memory copy: ldw = n
+  run_nn_case(17, 33, 40, 100, 60, false, 3, 103); // projection-like, three batch tiles
+  run_nn_case(8, 0, 5, 5, 0, true, 8, 104);        // k = 0 with accumulate: c unchanged
+  run_nn_case(8, 0, 5, 5, 0, false, 8, 105);       // k = 0: zeros
+  run_nn_case(5, 300, 48, 300, 160, true, 8, 106); // more row tiles than one warp's
+}
+
 int main() {
   test_documented_lanes();
   test_stride_derivation();
   test_each_element_once();
   test_emulated_tile_gemm();
+  test_emulated_backward_product();
   if (failures) std::printf("%d failure(s)\n", failures);
   else std::printf("mma layout: all passed\n");
   return failures ? 1 : 0;

@@ -76,6 +76,7 @@ struct TileGemm {
   int64_t rows_per_gate, gate_stride, ldw;  // w: see above
   int64_t ldc;                              // c: c[b, r] at b*ldc + r
   int64_t ldk = 1;                          // w: K stride (1: rows; a transposed copy: its width)
+  bool accumulate = false;                  // c += the product (the tile starts from c)
 
   RNN_MMA_HD int64_t row_tiles() const { return (rows + kM - 1) / kM; }
   RNN_MMA_HD int64_t batch_tiles() const { return (batch + kN - 1) / kN; }
