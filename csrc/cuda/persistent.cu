@@ -107,13 +107,13 @@ struct BlockExecutor {
     }
     __syncthreads();
   }
-  // c[m, n] (+)= a[m, k] w[k, n]: consecutive threads take consecutive
-  // columns j, so a row of w (in shared memory) is read from consecutive
-  // banks, and a row of a (h_{t-1} or the gate gradients, in global memory)
-  // is one address per warp and row i.
-  // fp16/bf16 on sm_80+: the tensor-core tile with w^T as the A operand
-  // (product row r = column r of w, K rows ldw apart: the backward's
-  // shared-memory columns or W_hh in place), the batch on N as forward.
+  // c[m, n] (+)= a[m, k] w[k, n].  fp16/bf16 on sm_80+: the tensor-core
+  // tile with w^T as the A operand (product row r = column r of w, K rows
+  // ldw apart: the backward's shared-memory columns or W_hh in place), the
+  // batch on N as in the forward.  Otherwise FFMA: consecutive threads take
+  // consecutive columns j, so a row of w (in shared memory) is read from
+  // consecutive banks, and a row of a (h_{t-1} or the gate gradients, in
+  // global memory) is one address per warp and row i.
   __device__ void gemm_nn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
                           const T* w, int64_t ldw, Acc* c, int64_t ldc, bool accumulate) {
     if constexpr (kTensorCores) {
