@@ -51,7 +51,7 @@ PHASE ?= all
 # The kit's python: PYTHON when given, else this checkout's .venv where there is one
 # (a dry run here), else python3 (the GPU machine's, with its own torch).
 KIT_PYTHON = $(if $(filter command line environment,$(origin PYTHON)),$(PYTHON),$(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,$(PYTHON)))
-GPU_PHASES = build test sanitize probe all $(foreach d,fp32 fp16 bf16,$(foreach c,lstm gru rnn,bench-$(d)-$(c)))
+GPU_PHASES = build first test sanitize probe all $(foreach d,fp32 fp16 bf16,$(foreach c,lstm gru rnn,bench-$(d)-$(c)))
 gpu-check:
 	@if [ -z "$(filter $(PHASE),$(GPU_PHASES))" ] || [ -z "$(OUT)$(filter build,$(PHASE))" ]; then \
 	  echo "usage: make gpu-check PHASE=<phase> OUT=<dir> [PYTHON=python3] [DRY_RUN=1]"; \

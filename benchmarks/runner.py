@@ -25,7 +25,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(ROOT, "benchmarks", "out")
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 TORCH = "torch.nn"
-EXT_BACKENDS = ("cuda", "triton", "cpu", "reference")
+# Variants of a backend, selected by the switch each reads at every call
+# (forward and backward alike): the persistent CUDA kernels where their fit
+# rule admits the layer (elsewhere the stepwise loop runs), each Triton
+# strategy by name, and the CPU executor with MKL's GEMMs instead of oneDNN's
+# brgemm.  Opt-in: none is a default.
+VARIANTS = {
+    "cpu:mkl": ("RNN_EXT_CPU_BRGEMM", "0"),
+    "cuda:persistent": ("RNN_EXT_CUDA_PERSISTENT", "1"),
+    "triton:persistent": ("RNN_EXT_TRITON_STRATEGY", "persistent"),
+    "triton:grid": ("RNN_EXT_TRITON_STRATEGY", "grid"),
+    "triton:step": ("RNN_EXT_TRITON_STRATEGY", "step"),
+}
+EXT_BACKENDS = ("cuda", "triton", "cpu", "reference") + tuple(VARIANTS)
 DEFAULT_BACKENDS = ("cuda", "triton", "cpu")  # "reference" is a readable Python loop: opt-in
 
 # Repeats per grid: warm-up calls, warm-up seconds, time budget of the timed
@@ -40,6 +52,31 @@ MATMUL_N = {"gpu": 8192, "cpu": 1024, "quick": 512}
 
 def impl_name(backend):
     return TORCH if backend is None else f"rnn_ext.{backend}"
+
+
+def base_backend(backend):
+    """The rnn_ext backend a variant runs ("cuda" for "cuda:persistent")."""
+    return backend.partition(":")[0]
+
+
+def switched(backend, fn):
+    """fn, run with the switch of `backend`'s variant set (VARIANTS) and the
+    environment restored after; fn itself for a plain backend."""
+    if backend not in VARIANTS:
+        return fn
+    var, value = VARIANTS[backend]
+
+    def call(*args, **kwargs):
+        before = os.environ.get(var)
+        os.environ[var] = value
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if before is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = before
+    return call
 
 
 # ---------------------------------------------------------------- set-up --
@@ -104,8 +141,8 @@ def available_backends(requested, device, dtype):
 
     ok, skipped = [], {}
     for b in requested:
-        reason = backends.why_not(b, device, dtype)
-        if reason is None and b == "triton" and device.type == "cpu":
+        reason = backends.why_not(base_backend(b), device, dtype)
+        if reason is None and base_backend(b) == "triton" and device.type == "cpu":
             # Runnable only under the Triton interpreter (as the test suite
             # runs it): a correctness tool, not something to time.
             reason = "on a CPU it runs only under the Triton interpreter, which is not timed"
@@ -207,7 +244,7 @@ def make_module(shape, cell, backend, device, dtype, ref=None):
     import rnn_ext
 
     cls = {"lstm": rnn_ext.LSTM, "gru": rnn_ext.GRU, "rnn": rnn_ext.RNN}[cell]
-    module = cls(shape.I, shape.H, backend=backend, device=device, dtype=dtype, **kw)
+    module = cls(shape.I, shape.H, backend=base_backend(backend), device=device, dtype=dtype, **kw)
     module.load_state_dict(ref.state_dict())
     return module
 
@@ -298,10 +335,12 @@ def run_case(case, device, backends, clock, timing_opts, seed):
     torch.manual_seed(seed)
     ref = make_module(shape, case.cell, None, device, dtype)
     modules = {TORCH: ref}
+    variant = {TORCH: None}  # implementation name -> backend (its variant's switch)
     errors = {}
     for b in backends:
         try:
             modules[impl_name(b)] = make_module(shape, case.cell, b, device, dtype, ref)
+            variant[impl_name(b)] = b
         except Exception as e:  # noqa: BLE001 -- reported, the run goes on
             errors[impl_name(b)] = f"{type(e).__name__}: {e}"
     for m in modules.values():
@@ -323,9 +362,10 @@ def run_case(case, device, backends, clock, timing_opts, seed):
         try:
             if name != TORCH:
                 with torch.no_grad():
-                    y = output_data(m(inputs[0]))
+                    y = output_data(switched(variant[name], m)(inputs[0]))
                 diffs[name] = (y.float() - y_ref.float()).abs().max().item()
-            steps[name], resets[name] = make_step(m, inputs, leaves, train, dy, shape.packed)
+            step, resets[name] = make_step(m, inputs, leaves, train, dy, shape.packed)
+            steps[name] = switched(variant[name], step)
         except Exception as e:  # noqa: BLE001
             errors[name] = f"{type(e).__name__}: {e}"
     del y_ref

@@ -7,6 +7,9 @@ results that can be committed (README "On a GPU machine").
     python -m gpu_check auto-table <result.json>   rnn_ext/auto_table.json ("auto") from a GPU result
 
 Phases (each ends well inside 8 minutes on an H100 and writes at most 8 files):
+  first      for a short lease, in one command: smoke on the CUDA backends,
+             the cuda-marked tests, the headline benchmark shapes, memcheck
+             (gpu_check/first.py; not part of "all")
   test       devices and versions, then the whole pytest suite in parallel
   sanitize   compute-sanitizer memcheck, racecheck, synccheck, initcheck over smoke.py
   probe      microbenchmarks: launch latency, grid / cluster / L2-flag barriers,

@@ -15,6 +15,10 @@ RESULTS_DIR = os.path.join(common.ROOT, "benchmarks", "results")
 
 def run_phase(phase, out, dry_run):
     os.makedirs(out, exist_ok=True)
+    if phase == "first":
+        from . import first
+
+        return first.run(out, dry_run)
     if phase == "test":
         from . import test_phase
 
@@ -133,7 +137,7 @@ def main(argv=None):
               "git add benchmarks/results README.md")
         return 0
     p = argparse.ArgumentParser(prog="python -m gpu_check", description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=PHASES + ["all"])
+    p.add_argument("phase", choices=["first"] + PHASES + ["all"])
     p.add_argument("--out", required=True, help="folder for the phase's files (at most 8 per phase)")
     p.add_argument("--dry-run", action="store_true", help="what runs without a GPU (make test checks the kit)")
     return main_phase(p.parse_args(argv))

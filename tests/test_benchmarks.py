@@ -199,6 +199,29 @@ def test_selection_flags_and_reference_backend(tmp_path):
     assert "reference speed-up" in header and len(rows) == 2
 
 
+def test_backend_variants_run_with_their_switch_set(tmp_path, monkeypatch):
+    # A variant is its backend run with its switch set around every call
+    # (forward and backward), and the environment restored after.
+    var, value = runner.VARIANTS["cpu:mkl"]
+    monkeypatch.delenv(var, raising=False)
+    seen = []
+    call = runner.switched("cpu:mkl", lambda: seen.append(os.environ.get(var)))
+    call()
+    assert seen == [value] and var not in os.environ
+    monkeypatch.setenv(var, "before")
+    call()
+    assert seen[-1] == value and os.environ[var] == "before"
+    assert runner.switched("cpu", len) is len
+    paths, _, _ = run_main(QUICK + ["--out", str(tmp_path), "--cases", "fastrnns", "--cells", "lstm",
+                                    "--backends", "cpu,cpu:mkl,cuda:persistent", "--no-progress"])
+    with open(paths["json"]) as f:
+        result = json.load(f)
+    for case in result["cases"]:
+        assert set(case["results"]) == {"torch.nn", "rnn_ext.cpu", "rnn_ext.cpu:mkl"}
+        assert case["results"]["rnn_ext.cpu:mkl"]["max_abs_diff"] < 1e-4
+    assert any("cuda:persistent not run" in n for n in result["notes"])
+
+
 def test_bad_flags_are_refused(tmp_path):
     for argv in (["--cases", "no-such-case"], ["--cells", "transformer"], ["--backends", "mkl"],
                  ["--dtypes", "fp8"], ["--results"]):

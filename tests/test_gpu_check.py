@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from gpu_check import __main__ as kit  # noqa: E402
-from gpu_check import bench, common, smoke, test_phase  # noqa: E402
+from gpu_check import bench, common, first, smoke, test_phase  # noqa: E402
 
 
 def _dry_run_env():
@@ -102,6 +102,43 @@ def test_land_merges_the_chunks_into_one_result(dry_run, tmp_path, monkeypatch):
     body = readme.render(str(tmp_path))
     assert os.path.basename(merged_json[0]) in body
     assert "bf16" in body and "fp16" in body
+
+
+def test_dry_run_of_the_first_phase_and_landing_it(tmp_path):
+    # The phase for a short lease: one folder of at most 8 files, every step
+    # reported, and its two benchmark runs landed as one result.
+    out = tmp_path / "first"
+    proc = subprocess.run([sys.executable, "-m", "gpu_check", "first", "--out", str(out), "--dry-run"],
+                          cwd=ROOT, capture_output=True, text=True, env=_dry_run_env(), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = common.check_out_dir(str(out))
+    assert len(files) <= common.MAX_FILES
+    data = json.loads((out / "first.json").read_text())
+    assert data["ok"] and set(data["steps"]) == {"smoke", "tests", "bench", "memcheck"}
+    assert data["steps"]["smoke"]["passed"] > 0 and data["steps"]["smoke"]["failed"] == 0
+    assert data["steps"]["tests"]["junit"]["counts"]["passed"] > 0
+    assert len(data["steps"]["bench"]["results"]) == len(first.BENCH_RUNS)
+    summary = (out / "first.md").read_text()
+    assert summary.startswith("# gpu_check: first (dry run") and "## bench: PASS" in summary
+    written = kit.land([str(out)], str(tmp_path / "results"), allow_cpu=True)
+    merged = [p for p in written if p.endswith(".json") and "gpu-check" not in p]
+    assert len(merged) == 1
+    ids = [c["id"] for c in json.loads(open(merged[0]).read())["cases"]]
+    assert any(i.startswith("latency-b1-") for i in ids) and any(i.startswith("fastrnns/") for i in ids)
+    assert {"first.md", "smoke.log", "test-junit.xml"} <= {os.path.basename(p) for p in written}
+
+
+def test_first_phase_commands_on_a_gpu():
+    cmd = first.bench_command("/tmp/x", False, first.BENCH_RUNS[0], 100)
+    assert cmd[cmd.index("--cases") + 1] == "latency-b16-h768"
+    assert "cuda:persistent" in cmd[cmd.index("--backends") + 1].split(",")
+    assert cmd[cmd.index("--dtypes") + 1] == "bf16,fp16" and cmd[cmd.index("--tf32") + 1] == "off"
+    assert first.smoke_command(False)[-1] == first.SMOKE_BACKENDS
+    env = dict(pytest_xdist="3", pytest_timeout="2")
+    assert first.test_command("/tmp/j.xml", False, env)[-2:] == ["-m", "cuda"]
+    assert first.memcheck_command(False)[:2] == ["compute-sanitizer", "--tool"]
+    # Its steps fit one 10-minute command with a build of a few minutes.
+    assert sum(first.FIRST_LIMITS_S.values()) <= 420
 
 
 def test_chunks_cover_the_gpu_grid():
