@@ -206,26 +206,57 @@ __attribute__((target("avx512f"))) inline void transpose16x16(const float* const
   }
   for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ldd, r[i]);
 }
+
+// The same for an 8 x 8 block in AVX2 registers, for CPUs without AVX-512
+// (element by element, the packing took as long as a third of an LSTM
+// forward's recurrence at T = 24 on such a CPU).
+__attribute__((target("avx2"))) inline void transpose8x8(const float* const* src, int64_t q0,
+                                                         float* dst, int64_t ldd) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src[i] + q0);
+  for (int i = 0; i < 8; i += 2) {  // interleave pairs of rows
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {  // then pairs of pairs, within 128-bit lanes
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+  }
+  for (int i = 0; i < 4; ++i) {  // then the lanes: rows 0-3's with rows 4-7's
+    t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+    t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+  }
+  for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + i * ldd, t[i]);
+}
 #pragma GCC diagnostic pop
 
 inline bool has_avx512f() {
   static const bool yes = __builtin_cpu_supports("avx512f");
   return yes;
 }
+inline bool has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
 #endif
 
 // Fills panels[K, n] from n rows of k elements: row(j) is column j.  Blocks
 // of 16 rows by 16 elements go through transpose16x16 where the CPU has
-// AVX-512 (fp32); the rest element by element, which the tests' odd sizes
-// exercise too.
+// AVX-512 (fp32), blocks of 8 by 8 through transpose8x8 where it has AVX2;
+// the rest element by element (ctest cpu_kernels checks every path against
+// the plain layout, odd sizes included).  `vector` false: element by
+// element only (the tests' reference).
 template <typename T, class Row>
-void pack_panels(int64_t n, int64_t k, Row row, T* panels) {
+void pack_panels(int64_t n, int64_t k, Row row, T* panels, bool vector = true) {
   constexpr int64_t tile = 16;
 #if defined(__x86_64__) && defined(__GNUC__)
-  const bool blocks = std::is_same<T, float>::value && has_avx512f();
+  const bool is_float = std::is_same<T, float>::value;
+  const int64_t block = !vector || !is_float ? 0 : has_avx512f() ? 16 : has_avx2() ? 8 : 0;
 #else
-  constexpr bool blocks = false;
-  (void)blocks;
+  constexpr int64_t block = 0;
+  (void)vector;
 #endif
   for (int64_t p0 = 0; p0 < n; p0 += kPanel) {
     const int64_t width = n - p0 < kPanel ? n - p0 : kPanel;
@@ -234,16 +265,33 @@ void pack_panels(int64_t n, int64_t k, Row row, T* panels) {
       const int64_t jn = width - j0 < tile ? width - j0 : tile;
       const T* src[tile];
       for (int64_t jj = 0; jj < jn; ++jj) src[jj] = row(p0 + j0 + jj);
-      int64_t q0 = 0;
+      // Rows [0, jv) and elements [0, qv) in vector blocks, the rest below.
+      int64_t jv = 0, qv = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
       if constexpr (std::is_same<T, float>::value) {
-        if (blocks && jn == tile)
-          for (; q0 + tile <= k; q0 += tile) transpose16x16(src, q0, panel + q0 * width + j0, width);
+        if (block > 0) {
+          jv = jn / block * block;
+          qv = k / block * block;
+          for (int64_t jb = 0; jb < jv; jb += block)
+            for (int64_t q0 = 0; q0 < qv; q0 += block) {
+              if (block == 16)
+                transpose16x16(src + jb, q0, panel + q0 * width + j0 + jb, width);
+              else
+                transpose8x8(src + jb, q0, panel + q0 * width + j0 + jb, width);
+            }
+        }
       }
 #endif
-      for (; q0 < k; q0 += tile) {
+      // Elements past the vector blocks, for the blocked rows; then every
+      // element of the rows past them.
+      for (int64_t q0 = qv; q0 < k; q0 += tile) {
         const int64_t q1 = q0 + tile < k ? q0 + tile : k;
-        for (int64_t jj = 0; jj < jn; ++jj)
+        for (int64_t jj = 0; jj < jv; ++jj)
+          for (int64_t q = q0; q < q1; ++q) panel[q * width + j0 + jj] = src[jj][q];
+      }
+      for (int64_t q0 = 0; q0 < k; q0 += tile) {
+        const int64_t q1 = q0 + tile < k ? q0 + tile : k;
+        for (int64_t jj = jv; jj < jn; ++jj)
           for (int64_t q = q0; q < q1; ++q) panel[q * width + j0 + jj] = src[jj][q];
       }
     }

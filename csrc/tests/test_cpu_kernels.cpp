@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "cpu/blas.h"
 #include "cpu/rnn_cpu.h"
 
 using namespace rnn_ext;
@@ -225,7 +226,43 @@ static void test_rnn_forward_known_values_and_backward() {
   }
 }
 
+// The panels the CPU executor multiplies (blas::pack_panels): element (j, q)
+// of the n rows of k elements at panels[p0 * k + q * width + j - p0] for
+// column j's panel p0 (kPanel wide, the last one narrower).  The vector
+// paths (AVX-512 16 x 16 or AVX2 8 x 8 blocks, whichever this CPU has) and
+// the element loop against that definition, at sizes that leave partial
+// blocks in both directions.
+static void test_pack_panels_layout() {
+  using rnn_ext::cpu::blas::kPanel;
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> d(-1.f, 1.f);
+  const int64_t sizes[][2] = {{1, 1}, {7, 5}, {8, 8}, {16, 16}, {17, 33}, {24, 9},
+                              {64, 40}, {100, 77}, {130, 16}, {200, 129}};
+  for (const auto& nk : sizes) {
+    const int64_t n = nk[0], k = nk[1];
+    std::vector<float> rows(static_cast<size_t>(n * k));
+    for (float& x : rows) x = d(rng);
+    auto row = [&](int64_t j) { return rows.data() + j * k; };
+    for (bool vector : {true, false}) {
+      std::vector<float> panels(static_cast<size_t>(n * k), std::nanf(""));
+      rnn_ext::cpu::blas::pack_panels(n, k, row, panels.data(), vector);
+      int64_t wrong = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t p0 = j / kPanel * kPanel, width = std::min(kPanel, n - p0);
+        for (int64_t q = 0; q < k; ++q)
+          wrong += !(panels[p0 * k + q * width + (j - p0)] == rows[j * k + q]);
+      }
+      if (wrong) {
+        std::printf("FAIL pack_panels n=%ld k=%ld vector=%d: %ld elements wrong\n", long(n), long(k),
+                    int(vector), long(wrong));
+        ++failures;
+      }
+    }
+  }
+}
+
 int main() {
+  test_pack_panels_layout();
   test_host_exp_and_activations();
   test_lstm_known_values();
   test_lstm_inactive_row_is_zero();
