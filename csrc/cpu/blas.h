@@ -160,12 +160,12 @@ inline void brgemm_release() {
 }
 
 // The [K, N] operand of brgemm_panels: N columns cut into panels of
-// kPanel (the last one narrower), each panel a contiguous [K, width]
-// row-major block, so that a call's operand is one dense stretch of memory.
-// One brgemm over the whole [K, N] matrix, with rows N*4 bytes apart, runs
-// 1.5x-3x slower at the step's sizes on this CPU (TLB and prefetch misses;
+// panel_width() (the last one narrower), each panel a contiguous
+// [K, width] row-major block, so that a call's operand is one dense stretch
+// of memory.  One brgemm over the whole [K, N] matrix, with rows N*4 bytes
+// apart, runs 1.5x-3x slower at the step's sizes (TLB and prefetch misses;
 // benchmarks/NOTES.md), and transposing into it is slower still.
-constexpr int64_t kPanel = 64;
+inline int64_t panel_width();
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC diagnostic push
@@ -242,6 +242,26 @@ inline bool has_avx2() {
 }
 #endif
 
+// 64 columns where the CPU has AVX-512 (16 floats a register); 24 with AVX2
+// alone (8 a register), where oneDNN's brgemm kernels ran 1.4x-1.7x faster
+// on 24-column panels than on 64 at the steps' shapes (M = 4..64 rows,
+// K = 256..768; benchmarks/NOTES.md).  RNN_EXT_CPU_PANEL (a multiple of 8,
+// 8..256) overrides it, for measurements on other CPUs; read once.
+inline int64_t panel_width() {
+  static const int64_t width = [] {
+    if (const char* env = getenv("RNN_EXT_CPU_PANEL")) {
+      const long w = strtol(env, nullptr, 10);
+      if (w >= 8 && w <= 256 && w % 8 == 0) return static_cast<int64_t>(w);
+    }
+#if defined(__x86_64__) && defined(__GNUC__)
+    return static_cast<int64_t>(has_avx512f() ? 64 : 24);
+#else
+    return static_cast<int64_t>(64);
+#endif
+  }();
+  return width;
+}
+
 // Fills panels[K, n] from n rows of k elements: row(j) is column j.  Blocks
 // of 16 rows by 16 elements go through transpose16x16 where the CPU has
 // AVX-512 (fp32), blocks of 8 by 8 through transpose8x8 where it has AVX2;
@@ -258,8 +278,9 @@ void pack_panels(int64_t n, int64_t k, Row row, T* panels, bool vector = true) {
   constexpr int64_t block = 0;
   (void)vector;
 #endif
-  for (int64_t p0 = 0; p0 < n; p0 += kPanel) {
-    const int64_t width = n - p0 < kPanel ? n - p0 : kPanel;
+  const int64_t panel = panel_width();
+  for (int64_t p0 = 0; p0 < n; p0 += panel) {
+    const int64_t width = n - p0 < panel ? n - p0 : panel;
     T* panel = panels + p0 * k;
     for (int64_t j0 = 0; j0 < width; j0 += tile) {
       const int64_t jn = width - j0 < tile ? width - j0 : tile;
@@ -302,8 +323,9 @@ void pack_panels(int64_t n, int64_t k, Row row, T* panels, bool vector = true) {
 // are ld apart (columns of W_hh for the backward): a copy, row by row.
 template <typename T>
 void pack_panels_of_rows(int64_t n, int64_t k, const T* src, int64_t ld, T* panels) {
-  for (int64_t p0 = 0; p0 < n; p0 += kPanel) {
-    const int64_t width = n - p0 < kPanel ? n - p0 : kPanel;
+  const int64_t panel = panel_width();
+  for (int64_t p0 = 0; p0 < n; p0 += panel) {
+    const int64_t width = n - p0 < panel ? n - p0 : panel;
     T* panel = panels + p0 * k;
     for (int64_t q = 0; q < k; ++q) memcpy(panel + q * width, src + q * ld + p0, sizeof(T) * width);
   }
@@ -312,8 +334,9 @@ void pack_panels_of_rows(int64_t n, int64_t k, const T* src, int64_t ld, T* pane
 // c[m, n] (+)= a[m, k] times the packed panels[k, n] (k = 0: c = 0, or unchanged).
 inline void brgemm_panels(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                           const float* panels, float* c, int64_t ldc, bool accumulate = false) {
-  for (int64_t p0 = 0; p0 < n; p0 += kPanel) {
-    const int64_t width = n - p0 < kPanel ? n - p0 : kPanel;
+  const int64_t panel = panel_width();
+  for (int64_t p0 = 0; p0 < n; p0 += panel) {
+    const int64_t width = n - p0 < panel ? n - p0 : panel;
     brgemm_nn(m, width, k, a, lda, panels + p0 * k, width, c + p0, ldc, accumulate);
   }
 }

@@ -92,7 +92,7 @@ static_assert(sizeof(std::atomic<int>) == sizeof(int), "futex needs a plain int"
 // What partition.h asks of a device, for one CPU worker.  With fp32 and
 // oneDNN's brgemm linked (blas.h), the worker's rows of W_hh (and W_hr) are
 // transposed once per call into its own slabs, [Hin, G*|u|] with all gates
-// side by side, in panels of 64 columns (blas::pack_panels), so that a
+// side by side, in panels of blas::panel_width() columns (blas::pack_panels), so that a
 // step's recurrent product is a few brgemm calls whose JIT kernels (one per
 // row count and panel width) serve every step; the backward's
 // products read W_hh's columns in place, already a [K, N] operand.  Else

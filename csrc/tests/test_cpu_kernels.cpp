@@ -228,12 +228,12 @@ static void test_rnn_forward_known_values_and_backward() {
 
 // The panels the CPU executor multiplies (blas::pack_panels): element (j, q)
 // of the n rows of k elements at panels[p0 * k + q * width + j - p0] for
-// column j's panel p0 (kPanel wide, the last one narrower).  The vector
+// column j's panel p0 (panel_width() wide, the last one narrower).  The vector
 // paths (AVX-512 16 x 16 or AVX2 8 x 8 blocks, whichever this CPU has) and
 // the element loop against that definition, at sizes that leave partial
 // blocks in both directions.
 static void test_pack_panels_layout() {
-  using rnn_ext::cpu::blas::kPanel;
+  const int64_t kPanel = rnn_ext::cpu::blas::panel_width();
   std::mt19937 rng(3);
   std::uniform_real_distribution<float> d(-1.f, 1.f);
   const int64_t sizes[][2] = {{1, 1}, {7, 5}, {8, 8}, {16, 16}, {17, 33}, {24, 9},
