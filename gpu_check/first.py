@@ -15,6 +15,9 @@ runs, in order of what matters most, each step under its own time limit:
              (cuda:persistent) and Triton, the headline case first
   memcheck   compute-sanitizer memcheck over the persistent kernels' smoke
              cases (where compute-sanitizer runs)
+  barriers   the probe phase's microbenchmarks alone (launch latency, grid,
+             cluster and flag barriers): the per-step floor of the
+             persistent kernels (benchmarks/NOTES.md)
 
 Steps end at their limits (FIRST_LIMITS_S, about 6.5 minutes together), so
 `make gpu-check PHASE=first` with its build fits one 10-minute command.
@@ -29,7 +32,7 @@ import re
 
 from . import bench, common, sanitize, test_phase
 
-FIRST_LIMITS_S = {"smoke": 75, "tests": 130, "bench": 150, "memcheck": 60}
+FIRST_LIMITS_S = {"smoke": 60, "tests": 120, "bench": 150, "memcheck": 50, "barriers": 40}
 SMOKE_BACKENDS = "cuda,cuda:persistent"
 BENCH_BACKENDS = "cuda,cuda:persistent,triton"
 # The issue's targets, in two runs: its headline case (B = 16, T = 1024,
@@ -158,13 +161,49 @@ def run(out, dry_run):
         data["steps"]["memcheck"] = dict(ok=None, skipped=why)
         lines += [f"## memcheck: not run ({why})", ""]
 
-    ok = ok_smoke and ok_tests and ok_bench and data["steps"]["memcheck"]["ok"] is not False
+    # barriers: the probe's microbenchmarks, into first.json (no file of their own).
+    if dry_run:
+        data["steps"]["barriers"] = dict(ok=None, skipped="a dry run")
+        lines += ["## barriers: not run (a dry run)", ""]
+    else:
+        data["steps"]["barriers"] = _barriers(env)
+        mb = data["steps"]["barriers"].get("microbenchmarks") or {}
+        lines += ["## barriers (median us)", ""]
+        lines += [f"- {name}: " + (f"{r['us']:.2f} us" if isinstance(r, dict) and "us" in r else str(r))
+                  for name, r in mb.items() if name != "launch"]
+        lines += [""]
+
+    ok = (ok_smoke and ok_tests and ok_bench and data["steps"]["memcheck"]["ok"] is not False
+          and data["steps"]["barriers"]["ok"] is not False)
     data["ok"] = ok
     lines += ["Next: the other phases (test, sanitize, probe, bench-<chunk>) where time is left; "
               "`python -m gpu_check land` on this folder."]
     common.write_json(os.path.join(out, "first.json"), data)
     common.write_text(os.path.join(out, "first.md"), "\n".join(lines))
     return ok
+
+
+def _barriers(env):
+    """The probe's CUDA microbenchmarks, in a child process with a time
+    limit (a hung barrier must not take the lease with it)."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys, torch; from gpu_check import probe; log = []; "
+            "p = torch.cuda.get_device_properties(0); "
+            "lib = probe.build(f'{p.major}{p.minor}', log); "
+            "print('RESULT ' + json.dumps(probe.microbenchmarks(lib, p.multi_processor_count)))")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], cwd=common.ROOT, capture_output=True, text=True,
+                           timeout=FIRST_LIMITS_S["barriers"])
+    except subprocess.TimeoutExpired:
+        return dict(ok=False, error=f"stopped after {FIRST_LIMITS_S['barriers']} s")
+    for line in r.stdout.splitlines():
+        if line.startswith("RESULT "):
+            mb = json.loads(line[len("RESULT "):])
+            return dict(ok=not any(isinstance(v, dict) and "error" in v for v in mb.values()), microbenchmarks=mb)
+    return dict(ok=False, error=(r.stdout + r.stderr)[-2000:])
 
 
 def _r(result):
