@@ -43,7 +43,9 @@ def test_torch_compile_fullgraph_matches_eager_without_recompiling_per_length(ba
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(model, fullgraph=True, backend=counter)
     params = list(model.parameters())
-    for T in (3, 4, 5, 6, 7):
+    # Three lengths show it (a graph for the first, one dynamic graph for the
+    # rest); interpreted Triton takes seconds per call, so it gets no more.
+    for T in (3, 4, 5) if backend == "triton" else (3, 4, 5, 6, 7):
         x = torch.randn(T, 2, I, dtype=torch.float64, requires_grad=True)
         out, want = compiled(x), model(x)
         torch.testing.assert_close(out, want)

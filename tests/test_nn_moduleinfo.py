@@ -62,6 +62,8 @@ def test_module_info_samples(nn_cls, ext_cls, backend, training):
                                       training=training, **extra)
     assert samples
     for k, sample in enumerate(samples):
+        if backend == "triton" and k % 2:
+            continue  # interpreted Triton takes seconds a sample: every other one (the rest run on cpu, reference)
         torch.manual_seed(k)
         ref = build(nn_cls, sample.constructor_input).double().train(training)
         ext = build(ext_cls, sample.constructor_input, backend).double().train(training)
