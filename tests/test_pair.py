@@ -94,7 +94,7 @@ def _backward(kind, args, L, out, grads, pair):
 
 def _grads(kind, out, seed=1):
     g = torch.Generator().manual_seed(seed)
-    r = lambda t: torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.dtype)  # noqa: E731
+    r = lambda t: torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device, t.dtype)  # noqa: E731
     return [r(t) for t in out[:4 if kind == "lstm" else 3]]
 
 
@@ -118,6 +118,25 @@ def test_pair_bitwise_single_calls(kind, workers, pair_env, monkeypatch):
                 want_b = _backward(kind, args, L, want, grads, pair=False)
             for g, w in zip(got_b, want_b):
                 assert g.shape == w.shape and torch.equal(g, w), (kind, case, dtype)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_pair_on_stepwise_loops(kind):
+    """With the CPU ops on the stepwise loop (the CUDA backend's default
+    loop), the pair op runs it on each half: bitwise the single calls."""
+    previous = _C._set_cpu_stepwise(True)
+    try:
+        for case in _cases(kind):
+            args, L = _inputs(kind, case)
+            got = _forward(kind, args, L, pair=True)
+            want = _forward(kind, args, L, pair=False)
+            grads = _grads(kind, got)
+            got_b = _backward(kind, args, L, got, grads, pair=True)
+            want_b = _backward(kind, args, L, want, grads, pair=False)
+            for g, w in zip((*got, *got_b), (*want, *want_b)):
+                assert torch.equal(g, w), (kind, case)
+    finally:
+        _C._set_cpu_stepwise(previous)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -297,4 +316,31 @@ def test_bidirectional_module_calls_pair(mode, monkeypatch):
             got, want = got.data, want.data
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
         for g, w in zip(got_h if mode == "LSTM" else [got_h], want_h if mode == "LSTM" else [want_h]):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("persistent", ["0", "force"], ids=["stepwise", "persistent-pair"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_pair_matches_reference(kind, persistent, monkeypatch):
+    """On a GPU in fp64: the pair ops by default (each half on the stepwise
+    loop) and with RNN_EXT_CUDA_PERSISTENT=force (both directions in one
+    cooperative launch, *_persistent_pair) give the reference's outputs and
+    gradients, outputs poisoned.  NOT YET RUN ON A GPU."""
+    monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", persistent)
+    base = kind.split("_")[0]
+    kw = {} if kind in ("lstm", "gru") else {"nonlinearity": _nonlinearity(kind)}
+    fn = getattr(functional, f"{base}_pair")
+    for case in _cases(kind):
+        args, L = _inputs(kind, case)
+        args = [None if a is None else a.cuda().requires_grad_() for a in args]
+        present = [a for a in args if a is not None]
+        with poisoned_allocations():
+            out = fn(*args, lengths=L, backend="cuda", **kw)
+        grads = _grads(kind, out)
+        got = torch.autograd.grad(out, present, grads)
+        ref_out = functional._each_direction(
+            lambda *a: getattr(reference, f"{base}_reference")(*a, L, *kw.values()), args)
+        want = torch.autograd.grad(ref_out, present, grads)
+        for g, w in zip((*out, *got), (*ref_out, *want)):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
