@@ -316,3 +316,162 @@ torch.library.register_autograd("rnn_ext::gru_forward", _gru_backward,
                                 setup_context=_gru_setup_context)
 torch.library.register_autograd("rnn_ext::rnn_forward", _rnn_backward,
                                 setup_context=_rnn_setup_context)
+
+
+# ------------------------------------------------------------ pair ops ----
+# Both directions of a bidirectional layer in one op call: every tensor but
+# lengths stacked on a leading dimension of 2 (direction 0, then direction 1,
+# whose input gates the caller has reversed within lengths), the results
+# stacked the same way.  Fake and autograd are the single-direction ones'
+# per half.
+def _check_pair(op, **tensors):
+    for name, t in tensors.items():
+        if t is not None and (t.dim() < 1 or t.shape[0] != 2):
+            raise RuntimeError(f"rnn_ext::{op}: expected {name} with a leading dimension of 2 "
+                               f"(both directions stacked: direction 0, then direction 1), "
+                               f"got shape {list(t.shape)}")
+
+
+def _half(t, d):
+    return None if t is None else t[d]
+
+
+def _stacked(outputs):
+    return tuple(o.new_empty((2, *o.shape)) for o in outputs)
+
+
+@torch.library.register_fake("rnn_ext::lstm_pair_forward")
+def _lstm_pair_forward_fake(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths):
+    _check_pair("lstm_pair_forward", input_gates=input_gates, w_hh=w_hh, b_hh=b_hh, w_hr=w_hr,
+                h0=h0, c0=c0)
+    _check_devices("lstm_pair_forward", lengths, input_gates=input_gates, w_hh=w_hh, b_hh=b_hh,
+                   w_hr=w_hr, h0=h0, c0=c0)
+    return _stacked(_lstm_forward_fake(*(_half(t, 0) for t in (input_gates, w_hh, b_hh, w_hr,
+                                                                h0, c0)), lengths))
+
+
+@torch.library.register_fake("rnn_ext::lstm_pair_infer")
+def _lstm_pair_infer_fake(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths):
+    return _lstm_pair_forward_fake(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)[:3]
+
+
+@torch.library.register_fake("rnn_ext::lstm_pair_backward")
+def _lstm_pair_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0,
+                             output, workspace, proj_input, lengths, grad_workspace):
+    args = (grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, output, workspace, proj_input)
+    _check_pair("lstm_pair_backward", **dict(zip(
+        ("grad_output", "grad_h_n", "grad_c_n", "w_hh", "w_hr", "h0", "c0", "output",
+         "workspace", "proj_input"), args)))
+    return _stacked(_lstm_backward_fake(*(_half(t, 0) for t in args), lengths,
+                                        _half(grad_workspace, 0)))
+
+
+@torch.library.register_fake("rnn_ext::gru_pair_forward")
+def _gru_pair_forward_fake(input_gates, w_hh, b_hh, h0, lengths):
+    _check_pair("gru_pair_forward", input_gates=input_gates, w_hh=w_hh, b_hh=b_hh, h0=h0)
+    _check_devices("gru_pair_forward", lengths, input_gates=input_gates, w_hh=w_hh, b_hh=b_hh,
+                   h0=h0)
+    return _stacked(_gru_forward_fake(*(_half(t, 0) for t in (input_gates, w_hh, b_hh, h0)),
+                                      lengths))
+
+
+@torch.library.register_fake("rnn_ext::gru_pair_infer")
+def _gru_pair_infer_fake(input_gates, w_hh, b_hh, h0, lengths):
+    return _gru_pair_forward_fake(input_gates, w_hh, b_hh, h0, lengths)[:2]
+
+
+@torch.library.register_fake("rnn_ext::gru_pair_backward")
+def _gru_pair_backward_fake(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths,
+                            grad_workspace):
+    args = (grad_output, grad_h_n, w_hh, h0, output, workspace)
+    _check_pair("gru_pair_backward", grad_output=grad_output, output=output, workspace=workspace)
+    return _stacked(_gru_backward_fake(*(_half(t, 0) for t in args), lengths,
+                                       _half(grad_workspace, 0)))
+
+
+@torch.library.register_fake("rnn_ext::rnn_pair_forward")
+def _rnn_pair_forward_fake(input_gates, w_hh, b_hh, h0, lengths, nonlinearity):
+    _check_pair("rnn_pair_forward", input_gates=input_gates, w_hh=w_hh, b_hh=b_hh, h0=h0)
+    _check_devices("rnn_pair_forward", lengths, input_gates=input_gates, w_hh=w_hh, b_hh=b_hh,
+                   h0=h0)
+    return _stacked(_rnn_forward_fake(*(_half(t, 0) for t in (input_gates, w_hh, b_hh, h0)),
+                                      lengths, nonlinearity))
+
+
+@torch.library.register_fake("rnn_ext::rnn_pair_infer")
+def _rnn_pair_infer_fake(input_gates, w_hh, b_hh, h0, lengths, nonlinearity):
+    return _rnn_pair_forward_fake(input_gates, w_hh, b_hh, h0, lengths, nonlinearity)[:2]
+
+
+@torch.library.register_fake("rnn_ext::rnn_pair_backward")
+def _rnn_pair_backward_fake(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths,
+                            grad_workspace, nonlinearity):
+    args = (grad_output, grad_h_n, w_hh, h0, output, workspace)
+    _check_pair("rnn_pair_backward", grad_output=grad_output, output=output, workspace=workspace)
+    return _stacked(_rnn_backward_fake(*(_half(t, 0) for t in args), lengths,
+                                       _half(grad_workspace, 0), nonlinearity))
+
+
+# The references of the pair ops (for double backward): the single-direction
+# reference per half, stacked.
+def _pair_reference(reference_fn, n_stacked):
+    def run(*args):
+        stacked, rest = args[:n_stacked], args[n_stacked:]
+        halves = [reference_fn(*(_half(t, d) for t in stacked), *rest) for d in (0, 1)]
+        return tuple(torch.stack(pair) for pair in zip(*halves))
+    return run
+
+
+_lstm_pair_reference = _pair_reference(reference.lstm_reference, 6)
+_gru_pair_reference = _pair_reference(reference.gru_reference, 4)
+_rnn_pair_reference = _pair_reference(reference.rnn_reference, 4)
+
+
+def _lstm_pair_backward(ctx, grad_y, grad_h_n, grad_c_n, grad_ws, _grad_proj):
+    saved = ctx.saved_tensors
+    gx, w_hh, b_hh, w_hr, h0, c0, lengths, y, h_n, c_n, ws, proj_in = saved
+    if _create_graph(saved):
+        return _higher_order(ctx, _lstm_pair_reference,
+                             (gx, w_hh, b_hh, w_hr, h0, c0, lengths),
+                             (y, h_n, c_n, ws), (grad_y, grad_h_n, grad_c_n, grad_ws))
+    d_gx, d_w_hh, d_b_hh, d_w_hr, d_h0, d_c0 = ops.lstm_pair_backward(
+        _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n),
+        _zeros_if_none(grad_c_n, c_n), w_hh, w_hr, h0, c0, y, ws, proj_in,
+        lengths, grad_ws)
+    return (d_gx, d_w_hh, d_b_hh if b_hh is not None else None,
+            d_w_hr if w_hr is not None else None, d_h0, d_c0, None)
+
+
+def _gru_pair_backward(ctx, grad_y, grad_h_n, grad_ws):
+    saved = ctx.saved_tensors
+    gx, w_hh, b_hh, h0, lengths, y, h_n, ws = saved
+    if _create_graph(saved):
+        return _higher_order(ctx, _gru_pair_reference, (gx, w_hh, b_hh, h0, lengths),
+                             (y, h_n, ws), (grad_y, grad_h_n, grad_ws))
+    d_gx, d_w_hh, d_b_hh, d_h0 = ops.gru_pair_backward(
+        _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n), w_hh, h0, y,
+        ws, lengths, grad_ws)
+    return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None
+
+
+def _rnn_pair_backward(ctx, grad_y, grad_h_n, grad_ws):
+    saved = ctx.saved_tensors
+    gx, w_hh, b_hh, h0, lengths, y, h_n, ws = saved
+    if _create_graph(saved):
+        return _higher_order(ctx, _rnn_pair_reference,
+                             (gx, w_hh, b_hh, h0, lengths, ctx.nonlinearity),
+                             (y, h_n, ws), (grad_y, grad_h_n, grad_ws))
+    d_gx, d_w_hh, d_b_hh, d_h0 = ops.rnn_pair_backward(
+        _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n), w_hh, h0, y,
+        ws, lengths, grad_ws, ctx.nonlinearity)
+    return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None, None
+
+
+# The setup_context functions are the single-direction ones: the same
+# arguments and results, stacked.
+torch.library.register_autograd("rnn_ext::lstm_pair_forward", _lstm_pair_backward,
+                                setup_context=_lstm_setup_context)
+torch.library.register_autograd("rnn_ext::gru_pair_forward", _gru_pair_backward,
+                                setup_context=_gru_setup_context)
+torch.library.register_autograd("rnn_ext::rnn_pair_forward", _rnn_pair_backward,
+                                setup_context=_rnn_setup_context)

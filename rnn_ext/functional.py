@@ -161,3 +161,130 @@ def _empty(input_gates, states, hout, ws_width):
     output = nothing.expand(T, B, hout) * 0
     workspace = input_gates.new_zeros(T, B, ws_width, dtype=reference.acc_dtype(input_gates.dtype))
     return (output, *(s + nothing[0] for s in states), workspace)
+
+
+# ------------------------------------------------------------ pair ops ----
+# Both directions of a bidirectional layer in one call: every argument but
+# lengths stacked on a leading dimension of 2 (direction 0, then direction
+# 1, whose input gates the caller has already reversed within lengths, as
+# the modules do), the results stacked the same way.  The compiled cpu and
+# cuda backends run them in one op call (rnn_ext::*_pair_forward), so that
+# the persistent executors may run both directions in one launch or one team
+# of workers; the reference and Triton backends run two single-direction
+# calls.
+
+_LSTM_PAIR_FUNCTION = _function.autograd_function(
+    "LSTMPairForward", ops.lstm_pair_forward.default, _ops._lstm_setup_context,
+    _ops._lstm_pair_backward)
+_GRU_PAIR_FUNCTION = _function.autograd_function(
+    "GRUPairForward", ops.gru_pair_forward.default, _ops._gru_setup_context,
+    _ops._gru_pair_backward)
+_RNN_PAIR_FUNCTION = _function.autograd_function(
+    "RNNPairForward", ops.rnn_pair_forward.default, _ops._rnn_setup_context,
+    _ops._rnn_pair_backward)
+
+_COMPILED = ("cpu", "cuda")
+
+
+def _check_pair(op, **tensors):
+    for name, t in tensors.items():
+        if t is not None and (not isinstance(t, torch.Tensor) or t.dim() < 1 or t.shape[0] != 2):
+            shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise RuntimeError(f"{op}: {name} must have a leading dimension of 2 (both directions "
+                             f"stacked: direction 0, then direction 1), got {shape}")
+
+
+def _half(t, d):
+    return None if t is None else t[d]
+
+
+def _each_direction(fn, stacked, **kwargs):
+    """fn on each half of the stacked arguments, the results stacked (None
+    stays None: a workspace that was not kept)."""
+    halves = [fn(*(_half(t, d) for t in stacked), **kwargs) for d in (0, 1)]
+    return tuple(None if a is None else torch.stack((a, b)) for a, b in zip(*halves))
+
+
+def pair_runs_compiled(backend, input_gates, cell, hidden_size, batch):
+    """Whether a pair call with these arguments runs on the compiled cpu or
+    cuda ops (one op call for both directions); else it runs two
+    single-direction calls.  input_gates: one direction's [T, B, G*H]."""
+    if batch == 0 or hidden_size == 0:
+        return False
+    return _resolve(backend, input_gates, cell, hidden_size, batch)[0] in _COMPILED
+
+
+def lstm_pair(input_gates, w_hh, b_hh=None, w_hr=None, h0=None, c0=None, lengths=None,
+              backend="auto", need_workspace=True):
+    """Both directions of a bidirectional LSTM layer: lstm() on each half of
+    arguments stacked on a leading dimension of 2 (input_gates [2, T, B, 4H],
+    w_hh [2, 4H, H or P], b_hh [2, 4H], w_hr [2, P, H], h0 [2, B, H or P],
+    c0 [2, B, H]; lengths [B] shared).  Direction 1's input gates come
+    reversed within lengths, and its results are in that order too.  Returns
+    (output [2, T, B, H or P], h_n, c_n, workspace [2, T, B, 5H] or None)."""
+    op = "rnn_ext.lstm_pair"
+    _check_pair(op, input_gates=input_gates, w_hh=w_hh, b_hh=b_hh, w_hr=w_hr, h0=h0, c0=c0)
+    lengths = _lengths_tensor(lengths)
+    T, B, H, P = _checks.check_lstm_forward(input_gates[0], w_hh[0], _half(b_hh, 0),
+                                            _half(w_hr, 0), _half(h0, 0), _half(c0, 0),
+                                            lengths, op)
+    if not pair_runs_compiled(backend, input_gates[0], "lstm", H, B):
+        return _each_direction(
+            lambda gx, w, b, wr, h, c: lstm(gx, w, b, wr, h, c, lengths=lengths, backend=backend,
+                                            need_workspace=need_workspace),
+            (input_gates, w_hh, b_hh, w_hr, h0, c0))
+    _checks.check_length_values(lengths, T)
+    h0 = input_gates.new_zeros(2, B, P or H) if h0 is None else h0
+    c0 = input_gates.new_zeros(2, B, H) if c0 is None else c0
+    args = (input_gates, w_hh, b_hh, w_hr, h0, c0, lengths)
+    if _inference(need_workspace, input_gates, w_hh, b_hh, w_hr, h0, c0):
+        return (*_function.call_without_grad(ops.lstm_pair_infer.default, args), None)
+    y, h_n, c_n, ws, _ = _function.call(ops.lstm_pair_forward.default, _LSTM_PAIR_FUNCTION, args)
+    return y, h_n, c_n, ws
+
+
+def gru_pair(input_gates, w_hh, b_hh=None, h0=None, lengths=None, backend="auto",
+             need_workspace=True):
+    """Both directions of a bidirectional GRU layer, stacked as for
+    lstm_pair: input_gates [2, T, B, 3H], w_hh [2, 3H, H], b_hh [2, 3H],
+    h0 [2, B, H].  Returns (output [2, T, B, H], h_n, workspace or None)."""
+    op = "rnn_ext.gru_pair"
+    _check_pair(op, input_gates=input_gates, w_hh=w_hh, b_hh=b_hh, h0=h0)
+    lengths = _lengths_tensor(lengths)
+    T, B, H = _checks.check_gru_forward(input_gates[0], w_hh[0], _half(b_hh, 0), _half(h0, 0),
+                                        lengths, op)
+    if not pair_runs_compiled(backend, input_gates[0], "gru", H, B):
+        return _each_direction(
+            lambda gx, w, b, h: gru(gx, w, b, h, lengths=lengths, backend=backend,
+                                    need_workspace=need_workspace),
+            (input_gates, w_hh, b_hh, h0))
+    _checks.check_length_values(lengths, T)
+    h0 = input_gates.new_zeros(2, B, H) if h0 is None else h0
+    args = (input_gates, w_hh, b_hh, h0, lengths)
+    if _inference(need_workspace, input_gates, w_hh, b_hh, h0):
+        return (*_function.call_without_grad(ops.gru_pair_infer.default, args), None)
+    return _function.call(ops.gru_pair_forward.default, _GRU_PAIR_FUNCTION, args)
+
+
+def rnn_pair(input_gates, w_hh, b_hh=None, h0=None, lengths=None, nonlinearity="tanh",
+             backend="auto", need_workspace=True):
+    """Both directions of a bidirectional Elman RNN layer, stacked as for
+    lstm_pair: input_gates [2, T, B, H], w_hh [2, H, H], b_hh [2, H],
+    h0 [2, B, H].  Returns (output [2, T, B, H], h_n, workspace or None)."""
+    op = "rnn_ext.rnn_pair"
+    reference.check_nonlinearity(nonlinearity)
+    _check_pair(op, input_gates=input_gates, w_hh=w_hh, b_hh=b_hh, h0=h0)
+    lengths = _lengths_tensor(lengths)
+    T, B, H = _checks.check_rnn_forward(input_gates[0], w_hh[0], _half(b_hh, 0), _half(h0, 0),
+                                        lengths, op)
+    if not pair_runs_compiled(backend, input_gates[0], "rnn", H, B):
+        return _each_direction(
+            lambda gx, w, b, h: rnn(gx, w, b, h, lengths=lengths, nonlinearity=nonlinearity,
+                                    backend=backend, need_workspace=need_workspace),
+            (input_gates, w_hh, b_hh, h0))
+    _checks.check_length_values(lengths, T)
+    h0 = input_gates.new_zeros(2, B, H) if h0 is None else h0
+    args = (input_gates, w_hh, b_hh, h0, lengths, nonlinearity)
+    if _inference(need_workspace, input_gates, w_hh, b_hh, h0):
+        return (*_function.call_without_grad(ops.rnn_pair_infer.default, args), None)
+    return _function.call(ops.rnn_pair_forward.default, _RNN_PAIR_FUNCTION, args)

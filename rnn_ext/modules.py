@@ -179,6 +179,7 @@ class _RNNBase(nn.Module):
     (arguments, parameters, checks, layers, directions, packing, dropout)
     is common."""
     _gates = None          # gate blocks per hidden unit: 4 (LSTM), 3 (GRU), 1 (RNN)
+    _cell = None           # the cell's name for backend selection: "lstm", "gru", "rnn"
     _has_cell_state = False  # whether the state is (h, c), as for LSTM
     mode = None            # nn's name for the module, used in messages
     _message_name = None   # the name in messages where it is not `mode` (RNN)
@@ -364,6 +365,17 @@ class _RNNBase(nn.Module):
         layer_input = x
         D = self.num_directions
         for layer in range(self.num_layers):
+            if D == 2 and functional.pair_runs_compiled(self.backend, layer_input, self._cell,
+                                                        self.hidden_size, layer_input.size(1)):
+                outputs, hs, cs, ws = self._layer_pair(layer, layer_input, h0, c0, lengths,
+                                                       packing, cast, want_internals)
+                h_n += hs
+                c_n += cs
+                workspaces += ws
+                layer_input = torch.cat(outputs, dim=2)
+                if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                    layer_input = self._dropout(layer_input, packing)
+                continue
             outputs = []
             for direction in range(D):
                 k = layer * D + direction
@@ -395,6 +407,40 @@ class _RNNBase(nn.Module):
         else:
             c_n = None
         return layer_input, h_n, c_n, workspaces
+
+    def _layer_pair(self, layer, layer_input, h0, c0, lengths, packing, cast, want_internals):
+        """Both directions of a bidirectional layer in one call of the
+        compiled pair op (functional.*_pair), which the persistent executors
+        run in one launch or one team of workers: the same input gates,
+        reversal within lengths and results as the per-direction loop of
+        _run_layers.  Returns per direction (outputs, h_n, c_n, workspaces)
+        as that loop collects them."""
+        gxs, weights = [], []
+        for direction in (0, 1):
+            k = layer * 2 + direction
+            w_ih, w_hh, b_ih, b_hh, w_hr = (None if n is None else _weight(self, n)
+                                            for n in self._layout[k])
+            if cast is not None:
+                w_ih, w_hh, b_ih, b_hh, w_hr = (None if w is None else w.to(cast)
+                                                for w in (w_ih, w_hh, b_ih, b_hh, w_hr))
+            gx = self._projection(layer_input, w_ih, b_ih, packing)
+            if direction == 1:
+                gx = reverse_within_lengths(gx, lengths)
+            gxs.append(gx)
+            weights.append((w_hh, b_hh, w_hr))
+        w_hh, b_hh, w_hr = (None if w[0] is None else torch.stack(w) for w in zip(*weights))
+        k = layer * 2
+        y, h, c, ws = self._recurrence_pair(torch.stack(gxs), w_hh, b_hh, w_hr, h0[k:k + 2],
+                                            None if c0 is None else c0[k:k + 2], lengths,
+                                            want_internals)
+        outputs = [y[0], reverse_within_lengths(y[1], lengths)]
+        ws = [None, None] if ws is None else [ws[0], reverse_within_lengths(ws[1], lengths)]
+        return outputs, [h[0], h[1]], ([] if c is None else [c[0], c[1]]), ws
+
+    def _recurrence_pair(self, gx, w_hh, b_hh, w_hr, h, c, lengths, need_workspace):
+        """Both directions' recurrent parts, every argument stacked on a
+        leading dimension of 2 (functional.lstm_pair)."""
+        raise NotImplementedError
 
     def _internals(self, workspaces):
         """Internals [LD, T, B, ...] from the kernels' workspaces [T, B, k*H]."""
@@ -484,6 +530,7 @@ class LSTM(_RNNBase):
     Takes nn.LSTM's arguments, plus `backend`: "auto" (default), "cpu",
     "cuda", "triton" or "reference"."""
     _gates = 4
+    _cell = "lstm"
     _has_cell_state = True
     mode = "LSTM"
     _cpu_autocast = True
@@ -492,11 +539,16 @@ class LSTM(_RNNBase):
         return functional.lstm(gx, w_hh, b_hh, w_hr, h, c, lengths=lengths, backend=self.backend,
                                need_workspace=need_workspace)
 
+    def _recurrence_pair(self, gx, w_hh, b_hh, w_hr, h, c, lengths, need_workspace):
+        return functional.lstm_pair(gx, w_hh, b_hh, w_hr, h, c, lengths=lengths,
+                                    backend=self.backend, need_workspace=need_workspace)
+
 
 class GRU(_RNNBase):
     """Drop-in for torch.nn.GRU, run by rnn_ext's fused kernels (same
     formula as nn.GRU: the reset gate multiplies W_hn h + b_hn)."""
     _gates = 3
+    _cell = "gru"
     mode = "GRU"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -510,6 +562,11 @@ class GRU(_RNNBase):
     def _recurrence(self, gx, w_hh, b_hh, w_hr, h, c, lengths, need_workspace):
         y, h_n, ws = functional.gru(gx, w_hh, b_hh, h, lengths=lengths, backend=self.backend,
                                     need_workspace=need_workspace)
+        return y, h_n, None, ws
+
+    def _recurrence_pair(self, gx, w_hh, b_hh, w_hr, h, c, lengths, need_workspace):
+        y, h_n, ws = functional.gru_pair(gx, w_hh, b_hh, h, lengths=lengths, backend=self.backend,
+                                         need_workspace=need_workspace)
         return y, h_n, None, ws
 
 
@@ -703,6 +760,7 @@ class RNN(_RNNBase):
     run by rnn_ext's fused kernels.  Takes nn.RNN's arguments in nn.RNN's
     order, plus `backend`."""
     _gates = 1
+    _cell = "rnn"
     _message_name = "RNN"  # nn's messages say RNN, its mode RNN_TANH or RNN_RELU
     _cpu_autocast = True
 
@@ -728,6 +786,12 @@ class RNN(_RNNBase):
         y, h_n, ws = functional.rnn(gx, w_hh, b_hh, h, lengths=lengths,
                                     nonlinearity=self.nonlinearity, backend=self.backend,
                                     need_workspace=need_workspace)
+        return y, h_n, None, ws
+
+    def _recurrence_pair(self, gx, w_hh, b_hh, w_hr, h, c, lengths, need_workspace):
+        y, h_n, ws = functional.rnn_pair(gx, w_hh, b_hh, h, lengths=lengths,
+                                         nonlinearity=self.nonlinearity, backend=self.backend,
+                                         need_workspace=need_workspace)
         return y, h_n, None, ws
 
 

@@ -55,8 +55,9 @@ cudaError_t rnn_backward_persistent(const partition::RNNBackwardSeq<T, Acc>& s, 
 // a.workers + b.workers blocks, one grid barrier per phase for both
 // (partition::pair_worker); the two must pass the same barriers
 // (partition::same_barriers: same steps, a projection in both or neither),
-// else cudaErrorInvalidValue.  NOT YET RUN ON A GPU, and not yet called by
-// the ops (each direction is its own op call today).
+// else cudaErrorInvalidValue.  NOT YET RUN ON A GPU.  The pair ops
+// (rnn_ext::*_pair_forward, _infer, _backward) call them when
+// RNN_EXT_CUDA_PERSISTENT is set and the pair fits (ops/rnn_ops_cuda.cpp).
 template <typename T, typename Acc>
 cudaError_t lstm_forward_persistent_pair(const partition::LSTMForwardSeq<T, Acc>& a,
                                    const partition::LSTMForwardSeq<T, Acc>& b, cudaStream_t stream);

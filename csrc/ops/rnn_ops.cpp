@@ -55,8 +55,7 @@ void check_same(const char* op, const char* name, const Tensor& t,
 void check_lstm_forward(const Tensor& gx, const Tensor& w_hh,
                         const OptTensor& b_hh, const OptTensor& w_hr,
                         const Tensor& h0, const Tensor& c0,
-                        const OptTensor& lengths) {
-  const char* op = "rnn_ext::lstm_forward";
+                        const OptTensor& lengths, const char* op) {
   TORCH_CHECK(gx.dim() == 3, op,
               ": input_gates must be 3-D [T, B, 4H], got ", gx.dim(), "-D");
   TORCH_CHECK(gx.is_floating_point(), op,
@@ -83,8 +82,7 @@ void check_lstm_forward(const Tensor& gx, const Tensor& w_hh,
 
 void check_gru_forward(const Tensor& gx, const Tensor& w_hh,
                        const OptTensor& b_hh, const Tensor& h0,
-                       const OptTensor& lengths) {
-  const char* op = "rnn_ext::gru_forward";
+                       const OptTensor& lengths, const char* op) {
   TORCH_CHECK(gx.dim() == 3, op,
               ": input_gates must be 3-D [T, B, 3H], got ", gx.dim(), "-D");
   TORCH_CHECK(gx.is_floating_point(), op,
@@ -102,8 +100,7 @@ void check_gru_forward(const Tensor& gx, const Tensor& w_hh,
 
 void check_rnn_forward(const Tensor& gx, const Tensor& w_hh,
                        const OptTensor& b_hh, const Tensor& h0,
-                       const OptTensor& lengths) {
-  const char* op = "rnn_ext::rnn_forward";
+                       const OptTensor& lengths, const char* op) {
   TORCH_CHECK(gx.dim() == 3, op,
               ": input_gates must be 3-D [T, B, H], got ", gx.dim(), "-D");
   TORCH_CHECK(gx.is_floating_point(), op,
@@ -115,6 +112,14 @@ void check_rnn_forward(const Tensor& gx, const Tensor& w_hh,
   if (b_hh) check_same(op, "b_hh", *b_hh, gx, {H});
   check_same(op, "h0", h0, gx, {B, H});
   check_lengths(op, lengths, B);
+}
+
+void check_pair(const char* op, const char* name, const Tensor& t, int64_t dims,
+                const char* shape) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(t.dim() == dims && t.size(0) == 2, op, ": expected ", name, " of shape ", shape,
+              " (both directions stacked on a leading dimension of 2: direction 0, then "
+              "direction 1), got ", shape_str(t.sizes()));
 }
 
 // The cell ops (one step of LSTMCell, GRUCell, RNNCell, input projection
@@ -232,6 +237,48 @@ TORCH_LIBRARY(rnn_ext, m) {
   m.def(
       "rnn_infer(Tensor input_gates, Tensor w_hh, Tensor? b_hh, Tensor h0, "
       "Tensor? lengths, str nonlinearity) -> (Tensor output, Tensor h_n)");
+  // Both directions of a bidirectional layer in one call: the ops above with
+  // every tensor (lengths aside) stacked on a leading dimension of 2,
+  // direction 0 then direction 1 (whose input gates the caller has reversed
+  // within lengths), and the results stacked the same way.
+  m.def(
+      "lstm_pair_forward(Tensor input_gates, Tensor w_hh, Tensor? b_hh, "
+      "Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths) -> "
+      "(Tensor output, Tensor h_n, Tensor c_n, Tensor workspace, "
+      "Tensor proj_input)");
+  m.def(
+      "lstm_pair_infer(Tensor input_gates, Tensor w_hh, Tensor? b_hh, "
+      "Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths) -> "
+      "(Tensor output, Tensor h_n, Tensor c_n)");
+  m.def(
+      "lstm_pair_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, "
+      "Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor output, "
+      "Tensor workspace, Tensor proj_input, Tensor? lengths, "
+      "Tensor? grad_workspace) -> (Tensor grad_input_gates, Tensor grad_w_hh, "
+      "Tensor grad_b_hh, Tensor grad_w_hr, Tensor grad_h0, Tensor grad_c0)");
+  m.def(
+      "gru_pair_forward(Tensor input_gates, Tensor w_hh, Tensor? b_hh, Tensor h0, "
+      "Tensor? lengths) -> (Tensor output, Tensor h_n, Tensor workspace)");
+  m.def(
+      "gru_pair_infer(Tensor input_gates, Tensor w_hh, Tensor? b_hh, Tensor h0, "
+      "Tensor? lengths) -> (Tensor output, Tensor h_n)");
+  m.def(
+      "gru_pair_backward(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, "
+      "Tensor h0, Tensor output, Tensor workspace, Tensor? lengths, "
+      "Tensor? grad_workspace) -> (Tensor grad_input_gates, Tensor grad_w_hh, "
+      "Tensor grad_b_hh, Tensor grad_h0)");
+  m.def(
+      "rnn_pair_forward(Tensor input_gates, Tensor w_hh, Tensor? b_hh, Tensor h0, "
+      "Tensor? lengths, str nonlinearity) -> (Tensor output, Tensor h_n, "
+      "Tensor workspace)");
+  m.def(
+      "rnn_pair_infer(Tensor input_gates, Tensor w_hh, Tensor? b_hh, Tensor h0, "
+      "Tensor? lengths, str nonlinearity) -> (Tensor output, Tensor h_n)");
+  m.def(
+      "rnn_pair_backward(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, "
+      "Tensor h0, Tensor output, Tensor workspace, Tensor? lengths, "
+      "Tensor? grad_workspace, str nonlinearity) -> (Tensor grad_input_gates, "
+      "Tensor grad_w_hh, Tensor grad_b_hh, Tensor grad_h0)");
   // Cells: one step of LSTMCell, GRUCell and RNNCell with the input
   // projection, for the modules' eager calls (rnn_ext/_function.py).  The
   // first op of each cell has autograd (csrc/ops/cell_autograd.cpp); its

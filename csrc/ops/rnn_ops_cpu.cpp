@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "cpu/persistent.h"
@@ -56,6 +58,16 @@ struct CpuRunner {
                          bool /*backward*/) {
     return workers_for(B, H, G, Hin);
   }
+  // Both directions on one team: a forced count per direction (so that
+  // each direction is cut exactly as its single-direction call cuts it),
+  // else each direction's own count, the two together at most the threads.
+  static int64_t pair_workers(int64_t B, int64_t H, int64_t G, int64_t Hin, const Tensor&,
+                              bool /*backward*/) {
+    const int64_t forced = forced_workers.load(std::memory_order_relaxed);
+    if (forced > 0) return 2 * forced;
+    if (at::in_parallel_region()) return 1;
+    return std::min<int64_t>(at::get_num_threads(), 2 * workers_for(B, H, G, Hin));
+  }
   // Slices in whole cache lines of fp32 when every worker gets several;
   // ragged (one unit) otherwise, so small layers still spread over workers.
   static int64_t align(int64_t H, int64_t workers) { return H >= 64 * workers ? 16 : 1; }
@@ -95,11 +107,39 @@ struct CpuRunner {
   static void rnn_backward(const Seq& s, int64_t K) {
     run(s, K, [](const auto& seq, int64_t k, auto& ex) { partition::rnn_backward_worker(seq, k, ex); });
   }
+  template <class Seq>
+  static void lstm_forward_pair(const Seq& a, const Seq& b, int64_t K) {
+    run_pair(a, b, K, [](const auto& seq, int64_t k, auto& ex) { partition::lstm_forward_worker(seq, k, ex); });
+  }
+  template <class Seq>
+  static void lstm_backward_pair(const Seq& a, const Seq& b, int64_t K) {
+    run_pair(a, b, K, [](const auto& seq, int64_t k, auto& ex) { partition::lstm_backward_worker(seq, k, ex); });
+  }
+  template <class Seq>
+  static void gru_forward_pair(const Seq& a, const Seq& b, int64_t K) {
+    run_pair(a, b, K, [](const auto& seq, int64_t k, auto& ex) { partition::gru_forward_worker(seq, k, ex); });
+  }
+  template <class Seq>
+  static void gru_backward_pair(const Seq& a, const Seq& b, int64_t K) {
+    run_pair(a, b, K, [](const auto& seq, int64_t k, auto& ex) { partition::gru_backward_worker(seq, k, ex); });
+  }
+  template <class Seq>
+  static void rnn_forward_pair(const Seq& a, const Seq& b, int64_t K) {
+    run_pair(a, b, K, [](const auto& seq, int64_t k, auto& ex) { partition::rnn_forward_worker(seq, k, ex); });
+  }
+  template <class Seq>
+  static void rnn_backward_pair(const Seq& a, const Seq& b, int64_t K) {
+    run_pair(a, b, K, [](const auto& seq, int64_t k, auto& ex) { partition::rnn_backward_worker(seq, k, ex); });
+  }
 
  private:
   template <template <typename, typename> class SeqT, typename T, typename Acc, class F>
   static void run(const SeqT<T, Acc>& s, int64_t K, F worker) {
     cpu::run<T, Acc>(s, K, worker);
+  }
+  template <template <typename, typename> class SeqT, typename T, typename Acc, class F>
+  static void run_pair(const SeqT<T, Acc>& a, const SeqT<T, Acc>& b, int64_t K, F worker) {
+    cpu::run_pair<T, Acc>(a, b, K, worker);
   }
 };
 
@@ -162,6 +202,33 @@ struct CpuLoops {
   RNN_EXT_CPU_ROUTE(rnn_forward)
   RNN_EXT_CPU_ROUTE(rnn_backward)
 #undef RNN_EXT_CPU_ROUTE
+
+  // The pair ops (both directions of a bidirectional layer): on one team
+  // (cpu::run_pair), or, with RNN_EXT_CPU_PAIR=0, one direction after the
+  // other on the single-direction loops, each with its own workers (for
+  // measuring the two against each other).  The stepwise loops run one
+  // direction after the other.
+#define RNN_EXT_CPU_PAIR_ROUTE(name)                                        \
+  template <typename T, typename... Args>                                  \
+  static auto name(const Args&... args) {                                  \
+    return stepwise.load(std::memory_order_relaxed)                        \
+               ? PairOfSingles<StepwiseCpuLoops>::name<T>(args...)         \
+               : PartitionedCpuLoops::name<T>(args..., pair_on_one_team()); \
+  }
+  RNN_EXT_CPU_PAIR_ROUTE(lstm_forward_pair)
+  RNN_EXT_CPU_PAIR_ROUTE(lstm_backward_pair)
+  RNN_EXT_CPU_PAIR_ROUTE(gru_forward_pair)
+  RNN_EXT_CPU_PAIR_ROUTE(gru_backward_pair)
+  RNN_EXT_CPU_PAIR_ROUTE(rnn_forward_pair)
+  RNN_EXT_CPU_PAIR_ROUTE(rnn_backward_pair)
+#undef RNN_EXT_CPU_PAIR_ROUTE
+
+  // RNN_EXT_CPU_PAIR: "0" one direction after the other; unset or anything
+  // else one team (read per call, so that a benchmark can switch it).
+  static bool pair_on_one_team() {
+    const char* v = std::getenv("RNN_EXT_CPU_PAIR");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }
 };
 
 // ------------------------------------------------------------------ cells --
@@ -363,6 +430,15 @@ TORCH_LIBRARY_IMPL(rnn_ext, CPU, m) {
   m.impl("rnn_forward", &rnn_forward<CpuLoops>);
   m.impl("rnn_infer", &rnn_infer<CpuLoops>);
   m.impl("rnn_backward", &rnn_backward<CpuLoops>);
+  m.impl("lstm_pair_forward", &lstm_pair_forward<CpuLoops>);
+  m.impl("lstm_pair_infer", &lstm_pair_infer<CpuLoops>);
+  m.impl("lstm_pair_backward", &lstm_pair_backward<CpuLoops>);
+  m.impl("gru_pair_forward", &gru_pair_forward<CpuLoops>);
+  m.impl("gru_pair_infer", &gru_pair_infer<CpuLoops>);
+  m.impl("gru_pair_backward", &gru_pair_backward<CpuLoops>);
+  m.impl("rnn_pair_forward", &rnn_pair_forward<CpuLoops>);
+  m.impl("rnn_pair_infer", &rnn_pair_infer<CpuLoops>);
+  m.impl("rnn_pair_backward", &rnn_pair_backward<CpuLoops>);
   m.impl("lstm_cell", &lstm_cell);
   m.impl("lstm_cell_forward", &lstm_cell_forward);
   m.impl("lstm_cell_backward", &lstm_cell_backward);

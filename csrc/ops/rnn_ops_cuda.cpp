@@ -58,9 +58,10 @@ using StepwiseCudaLoops = StepwiseLoops<CudaSteps>;
 // The fit rule (rnn_ext/fit.h) for one layer direction on this device,
 // with the compiled resources of the persistent kernel of `kind` (see
 // cuda/persistent.h) for ATen's dtype T.
+// directions = 2: both directions of a bidirectional layer in one launch.
 template <typename T>
 fit::Decision persistent_fit(int kind, int64_t B, int64_t H, int64_t G, int64_t Hin,
-                             const Tensor& like) {
+                             const Tensor& like, int64_t directions = 1) {
   using K_ = typename CudaType<T>::type;
   int registers = 0, shared = 0;
   check_launch(cuda::persistent_resources<K_, at::opmath_type<T>>(kind, &registers, &shared));
@@ -73,6 +74,7 @@ fit::Decision persistent_fit(int kind, int64_t B, int64_t H, int64_t G, int64_t 
   const fit::KernelResources kernel{registers, cuda::kPersistentThreads, shared};
   fit::Layer layer{H, Hin, G, B, static_cast<int64_t>(sizeof(K_))};
   layer.backward = kind % 2 == 1;
+  layer.directions = directions;
   return fit::decide(layer, device, kernel);
 }
 
@@ -94,19 +96,29 @@ struct CudaRunner {
   // launch's limit; the launch then leaves them in global memory).
   static int64_t workers(int64_t B, int64_t H, int64_t G, int64_t Hin, const Tensor& like,
                          bool backward) {
+    return workers_per_direction(B, H, G, Hin, like, backward, 1);
+  }
+  // Both directions in one launch: the fit rule's count for 2K blocks, per
+  // direction, doubled (NOT YET RUN ON A GPU).
+  static int64_t pair_workers(int64_t B, int64_t H, int64_t G, int64_t Hin, const Tensor& like,
+                              bool backward) {
+    return 2 * workers_per_direction(B, H, G, Hin, like, backward, 2);
+  }
+  static int64_t workers_per_direction(int64_t B, int64_t H, int64_t G, int64_t Hin,
+                                       const Tensor& like, bool backward, int64_t directions) {
     const int kind = forward_kind(G) + (backward ? 1 : 0);
     int64_t workers = 0;
     int limit = 0;
     RNN_EXT_DISPATCH(like.scalar_type(), "rnn_ext::persistent_workers", [&] {
       using K_ = kernel_type<scalar_t>;
       using A_ = at::opmath_type<scalar_t>;
-      workers = persistent_fit<scalar_t>(kind, B, H, G, Hin, like).workers;
+      workers = persistent_fit<scalar_t>(kind, B, H, G, Hin, like, directions).workers;
       check_launch(cuda::persistent_max_workers<K_, A_>(like.get_device(), kind, &limit));
     });
-    TORCH_CHECK(limit > 0, "rnn_ext: the persistent CUDA kernels cannot be resident on ",
+    TORCH_CHECK(limit >= directions, "rnn_ext: the persistent CUDA kernels cannot be resident on ",
                 like.device());
     if (workers > 0) return workers;
-    return std::max<int64_t>(1, std::min<int64_t>(limit, (H + 7) / 8));
+    return std::max<int64_t>(1, std::min<int64_t>(limit / directions, (H + 7) / 8));
   }
   static int64_t align(int64_t H, int64_t workers) { return fit::unit_align(H, workers); }
   // Testing h0 on the host would synchronise with the device.
@@ -127,6 +139,20 @@ struct CudaRunner {
   static void rnn_forward(const Seq& s, int64_t) { check_launch(cuda::rnn_forward_persistent(s, stream())); }
   template <class Seq>
   static void rnn_backward(const Seq& s, int64_t) { check_launch(cuda::rnn_backward_persistent(s, stream())); }
+  // Both directions in one cooperative launch of a.workers + b.workers
+  // blocks.  NOT YET RUN ON A GPU.
+  template <class Seq>
+  static void lstm_forward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::lstm_forward_persistent_pair(a, b, stream())); }
+  template <class Seq>
+  static void lstm_backward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::lstm_backward_persistent_pair(a, b, stream())); }
+  template <class Seq>
+  static void gru_forward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::gru_forward_persistent_pair(a, b, stream())); }
+  template <class Seq>
+  static void gru_backward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::gru_backward_persistent_pair(a, b, stream())); }
+  template <class Seq>
+  static void rnn_forward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::rnn_forward_persistent_pair(a, b, stream())); }
+  template <class Seq>
+  static void rnn_backward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::rnn_backward_persistent_pair(a, b, stream())); }
 
  private:
   static cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
@@ -157,6 +183,18 @@ bool use_persistent(int kind, int64_t G, int64_t B, const Tensor& w_hh) {
   }
 }
 
+// Both directions in one launch (w_hh [2, G * H, Hin]): as use_persistent,
+// with the fit rule for 2K blocks.
+template <typename T>
+bool use_persistent_pair(int kind, int64_t G, int64_t B, const Tensor& w_hh) {
+  switch (persistent_mode()) {
+    case Persistent::off: return false;
+    case Persistent::force: return true;
+    default:
+      return persistent_fit<T>(kind, B, w_hh.size(1) / G, G, w_hh.size(2), w_hh, 2).persistent;
+  }
+}
+
 // Each op runs the stepwise loops, or the persistent ones when asked for
 // (and, unless forced, where they fit).  B is the batch of the op's first
 // argument (input gates, or the output's gradient).
@@ -176,6 +214,29 @@ struct CudaLoops {
   RNN_EXT_CUDA_ROUTE(rnn_forward, 4, 1, 1)
   RNN_EXT_CUDA_ROUTE(rnn_backward, 5, 1, 2)
 #undef RNN_EXT_CUDA_ROUTE
+
+  // The pair ops (both directions stacked on a leading dimension of 2):
+  // with the persistent kernels asked for and the pair fitting (the fit
+  // rule for 2K blocks), one cooperative launch of both directions
+  // (*_persistent_pair; NOT YET RUN ON A GPU); otherwise each half through
+  // the single-direction routes above, one after the other, which by
+  // default is the stepwise loop, as for two single-direction calls.  B is
+  // dimension 2 of the first argument ([2, T, B, ...]).
+#define RNN_EXT_CUDA_PAIR_ROUTE(name, kind, G, w_hh_index)                                 \
+  template <typename T, typename... Args>                                                  \
+  static auto name(const Args&... args) {                                                  \
+    const auto a = std::forward_as_tuple(args...);                                         \
+    return use_persistent_pair<T>(kind, G, std::get<0>(a).size(2), std::get<w_hh_index>(a)) \
+               ? PersistentCudaLoops::name<T>(args..., /*together=*/true)                   \
+               : PairOfSingles<CudaLoops>::name<T>(args...);                                \
+  }
+  RNN_EXT_CUDA_PAIR_ROUTE(lstm_forward_pair, 0, 4, 1)
+  RNN_EXT_CUDA_PAIR_ROUTE(lstm_backward_pair, 1, 4, 3)
+  RNN_EXT_CUDA_PAIR_ROUTE(gru_forward_pair, 2, 3, 1)
+  RNN_EXT_CUDA_PAIR_ROUTE(gru_backward_pair, 3, 3, 2)
+  RNN_EXT_CUDA_PAIR_ROUTE(rnn_forward_pair, 4, 1, 1)
+  RNN_EXT_CUDA_PAIR_ROUTE(rnn_backward_pair, 5, 1, 2)
+#undef RNN_EXT_CUDA_PAIR_ROUTE
 };
 
 // The dispatcher does not set the device for custom ops: each entry point
@@ -256,9 +317,30 @@ std::tuple<Tensor, Tensor> rnn_infer_cuda(const Tensor& gx, const Tensor& w_hh,
   return rnn_infer<CudaLoops>(gx, w_hh, b_hh, h0, lengths, nonlinearity);
 }
 
+// An entry point on the device of its first tensor argument.
+template <auto Fn, class Sig>
+struct DeviceGuarded;
+template <auto Fn, class R, class... Args>
+struct DeviceGuarded<Fn, R (*)(Args...)> {
+  static R call(Args... args) {
+    c10::cuda::CUDAGuard guard(std::get<0>(std::forward_as_tuple(args...)).device());
+    return Fn(args...);
+  }
+};
+#define RNN_EXT_GUARDED(f) &DeviceGuarded<&f, decltype(&f)>::call
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnn_ext, CUDA, m) {
+  m.impl("lstm_pair_forward", RNN_EXT_GUARDED(lstm_pair_forward<CudaLoops>));
+  m.impl("lstm_pair_infer", RNN_EXT_GUARDED(lstm_pair_infer<CudaLoops>));
+  m.impl("lstm_pair_backward", RNN_EXT_GUARDED(lstm_pair_backward<CudaLoops>));
+  m.impl("gru_pair_forward", RNN_EXT_GUARDED(gru_pair_forward<CudaLoops>));
+  m.impl("gru_pair_infer", RNN_EXT_GUARDED(gru_pair_infer<CudaLoops>));
+  m.impl("gru_pair_backward", RNN_EXT_GUARDED(gru_pair_backward<CudaLoops>));
+  m.impl("rnn_pair_forward", RNN_EXT_GUARDED(rnn_pair_forward<CudaLoops>));
+  m.impl("rnn_pair_infer", RNN_EXT_GUARDED(rnn_pair_infer<CudaLoops>));
+  m.impl("rnn_pair_backward", RNN_EXT_GUARDED(rnn_pair_backward<CudaLoops>));
   m.impl("lstm_forward", &lstm_forward_cuda);
   m.impl("lstm_infer", &lstm_infer_cuda);
   m.impl("gru_infer", &gru_infer_cuda);

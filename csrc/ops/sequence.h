@@ -36,6 +36,7 @@
 
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "rnn_ext/step_kernels.h"
@@ -407,18 +408,26 @@ struct StepwiseLoops {
 namespace rnn_ext {
 
 // Throws a clear error naming the problem; returns nothing.
+// `op` names the op in the errors.
 void check_lstm_forward(const Tensor& gx, const Tensor& w_hh,
                         const OptTensor& b_hh, const OptTensor& w_hr,
                         const Tensor& h0, const Tensor& c0,
-                        const OptTensor& lengths);
+                        const OptTensor& lengths,
+                        const char* op = "rnn_ext::lstm_forward");
 void check_gru_forward(const Tensor& gx, const Tensor& w_hh,
                        const OptTensor& b_hh, const Tensor& h0,
-                       const OptTensor& lengths);
+                       const OptTensor& lengths,
+                       const char* op = "rnn_ext::gru_forward");
 void check_same(const char* op, const char* name, const Tensor& t,
                 const Tensor& like, at::IntArrayRef shape);
 void check_rnn_forward(const Tensor& gx, const Tensor& w_hh,
                        const OptTensor& b_hh, const Tensor& h0,
-                       const OptTensor& lengths);
+                       const OptTensor& lengths,
+                       const char* op = "rnn_ext::rnn_forward");
+// A pair op's argument: `dims`-D with a leading dimension of 2 (direction 0,
+// then direction 1); `shape` describes it in the error.
+void check_pair(const char* op, const char* name, const Tensor& t, int64_t dims,
+                const char* shape);
 int64_t check_cell(const char* op, int64_t gates, const Tensor& x,
                    const OptTensor& hx, const OptTensor& cx,
                    const Tensor& w_ih, const Tensor& w_hh,
@@ -428,6 +437,11 @@ bool rnn_is_relu(const char* op, c10::string_view nonlinearity);
 
 inline OptTensor contiguous(const OptTensor& t) {
   return t ? OptTensor(t->contiguous()) : std::nullopt;
+}
+
+// Direction `dir` of a pair op's optional argument.
+inline OptTensor direction_of(const OptTensor& t, int64_t dir) {
+  return t ? OptTensor((*t)[dir]) : std::nullopt;
 }
 
 #define RNN_EXT_DISPATCH(dtype, name, ...) \
@@ -467,13 +481,10 @@ std::tuple<Tensor, Tensor, Tensor> lstm_infer(
   return {y, h_n, c_n};
 }
 
-template <class Loops>
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
-    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n,
-    const Tensor& w_hh, const OptTensor& w_hr, const Tensor& h0,
-    const Tensor& c0, const Tensor& y, const Tensor& ws, const Tensor& proj_in,
-    const OptTensor& lengths, const OptTensor& grad_ws) {
-  const char* op = "rnn_ext::lstm_backward";
+inline void check_lstm_backward(const char* op, const Tensor& grad_y, const Tensor& grad_h_n,
+                                const Tensor& grad_c_n, const Tensor& w_hh,
+                                const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
+                                const Tensor& y, const Tensor& ws, const OptTensor& grad_ws) {
   TORCH_CHECK(y.dim() == 3 && ws.dim() == 3 && ws.size(2) % 5 == 0,
               op, ": output must be [T, B, H] and workspace [T, B, 5H]");
   const int64_t T_ = y.size(0), B = y.size(1), H = ws.size(2) / 5;
@@ -487,6 +498,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
   TORCH_CHECK(ws.size(0) == T_ && ws.size(1) == B, op, ": workspace does not match output");
   if (grad_ws) TORCH_CHECK(grad_ws->sizes() == ws.sizes() && grad_ws->scalar_type() == ws.scalar_type(),
                            op, ": grad_workspace must match workspace");
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n,
+    const Tensor& w_hh, const OptTensor& w_hr, const Tensor& h0,
+    const Tensor& c0, const Tensor& y, const Tensor& ws, const Tensor& proj_in,
+    const OptTensor& lengths, const OptTensor& grad_ws) {
+  check_lstm_backward("rnn_ext::lstm_backward", grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0,
+                      c0, y, ws, grad_ws);
   std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> out;
   RNN_EXT_DISPATCH(y.scalar_type(), "rnn_ext::lstm_backward", [&] {
     out = Loops::template lstm_backward<scalar_t>(
@@ -529,22 +550,30 @@ std::tuple<Tensor, Tensor> gru_infer(const Tensor& gx, const Tensor& w_hh,
   return {y, h_n};
 }
 
-template <class Loops>
-std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
-    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
-    const Tensor& h0, const Tensor& y, const Tensor& ws,
-    const OptTensor& lengths, const OptTensor& grad_ws) {
-  const char* op = "rnn_ext::gru_backward";
+// GRU's and RNN's backward: G = 3 (workspace 4H) or 1 (workspace H).
+inline void check_gru_rnn_backward(const char* op, int64_t G, int64_t ws_width,
+                                   const Tensor& grad_y, const Tensor& grad_h_n,
+                                   const Tensor& w_hh, const Tensor& h0, const Tensor& y,
+                                   const Tensor& ws, const OptTensor& grad_ws) {
   TORCH_CHECK(y.dim() == 3 && ws.dim() == 3, op, ": output must be [T, B, H]");
   const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
   check_same(op, "grad_output", grad_y, y, y.sizes());
   check_same(op, "grad_h_n", grad_h_n, y, {B, H});
   check_same(op, "h0", h0, y, {B, H});
-  check_same(op, "w_hh", w_hh, y, {3 * H, H});
-  TORCH_CHECK(ws.size(0) == T_ && ws.size(1) == B && ws.size(2) == 4 * H,
+  check_same(op, "w_hh", w_hh, y, {G * H, H});
+  TORCH_CHECK(ws.size(0) == T_ && ws.size(1) == B && ws.size(2) == ws_width * H,
               op, ": workspace does not match output");
   if (grad_ws) TORCH_CHECK(grad_ws->sizes() == ws.sizes() && grad_ws->scalar_type() == ws.scalar_type(),
                            op, ": grad_workspace must match workspace");
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
+    const Tensor& h0, const Tensor& y, const Tensor& ws,
+    const OptTensor& lengths, const OptTensor& grad_ws) {
+  check_gru_rnn_backward("rnn_ext::gru_backward", 3, 4, grad_y, grad_h_n, w_hh, h0, y, ws,
+                         grad_ws);
   std::tuple<Tensor, Tensor, Tensor, Tensor> out;
   RNN_EXT_DISPATCH(y.scalar_type(), "rnn_ext::gru_backward", [&] {
     out = Loops::template gru_backward<scalar_t>(
@@ -598,22 +627,299 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward(
     c10::string_view nonlinearity) {
   const char* op = "rnn_ext::rnn_backward";
   const bool relu = rnn_is_relu(op, nonlinearity);
-  TORCH_CHECK(y.dim() == 3 && ws.dim() == 3, op, ": output must be [T, B, H]");
-  const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
-  check_same(op, "grad_output", grad_y, y, y.sizes());
-  check_same(op, "grad_h_n", grad_h_n, y, {B, H});
-  check_same(op, "h0", h0, y, {B, H});
-  check_same(op, "w_hh", w_hh, y, {H, H});
-  TORCH_CHECK(ws.size(0) == T_ && ws.size(1) == B && ws.size(2) == H,
-              op, ": workspace does not match output");
-  if (grad_ws) TORCH_CHECK(grad_ws->sizes() == ws.sizes() && grad_ws->scalar_type() == ws.scalar_type(),
-                           op, ": grad_workspace must match workspace");
+  check_gru_rnn_backward(op, 1, 1, grad_y, grad_h_n, w_hh, h0, y, ws, grad_ws);
   std::tuple<Tensor, Tensor, Tensor, Tensor> out;
   RNN_EXT_DISPATCH(y.scalar_type(), "rnn_ext::rnn_backward", [&] {
     out = Loops::template rnn_backward<scalar_t>(
         grad_y.contiguous(), grad_h_n.contiguous(), w_hh.contiguous(),
         h0.contiguous(), y.contiguous(), ws.contiguous(), lengths,
         contiguous(grad_ws), relu);
+  });
+  return out;
+}
+
+// ------------------------------------------------------------- pair ops --
+// Both directions of a bidirectional layer in one op call: every tensor
+// argument (lengths aside, which both share) stacked on a leading dimension
+// of 2, direction 0 then direction 1, whose input gates the caller has
+// already reversed within lengths; the outputs stacked the same way.  The
+// checks are the single-direction ops' on each half (both halves have the
+// same shape once the leading dimension is 2).  Loops::*_pair run both
+// halves: in one launch (team) where the device can, else one after the
+// other (PairOfSingles).
+
+// Each direction through Loops' single-direction loops, one after the
+// other, the results stacked.
+template <class Loops>
+struct PairOfSingles {
+  template <typename T>
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_pair(
+      const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& w_hr,
+      const Tensor& h0, const Tensor& c0, const OptTensor& lengths, bool training) {
+    auto one = [&](int64_t d) {
+      return Loops::template lstm_forward<T>(gx[d], w_hh[d], direction_of(b_hh, d), direction_of(w_hr, d), h0[d],
+                                             c0[d], lengths, training);
+    };
+    return stack_results(one(0), one(1));
+  }
+  template <typename T>
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_pair(
+      const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& w_hh,
+      const OptTensor& w_hr, const Tensor& h0, const Tensor& c0, const Tensor& y,
+      const Tensor& ws, const Tensor& proj_in, const OptTensor& lengths,
+      const OptTensor& grad_ws) {
+    auto one = [&](int64_t d) {
+      return Loops::template lstm_backward<T>(grad_y[d], grad_h_n[d], grad_c_n[d], w_hh[d],
+                                              direction_of(w_hr, d), h0[d], c0[d], y[d], ws[d],
+                                              proj_in[d], lengths, direction_of(grad_ws, d));
+    };
+    return stack_results(one(0), one(1));
+  }
+  template <typename T>
+  static std::tuple<Tensor, Tensor, Tensor> gru_forward_pair(
+      const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0,
+      const OptTensor& lengths, bool training) {
+    auto one = [&](int64_t d) {
+      return Loops::template gru_forward<T>(gx[d], w_hh[d], direction_of(b_hh, d), h0[d], lengths,
+                                            training);
+    };
+    return stack_results(one(0), one(1));
+  }
+  template <typename T>
+  static std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_pair(
+      const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh, const Tensor& h0,
+      const Tensor& y, const Tensor& ws, const OptTensor& lengths, const OptTensor& grad_ws) {
+    auto one = [&](int64_t d) {
+      return Loops::template gru_backward<T>(grad_y[d], grad_h_n[d], w_hh[d], h0[d], y[d], ws[d],
+                                             lengths, direction_of(grad_ws, d));
+    };
+    return stack_results(one(0), one(1));
+  }
+  template <typename T>
+  static std::tuple<Tensor, Tensor, Tensor> rnn_forward_pair(
+      const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0,
+      const OptTensor& lengths, bool relu, bool training) {
+    auto one = [&](int64_t d) {
+      return Loops::template rnn_forward<T>(gx[d], w_hh[d], direction_of(b_hh, d), h0[d], lengths, relu,
+                                            training);
+    };
+    return stack_results(one(0), one(1));
+  }
+  template <typename T>
+  static std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward_pair(
+      const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh, const Tensor& h0,
+      const Tensor& y, const Tensor& ws, const OptTensor& lengths, const OptTensor& grad_ws,
+      bool relu) {
+    auto one = [&](int64_t d) {
+      return Loops::template rnn_backward<T>(grad_y[d], grad_h_n[d], w_hh[d], h0[d], y[d], ws[d],
+                                             lengths, direction_of(grad_ws, d), relu);
+    };
+    return stack_results(one(0), one(1));
+  }
+
+ private:
+  template <typename... Ts, size_t... I>
+  static std::tuple<Ts...> stack_results(const std::tuple<Ts...>& a, const std::tuple<Ts...>& b,
+                                         std::index_sequence<I...>) {
+    return {at::stack({std::get<I>(a), std::get<I>(b)})...};
+  }
+  template <typename... Ts>
+  static std::tuple<Ts...> stack_results(const std::tuple<Ts...>& a, const std::tuple<Ts...>& b) {
+    return stack_results(a, b, std::index_sequence_for<Ts...>{});
+  }
+};
+
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_pair_forward_checked(
+    const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+    const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
+    const OptTensor& lengths, bool training, const char* op) {
+  check_pair(op, "input_gates", gx, 4, "[2, T, B, 4H]");
+  check_pair(op, "w_hh", w_hh, 3, "[2, 4H, H or P]");
+  if (b_hh) check_pair(op, "b_hh", *b_hh, 2, "[2, 4H]");
+  if (w_hr) check_pair(op, "w_hr", *w_hr, 3, "[2, P, H]");
+  check_pair(op, "h0", h0, 3, "[2, B, H or P]");
+  check_pair(op, "c0", c0, 3, "[2, B, H]");
+  check_lstm_forward(gx[0], w_hh[0], direction_of(b_hh, 0), direction_of(w_hr, 0), h0[0], c0[0], lengths, op);
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> out;
+  RNN_EXT_DISPATCH(gx.scalar_type(), "rnn_ext::lstm_pair_forward", [&] {
+    out = Loops::template lstm_forward_pair<scalar_t>(
+        gx.contiguous(), w_hh.contiguous(), contiguous(b_hh), contiguous(w_hr),
+        h0.contiguous(), c0.contiguous(), lengths, training);
+  });
+  return out;
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_pair_forward(
+    const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+    const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
+    const OptTensor& lengths) {
+  return lstm_pair_forward_checked<Loops>(gx, w_hh, b_hh, w_hr, h0, c0, lengths, true,
+                                          "rnn_ext::lstm_pair_forward");
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor> lstm_pair_infer(
+    const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+    const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
+    const OptTensor& lengths) {
+  auto [y, h_n, c_n, ws, proj_in] = lstm_pair_forward_checked<Loops>(
+      gx, w_hh, b_hh, w_hr, h0, c0, lengths, false, "rnn_ext::lstm_pair_infer");
+  return {y, h_n, c_n};
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_pair_backward(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n,
+    const Tensor& w_hh, const OptTensor& w_hr, const Tensor& h0,
+    const Tensor& c0, const Tensor& y, const Tensor& ws, const Tensor& proj_in,
+    const OptTensor& lengths, const OptTensor& grad_ws) {
+  const char* op = "rnn_ext::lstm_pair_backward";
+  check_pair(op, "grad_output", grad_y, 4, "[2, T, B, H or P]");
+  check_pair(op, "grad_h_n", grad_h_n, 3, "[2, B, H or P]");
+  check_pair(op, "grad_c_n", grad_c_n, 3, "[2, B, H]");
+  check_pair(op, "w_hh", w_hh, 3, "[2, 4H, H or P]");
+  if (w_hr) check_pair(op, "w_hr", *w_hr, 3, "[2, P, H]");
+  check_pair(op, "h0", h0, 3, "[2, B, H or P]");
+  check_pair(op, "c0", c0, 3, "[2, B, H]");
+  check_pair(op, "output", y, 4, "[2, T, B, H or P]");
+  check_pair(op, "workspace", ws, 4, "[2, T, B, 5H]");
+  check_pair(op, "proj_input", proj_in, 4, "[2, T or 0, B, H]");
+  if (grad_ws) check_pair(op, "grad_workspace", *grad_ws, 4, "[2, T, B, 5H]");
+  check_lstm_backward(op, grad_y[0], grad_h_n[0], grad_c_n[0], w_hh[0], direction_of(w_hr, 0), h0[0],
+                      c0[0], y[0], ws[0], direction_of(grad_ws, 0));
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> out;
+  RNN_EXT_DISPATCH(y.scalar_type(), "rnn_ext::lstm_pair_backward", [&] {
+    out = Loops::template lstm_backward_pair<scalar_t>(
+        grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(),
+        w_hh.contiguous(), contiguous(w_hr), h0.contiguous(), c0.contiguous(),
+        y.contiguous(), ws.contiguous(), proj_in.contiguous(), lengths,
+        contiguous(grad_ws));
+  });
+  return out;
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor> gru_pair_forward_checked(
+    const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0,
+    const OptTensor& lengths, bool training, const char* op) {
+  check_pair(op, "input_gates", gx, 4, "[2, T, B, 3H]");
+  check_pair(op, "w_hh", w_hh, 3, "[2, 3H, H]");
+  if (b_hh) check_pair(op, "b_hh", *b_hh, 2, "[2, 3H]");
+  check_pair(op, "h0", h0, 3, "[2, B, H]");
+  check_gru_forward(gx[0], w_hh[0], direction_of(b_hh, 0), h0[0], lengths, op);
+  std::tuple<Tensor, Tensor, Tensor> out;
+  RNN_EXT_DISPATCH(gx.scalar_type(), "rnn_ext::gru_pair_forward", [&] {
+    out = Loops::template gru_forward_pair<scalar_t>(gx.contiguous(), w_hh.contiguous(),
+                                                     contiguous(b_hh), h0.contiguous(),
+                                                     lengths, training);
+  });
+  return out;
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor> gru_pair_forward(const Tensor& gx, const Tensor& w_hh,
+                                                    const OptTensor& b_hh, const Tensor& h0,
+                                                    const OptTensor& lengths) {
+  return gru_pair_forward_checked<Loops>(gx, w_hh, b_hh, h0, lengths, true,
+                                         "rnn_ext::gru_pair_forward");
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor> gru_pair_infer(const Tensor& gx, const Tensor& w_hh,
+                                          const OptTensor& b_hh, const Tensor& h0,
+                                          const OptTensor& lengths) {
+  auto [y, h_n, ws] = gru_pair_forward_checked<Loops>(gx, w_hh, b_hh, h0, lengths, false,
+                                                      "rnn_ext::gru_pair_infer");
+  return {y, h_n};
+}
+
+inline void check_gru_rnn_pair_backward(const char* op, const Tensor& grad_y,
+                                        const Tensor& grad_h_n, const Tensor& w_hh,
+                                        const Tensor& h0, const Tensor& y, const Tensor& ws,
+                                        const OptTensor& grad_ws) {
+  check_pair(op, "grad_output", grad_y, 4, "[2, T, B, H]");
+  check_pair(op, "grad_h_n", grad_h_n, 3, "[2, B, H]");
+  check_pair(op, "w_hh", w_hh, 3, "[2, G*H, H]");
+  check_pair(op, "h0", h0, 3, "[2, B, H]");
+  check_pair(op, "output", y, 4, "[2, T, B, H]");
+  check_pair(op, "workspace", ws, 4, "[2, T, B, W]");
+  if (grad_ws) check_pair(op, "grad_workspace", *grad_ws, 4, "[2, T, B, W]");
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_pair_backward(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
+    const Tensor& h0, const Tensor& y, const Tensor& ws,
+    const OptTensor& lengths, const OptTensor& grad_ws) {
+  const char* op = "rnn_ext::gru_pair_backward";
+  check_gru_rnn_pair_backward(op, grad_y, grad_h_n, w_hh, h0, y, ws, grad_ws);
+  check_gru_rnn_backward(op, 3, 4, grad_y[0], grad_h_n[0], w_hh[0], h0[0], y[0], ws[0],
+                         direction_of(grad_ws, 0));
+  std::tuple<Tensor, Tensor, Tensor, Tensor> out;
+  RNN_EXT_DISPATCH(y.scalar_type(), "rnn_ext::gru_pair_backward", [&] {
+    out = Loops::template gru_backward_pair<scalar_t>(
+        grad_y.contiguous(), grad_h_n.contiguous(), w_hh.contiguous(), h0.contiguous(),
+        y.contiguous(), ws.contiguous(), lengths, contiguous(grad_ws));
+  });
+  return out;
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor> rnn_pair_forward_checked(
+    const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0,
+    const OptTensor& lengths, c10::string_view nonlinearity, bool training, const char* op) {
+  const bool relu = rnn_is_relu(op, nonlinearity);
+  check_pair(op, "input_gates", gx, 4, "[2, T, B, H]");
+  check_pair(op, "w_hh", w_hh, 3, "[2, H, H]");
+  if (b_hh) check_pair(op, "b_hh", *b_hh, 2, "[2, H]");
+  check_pair(op, "h0", h0, 3, "[2, B, H]");
+  check_rnn_forward(gx[0], w_hh[0], direction_of(b_hh, 0), h0[0], lengths, op);
+  std::tuple<Tensor, Tensor, Tensor> out;
+  RNN_EXT_DISPATCH(gx.scalar_type(), "rnn_ext::rnn_pair_forward", [&] {
+    out = Loops::template rnn_forward_pair<scalar_t>(gx.contiguous(), w_hh.contiguous(),
+                                                     contiguous(b_hh), h0.contiguous(),
+                                                     lengths, relu, training);
+  });
+  return out;
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor> rnn_pair_forward(const Tensor& gx, const Tensor& w_hh,
+                                                    const OptTensor& b_hh, const Tensor& h0,
+                                                    const OptTensor& lengths,
+                                                    c10::string_view nonlinearity) {
+  return rnn_pair_forward_checked<Loops>(gx, w_hh, b_hh, h0, lengths, nonlinearity, true,
+                                         "rnn_ext::rnn_pair_forward");
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor> rnn_pair_infer(const Tensor& gx, const Tensor& w_hh,
+                                          const OptTensor& b_hh, const Tensor& h0,
+                                          const OptTensor& lengths,
+                                          c10::string_view nonlinearity) {
+  auto [y, h_n, ws] = rnn_pair_forward_checked<Loops>(gx, w_hh, b_hh, h0, lengths, nonlinearity,
+                                                      false, "rnn_ext::rnn_pair_infer");
+  return {y, h_n};
+}
+
+template <class Loops>
+std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_pair_backward(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
+    const Tensor& h0, const Tensor& y, const Tensor& ws,
+    const OptTensor& lengths, const OptTensor& grad_ws,
+    c10::string_view nonlinearity) {
+  const char* op = "rnn_ext::rnn_pair_backward";
+  const bool relu = rnn_is_relu(op, nonlinearity);
+  check_gru_rnn_pair_backward(op, grad_y, grad_h_n, w_hh, h0, y, ws, grad_ws);
+  check_gru_rnn_backward(op, 1, 1, grad_y[0], grad_h_n[0], w_hh[0], h0[0], y[0], ws[0],
+                         direction_of(grad_ws, 0));
+  std::tuple<Tensor, Tensor, Tensor, Tensor> out;
+  RNN_EXT_DISPATCH(y.scalar_type(), "rnn_ext::rnn_pair_backward", [&] {
+    out = Loops::template rnn_backward_pair<scalar_t>(
+        grad_y.contiguous(), grad_h_n.contiguous(), w_hh.contiguous(), h0.contiguous(),
+        y.contiguous(), ws.contiguous(), lengths, contiguous(grad_ws), relu);
   });
   return out;
 }
