@@ -69,6 +69,7 @@ def test_kernels_fit_sm90(source, reports):
         if "persistent" in source:
             assert r["registers"] * PERSISTENT_THREADS <= REGISTERS_PER_SM, f"{name}: {r}"
     if "persistent" in source:  # forward and backward, LSTM, GRU and RNN, four dtypes
+        # (fp32's tf32 tile and FFMA paths in one kernel: a runtime flag)
         assert len(kernels) == 24, sorted(kernels)
 
 
@@ -86,23 +87,37 @@ def _ptx_entries(source, arch, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_persistent_16bit_products_use_tensor_cores(arch, tmp_path):
+def test_persistent_products_use_tensor_cores(arch, tmp_path):
     """The per-step products of the fp16 and bf16 persistent kernels,
     forward and backward, are the tensor-core tile (csrc/cuda/mma_tile.cuh:
-    mma.sync m16n8k16 with fp32 accumulators, in the storage type's form);
-    fp32 and fp64 keep FFMA and have no MMA.  (Which instruction is
-    compiled, not that it is right: ctest mma_layout runs the tile's index
-    logic on the CPU.)"""
+    mma.sync m16n8k16 with fp32 accumulators, in the storage type's form).
+    The fp32 kernels hold both of their paths: the tf32 tile (mma.sync
+    m16n8k8 .tf32 on operands rounded by cvt.rna.tf32.f32), taken where
+    allow_tf32 is on, and FFMA in fp32 otherwise; fp64 has FFMA only, no MMA
+    and no tf32 conversion.  (Which instructions are compiled, not that they
+    are right: ctest mma_layout runs the tiles' index logic on the CPU.)"""
     entries = _ptx_entries("csrc/cuda/persistent.cu", arch, tmp_path)
     assert len(entries) == 24, sorted(entries)
     mma = {"__half": "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
            "__nv_bfloat16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"}
+    tf32_mma = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"
+    seen = {"f": 0, "d": 0}
     for name, ptx in entries.items():
         type_name = next((t for t in mma if f"I{len(t)}{t}f" in name), None)
         if type_name:
             assert ptx.count("mma.sync") == ptx.count(mma[type_name]) >= 1, name
-        else:  # fp32 and fp64: FFMA
-            assert "mma.sync" not in ptx, name
+            assert "tf32" not in ptx, name
+        elif re.search(r"IffE", name):  # fp32: the tf32 tile and FFMA
+            seen["f"] += 1
+            assert ptx.count("mma.sync") == ptx.count(tf32_mma) >= 1, name
+            assert "cvt.rna.tf32.f32" in ptx, name
+            assert "fma.rn.f32" in ptx, name
+        else:  # fp64: FFMA only
+            assert re.search(r"IddE", name), name
+            seen["d"] += 1
+            assert "mma.sync" not in ptx and "tf32" not in ptx, name
+            assert "fma.rn.f64" in ptx, name
+    assert seen == {"f": 6, "d": 6}, seen
 
 
 # An H100 SXM (cudaDeviceProp): SMs, registers, shared memory, blocks and
@@ -176,6 +191,26 @@ def test_fit_rule_with_sm90_registers(reports, cell, G, type_name):
         assert not too_big["persistent"] and too_big["reason"] == "weights_exceed_chip"
         wide = _fit(256, 256, G, 256, 2, r["registers"], static, direction == "backward")
         assert not wide["persistent"] and wide["reason"] == "batch_too_large"
+
+
+@pytest.mark.parametrize("cell,G", [("lstm", 4), ("gru", 3), ("rnn", 1)])
+def test_fit_rule_fp32_kernels_with_both_paths(reports, cell, G):
+    """The fp32 kernels carry the tf32 tile and FFMA in one kernel (a
+    runtime flag), so their sm_90 registers, which the fit rule reads, cover
+    whichever runs, and both read the same fp32 copy of the weights: at the
+    issue's sizes they fit an H100 with the fp32 shared-memory bytes, the
+    registers of the blocks per SM within the register file."""
+    for direction in ("forward", "backward"):
+        [r] = _persistent_kernels(reports, cell, direction, "f")
+        static = r.get("shared", 0)
+        for H in (256, 1024):
+            for B in (1, 16):
+                d = _fit(H, H, G, B, 4, r["registers"], static, direction == "backward")
+                assert d["persistent"], (cell, direction, H, B, r, d)
+                per_sm, weights = d["blocks_per_sm"], d["weight_bytes_per_worker"]
+                assert weights == _weight_bytes(H, 0, G, d["workers"], 4, direction == "backward")
+                assert per_sm * r["registers"] * PERSISTENT_THREADS <= REGISTERS_PER_SM
+                assert per_sm * (static + weights + RESERVED_SHARED_PER_BLOCK) <= H100["shared_per_sm"]
 
 
 @pytest.mark.parametrize("backward", [False, True])

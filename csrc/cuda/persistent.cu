@@ -7,6 +7,14 @@
 // into its block's dynamic shared memory (layout: resident.h) and every
 // step's product reads them there.  A launch runs one layer direction, or
 // both directions of a bidirectional layer (partition::pair_worker).
+// The per-step products: fp16/bf16 on the m16n8k16 tensor-core tile; fp32
+// on the tf32 m16n8k8 tile where the launch's `tf32` flag is set (the ops
+// set it from torch.backends.cuda.matmul.allow_tf32, per call), else FFMA
+// in fp32; fp64 always FFMA.  One kernel per dtype holds both fp32 paths
+// (a runtime branch, not a second instantiation: half the fp32 kernels to
+// compile), so the registers that cudaFuncGetAttributes reports, and the
+// fit rule uses, cover whichever runs; both read the same fp32 weights in
+// shared memory (resident.h), so the shared-memory size is the same.
 #include <cooperative_groups.h>
 
 #include "cuda/half_convert.cuh"
@@ -33,13 +41,19 @@ template <typename T, typename Acc>
 struct BlockExecutor {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   static constexpr bool kTensorCores = mma_tile::Supported<T, Acc>::value;
+  static constexpr bool kTf32Capable = mma_tile::SupportsTf32<T, Acc>::value;
 #else
   static constexpr bool kTensorCores = false;
+  static constexpr bool kTf32Capable = false;
 #endif
   // What is left of the block's dynamic shared memory.  Every thread holds
   // the same copy and takes the same regions, so no thread waits for another
   // to learn where a region is.
   resident::Shelf shelf;
+  // fp32: the products on the tf32 tile (allow_tf32) instead of FFMA.  The
+  // same for every thread of the grid (a kernel argument), so the warps'
+  // MMAs stay uniform.
+  bool tf32;
 
   // Before the time loop: the worker's rows of w (G gates of units u, Hin
   // each) transposed into shared memory, [Hin, G*|u|] (GateRows::wt), so
@@ -74,26 +88,40 @@ struct BlockExecutor {
   }
   // fp16 and bf16 on sm_80 and newer: tensor cores (cuda/mma_tile.cuh), the
   // block's warps sharing the tiles of the G gates' rows (the rows of all
-  // gates numbered as c's columns are, so a tile may span two gates).
-  // Otherwise FFMA, one output per thread.
+  // gates numbered as c's columns are, so a tile may span two gates); fp32
+  // the same on the tf32 tile where asked for.  Otherwise FFMA, one output
+  // per thread.
   __device__ void gemm_resident(int64_t m, int64_t k, const T* a, int64_t lda,
                                 const partition::GateRows<T>& rows, int G, int64_t n, Acc* c,
                                 int64_t ldc) {
+    const T* w = rows.wt != nullptr ? rows.wt : rows.w;
     if constexpr (kTensorCores) {
-      // The shared-memory copy (rows.wt, [k, G*n]: product row r in column
-      // r, K rows G*n apart), else W_hh's rows in place, gate by gate.
-      const mma::TileGemm g =
-          rows.wt != nullptr
-              ? mma::TileGemm{m, k, G * n, lda, G * n, 0, 1, ldc, G * n}
-              : mma::TileGemm{m, k, G * n, lda, n, rows.gate_stride, rows.ld, ldc};
-      mma_tile::block_tile_gemm(g, a, rows.wt != nullptr ? rows.wt : rows.w, c);
+      mma_tile::block_tile_gemm(resident_tile<mma::TileGemm>(m, k, lda, rows, G, n, ldc), a, w, c);
       __syncthreads();
     } else {
+      if constexpr (kTf32Capable) {
+        if (tf32) {
+          mma_tile::block_tile_gemm(resident_tile<mma::TileGemmTf32>(m, k, lda, rows, G, n, ldc),
+                                    a, w, c);
+          __syncthreads();
+          return;
+        }
+      }
       // The G gates side by side in the copy: columns g*n + j of c.
-      if (rows.wt != nullptr) return gemm_nn(m, G * n, k, a, lda, rows.wt, G * n, c, ldc, false);
+      if (rows.wt != nullptr) return gemm_nn_ffma(m, G * n, k, a, lda, rows.wt, G * n, c, ldc, false);
       for (int g = 0; g < G; ++g)
         gemm_nt(m, n, k, a, lda, rows.gate(g), rows.ld, c + g * n, ldc, false);
     }
+  }
+  // The tile product of gemm_resident: the shared-memory copy (rows.wt,
+  // [k, G*n]: product row r in column r, K rows G*n apart), else W_hh's
+  // rows in place, gate by gate.
+  template <class Tile>
+  __device__ static Tile resident_tile(int64_t m, int64_t k, int64_t lda,
+                                       const partition::GateRows<T>& rows, int G, int64_t n,
+                                       int64_t ldc) {
+    return rows.wt != nullptr ? Tile{m, k, G * n, lda, G * n, 0, 1, ldc, G * n}
+                              : Tile{m, k, G * n, lda, n, rows.gate_stride, rows.ld, ldc};
   }
   // c[m, n] (+)= a[m, k] w[n, k]^T: one output per thread at a time, FFMA in Acc.
   __device__ void gemm_nt(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
@@ -107,26 +135,40 @@ struct BlockExecutor {
     }
     __syncthreads();
   }
-  // c[m, n] (+)= a[m, k] w[k, n].  fp16/bf16 on sm_80+: the tensor-core
-  // tile with w^T as the A operand (product row r = column r of w, K rows
-  // ldw apart: the backward's shared-memory columns or W_hh in place), the
-  // batch on N as in the forward.  Otherwise FFMA: consecutive threads take
-  // consecutive columns j, so a row of w (in shared memory) is read from
-  // consecutive banks, and a row of a (h_{t-1} or the gate gradients, in
-  // global memory) is one address per warp and row i.
+  // c[m, n] (+)= a[m, k] w[k, n].  fp16/bf16 on sm_80+, and fp32 on the
+  // tf32 tile where asked for: the tensor-core tile with w^T as the A
+  // operand (product row r = column r of w, K rows ldw apart: the
+  // backward's shared-memory columns or W_hh in place), the batch on N as
+  // in the forward.  Otherwise FFMA.
   __device__ void gemm_nn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
                           const T* w, int64_t ldw, Acc* c, int64_t ldc, bool accumulate) {
     if constexpr (kTensorCores) {
-      const mma::TileGemm g{m, k, n, lda, n, 0, 1, ldc, ldw, accumulate};
-      mma_tile::block_tile_gemm(g, a, w, c);
+      mma_tile::block_tile_gemm(mma::TileGemm{m, k, n, lda, n, 0, 1, ldc, ldw, accumulate}, a, w, c);
+      __syncthreads();
     } else {
-      for (int64_t e = threadIdx.x; e < m * n; e += blockDim.x) {
-        const int64_t i = e / n, j = e % n;
-        Acc sum = accumulate ? c[i * ldc + j] : Acc(0);
-        for (int64_t q = 0; q < k; ++q)
-          sum += to_acc<Acc>(a[i * lda + q]) * to_acc<Acc>(w[q * ldw + j]);
-        c[i * ldc + j] = sum;
+      if constexpr (kTf32Capable) {
+        if (tf32) {
+          mma_tile::block_tile_gemm(mma::TileGemmTf32{m, k, n, lda, n, 0, 1, ldc, ldw, accumulate},
+                                    a, w, c);
+          __syncthreads();
+          return;
+        }
       }
+      gemm_nn_ffma(m, n, k, a, lda, w, ldw, c, ldc, accumulate);
+    }
+  }
+  // gemm_nn with FFMA in Acc: consecutive threads take consecutive columns
+  // j, so a row of w (in shared memory) is read from consecutive banks, and
+  // a row of a (h_{t-1} or the gate gradients, in global memory) is one
+  // address per warp and row i.
+  __device__ void gemm_nn_ffma(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
+                               const T* w, int64_t ldw, Acc* c, int64_t ldc, bool accumulate) {
+    for (int64_t e = threadIdx.x; e < m * n; e += blockDim.x) {
+      const int64_t i = e / n, j = e % n;
+      Acc sum = accumulate ? c[i * ldc + j] : Acc(0);
+      for (int64_t q = 0; q < k; ++q)
+        sum += to_acc<Acc>(a[i * lda + q]) * to_acc<Acc>(w[q * ldw + j]);
+      c[i * ldc + j] = sum;
     }
     __syncthreads();
   }
@@ -163,37 +205,48 @@ struct BlockExecutor {
   __device__ void barrier() { cg::this_grid().sync(); }
 };
 
+// A block's executor: the launch's dynamic shared memory, and the tf32 flag
+// where the dtype has a tf32 path (fp32; false for every other dtype).
+template <typename T, typename Acc>
+__device__ BlockExecutor<T, Acc> block_executor(bool tf32) {
+  return {{resident_shared, dynamic_shared_bytes()}, BlockExecutor<T, Acc>::kTf32Capable && tf32};
+}
+
 // Each kernel runs one layer direction (b.workers = 0) or both directions
 // of a bidirectional layer (partition::pair_worker: blocks [0, a.workers)
 // run a, the next b.workers run b, all at one grid barrier per phase).
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    lstm_forward_kernel(const partition::LSTMForwardSeq<T, Acc> a, const partition::LSTMForwardSeq<T, Acc> b) {
-  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+    lstm_forward_kernel(const partition::LSTMForwardSeq<T, Acc> a, const partition::LSTMForwardSeq<T, Acc> b,
+                      const bool tf32) {
+  BlockExecutor<T, Acc> ex = block_executor<T, Acc>(tf32);
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::lstm_forward_worker(s, k, e);
   });
 }
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    lstm_backward_kernel(const partition::LSTMBackwardSeq<T, Acc> a, const partition::LSTMBackwardSeq<T, Acc> b) {
-  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+    lstm_backward_kernel(const partition::LSTMBackwardSeq<T, Acc> a, const partition::LSTMBackwardSeq<T, Acc> b,
+                      const bool tf32) {
+  BlockExecutor<T, Acc> ex = block_executor<T, Acc>(tf32);
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::lstm_backward_worker(s, k, e);
   });
 }
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    gru_forward_kernel(const partition::GRUForwardSeq<T, Acc> a, const partition::GRUForwardSeq<T, Acc> b) {
-  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+    gru_forward_kernel(const partition::GRUForwardSeq<T, Acc> a, const partition::GRUForwardSeq<T, Acc> b,
+                      const bool tf32) {
+  BlockExecutor<T, Acc> ex = block_executor<T, Acc>(tf32);
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::gru_forward_worker(s, k, e);
   });
 }
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    gru_backward_kernel(const partition::GRUBackwardSeq<T, Acc> a, const partition::GRUBackwardSeq<T, Acc> b) {
-  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+    gru_backward_kernel(const partition::GRUBackwardSeq<T, Acc> a, const partition::GRUBackwardSeq<T, Acc> b,
+                      const bool tf32) {
+  BlockExecutor<T, Acc> ex = block_executor<T, Acc>(tf32);
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::gru_backward_worker(s, k, e);
   });
@@ -201,16 +254,18 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
 
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    rnn_forward_kernel(const partition::RNNForwardSeq<T, Acc> a, const partition::RNNForwardSeq<T, Acc> b) {
-  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+    rnn_forward_kernel(const partition::RNNForwardSeq<T, Acc> a, const partition::RNNForwardSeq<T, Acc> b,
+                      const bool tf32) {
+  BlockExecutor<T, Acc> ex = block_executor<T, Acc>(tf32);
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::rnn_forward_worker(s, k, e);
   });
 }
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    rnn_backward_kernel(const partition::RNNBackwardSeq<T, Acc> a, const partition::RNNBackwardSeq<T, Acc> b) {
-  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+    rnn_backward_kernel(const partition::RNNBackwardSeq<T, Acc> a, const partition::RNNBackwardSeq<T, Acc> b,
+                      const bool tf32) {
+  BlockExecutor<T, Acc> ex = block_executor<T, Acc>(tf32);
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::rnn_backward_worker(s, k, e);
   });
@@ -268,8 +323,8 @@ cudaError_t usable_shared_bytes(Kernel kernel, int64_t bytes, int64_t blocks, si
 // one direction); G gates.  Every block gets the largest worker's
 // shared-memory size.
 template <typename T, class Seq>
-cudaError_t launch(void (*kernel)(const Seq, const Seq), const Seq& a, const Seq& b, int64_t G,
-                   bool backward, cudaStream_t stream) {
+cudaError_t launch(void (*kernel)(const Seq, const Seq, const bool), const Seq& a, const Seq& b,
+                   int64_t G, bool backward, cudaStream_t stream, bool tf32) {
   if (a.workers <= 0 || b.workers < 0) return cudaErrorInvalidValue;
   if (b.workers > 0 && !partition::same_barriers(a, b)) return cudaErrorInvalidValue;
   const int64_t workers = a.workers + b.workers;
@@ -278,7 +333,8 @@ cudaError_t launch(void (*kernel)(const Seq, const Seq), const Seq& a, const Seq
   const cudaError_t err =
       usable_shared_bytes(kernel, bytes_a > bytes_b ? bytes_a : bytes_b, workers, &shared);
   if (err != cudaSuccess) return err;
-  void* args[] = {const_cast<Seq*>(&a), const_cast<Seq*>(&b)};
+  bool tf32_arg = tf32;
+  void* args[] = {const_cast<Seq*>(&a), const_cast<Seq*>(&b), &tf32_arg};
   return cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel),
                                      dim3(static_cast<unsigned>(workers)),
                                      dim3(kPersistentThreads), args, shared, stream);
@@ -286,11 +342,11 @@ cudaError_t launch(void (*kernel)(const Seq, const Seq), const Seq& a, const Seq
 
 // One layer direction.
 template <typename T, class Seq>
-cudaError_t launch(void (*kernel)(const Seq, const Seq), const Seq& s, int64_t G, bool backward,
-                   cudaStream_t stream) {
+cudaError_t launch(void (*kernel)(const Seq, const Seq, const bool), const Seq& s, int64_t G,
+                   bool backward, cudaStream_t stream, bool tf32) {
   Seq none = s;
   none.workers = 0;
-  return launch<T>(kernel, s, none, G, backward, stream);
+  return launch<T>(kernel, s, none, G, backward, stream, tf32);
 }
 
 template <class Kernel>
@@ -342,76 +398,88 @@ cudaError_t persistent_max_workers(int device, int kind, int* workers) {
 }
 
 template <typename T, typename Acc>
-cudaError_t lstm_forward_persistent(const partition::LSTMForwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(lstm_forward_kernel<T, Acc>, s, 4, false, stream);
+cudaError_t lstm_forward_persistent(const partition::LSTMForwardSeq<T, Acc>& s, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(lstm_forward_kernel<T, Acc>, s, 4, false, stream, tf32);
 }
 template <typename T, typename Acc>
 cudaError_t lstm_forward_persistent_pair(const partition::LSTMForwardSeq<T, Acc>& a,
-                                   const partition::LSTMForwardSeq<T, Acc>& b, cudaStream_t stream) {
-  return launch<T>(lstm_forward_kernel<T, Acc>, a, b, 4, false, stream);
+                                   const partition::LSTMForwardSeq<T, Acc>& b, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(lstm_forward_kernel<T, Acc>, a, b, 4, false, stream, tf32);
 }
 template <typename T, typename Acc>
-cudaError_t lstm_backward_persistent(const partition::LSTMBackwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(lstm_backward_kernel<T, Acc>, s, 4, true, stream);
+cudaError_t lstm_backward_persistent(const partition::LSTMBackwardSeq<T, Acc>& s, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(lstm_backward_kernel<T, Acc>, s, 4, true, stream, tf32);
 }
 template <typename T, typename Acc>
 cudaError_t lstm_backward_persistent_pair(const partition::LSTMBackwardSeq<T, Acc>& a,
-                                   const partition::LSTMBackwardSeq<T, Acc>& b, cudaStream_t stream) {
-  return launch<T>(lstm_backward_kernel<T, Acc>, a, b, 4, true, stream);
+                                   const partition::LSTMBackwardSeq<T, Acc>& b, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(lstm_backward_kernel<T, Acc>, a, b, 4, true, stream, tf32);
 }
 template <typename T, typename Acc>
-cudaError_t gru_forward_persistent(const partition::GRUForwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(gru_forward_kernel<T, Acc>, s, 3, false, stream);
+cudaError_t gru_forward_persistent(const partition::GRUForwardSeq<T, Acc>& s, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(gru_forward_kernel<T, Acc>, s, 3, false, stream, tf32);
 }
 template <typename T, typename Acc>
 cudaError_t gru_forward_persistent_pair(const partition::GRUForwardSeq<T, Acc>& a,
-                                   const partition::GRUForwardSeq<T, Acc>& b, cudaStream_t stream) {
-  return launch<T>(gru_forward_kernel<T, Acc>, a, b, 3, false, stream);
+                                   const partition::GRUForwardSeq<T, Acc>& b, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(gru_forward_kernel<T, Acc>, a, b, 3, false, stream, tf32);
 }
 template <typename T, typename Acc>
-cudaError_t gru_backward_persistent(const partition::GRUBackwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(gru_backward_kernel<T, Acc>, s, 3, true, stream);
+cudaError_t gru_backward_persistent(const partition::GRUBackwardSeq<T, Acc>& s, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(gru_backward_kernel<T, Acc>, s, 3, true, stream, tf32);
 }
 template <typename T, typename Acc>
 cudaError_t gru_backward_persistent_pair(const partition::GRUBackwardSeq<T, Acc>& a,
-                                   const partition::GRUBackwardSeq<T, Acc>& b, cudaStream_t stream) {
-  return launch<T>(gru_backward_kernel<T, Acc>, a, b, 3, true, stream);
+                                   const partition::GRUBackwardSeq<T, Acc>& b, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(gru_backward_kernel<T, Acc>, a, b, 3, true, stream, tf32);
 }
 
 template <typename T, typename Acc>
-cudaError_t rnn_forward_persistent(const partition::RNNForwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(rnn_forward_kernel<T, Acc>, s, 1, false, stream);
+cudaError_t rnn_forward_persistent(const partition::RNNForwardSeq<T, Acc>& s, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(rnn_forward_kernel<T, Acc>, s, 1, false, stream, tf32);
 }
 template <typename T, typename Acc>
 cudaError_t rnn_forward_persistent_pair(const partition::RNNForwardSeq<T, Acc>& a,
-                                   const partition::RNNForwardSeq<T, Acc>& b, cudaStream_t stream) {
-  return launch<T>(rnn_forward_kernel<T, Acc>, a, b, 1, false, stream);
+                                   const partition::RNNForwardSeq<T, Acc>& b, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(rnn_forward_kernel<T, Acc>, a, b, 1, false, stream, tf32);
 }
 template <typename T, typename Acc>
-cudaError_t rnn_backward_persistent(const partition::RNNBackwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(rnn_backward_kernel<T, Acc>, s, 1, true, stream);
+cudaError_t rnn_backward_persistent(const partition::RNNBackwardSeq<T, Acc>& s, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(rnn_backward_kernel<T, Acc>, s, 1, true, stream, tf32);
 }
 template <typename T, typename Acc>
 cudaError_t rnn_backward_persistent_pair(const partition::RNNBackwardSeq<T, Acc>& a,
-                                   const partition::RNNBackwardSeq<T, Acc>& b, cudaStream_t stream) {
-  return launch<T>(rnn_backward_kernel<T, Acc>, a, b, 1, true, stream);
+                                   const partition::RNNBackwardSeq<T, Acc>& b, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(rnn_backward_kernel<T, Acc>, a, b, 1, true, stream, tf32);
 }
 
 #define RNN_EXT_INSTANTIATE(T, Acc)                                                                                                                               \
   template cudaError_t persistent_max_workers<T, Acc>(int, int, int*);                                                                                            \
   template cudaError_t persistent_resources<T, Acc>(int, int*, int*);                                                                                             \
-  template cudaError_t lstm_forward_persistent<T, Acc>(const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t);                                                   \
-  template cudaError_t lstm_forward_persistent_pair<T, Acc>(const partition::LSTMForwardSeq<T, Acc>&, const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t);    \
-  template cudaError_t lstm_backward_persistent<T, Acc>(const partition::LSTMBackwardSeq<T, Acc>&, cudaStream_t);                                                 \
-  template cudaError_t lstm_backward_persistent_pair<T, Acc>(const partition::LSTMBackwardSeq<T, Acc>&, const partition::LSTMBackwardSeq<T, Acc>&, cudaStream_t); \
-  template cudaError_t gru_forward_persistent<T, Acc>(const partition::GRUForwardSeq<T, Acc>&, cudaStream_t);                                                     \
-  template cudaError_t gru_forward_persistent_pair<T, Acc>(const partition::GRUForwardSeq<T, Acc>&, const partition::GRUForwardSeq<T, Acc>&, cudaStream_t);       \
-  template cudaError_t gru_backward_persistent<T, Acc>(const partition::GRUBackwardSeq<T, Acc>&, cudaStream_t);                                                   \
-  template cudaError_t gru_backward_persistent_pair<T, Acc>(const partition::GRUBackwardSeq<T, Acc>&, const partition::GRUBackwardSeq<T, Acc>&, cudaStream_t);    \
-  template cudaError_t rnn_forward_persistent<T, Acc>(const partition::RNNForwardSeq<T, Acc>&, cudaStream_t);                                                     \
-  template cudaError_t rnn_forward_persistent_pair<T, Acc>(const partition::RNNForwardSeq<T, Acc>&, const partition::RNNForwardSeq<T, Acc>&, cudaStream_t);       \
-  template cudaError_t rnn_backward_persistent<T, Acc>(const partition::RNNBackwardSeq<T, Acc>&, cudaStream_t);                                                   \
-  template cudaError_t rnn_backward_persistent_pair<T, Acc>(const partition::RNNBackwardSeq<T, Acc>&, const partition::RNNBackwardSeq<T, Acc>&, cudaStream_t);
+  template cudaError_t lstm_forward_persistent<T, Acc>(const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t, bool);                                                   \
+  template cudaError_t lstm_forward_persistent_pair<T, Acc>(const partition::LSTMForwardSeq<T, Acc>&, const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t, bool);    \
+  template cudaError_t lstm_backward_persistent<T, Acc>(const partition::LSTMBackwardSeq<T, Acc>&, cudaStream_t, bool);                                                 \
+  template cudaError_t lstm_backward_persistent_pair<T, Acc>(const partition::LSTMBackwardSeq<T, Acc>&, const partition::LSTMBackwardSeq<T, Acc>&, cudaStream_t, bool); \
+  template cudaError_t gru_forward_persistent<T, Acc>(const partition::GRUForwardSeq<T, Acc>&, cudaStream_t, bool);                                                     \
+  template cudaError_t gru_forward_persistent_pair<T, Acc>(const partition::GRUForwardSeq<T, Acc>&, const partition::GRUForwardSeq<T, Acc>&, cudaStream_t, bool);       \
+  template cudaError_t gru_backward_persistent<T, Acc>(const partition::GRUBackwardSeq<T, Acc>&, cudaStream_t, bool);                                                   \
+  template cudaError_t gru_backward_persistent_pair<T, Acc>(const partition::GRUBackwardSeq<T, Acc>&, const partition::GRUBackwardSeq<T, Acc>&, cudaStream_t, bool);    \
+  template cudaError_t rnn_forward_persistent<T, Acc>(const partition::RNNForwardSeq<T, Acc>&, cudaStream_t, bool);                                                     \
+  template cudaError_t rnn_forward_persistent_pair<T, Acc>(const partition::RNNForwardSeq<T, Acc>&, const partition::RNNForwardSeq<T, Acc>&, cudaStream_t, bool);       \
+  template cudaError_t rnn_backward_persistent<T, Acc>(const partition::RNNBackwardSeq<T, Acc>&, cudaStream_t, bool);                                                   \
+  template cudaError_t rnn_backward_persistent_pair<T, Acc>(const partition::RNNBackwardSeq<T, Acc>&, const partition::RNNBackwardSeq<T, Acc>&, cudaStream_t, bool);
 RNN_EXT_INSTANTIATE(float, float)
 RNN_EXT_INSTANTIATE(double, double)
 RNN_EXT_INSTANTIATE(__half, float)

@@ -116,20 +116,26 @@ struct CudaRunner {
     return at::tensor(L.active, at::kLong).to(like.device());
   }
   template <class Seq>
-  static void lstm_forward(const Seq& s, int64_t) { check_launch(cuda::lstm_forward_persistent(s, stream())); }
+  static void lstm_forward(const Seq& s, int64_t) { check_launch(cuda::lstm_forward_persistent(s, stream(), tf32())); }
   template <class Seq>
-  static void lstm_backward(const Seq& s, int64_t) { check_launch(cuda::lstm_backward_persistent(s, stream())); }
+  static void lstm_backward(const Seq& s, int64_t) { check_launch(cuda::lstm_backward_persistent(s, stream(), tf32())); }
   template <class Seq>
-  static void gru_forward(const Seq& s, int64_t) { check_launch(cuda::gru_forward_persistent(s, stream())); }
+  static void gru_forward(const Seq& s, int64_t) { check_launch(cuda::gru_forward_persistent(s, stream(), tf32())); }
   template <class Seq>
-  static void gru_backward(const Seq& s, int64_t) { check_launch(cuda::gru_backward_persistent(s, stream())); }
+  static void gru_backward(const Seq& s, int64_t) { check_launch(cuda::gru_backward_persistent(s, stream(), tf32())); }
   template <class Seq>
-  static void rnn_forward(const Seq& s, int64_t) { check_launch(cuda::rnn_forward_persistent(s, stream())); }
+  static void rnn_forward(const Seq& s, int64_t) { check_launch(cuda::rnn_forward_persistent(s, stream(), tf32())); }
   template <class Seq>
-  static void rnn_backward(const Seq& s, int64_t) { check_launch(cuda::rnn_backward_persistent(s, stream())); }
+  static void rnn_backward(const Seq& s, int64_t) { check_launch(cuda::rnn_backward_persistent(s, stream(), tf32())); }
 
  private:
   static cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
+  // fp32 products on the tf32 tensor-core tile: the switch the stepwise
+  // path's cuBLASLt GEMMs follow (torch.backends.cuda.matmul.allow_tf32),
+  // read at each launch.  The kernels use it for fp32 only.  The fit rule
+  // needs no variant of its own: both fp32 paths are one kernel, whose
+  // compiled registers cover either, on the same shared-memory copy.
+  static bool tf32() { return at::globalContext().allowTF32CuBLAS(); }
 };
 
 using PersistentCudaLoops = PartitionedLoops<CudaRunner>;
