@@ -94,8 +94,10 @@ def test_persistent_products_use_tensor_cores(arch, tmp_path):
     The fp32 kernels hold both of their paths: the tf32 tile (mma.sync
     m16n8k8 .tf32 on operands rounded by cvt.rna.tf32.f32), taken where
     allow_tf32 is on, and FFMA in fp32 otherwise; fp64 has FFMA only, no MMA
-    and no tf32 conversion.  (Which instructions are compiled, not that they
-    are right: ctest mma_layout runs the tiles' index logic on the CPU.)"""
+    and no tf32 conversion.  No kernel keeps anything in local memory (the
+    LSTM forward's register-resident fragments included).  (Which
+    instructions are compiled, not that they are right: ctest mma_layout
+    runs the tiles' index logic on the CPU.)"""
     entries = _ptx_entries("csrc/cuda/persistent.cu", arch, tmp_path)
     assert len(entries) == 24, sorted(entries)
     mma = {"__half": "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
@@ -103,6 +105,9 @@ def test_persistent_products_use_tensor_cores(arch, tmp_path):
     tf32_mma = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"
     seen = {"f": 0, "d": 0}
     for name, ptx in entries.items():
+        # Nothing in local memory: the LSTM forward kernels' W_hh fragments
+        # held across steps (mma_tile.cuh's ResidentA) stay in registers.
+        assert "__local_depot" not in ptx, name
         type_name = next((t for t in mma if f"I{len(t)}{t}f" in name), None)
         if type_name:
             assert ptx.count("mma.sync") == ptx.count(mma[type_name]) >= 1, name

@@ -11,9 +11,12 @@
 // adds only the loads, the packing into registers, the instruction and the
 // stores.
 //
-// NOT YET RUN ON A GPU (neither form; the tf32 one is the newest).  The fragments are loaded from w (global memory, or
-// wherever GateRows points) every step, element by element: the weight rows
-// stay in L1/L2 or shared memory, not yet in registers across steps.
+// NOT YET RUN ON A GPU (neither form; the tf32 one is the newest).  The
+// fragments are loaded from w (global memory, or wherever GateRows points)
+// element by element: every step (block_tile_gemm), or, for the LSTM
+// forward kernel's W_hh where a warp's share fits its register budget, once
+// before the time loop into registers that every step reuses
+// (gather_resident, block_tile_gemm_resident; also not run on a GPU).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -102,17 +105,26 @@ struct LaneOps {
       d[i] = offset >= 0 ? c[offset] : 0.f;
     }
   }
-  __device__ __forceinline__ void chunk(int64_t tile, int64_t k) {
-    uint32_t af[4], bf[2];
+  __device__ __forceinline__ void gather_a(int64_t tile, int64_t k, uint32_t (&af)[4]) const {
 #pragma unroll
     for (int j = 0; j < 4; ++j)
       af[j] = mma::pack_pair(load(w, g.a_offset(tile, k, lane, 2 * j)),
                              load(w, g.a_offset(tile, k, lane, 2 * j + 1)));
+  }
+  __device__ __forceinline__ void gather_b(int64_t tile, int64_t k, uint32_t (&bf)[2]) const {
 #pragma unroll
     for (int j = 0; j < 2; ++j)
       bf[j] = mma::pack_pair(load(a, g.b_offset(tile, k, lane, 2 * j)),
                              load(a, g.b_offset(tile, k, lane, 2 * j + 1)));
+  }
+  __device__ __forceinline__ void multiply(const uint32_t (&af)[4], const uint32_t (&bf)[2]) {
     mma_16x8x16(d, af, bf, T());
+  }
+  __device__ __forceinline__ void chunk(int64_t tile, int64_t k) {
+    uint32_t af[4], bf[2];
+    gather_a(tile, k, af);
+    gather_b(tile, k, bf);
+    multiply(af, bf);
   }
   __device__ __forceinline__ void end(int64_t tile) {
 #pragma unroll
@@ -171,13 +183,22 @@ struct Tf32LaneOps {
       d[i] = offset >= 0 ? c[offset] : 0.f;
     }
   }
-  __device__ __forceinline__ void chunk(int64_t tile, int64_t k) {
-    uint32_t af[mma::kAElemsTf32], bf[mma::kBElemsTf32];
+  __device__ __forceinline__ void gather_a(int64_t tile, int64_t k, uint32_t (&af)[4]) const {
 #pragma unroll
     for (int i = 0; i < mma::kAElemsTf32; ++i) af[i] = load(w, g.a_offset(tile, k, lane, i));
+  }
+  __device__ __forceinline__ void gather_b(int64_t tile, int64_t k, uint32_t (&bf)[2]) const {
 #pragma unroll
     for (int i = 0; i < mma::kBElemsTf32; ++i) bf[i] = load(a, g.b_offset(tile, k, lane, i));
+  }
+  __device__ __forceinline__ void multiply(const uint32_t (&af)[4], const uint32_t (&bf)[2]) {
     mma_16x8x8_tf32(d, af, bf);
+  }
+  __device__ __forceinline__ void chunk(int64_t tile, int64_t k) {
+    uint32_t af[mma::kAElemsTf32], bf[mma::kBElemsTf32];
+    gather_a(tile, k, af);
+    gather_b(tile, k, bf);
+    multiply(af, bf);
   }
   __device__ __forceinline__ void end(int64_t tile) {
 #pragma unroll
@@ -205,6 +226,66 @@ __device__ __forceinline__ void block_tile_gemm(const mma::TileGemmTf32& g, cons
   Tf32LaneOps ops{g, a, w, c, static_cast<int>(threadIdx.x % mma::kWarp), {}};
   mma::warp_tiles(g, static_cast<int>(threadIdx.x / mma::kWarp),
                   static_cast<int>(blockDim.x / mma::kWarp), ops);
+}
+
+// ------------------------------------------------ register-resident A ---
+// A lane's A fragments of its warp's row tile, chunk by chunk of K (4
+// registers a chunk in either form), held across the time loop
+// (mma_layout.h's warp_row_tile).  Indexed with constants only (the chunk
+// loops are unrolled to kMaxChunks), so the array stays in registers.
+template <int kMaxChunks>
+struct ResidentA {
+  uint32_t frag[kMaxChunks][4];
+};
+
+// Ops (LaneOps or Tf32LaneOps) with A from the resident registers: each
+// chunk gathers B only.
+template <class Ops, int kMaxChunks>
+struct ResidentOps : Ops {
+  const ResidentA<kMaxChunks>& resident;
+  __device__ __forceinline__ void chunk(int64_t tile, int c) {
+    uint32_t bf[2];
+    this->gather_b(tile, c, bf);
+    this->multiply(resident.frag[c], bf);
+  }
+};
+
+// Gathers the warp's A fragments of g into r (every thread of the block;
+// warps past the row tiles hold nothing), from w: the A operand as g reads
+// it.  `fits`: mma::fits_registers(g, warps, kMaxChunks) held.
+template <int kMaxChunks, class Ops>
+__device__ __forceinline__ void gather_resident(const Ops& ops, ResidentA<kMaxChunks>& r) {
+  const int warp = static_cast<int>(threadIdx.x / mma::kWarp);
+  if (warp >= ops.g.row_tiles()) return;
+  const int64_t tile = warp * ops.g.batch_tiles(), chunks = ops.g.k_chunks();
+#pragma unroll
+  for (int c = 0; c < kMaxChunks; ++c)
+    if (c < chunks) ops.gather_a(tile, c, r.frag[c]);
+}
+template <int kMaxChunks, typename T>
+__device__ __forceinline__ void gather_resident(const mma::TileGemm& g, const T* w,
+                                                ResidentA<kMaxChunks>& r) {
+  gather_resident(LaneOps<T>{g, nullptr, w, nullptr, static_cast<int>(threadIdx.x % mma::kWarp), {}}, r);
+}
+template <int kMaxChunks>
+__device__ __forceinline__ void gather_resident(const mma::TileGemmTf32& g, const float* w,
+                                                ResidentA<kMaxChunks>& r) {
+  gather_resident(Tf32LaneOps{g, nullptr, w, nullptr, static_cast<int>(threadIdx.x % mma::kWarp), {}}, r);
+}
+
+// block_tile_gemm with A from r (gathered by gather_resident for the same
+// weights, depth and rows; any batch): warp w computes row tile w's tiles.
+template <int kMaxChunks, typename T>
+__device__ __forceinline__ void block_tile_gemm_resident(const mma::TileGemm& g, const T* a,
+                                                         float* c, const ResidentA<kMaxChunks>& r) {
+  ResidentOps<LaneOps<T>, kMaxChunks> ops{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}, r};
+  mma::warp_row_tile<kMaxChunks>(g, static_cast<int>(threadIdx.x / mma::kWarp), ops);
+}
+template <int kMaxChunks>
+__device__ __forceinline__ void block_tile_gemm_resident(const mma::TileGemmTf32& g, const float* a,
+                                                         float* c, const ResidentA<kMaxChunks>& r) {
+  ResidentOps<Tf32LaneOps, kMaxChunks> ops{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}, r};
+  mma::warp_row_tile<kMaxChunks>(g, static_cast<int>(threadIdx.x / mma::kWarp), ops);
 }
 
 }  // namespace mma_tile

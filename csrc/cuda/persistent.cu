@@ -37,7 +37,9 @@ __device__ __forceinline__ int64_t dynamic_shared_bytes() {
   return bytes;
 }
 
-template <typename T, typename Acc>
+// kRegisterChunks > 0: the forward's W_hh fragments held in registers
+// across steps where a warp's share fits that many chunks of K (below).
+template <typename T, typename Acc, int kRegisterChunks = 0>
 struct BlockExecutor {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   static constexpr bool kTensorCores = mma_tile::Supported<T, Acc>::value;
@@ -54,6 +56,18 @@ struct BlockExecutor {
   // same for every thread of the grid (a kernel argument), so the warps'
   // MMAs stay uniform.
   bool tf32;
+  // The tensor-core tile's A fragments of the first weights resident_rows
+  // places that fit (W_hh; with a projection, W_hr only where W_hh does
+  // not fit; the other is read from shared memory), held in registers for
+  // the whole time loop (mma_layout.h's warp_row_tile:
+  // warp w owns row tile w) where every row tile has a warp and a warp's
+  // fragments fit kRegisterChunks chunks of K (4 registers each):
+  // resident_key is then those weights' GateRows::w, else null and every
+  // product gathers A from shared memory (the fallback).  Never both tile
+  // forms: the fragments are gathered for the one this launch runs.
+  static constexpr int kHeldChunks = kRegisterChunks > 0 ? kRegisterChunks : 1;
+  mma_tile::ResidentA<kHeldChunks> resident_a;
+  const T* resident_key;
 
   // Before the time loop: the worker's rows of w (G gates of units u, Hin
   // each) transposed into shared memory, [Hin, G*|u|] (GateRows::wt), so
@@ -71,7 +85,32 @@ struct BlockExecutor {
       rows.wt = copy;
     }
     __syncthreads();
+    if constexpr (kRegisterChunks > 0) hold_in_registers(rows, static_cast<int>(G), nu, Hin);
     return rows;
+  }
+  // Gathers the first weights' A fragments into registers where they fit
+  // (see resident_a), from the copy just made (or in place).
+  __device__ void hold_in_registers(const partition::GateRows<T>& rows, int G, int64_t nu,
+                                    int64_t Hin) {
+    if (resident_key != nullptr || nu <= 0) return;
+    const int warps = static_cast<int>(blockDim.x / mma::kWarp);
+    const T* w = rows.wt != nullptr ? rows.wt : rows.w;
+    if constexpr (kTensorCores) {
+      const auto g = resident_tile<mma::TileGemm>(1, Hin, Hin, rows, G, nu, G * nu);
+      if (!mma::fits_registers(g, warps, kRegisterChunks)) return;
+      mma_tile::gather_resident<kRegisterChunks>(g, w, resident_a);
+      resident_key = rows.w;
+    } else if constexpr (kTf32Capable) {
+      if (!tf32) return;
+      const auto g = resident_tile<mma::TileGemmTf32>(1, Hin, Hin, rows, G, nu, G * nu);
+      if (!mma::fits_registers(g, warps, kRegisterChunks)) return;
+      mma_tile::gather_resident<kRegisterChunks>(g, w, resident_a);
+      resident_key = rows.w;
+    }
+  }
+  // Whether gemm_resident's rows are the ones held in registers.
+  __device__ bool held(const partition::GateRows<T>& rows) const {
+    return kRegisterChunks > 0 && resident_key != nullptr && rows.w == resident_key;
   }
   // Before the time loop: the [k, |cols|] block of w [k, ldw] into shared
   // memory, rows |cols| apart (the backward's operand); in place where it
@@ -96,14 +135,12 @@ struct BlockExecutor {
                                 int64_t ldc) {
     const T* w = rows.wt != nullptr ? rows.wt : rows.w;
     if constexpr (kTensorCores) {
-      mma_tile::block_tile_gemm(resident_tile<mma::TileGemm>(m, k, lda, rows, G, n, ldc), a, w, c);
-      __syncthreads();
+      tile_product(resident_tile<mma::TileGemm>(m, k, lda, rows, G, n, ldc), a, w, c, held(rows));
     } else {
       if constexpr (kTf32Capable) {
         if (tf32) {
-          mma_tile::block_tile_gemm(resident_tile<mma::TileGemmTf32>(m, k, lda, rows, G, n, ldc),
-                                    a, w, c);
-          __syncthreads();
+          tile_product(resident_tile<mma::TileGemmTf32>(m, k, lda, rows, G, n, ldc), a, w, c,
+                       held(rows));
           return;
         }
       }
@@ -112,6 +149,19 @@ struct BlockExecutor {
       for (int g = 0; g < G; ++g)
         gemm_nt(m, n, k, a, lda, rows.gate(g), rows.ld, c + g * n, ldc, false);
     }
+  }
+  // gemm_resident's tile product, A from the registers where held.
+  template <class Tile>
+  __device__ void tile_product(const Tile& g, const T* a, const T* w, Acc* c, bool in_registers) {
+    if constexpr (kRegisterChunks > 0) {
+      if (in_registers) {
+        mma_tile::block_tile_gemm_resident<kRegisterChunks>(g, a, c, resident_a);
+        __syncthreads();
+        return;
+      }
+    }
+    mma_tile::block_tile_gemm(g, a, w, c);
+    __syncthreads();
   }
   // The tile product of gemm_resident: the shared-memory copy (rows.wt,
   // [k, G*n]: product row r in column r, K rows G*n apart), else W_hh's
@@ -207,10 +257,20 @@ struct BlockExecutor {
 
 // A block's executor: the launch's dynamic shared memory, and the tf32 flag
 // where the dtype has a tf32 path (fp32; false for every other dtype).
-template <typename T, typename Acc>
-__device__ BlockExecutor<T, Acc> block_executor(bool tf32) {
-  return {{resident_shared, dynamic_shared_bytes()}, BlockExecutor<T, Acc>::kTf32Capable && tf32};
+template <typename T, typename Acc, int kRegisterChunks = 0>
+__device__ BlockExecutor<T, Acc, kRegisterChunks> block_executor(bool tf32) {
+  return {{resident_shared, dynamic_shared_bytes()},
+          BlockExecutor<T, Acc, kRegisterChunks>::kTf32Capable && tf32,
+          {},
+          nullptr};
 }
+
+// The LSTM forward kernel holds a warp's W_hh fragments in registers where
+// they fit this many chunks of K (32 registers a thread: K up to 128 in
+// fp16/bf16, 64 in tf32).  Only there: the LSTM kernels already run one
+// block per SM (registers above 128), so the budget costs no residency;
+// the GRU and RNN forward kernels fit two and would drop to one.
+constexpr int kLstmRegisterChunks = 8;
 
 // Each kernel runs one layer direction (b.workers = 0) or both directions
 // of a bidirectional layer (partition::pair_worker: blocks [0, a.workers)
@@ -219,7 +279,7 @@ template <typename T, typename Acc>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     lstm_forward_kernel(const partition::LSTMForwardSeq<T, Acc> a, const partition::LSTMForwardSeq<T, Acc> b,
                       const bool tf32) {
-  BlockExecutor<T, Acc> ex = block_executor<T, Acc>(tf32);
+  auto ex = block_executor<T, Acc, kLstmRegisterChunks>(tf32);
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::lstm_forward_worker(s, k, e);
   });

@@ -645,6 +645,187 @@ static void test_emulated_tf32_backward_product() {
   run_tf32_nn_case(5, 300, 48, 300, 160, true, 8, 305); // more row tiles than one warp's
 }
 
+// -------------------------------------------------- register-resident ---
+// The two tile forms for the resident schedule's emulation: storage, the
+// value the instruction sees, and one lane's A and B registers of a chunk
+// (as LaneOps::gather_a / gather_b and Tf32LaneOps's build them).
+struct Bf16Form {
+  using Gemm = TileGemm;
+  using Elem = uint16_t;
+  static constexpr int kK = 16;
+  static Elem make(float x) { return to_bf16(x); }
+  static double value(Elem e) { return from_bf16(e); }
+  static Elem at(const Elem* p, int64_t offset) { return offset >= 0 ? p[offset] : 0; }
+  static void gather_a(const Gemm& g, const Elem* w, int64_t tile, int64_t k, int lane, uint32_t (&af)[4]) {
+    for (int j = 0; j < 4; ++j)
+      af[j] = pack_pair(at(w, g.a_offset(tile, k, lane, 2 * j)), at(w, g.a_offset(tile, k, lane, 2 * j + 1)));
+  }
+  static void gather_b(const Gemm& g, const Elem* a, int64_t tile, int64_t k, int lane, uint32_t (&bf)[2]) {
+    for (int j = 0; j < 2; ++j)
+      bf[j] = pack_pair(at(a, g.b_offset(tile, k, lane, 2 * j)), at(a, g.b_offset(tile, k, lane, 2 * j + 1)));
+  }
+  static void mma(float (&d)[kWarp][kCElems], const uint32_t (&a)[kWarp][4], const uint32_t (&b)[kWarp][2]) {
+    emulate_mma(d, a, b);
+  }
+};
+struct Tf32Form {
+  using Gemm = TileGemmTf32;
+  using Elem = float;
+  static constexpr int kK = kKTf32;
+  static Elem make(float x) { return x; }
+  static double value(Elem e) { return to_tf32(e); }  // what the instruction multiplies
+  static uint32_t at(const Elem* p, int64_t offset) {
+    return round_tf32_bits(bits_of(offset >= 0 ? p[offset] : 0.f));
+  }
+  static void gather_a(const Gemm& g, const Elem* w, int64_t tile, int64_t k, int lane, uint32_t (&af)[4]) {
+    for (int i = 0; i < kAElemsTf32; ++i) af[i] = at(w, g.a_offset(tile, k, lane, i));
+  }
+  static void gather_b(const Gemm& g, const Elem* a, int64_t tile, int64_t k, int lane, uint32_t (&bf)[2]) {
+    for (int i = 0; i < kBElemsTf32; ++i) bf[i] = at(a, g.b_offset(tile, k, lane, i));
+  }
+  static void mma(float (&d)[kWarp][kCElems], const uint32_t (&a)[kWarp][4], const uint32_t (&b)[kWarp][2]) {
+    emulate_mma_tf32(d, a, b);
+  }
+};
+
+constexpr int kResidentChunks = 8;  // the LSTM forward kernel's budget (persistent.cu)
+
+// One warp of the resident schedule: A from `held` (gathered once), B
+// gathered per chunk, as mma_tile::ResidentOps does on the GPU.
+template <class Form>
+struct EmulatedResidentWarp {
+  const typename Form::Gemm& g;
+  const typename Form::Elem* a;
+  float* c;
+  std::vector<int>* stores;
+  const uint32_t (*held)[kResidentChunks][4];  // [lane][chunk][register]
+  float d[kWarp][kCElems];
+
+  void begin(int64_t) {
+    for (int lane = 0; lane < kWarp; ++lane)
+      for (int i = 0; i < kCElems; ++i) d[lane][i] = 0.f;
+  }
+  void chunk(int64_t tile, int k) {
+    uint32_t af[kWarp][4], bf[kWarp][2];
+    for (int lane = 0; lane < kWarp; ++lane) {
+      for (int j = 0; j < 4; ++j) af[lane][j] = held[lane][k][j];
+      Form::gather_b(g, a, tile, k, lane, bf[lane]);
+    }
+    Form::mma(d, af, bf);
+  }
+  void end(int64_t tile) {
+    for (int lane = 0; lane < kWarp; ++lane)
+      for (int i = 0; i < kCElems; ++i) {
+        const int64_t offset = g.c_offset(tile, lane, i);
+        if (offset < 0) continue;
+        c[offset] = d[lane][i];
+        ++(*stores)[offset];
+      }
+  }
+};
+
+// A worker's forward product over `steps` steps with the batches ms: its
+// rows of W [G*H, depth] (in place, or the shared-memory copy) gathered
+// into per-warp registers once, with a batch of 1 (as the kernel gathers
+// them before the time loop), then each step multiplies fresh h by them.
+template <class Form>
+static void run_resident_case(int64_t G, int64_t n, int64_t H, int64_t u0, int64_t depth,
+                              bool shared_copy, const std::vector<int64_t>& ms, uint32_t seed) {
+  using Elem = typename Form::Elem;
+  using Gemm = typename Form::Gemm;
+  const int warps = 8;
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  const float nan = std::nanf("");
+  const int64_t rows = G * n, ldw = depth + 1;
+  std::vector<Elem> W(G * H * ldw);
+  for (int64_t r = 0; r < G * H; ++r)
+    for (int64_t q = 0; q < ldw; ++q) W[r * ldw + q] = Form::make(q < depth ? dist(rng) : nan);
+  std::vector<Elem> wt(depth * rows);
+  const rnn_ext::partition::GateRows<Elem> gate_rows{W.data() + u0 * ldw, H * ldw, ldw};
+  if (shared_copy) rnn_ext::resident::pack_rows_transposed(gate_rows, G, n, depth, wt.data(), 0, 1);
+  const Elem* w = shared_copy ? wt.data() : gate_rows.w;
+  auto make_gemm = [&](int64_t m, int64_t lda, int64_t ldc) {
+    return shared_copy ? Gemm{m, depth, rows, lda, rows, 0, 1, ldc, rows}
+                       : Gemm{m, depth, rows, lda, n, H * ldw, ldw, ldc};
+  };
+  // Before the time loop: the fit, then each warp's fragments of its row tile.
+  const Gemm g0 = make_gemm(1, depth, rows);
+  EXPECT(fits_registers(g0, warps, kResidentChunks), "rows=%ld depth=%ld should fit", (long)rows, (long)depth);
+  std::vector<uint32_t> held(size_t(warps) * kWarp * kResidentChunks * 4, 0xdeadbeefu);
+  auto held_of = [&](int warp) {
+    return reinterpret_cast<uint32_t(*)[kResidentChunks][4]>(&held[size_t(warp) * kWarp * kResidentChunks * 4]);
+  };
+  for (int warp = 0; warp < warps && warp < g0.row_tiles(); ++warp)
+    for (int lane = 0; lane < kWarp; ++lane)
+      for (int c = 0; c < g0.k_chunks(); ++c) Form::gather_a(g0, w, warp * g0.batch_tiles(), c, lane, held_of(warp)[lane][c]);
+
+  int bad = 0;
+  for (size_t step = 0; step < ms.size(); ++step) {
+    const int64_t m = ms[step], B = m + 1, lda = depth + 2, ldc = rows + 3;
+    std::vector<Elem> a(B * lda);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t q = 0; q < lda; ++q) a[b * lda + q] = Form::make(b < m && q < depth ? dist(rng) : nan);
+    std::vector<float> c(B * ldc, nan);
+    std::vector<int> stores(c.size(), 0);
+    const Gemm g = make_gemm(m, lda, ldc);
+    // A's offsets depend on the row tile alone: the fragments gathered with
+    // a batch of 1 are this step's.
+    for (int warp = 0; warp < warps && warp < g.row_tiles(); ++warp)
+      for (int64_t bt = 0; bt < g.batch_tiles(); ++bt)
+        for (int lane = 0; lane < kWarp; lane += 5)
+          for (int64_t k = 0; k < g.k_chunks(); ++k)
+            for (int i = 0; i < 4; ++i)
+              bad += g.a_offset(warp * g.batch_tiles() + bt, k, lane, i) != g0.a_offset(warp, k, lane, i);
+    for (int warp = 0; warp < warps; ++warp) {
+      EmulatedResidentWarp<Form> ops{g, a.data(), c.data(), &stores, held_of(warp), {}};
+      warp_row_tile<kResidentChunks>(g, warp, ops);
+    }
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t col = 0; col < ldc; ++col) {
+        const int64_t e = b * ldc + col;
+        if (b >= m || col >= rows) {
+          bad += !std::isnan(c[e]) || stores[e] != 0;
+          continue;
+        }
+        const int64_t gate = col / n, j = col % n;
+        double want = 0, scale = 0;
+        for (int64_t q = 0; q < depth; ++q) {
+          const double p = Form::value(a[b * lda + q]) * Form::value(W[(gate * H + u0 + j) * ldw + q]);
+          want += p;
+          scale += std::fabs(p);
+        }
+        const double tol = 2.0 * (depth + Form::kK) * std::ldexp(1.0, -24) * scale;
+        bad += !(stores[e] == 1 && std::fabs(c[e] - want) <= tol);
+      }
+  }
+  EXPECT(bad == 0, "resident K=%d G=%ld n=%ld depth=%ld shared=%d: %d wrong", Form::kK, (long)G, (long)n,
+         (long)depth, (int)shared_copy, bad);
+}
+
+static void test_register_resident_schedule() {
+  // The fit: row tiles <= warps, chunks <= the budget.
+  const TileGemm fits{4, 128, 128, 128, 32, 0, 1, 128, 128};
+  const TileGemm too_many_rows{4, 128, 129, 128, 33, 0, 1, 129, 129};
+  const TileGemm too_deep{4, 129, 128, 129, 32, 0, 1, 128, 128};
+  const TileGemmTf32 tf32_fits{4, 64, 128, 64, 32, 0, 1, 128, 128};
+  const TileGemmTf32 tf32_too_deep{4, 65, 128, 65, 32, 0, 1, 128, 128};
+  EXPECT(fits_registers(fits, 8, kResidentChunks) && !fits_registers(too_many_rows, 8, kResidentChunks) &&
+             !fits_registers(too_deep, 8, kResidentChunks), "fits_registers, 16-bit");
+  EXPECT(fits_registers(tf32_fits, 8, kResidentChunks) && !fits_registers(tf32_too_deep, 8, kResidentChunks),
+         "fits_registers, tf32 (K 8 a chunk)");
+  // G, n, H, u0, depth, shared copy, the batches of the steps
+  const std::vector<int64_t> ms = {1, 9, 3, 17, 8};
+  run_resident_case<Bf16Form>(4, 9, 37, 24, 37, false, ms, 401);   // LSTM slice, in place, partial tiles
+  run_resident_case<Bf16Form>(4, 9, 37, 24, 37, true, ms, 402);    // the shared-memory copy
+  run_resident_case<Bf16Form>(4, 32, 64, 32, 128, true, ms, 403);  // 8 row tiles, 8 chunks: the budget
+  run_resident_case<Bf16Form>(4, 5, 11, 6, 5, true, ms, 404);      // K < one chunk
+  run_resident_case<Tf32Form>(4, 9, 37, 24, 37, false, ms, 405);
+  run_resident_case<Tf32Form>(4, 9, 37, 24, 37, true, ms, 406);
+  run_resident_case<Tf32Form>(4, 32, 64, 0, 64, true, ms, 407);    // 8 row tiles, 8 chunks of 8
+  run_resident_case<Tf32Form>(1, 13, 40, 27, 19, true, ms, 408);   // one gate (RNN-like), partial K
+}
+
 int main() {
   test_documented_lanes();
   test_stride_derivation();
@@ -656,6 +837,7 @@ int main() {
   test_tf32_rounding();
   test_emulated_tf32_tile_gemm();
   test_emulated_tf32_backward_product();
+  test_register_resident_schedule();
   if (failures) std::printf("%d failure(s)\n", failures);
   else std::printf("mma layout: all passed\n");
   return failures ? 1 : 0;

@@ -170,5 +170,42 @@ RNN_MMA_HD void warp_tiles(const TileGemmOf<Frag>& g, int warp, int warps, Ops& 
   }
 }
 
+// The register-resident form of a product whose A operand (the weights) is
+// the same at every step, as the persistent forward kernel's W_hh is: warp
+// w owns row tile w and every batch tile of it, so the A fragments it
+// multiplies by (16 weight rows by all of K) never change; it gathers them
+// into registers once, before the time loop, and each step gathers only B
+// (h_{t-1}) and stores D.  A's offsets depend on the row tile alone
+// (row0(tile) = warp * kM for every tile warp_row_tile hands out, whatever
+// the batch), so fragments gathered with any batch serve every step; ctest
+// mma_layout checks that and runs this schedule.  It applies where each row
+// tile has a warp and a warp's fragments fit its register budget (chunks of
+// K per row tile, each kAElems elements of 16 bits or kAElemsTf32 of 32 in
+// 4 registers).
+template <class Frag>
+RNN_MMA_HD bool fits_registers(const TileGemmOf<Frag>& g, int warps, int max_chunks) {
+  return g.row_tiles() <= warps && g.k_chunks() <= max_chunks;
+}
+// One warp's tiles in that form: for each batch tile bt, tile
+// warp * batch_tiles() + bt, with ops.begin, then ops.chunk(tile, c) for
+// each chunk c < k_chunks() (c a constant after unrolling: the device code
+// indexes its register array with it), then ops.end.  kMaxChunks: the
+// budget (fits_registers held).  Uniform across the lanes of a warp.
+template <int kMaxChunks, class Frag, class Ops>
+RNN_MMA_HD void warp_row_tile(const TileGemmOf<Frag>& g, int warp, Ops& ops) {
+  if (warp >= g.row_tiles()) return;
+  const int64_t batch_tiles = g.batch_tiles(), chunks = g.k_chunks();
+  for (int64_t bt = 0; bt < batch_tiles; ++bt) {
+    const int64_t tile = warp * batch_tiles + bt;
+    ops.begin(tile);
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+    for (int c = 0; c < kMaxChunks; ++c)
+      if (c < chunks) ops.chunk(tile, c);
+    ops.end(tile);
+  }
+}
+
 }  // namespace mma
 }  // namespace rnn_ext
