@@ -8,13 +8,16 @@
 // step's product reads them there.  A launch runs one layer direction, or
 // both directions of a bidirectional layer (partition::pair_worker).
 // The per-step products: fp16/bf16 on the m16n8k16 tensor-core tile; fp32
-// on the tf32 m16n8k8 tile where the launch's `tf32` flag is set (the ops
-// set it from torch.backends.cuda.matmul.allow_tf32, per call), else FFMA
-// in fp32; fp64 always FFMA.  One kernel per dtype holds both fp32 paths
-// (a runtime branch, not a second instantiation: half the fp32 kernels to
-// compile), so the registers that cudaFuncGetAttributes reports, and the
-// fit rule uses, cover whichever runs; both read the same fp32 weights in
-// shared memory (resident.h), so the shared-memory size is the same.
+// on the tf32 m16n8k8 tile where the call's `tf32` flag is set (the ops set
+// it from torch.backends.cuda.matmul.allow_tf32, per call), else FFMA in
+// fp32; fp64 always FFMA.  fp32's two paths are two instantiations of each
+// kernel (kTf32), not a runtime branch: the tf32 tile (and the LSTM
+// forward's register-resident fragments) needs registers the FFMA kernel,
+// the default (allow_tf32 is off by default), should not pay for (sm_90:
+// the fp32 LSTM kernels would go from two blocks per SM to one).  So the
+// compiled resources, which the fit rule reads (persistent_resources,
+// persistent_max_workers), are asked for the variant that runs; both read
+// the same fp32 weights in shared memory (resident.h).
 #include <cooperative_groups.h>
 
 #include "cuda/half_convert.cuh"
@@ -39,23 +42,22 @@ __device__ __forceinline__ int64_t dynamic_shared_bytes() {
 
 // kRegisterChunks > 0: the forward's W_hh fragments held in registers
 // across steps where a warp's share fits that many chunks of K (below).
-template <typename T, typename Acc, int kRegisterChunks = 0>
+// kTf32: fp32's products on the tf32 tile (the allow_tf32 instantiation;
+// false for every other dtype).
+template <typename T, typename Acc, bool kTf32, int kRegisterChunks = 0>
 struct BlockExecutor {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   static constexpr bool kTensorCores = mma_tile::Supported<T, Acc>::value;
-  static constexpr bool kTf32Capable = mma_tile::SupportsTf32<T, Acc>::value;
+  static constexpr bool kTf32Tile = kTf32 && mma_tile::SupportsTf32<T, Acc>::value;
 #else
   static constexpr bool kTensorCores = false;
-  static constexpr bool kTf32Capable = false;
+  static constexpr bool kTf32Tile = false;
 #endif
+  static_assert(!(kTensorCores && kTf32Tile), "one tile form per dtype");
   // What is left of the block's dynamic shared memory.  Every thread holds
   // the same copy and takes the same regions, so no thread waits for another
   // to learn where a region is.
   resident::Shelf shelf;
-  // fp32: the products on the tf32 tile (allow_tf32) instead of FFMA.  The
-  // same for every thread of the grid (a kernel argument), so the warps'
-  // MMAs stay uniform.
-  bool tf32;
   // The tensor-core tile's A fragments of the first weights resident_rows
   // places that fit (W_hh; with a projection, W_hr only where W_hh does
   // not fit; the other is read from shared memory), held in registers for
@@ -85,7 +87,8 @@ struct BlockExecutor {
       rows.wt = copy;
     }
     __syncthreads();
-    if constexpr (kRegisterChunks > 0) hold_in_registers(rows, static_cast<int>(G), nu, Hin);
+    if constexpr (kRegisterChunks > 0 && (kTensorCores || kTf32Tile))
+      hold_in_registers(rows, static_cast<int>(G), nu, Hin);
     return rows;
   }
   // Gathers the first weights' A fragments into registers where they fit
@@ -100,8 +103,7 @@ struct BlockExecutor {
       if (!mma::fits_registers(g, warps, kRegisterChunks)) return;
       mma_tile::gather_resident<kRegisterChunks>(g, w, resident_a);
       resident_key = rows.w;
-    } else if constexpr (kTf32Capable) {
-      if (!tf32) return;
+    } else {  // kTf32Tile (the caller's condition)
       const auto g = resident_tile<mma::TileGemmTf32>(1, Hin, Hin, rows, G, nu, G * nu);
       if (!mma::fits_registers(g, warps, kRegisterChunks)) return;
       mma_tile::gather_resident<kRegisterChunks>(g, w, resident_a);
@@ -137,12 +139,10 @@ struct BlockExecutor {
     if constexpr (kTensorCores) {
       tile_product(resident_tile<mma::TileGemm>(m, k, lda, rows, G, n, ldc), a, w, c, held(rows));
     } else {
-      if constexpr (kTf32Capable) {
-        if (tf32) {
-          tile_product(resident_tile<mma::TileGemmTf32>(m, k, lda, rows, G, n, ldc), a, w, c,
-                       held(rows));
-          return;
-        }
+      if constexpr (kTf32Tile) {
+        tile_product(resident_tile<mma::TileGemmTf32>(m, k, lda, rows, G, n, ldc), a, w, c,
+                     held(rows));
+        return;
       }
       // The G gates side by side in the copy: columns g*n + j of c.
       if (rows.wt != nullptr) return gemm_nn_ffma(m, G * n, k, a, lda, rows.wt, G * n, c, ldc, false);
@@ -196,13 +196,11 @@ struct BlockExecutor {
       mma_tile::block_tile_gemm(mma::TileGemm{m, k, n, lda, n, 0, 1, ldc, ldw, accumulate}, a, w, c);
       __syncthreads();
     } else {
-      if constexpr (kTf32Capable) {
-        if (tf32) {
-          mma_tile::block_tile_gemm(mma::TileGemmTf32{m, k, n, lda, n, 0, 1, ldc, ldw, accumulate},
-                                    a, w, c);
-          __syncthreads();
-          return;
-        }
+      if constexpr (kTf32Tile) {
+        mma_tile::block_tile_gemm(mma::TileGemmTf32{m, k, n, lda, n, 0, 1, ldc, ldw, accumulate},
+                                  a, w, c);
+        __syncthreads();
+        return;
       }
       gemm_nn_ffma(m, n, k, a, lda, w, ldw, c, ldc, accumulate);
     }
@@ -255,77 +253,69 @@ struct BlockExecutor {
   __device__ void barrier() { cg::this_grid().sync(); }
 };
 
-// A block's executor: the launch's dynamic shared memory, and the tf32 flag
-// where the dtype has a tf32 path (fp32; false for every other dtype).
-template <typename T, typename Acc, int kRegisterChunks = 0>
-__device__ BlockExecutor<T, Acc, kRegisterChunks> block_executor(bool tf32) {
-  return {{resident_shared, dynamic_shared_bytes()},
-          BlockExecutor<T, Acc, kRegisterChunks>::kTf32Capable && tf32,
-          {},
-          nullptr};
+// A block's executor: the launch's dynamic shared memory.
+template <typename T, typename Acc, bool kTf32, int kRegisterChunks = 0>
+__device__ BlockExecutor<T, Acc, kTf32, kRegisterChunks> block_executor() {
+  return {{resident_shared, dynamic_shared_bytes()}, {}, nullptr};
 }
 
 // The LSTM forward kernel holds a warp's W_hh fragments in registers where
 // they fit this many chunks of K (32 registers a thread: K up to 128 in
-// fp16/bf16, 64 in tf32).  Only there: the LSTM kernels already run one
-// block per SM (registers above 128), so the budget costs no residency;
-// the GRU and RNN forward kernels fit two and would drop to one.
+// fp16/bf16, 64 in tf32).  Only there: its tensor-core variants already
+// run one block per SM (sm_90: 138 registers without the budget, 168 fp16/
+// bf16 and 178 tf32 with it), so the budget costs no residency, while the
+// GRU and RNN forward kernels fit two blocks and would drop to one.  Its
+// FFMA variants (fp32 without allow_tf32, fp64) never use it.
 constexpr int kLstmRegisterChunks = 8;
 
 // Each kernel runs one layer direction (b.workers = 0) or both directions
 // of a bidirectional layer (partition::pair_worker: blocks [0, a.workers)
 // run a, the next b.workers run b, all at one grid barrier per phase).
-template <typename T, typename Acc>
+template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    lstm_forward_kernel(const partition::LSTMForwardSeq<T, Acc> a, const partition::LSTMForwardSeq<T, Acc> b,
-                      const bool tf32) {
-  auto ex = block_executor<T, Acc, kLstmRegisterChunks>(tf32);
+    lstm_forward_kernel(const partition::LSTMForwardSeq<T, Acc> a, const partition::LSTMForwardSeq<T, Acc> b) {
+  auto ex = block_executor<T, Acc, kTf32, kLstmRegisterChunks>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::lstm_forward_worker(s, k, e);
   });
 }
-template <typename T, typename Acc>
+template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    lstm_backward_kernel(const partition::LSTMBackwardSeq<T, Acc> a, const partition::LSTMBackwardSeq<T, Acc> b,
-                      const bool tf32) {
-  BlockExecutor<T, Acc> ex = block_executor<T, Acc>(tf32);
+    lstm_backward_kernel(const partition::LSTMBackwardSeq<T, Acc> a, const partition::LSTMBackwardSeq<T, Acc> b) {
+  auto ex = block_executor<T, Acc, kTf32>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::lstm_backward_worker(s, k, e);
   });
 }
-template <typename T, typename Acc>
+template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    gru_forward_kernel(const partition::GRUForwardSeq<T, Acc> a, const partition::GRUForwardSeq<T, Acc> b,
-                      const bool tf32) {
-  BlockExecutor<T, Acc> ex = block_executor<T, Acc>(tf32);
+    gru_forward_kernel(const partition::GRUForwardSeq<T, Acc> a, const partition::GRUForwardSeq<T, Acc> b) {
+  auto ex = block_executor<T, Acc, kTf32>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::gru_forward_worker(s, k, e);
   });
 }
-template <typename T, typename Acc>
+template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    gru_backward_kernel(const partition::GRUBackwardSeq<T, Acc> a, const partition::GRUBackwardSeq<T, Acc> b,
-                      const bool tf32) {
-  BlockExecutor<T, Acc> ex = block_executor<T, Acc>(tf32);
+    gru_backward_kernel(const partition::GRUBackwardSeq<T, Acc> a, const partition::GRUBackwardSeq<T, Acc> b) {
+  auto ex = block_executor<T, Acc, kTf32>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::gru_backward_worker(s, k, e);
   });
 }
 
-template <typename T, typename Acc>
+template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    rnn_forward_kernel(const partition::RNNForwardSeq<T, Acc> a, const partition::RNNForwardSeq<T, Acc> b,
-                      const bool tf32) {
-  BlockExecutor<T, Acc> ex = block_executor<T, Acc>(tf32);
+    rnn_forward_kernel(const partition::RNNForwardSeq<T, Acc> a, const partition::RNNForwardSeq<T, Acc> b) {
+  auto ex = block_executor<T, Acc, kTf32>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::rnn_forward_worker(s, k, e);
   });
 }
-template <typename T, typename Acc>
+template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-    rnn_backward_kernel(const partition::RNNBackwardSeq<T, Acc> a, const partition::RNNBackwardSeq<T, Acc> b,
-                      const bool tf32) {
-  BlockExecutor<T, Acc> ex = block_executor<T, Acc>(tf32);
+    rnn_backward_kernel(const partition::RNNBackwardSeq<T, Acc> a, const partition::RNNBackwardSeq<T, Acc> b) {
+  auto ex = block_executor<T, Acc, kTf32>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::rnn_backward_worker(s, k, e);
   });
@@ -383,8 +373,8 @@ cudaError_t usable_shared_bytes(Kernel kernel, int64_t bytes, int64_t blocks, si
 // one direction); G gates.  Every block gets the largest worker's
 // shared-memory size.
 template <typename T, class Seq>
-cudaError_t launch(void (*kernel)(const Seq, const Seq, const bool), const Seq& a, const Seq& b,
-                   int64_t G, bool backward, cudaStream_t stream, bool tf32) {
+cudaError_t launch(void (*kernel)(const Seq, const Seq), const Seq& a, const Seq& b, int64_t G,
+                   bool backward, cudaStream_t stream) {
   if (a.workers <= 0 || b.workers < 0) return cudaErrorInvalidValue;
   if (b.workers > 0 && !partition::same_barriers(a, b)) return cudaErrorInvalidValue;
   const int64_t workers = a.workers + b.workers;
@@ -393,8 +383,7 @@ cudaError_t launch(void (*kernel)(const Seq, const Seq, const bool), const Seq& 
   const cudaError_t err =
       usable_shared_bytes(kernel, bytes_a > bytes_b ? bytes_a : bytes_b, workers, &shared);
   if (err != cudaSuccess) return err;
-  bool tf32_arg = tf32;
-  void* args[] = {const_cast<Seq*>(&a), const_cast<Seq*>(&b), &tf32_arg};
+  void* args[] = {const_cast<Seq*>(&a), const_cast<Seq*>(&b)};
   return cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel),
                                      dim3(static_cast<unsigned>(workers)),
                                      dim3(kPersistentThreads), args, shared, stream);
@@ -402,11 +391,11 @@ cudaError_t launch(void (*kernel)(const Seq, const Seq, const bool), const Seq& 
 
 // One layer direction.
 template <typename T, class Seq>
-cudaError_t launch(void (*kernel)(const Seq, const Seq, const bool), const Seq& s, int64_t G,
-                   bool backward, cudaStream_t stream, bool tf32) {
+cudaError_t launch(void (*kernel)(const Seq, const Seq), const Seq& s, int64_t G, bool backward,
+                   cudaStream_t stream) {
   Seq none = s;
   none.workers = 0;
-  return launch<T>(kernel, s, none, G, backward, stream, tf32);
+  return launch<T>(kernel, s, none, G, backward, stream);
 }
 
 template <class Kernel>
@@ -433,101 +422,108 @@ cudaError_t resources(Kernel kernel, int* registers, int* shared_bytes) {
 
 }  // namespace
 
+// The kernel variant a call runs: the tf32 instantiation for fp32 with
+// `tf32`, else the plain one (the only one for other dtypes).
+#define RNN_EXT_VARIANT(kernel, tf32)                                                    \
+  ((tf32) && mma_tile::SupportsTf32<T, Acc>::value                                    \
+       ? kernel<T, Acc, mma_tile::SupportsTf32<T, Acc>::value>                         \
+       : kernel<T, Acc, false>)
+
 template <typename T, typename Acc>
-cudaError_t persistent_resources(int kind, int* registers, int* shared_bytes) {
+cudaError_t persistent_resources(int kind, bool tf32, int* registers, int* shared_bytes) {
   switch (kind) {
-    case 0: return resources(lstm_forward_kernel<T, Acc>, registers, shared_bytes);
-    case 1: return resources(lstm_backward_kernel<T, Acc>, registers, shared_bytes);
-    case 2: return resources(gru_forward_kernel<T, Acc>, registers, shared_bytes);
-    case 3: return resources(gru_backward_kernel<T, Acc>, registers, shared_bytes);
-    case 4: return resources(rnn_forward_kernel<T, Acc>, registers, shared_bytes);
-    default: return resources(rnn_backward_kernel<T, Acc>, registers, shared_bytes);
+    case 0: return resources(RNN_EXT_VARIANT(lstm_forward_kernel, tf32), registers, shared_bytes);
+    case 1: return resources(RNN_EXT_VARIANT(lstm_backward_kernel, tf32), registers, shared_bytes);
+    case 2: return resources(RNN_EXT_VARIANT(gru_forward_kernel, tf32), registers, shared_bytes);
+    case 3: return resources(RNN_EXT_VARIANT(gru_backward_kernel, tf32), registers, shared_bytes);
+    case 4: return resources(RNN_EXT_VARIANT(rnn_forward_kernel, tf32), registers, shared_bytes);
+    default: return resources(RNN_EXT_VARIANT(rnn_backward_kernel, tf32), registers, shared_bytes);
   }
 }
 
 template <typename T, typename Acc>
-cudaError_t persistent_max_workers(int device, int kind, int* workers) {
+cudaError_t persistent_max_workers(int device, int kind, bool tf32, int* workers) {
   switch (kind) {
-    case 0: return max_resident(lstm_forward_kernel<T, Acc>, device, workers);
-    case 1: return max_resident(lstm_backward_kernel<T, Acc>, device, workers);
-    case 2: return max_resident(gru_forward_kernel<T, Acc>, device, workers);
-    case 3: return max_resident(gru_backward_kernel<T, Acc>, device, workers);
-    case 4: return max_resident(rnn_forward_kernel<T, Acc>, device, workers);
-    default: return max_resident(rnn_backward_kernel<T, Acc>, device, workers);
+    case 0: return max_resident(RNN_EXT_VARIANT(lstm_forward_kernel, tf32), device, workers);
+    case 1: return max_resident(RNN_EXT_VARIANT(lstm_backward_kernel, tf32), device, workers);
+    case 2: return max_resident(RNN_EXT_VARIANT(gru_forward_kernel, tf32), device, workers);
+    case 3: return max_resident(RNN_EXT_VARIANT(gru_backward_kernel, tf32), device, workers);
+    case 4: return max_resident(RNN_EXT_VARIANT(rnn_forward_kernel, tf32), device, workers);
+    default: return max_resident(RNN_EXT_VARIANT(rnn_backward_kernel, tf32), device, workers);
   }
 }
 
 template <typename T, typename Acc>
 cudaError_t lstm_forward_persistent(const partition::LSTMForwardSeq<T, Acc>& s, cudaStream_t stream,
                    bool tf32) {
-  return launch<T>(lstm_forward_kernel<T, Acc>, s, 4, false, stream, tf32);
+  return launch<T>(RNN_EXT_VARIANT(lstm_forward_kernel, tf32), s, 4, false, stream);
 }
 template <typename T, typename Acc>
 cudaError_t lstm_forward_persistent_pair(const partition::LSTMForwardSeq<T, Acc>& a,
                                    const partition::LSTMForwardSeq<T, Acc>& b, cudaStream_t stream,
                    bool tf32) {
-  return launch<T>(lstm_forward_kernel<T, Acc>, a, b, 4, false, stream, tf32);
+  return launch<T>(RNN_EXT_VARIANT(lstm_forward_kernel, tf32), a, b, 4, false, stream);
 }
 template <typename T, typename Acc>
 cudaError_t lstm_backward_persistent(const partition::LSTMBackwardSeq<T, Acc>& s, cudaStream_t stream,
                    bool tf32) {
-  return launch<T>(lstm_backward_kernel<T, Acc>, s, 4, true, stream, tf32);
+  return launch<T>(RNN_EXT_VARIANT(lstm_backward_kernel, tf32), s, 4, true, stream);
 }
 template <typename T, typename Acc>
 cudaError_t lstm_backward_persistent_pair(const partition::LSTMBackwardSeq<T, Acc>& a,
                                    const partition::LSTMBackwardSeq<T, Acc>& b, cudaStream_t stream,
                    bool tf32) {
-  return launch<T>(lstm_backward_kernel<T, Acc>, a, b, 4, true, stream, tf32);
+  return launch<T>(RNN_EXT_VARIANT(lstm_backward_kernel, tf32), a, b, 4, true, stream);
 }
 template <typename T, typename Acc>
 cudaError_t gru_forward_persistent(const partition::GRUForwardSeq<T, Acc>& s, cudaStream_t stream,
                    bool tf32) {
-  return launch<T>(gru_forward_kernel<T, Acc>, s, 3, false, stream, tf32);
+  return launch<T>(RNN_EXT_VARIANT(gru_forward_kernel, tf32), s, 3, false, stream);
 }
 template <typename T, typename Acc>
 cudaError_t gru_forward_persistent_pair(const partition::GRUForwardSeq<T, Acc>& a,
                                    const partition::GRUForwardSeq<T, Acc>& b, cudaStream_t stream,
                    bool tf32) {
-  return launch<T>(gru_forward_kernel<T, Acc>, a, b, 3, false, stream, tf32);
+  return launch<T>(RNN_EXT_VARIANT(gru_forward_kernel, tf32), a, b, 3, false, stream);
 }
 template <typename T, typename Acc>
 cudaError_t gru_backward_persistent(const partition::GRUBackwardSeq<T, Acc>& s, cudaStream_t stream,
                    bool tf32) {
-  return launch<T>(gru_backward_kernel<T, Acc>, s, 3, true, stream, tf32);
+  return launch<T>(RNN_EXT_VARIANT(gru_backward_kernel, tf32), s, 3, true, stream);
 }
 template <typename T, typename Acc>
 cudaError_t gru_backward_persistent_pair(const partition::GRUBackwardSeq<T, Acc>& a,
                                    const partition::GRUBackwardSeq<T, Acc>& b, cudaStream_t stream,
                    bool tf32) {
-  return launch<T>(gru_backward_kernel<T, Acc>, a, b, 3, true, stream, tf32);
+  return launch<T>(RNN_EXT_VARIANT(gru_backward_kernel, tf32), a, b, 3, true, stream);
 }
 
 template <typename T, typename Acc>
 cudaError_t rnn_forward_persistent(const partition::RNNForwardSeq<T, Acc>& s, cudaStream_t stream,
                    bool tf32) {
-  return launch<T>(rnn_forward_kernel<T, Acc>, s, 1, false, stream, tf32);
+  return launch<T>(RNN_EXT_VARIANT(rnn_forward_kernel, tf32), s, 1, false, stream);
 }
 template <typename T, typename Acc>
 cudaError_t rnn_forward_persistent_pair(const partition::RNNForwardSeq<T, Acc>& a,
                                    const partition::RNNForwardSeq<T, Acc>& b, cudaStream_t stream,
                    bool tf32) {
-  return launch<T>(rnn_forward_kernel<T, Acc>, a, b, 1, false, stream, tf32);
+  return launch<T>(RNN_EXT_VARIANT(rnn_forward_kernel, tf32), a, b, 1, false, stream);
 }
 template <typename T, typename Acc>
 cudaError_t rnn_backward_persistent(const partition::RNNBackwardSeq<T, Acc>& s, cudaStream_t stream,
                    bool tf32) {
-  return launch<T>(rnn_backward_kernel<T, Acc>, s, 1, true, stream, tf32);
+  return launch<T>(RNN_EXT_VARIANT(rnn_backward_kernel, tf32), s, 1, true, stream);
 }
 template <typename T, typename Acc>
 cudaError_t rnn_backward_persistent_pair(const partition::RNNBackwardSeq<T, Acc>& a,
                                    const partition::RNNBackwardSeq<T, Acc>& b, cudaStream_t stream,
                    bool tf32) {
-  return launch<T>(rnn_backward_kernel<T, Acc>, a, b, 1, true, stream, tf32);
+  return launch<T>(RNN_EXT_VARIANT(rnn_backward_kernel, tf32), a, b, 1, true, stream);
 }
 
 #define RNN_EXT_INSTANTIATE(T, Acc)                                                                                                                               \
-  template cudaError_t persistent_max_workers<T, Acc>(int, int, int*);                                                                                            \
-  template cudaError_t persistent_resources<T, Acc>(int, int*, int*);                                                                                             \
+  template cudaError_t persistent_max_workers<T, Acc>(int, int, bool, int*);                                                                                      \
+  template cudaError_t persistent_resources<T, Acc>(int, bool, int*, int*);                                                                                       \
   template cudaError_t lstm_forward_persistent<T, Acc>(const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t, bool);                                                   \
   template cudaError_t lstm_forward_persistent_pair<T, Acc>(const partition::LSTMForwardSeq<T, Acc>&, const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t, bool);    \
   template cudaError_t lstm_backward_persistent<T, Acc>(const partition::LSTMBackwardSeq<T, Acc>&, cudaStream_t, bool);                                                 \
@@ -545,6 +541,7 @@ RNN_EXT_INSTANTIATE(double, double)
 RNN_EXT_INSTANTIATE(__half, float)
 RNN_EXT_INSTANTIATE(__nv_bfloat16, float)
 #undef RNN_EXT_INSTANTIATE
+#undef RNN_EXT_VARIANT
 
 }  // namespace cuda
 }  // namespace rnn_ext

@@ -15,7 +15,9 @@
 // m16n8k8 tile, operands rounded to tf32) where `tf32` is true, which the
 // ops pass as torch.backends.cuda.matmul.allow_tf32 (at::globalContext().
 // allowTF32CuBLAS(), read per call), else FFMA in fp32; fp64 always FFMA
-// (`tf32` ignored for every dtype but fp32).
+// (`tf32` ignored for every dtype but fp32).  The two fp32 paths are two
+// instantiations of each kernel, with their own registers: the fit rule
+// asks for the resources of the one the call runs.
 // The CUDA ops use it only when RNN_EXT_CUDA_PERSISTENT=1; "auto" never does.
 #pragma once
 
@@ -32,15 +34,17 @@ constexpr int kPersistentThreads = 256;
 // `device` without dynamic shared memory, which a cooperative launch
 // requires: the limit where the fit rule admits no worker count.
 template <typename T, typename Acc>
-cudaError_t persistent_max_workers(int device, int kind, int* workers);
+cudaError_t persistent_max_workers(int device, int kind, bool tf32, int* workers);
 // kind: 0 LSTM forward, 1 LSTM backward, 2 GRU forward, 3 GRU backward,
 // 4 RNN forward, 5 RNN backward.
 
 // The compiled resources of a kernel (cudaFuncGetAttributes), for the fit
 // rule (rnn_ext/fit.h): registers per thread and static shared memory (the
 // weights' dynamic shared memory comes on top).
+// tf32: of the variant a call with that flag runs (fp32 has two, the tf32
+// tile's and FFMA's; every other dtype one, whatever the flag).
 template <typename T, typename Acc>
-cudaError_t persistent_resources(int kind, int* registers, int* shared_bytes);
+cudaError_t persistent_resources(int kind, bool tf32, int* registers, int* shared_bytes);
 
 template <typename T, typename Acc>
 cudaError_t lstm_forward_persistent(const partition::LSTMForwardSeq<T, Acc>& s, cudaStream_t stream,

@@ -55,15 +55,23 @@ struct CudaSteps {
 
 using StepwiseCudaLoops = StepwiseLoops<CudaSteps>;
 
+// fp32 products of the persistent kernels on the tf32 tile: the switch the
+// stepwise path's cuBLASLt GEMMs follow (torch.backends.cuda.matmul.
+// allow_tf32), read at each op call, by the fit rule (which sizes for the
+// kernel variant that will run) and the launch alike.  The kernels use it
+// for fp32 only.
+inline bool allow_tf32() { return at::globalContext().allowTF32CuBLAS(); }
+
 // The fit rule (rnn_ext/fit.h) for one layer direction on this device,
 // with the compiled resources of the persistent kernel of `kind` (see
-// cuda/persistent.h) for ATen's dtype T.
+// cuda/persistent.h) for ATen's dtype T, in the variant allow_tf32 selects.
 template <typename T>
 fit::Decision persistent_fit(int kind, int64_t B, int64_t H, int64_t G, int64_t Hin,
                              const Tensor& like) {
   using K_ = typename CudaType<T>::type;
   int registers = 0, shared = 0;
-  check_launch(cuda::persistent_resources<K_, at::opmath_type<T>>(kind, &registers, &shared));
+  check_launch(cuda::persistent_resources<K_, at::opmath_type<T>>(kind, allow_tf32(), &registers,
+                                                                  &shared));
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(like.get_device());
   const fit::DeviceLimits device{prop->multiProcessorCount, prop->regsPerMultiprocessor,
                                  static_cast<int64_t>(prop->sharedMemPerMultiprocessor),
@@ -101,7 +109,7 @@ struct CudaRunner {
       using K_ = kernel_type<scalar_t>;
       using A_ = at::opmath_type<scalar_t>;
       workers = persistent_fit<scalar_t>(kind, B, H, G, Hin, like).workers;
-      check_launch(cuda::persistent_max_workers<K_, A_>(like.get_device(), kind, &limit));
+      check_launch(cuda::persistent_max_workers<K_, A_>(like.get_device(), kind, allow_tf32(), &limit));
     });
     TORCH_CHECK(limit > 0, "rnn_ext: the persistent CUDA kernels cannot be resident on ",
                 like.device());
@@ -116,26 +124,20 @@ struct CudaRunner {
     return at::tensor(L.active, at::kLong).to(like.device());
   }
   template <class Seq>
-  static void lstm_forward(const Seq& s, int64_t) { check_launch(cuda::lstm_forward_persistent(s, stream(), tf32())); }
+  static void lstm_forward(const Seq& s, int64_t) { check_launch(cuda::lstm_forward_persistent(s, stream(), allow_tf32())); }
   template <class Seq>
-  static void lstm_backward(const Seq& s, int64_t) { check_launch(cuda::lstm_backward_persistent(s, stream(), tf32())); }
+  static void lstm_backward(const Seq& s, int64_t) { check_launch(cuda::lstm_backward_persistent(s, stream(), allow_tf32())); }
   template <class Seq>
-  static void gru_forward(const Seq& s, int64_t) { check_launch(cuda::gru_forward_persistent(s, stream(), tf32())); }
+  static void gru_forward(const Seq& s, int64_t) { check_launch(cuda::gru_forward_persistent(s, stream(), allow_tf32())); }
   template <class Seq>
-  static void gru_backward(const Seq& s, int64_t) { check_launch(cuda::gru_backward_persistent(s, stream(), tf32())); }
+  static void gru_backward(const Seq& s, int64_t) { check_launch(cuda::gru_backward_persistent(s, stream(), allow_tf32())); }
   template <class Seq>
-  static void rnn_forward(const Seq& s, int64_t) { check_launch(cuda::rnn_forward_persistent(s, stream(), tf32())); }
+  static void rnn_forward(const Seq& s, int64_t) { check_launch(cuda::rnn_forward_persistent(s, stream(), allow_tf32())); }
   template <class Seq>
-  static void rnn_backward(const Seq& s, int64_t) { check_launch(cuda::rnn_backward_persistent(s, stream(), tf32())); }
+  static void rnn_backward(const Seq& s, int64_t) { check_launch(cuda::rnn_backward_persistent(s, stream(), allow_tf32())); }
 
  private:
   static cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
-  // fp32 products on the tf32 tensor-core tile: the switch the stepwise
-  // path's cuBLASLt GEMMs follow (torch.backends.cuda.matmul.allow_tf32),
-  // read at each launch.  The kernels use it for fp32 only.  The fit rule
-  // needs no variant of its own: both fp32 paths are one kernel, whose
-  // compiled registers cover either, on the same shared-memory copy.
-  static bool tf32() { return at::globalContext().allowTF32CuBLAS(); }
 };
 
 using PersistentCudaLoops = PartitionedLoops<CudaRunner>;
