@@ -5,13 +5,15 @@ unsorted lengths, forward and backward, in every dtype, with each worker's
 weights in its block's shared memory (the fit rule's sizes) and, forced past
 what shared memory holds, read in place; the fp16/bf16 products on
 tensor cores (batches of 1 to 17, partial tiles) within twice cuDNN's error;
-and every element written (poisoned allocations).  Marked `cuda`: none of
+fp32 with torch.backends.cuda.matmul.allow_tf32 on the tf32 tile within a
+tf32 bound, and off at fp32's; and every element written (poisoned
+allocations).  Marked `cuda`: none of
 this has run on a GPU yet."""
 import pytest
 import torch
 
 from _poison import poisoned_allocations
-from _utils import make_inputs, make_module, outputs_and_grads, run_ops, run_torch
+from _utils import make_inputs, make_module, outputs_and_grads, run_ops, run_torch, tf32
 from rnn_ext import functional
 from test_cuda import _errors
 
@@ -109,7 +111,10 @@ def test_fit_rule_routes_between_persistent_and_stepwise(monkeypatch, mode, B, H
 # 16 weight rows by 8 batch rows per mma.sync, K in chunks of 16): batches of
 # one tile column (1, 8), of two and three (9, 17), hidden sizes and input
 # depths that leave partial row and K tiles (37, 100), tiles spanning two
-# gates, and sorted lengths (fewer active rows per step).
+# gates, and sorted lengths (fewer active rows per step).  The LSTM forward
+# kernel holds W_hh's fragments in registers across steps where a worker's
+# rows and K fit (all of these: at most 8 row tiles, K <= 128); H = 300
+# (CASES) takes the shared-memory fallback.
 MMA_CASES = [  # T, B, I, H, lengths
     (5, 1, 7, 37, None),
     (5, 8, 7, 48, None),
@@ -189,3 +194,52 @@ def test_persistent_forced_past_shared_memory(persistent):
     shared memory: forced, the launch gives the blocks none and the workers
     read their weights in place, with the same numbers."""
     _check_against_reference("lstm", (3, 2, 1024, 0, None), torch.float64)
+
+
+# fp32 with allow_tf32: every per-step product (forward and backward) on the
+# tf32 tile (csrc/cuda/mma_tile.cuh: mma.sync m16n8k8 .tf32, each operand
+# rounded to tf32 by cvt.rna, 2^-11 relative, fp16's unit roundoff; fp32
+# accumulation), so fp16's tolerance; with it off the same kernel runs FFMA
+# at fp32's.  The results must also move with the switch (the flag reaches
+# the kernel): FFMA's are deterministic, so the difference is tf32's.
+TF32_TOL = TOL[torch.float16]
+TF32_CASES = [  # T, B, H, P, lengths: partial row, K and batch tiles, two batch tiles
+    (7, 3, 37, 0, None),
+    (6, 5, 300, 40, [2, 6, 0, 3, 6]),
+    (4, 17, 100, 0, None),
+]
+
+
+@pytest.mark.parametrize("case", TF32_CASES, ids=["h37", "h300-proj-unsorted", "b17-h100"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_persistent_fp32_follows_allow_tf32(kind, case, persistent):
+    if kind != "lstm" and case[3]:
+        pytest.skip("projection is LSTM only")
+    want = _run(kind, case, torch.float64, "reference")
+    with tf32(True):
+        names = _kernel_names(lambda: _run(kind, case, torch.float32, "cuda"))
+        on = _run(kind, case, torch.float32, "cuda")
+    assert any(f"{kind}_forward_kernel" in n for n in names), sorted(names)
+    assert any(f"{kind}_backward_kernel" in n for n in names), sorted(names)
+    assert not torch.backends.cuda.matmul.allow_tf32  # conftest's setting, restored
+    off = _run(kind, case, torch.float32, "cuda")
+    moved = 0.0
+    for got_on, got_off, w in zip(on[0] + on[1], off[0] + off[1], want[0] + want[1]):
+        scale = max(1.0, w.abs().max().item())
+        assert (got_on.double() - w).abs().max().item() <= TF32_TOL * scale
+        assert (got_off.double() - w).abs().max().item() <= TOL[torch.float32] * scale
+        moved = max(moved, (got_on - got_off).abs().max().item() / scale)
+    assert moved > 1e-5, "allow_tf32 did not change the fp32 results: the tf32 tile did not run"
+
+
+def test_persistent_tf32_writes_every_element(persistent):
+    """The tf32 tile's stores cover every gate column of every active row
+    (batch rows 9..11: a second, partial batch tile): poisoned allocations
+    give the clean run's results bit for bit."""
+    case = (6, 11, 37, 0, [6, 6, 5, 5, 4, 4, 3, 3, 2, 1, 1])
+    with tf32(True):
+        clean = _run("lstm", case, torch.float32, "cuda")
+        with poisoned_allocations():
+            poisoned = _run("lstm", case, torch.float32, "cuda")
+    for a, b in zip(clean[0] + clean[1], poisoned[0] + poisoned[1]):
+        assert torch.equal(a, b)

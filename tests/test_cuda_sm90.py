@@ -68,8 +68,9 @@ def test_kernels_fit_sm90(source, reports):
         assert r.get("stack", 0) == 0, f"{name} uses a local-memory stack: {r}"
         if "persistent" in source:
             assert r["registers"] * PERSISTENT_THREADS <= REGISTERS_PER_SM, f"{name}: {r}"
-    if "persistent" in source:  # forward and backward, LSTM, GRU and RNN, four dtypes
-        assert len(kernels) == 24, sorted(kernels)
+    if "persistent" in source:  # forward and backward, LSTM, GRU and RNN, four dtypes,
+        # and fp32's second variant (the tf32 tile)
+        assert len(kernels) == 30, sorted(kernels)
 
 
 def _ptx_entries(source, arch, tmp_path):
@@ -86,23 +87,45 @@ def _ptx_entries(source, arch, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_persistent_16bit_products_use_tensor_cores(arch, tmp_path):
+def test_persistent_products_use_tensor_cores(arch, tmp_path):
     """The per-step products of the fp16 and bf16 persistent kernels,
     forward and backward, are the tensor-core tile (csrc/cuda/mma_tile.cuh:
-    mma.sync m16n8k16 with fp32 accumulators, in the storage type's form);
-    fp32 and fp64 keep FFMA and have no MMA.  (Which instruction is
-    compiled, not that it is right: ctest mma_layout runs the tile's index
-    logic on the CPU.)"""
+    mma.sync m16n8k16 with fp32 accumulators, in the storage type's form).
+    fp32 has two variants of each kernel: the tf32 tile's (mma.sync m16n8k8
+    .tf32 on operands rounded by cvt.rna.tf32.f32), which a call with
+    allow_tf32 on launches, and FFMA in fp32 with no MMA; fp64 has FFMA
+    only, no MMA and no tf32 conversion.  No kernel keeps anything in local
+    memory (the LSTM forward's register-resident fragments included).
+    (Which instructions are compiled, not that they are right: ctest
+    mma_layout runs the tiles' index logic on the CPU.)"""
     entries = _ptx_entries("csrc/cuda/persistent.cu", arch, tmp_path)
-    assert len(entries) == 24, sorted(entries)
+    assert len(entries) == 30, sorted(entries)
     mma = {"__half": "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
            "__nv_bfloat16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"}
+    tf32_mma = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"
+    seen = {"tf32": 0, "f": 0, "d": 0}
     for name, ptx in entries.items():
-        type_name = next((t for t in mma if f"I{len(t)}{t}f" in name), None)
+        # Nothing in local memory: the LSTM forward kernels' W_hh fragments
+        # held across steps (mma_tile.cuh's ResidentA) stay in registers.
+        assert "__local_depot" not in ptx, name
+        type_name = next((t for t in mma if f"I{len(t)}{t}fLb0E" in name), None)
         if type_name:
             assert ptx.count("mma.sync") == ptx.count(mma[type_name]) >= 1, name
-        else:  # fp32 and fp64: FFMA
-            assert "mma.sync" not in ptx, name
+            assert "tf32" not in ptx, name
+        elif "IffLb1E" in name:  # fp32, allow_tf32: the tf32 tile
+            seen["tf32"] += 1
+            assert ptx.count("mma.sync") == ptx.count(tf32_mma) >= 1, name
+            assert "cvt.rna.tf32.f32" in ptx, name
+        elif "IffLb0E" in name:  # fp32 without: FFMA
+            seen["f"] += 1
+            assert "mma.sync" not in ptx and "tf32" not in ptx, name
+            assert "fma.rn.f32" in ptx, name
+        else:  # fp64: FFMA only
+            assert "IddLb0E" in name, name
+            seen["d"] += 1
+            assert "mma.sync" not in ptx and "tf32" not in ptx, name
+            assert "fma.rn.f64" in ptx, name
+    assert seen == {"tf32": 6, "f": 6, "d": 6}, seen
 
 
 # An H100 SXM (cudaDeviceProp): SMs, registers, shared memory, blocks and
@@ -139,10 +162,14 @@ def _weight_bytes(H, P, G, K, dtype_bytes, backward):
     return sum(-(-r * dtype_bytes // 16) * 16 for r in regions)
 
 
-def _persistent_kernels(reports, cell, direction, type_name):
+def _persistent_kernels(reports, cell, direction, type_name, tf32=False):
+    """ptxas's report of one kernel: `tf32` selects fp32's tf32 variant
+    (template argument kTf32; every other kernel is the false one)."""
     kernels = reports("csrc/cuda/persistent.cu")
+    variant = f"[fd]Lb{int(tf32)}E"
     found = [r for name, r in kernels.items()
-             if f"{cell}_{direction}_kernel" in name and re.search(rf"I{len(type_name)}{type_name}|I{type_name}[fd]E", name)]
+             if f"{cell}_{direction}_kernel" in name
+             and re.search(rf"I(?:{len(type_name)}{type_name}|{type_name}){variant}", name)]
     return found
 
 
@@ -176,6 +203,32 @@ def test_fit_rule_with_sm90_registers(reports, cell, G, type_name):
         assert not too_big["persistent"] and too_big["reason"] == "weights_exceed_chip"
         wide = _fit(256, 256, G, 256, 2, r["registers"], static, direction == "backward")
         assert not wide["persistent"] and wide["reason"] == "batch_too_large"
+
+
+@pytest.mark.parametrize("cell,G", [("lstm", 4), ("gru", 3), ("rnn", 1)])
+@pytest.mark.parametrize("tf32", [False, True], ids=["ffma", "tf32"])
+def test_fit_rule_fp32_kernel_variants(reports, cell, G, tf32):
+    """fp32's two variants (the tf32 tile's, FFMA's) have their own sm_90
+    registers, which the fit rule reads for the one a call runs
+    (persistent_resources' tf32), and the same fp32 copy of the weights: at
+    the issue's sizes each fits an H100 with the fp32 shared-memory bytes,
+    the registers of the blocks per SM within the register file.  The FFMA
+    variant (allow_tf32 is off by default) pays nothing for the tf32 path:
+    its kernels stay under 128 registers, two blocks per SM where the
+    shared memory allows."""
+    for direction in ("forward", "backward"):
+        [r] = _persistent_kernels(reports, cell, direction, "f", tf32)
+        if not tf32:
+            assert r["registers"] <= 128, (cell, direction, r)
+        static = r.get("shared", 0)
+        for H in (256, 1024):
+            for B in (1, 16):
+                d = _fit(H, H, G, B, 4, r["registers"], static, direction == "backward")
+                assert d["persistent"], (cell, direction, H, B, r, d)
+                per_sm, weights = d["blocks_per_sm"], d["weight_bytes_per_worker"]
+                assert weights == _weight_bytes(H, 0, G, d["workers"], 4, direction == "backward")
+                assert per_sm * r["registers"] * PERSISTENT_THREADS <= REGISTERS_PER_SM
+                assert per_sm * (static + weights + RESERVED_SHARED_PER_BLOCK) <= H100["shared_per_sm"]
 
 
 @pytest.mark.parametrize("backward", [False, True])

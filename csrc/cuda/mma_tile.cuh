@@ -1,16 +1,22 @@
-// The per-step product of the persistent kernels on tensor cores, for fp16
-// and bf16 storage with fp32 accumulation: c[b, r] = sum_q a[b, q] w_r[q]
-// as D = W . a^T with mma.sync m16n8k16 (weight rows on M, the batch on the
-// narrow N = 8, so a batch of 1..8 is one tile column).  The tiling, the
+// The per-step product of the persistent kernels on tensor cores, with fp32
+// accumulation: c[b, r] = sum_q a[b, q] w_r[q] as D = W . a^T (weight rows
+// on M, the batch on the narrow N = 8, so a batch of 1..8 is one tile
+// column): fp16 and bf16 storage with mma.sync m16n8k16, and fp32 storage,
+// where torch.backends.cuda.matmul.allow_tf32 is on, with mma.sync m16n8k8
+// .tf32 on the operands rounded to tf32 (cvt.rna.tf32.f32) as they are
+// loaded (the weights stay fp32 in shared memory).  The tiling, the
 // fragment layouts, the zero padding and the store guards are index
 // functions in rnn_ext/mma_layout.h, which the C++ test
 // (csrc/tests/test_mma_layout.cpp) runs for 32 emulated lanes; this file
 // adds only the loads, the packing into registers, the instruction and the
 // stores.
 //
-// NOT YET RUN ON A GPU.  The fragments are loaded from w (global memory, or
-// wherever GateRows points) every step, element by element: the weight rows
-// stay in L1/L2 or shared memory, not yet in registers across steps.
+// NOT YET RUN ON A GPU (neither form; the tf32 one is the newest).  The
+// fragments are loaded from w (global memory, or wherever GateRows points)
+// element by element: every step (block_tile_gemm), or, for the LSTM
+// forward kernel's W_hh where a warp's share fits its register budget, once
+// before the time loop into registers that every step reuses
+// (gather_resident, block_tile_gemm_resident; also not run on a GPU).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -35,6 +41,17 @@ struct Supported<__half, float> {
 };
 template <>
 struct Supported<__nv_bfloat16, float> {
+  static constexpr bool value = true;
+};
+
+// Whether the tf32 tile serves storage T with accumulation Acc: fp32 only,
+// and only where the caller asks for it (allow_tf32); fp64 never.
+template <typename T, typename Acc>
+struct SupportsTf32 {
+  static constexpr bool value = false;
+};
+template <>
+struct SupportsTf32<float, float> {
   static constexpr bool value = true;
 };
 
@@ -88,17 +105,100 @@ struct LaneOps {
       d[i] = offset >= 0 ? c[offset] : 0.f;
     }
   }
-  __device__ __forceinline__ void chunk(int64_t tile, int64_t k) {
-    uint32_t af[4], bf[2];
+  __device__ __forceinline__ void gather_a(int64_t tile, int64_t k, uint32_t (&af)[4]) const {
 #pragma unroll
     for (int j = 0; j < 4; ++j)
       af[j] = mma::pack_pair(load(w, g.a_offset(tile, k, lane, 2 * j)),
                              load(w, g.a_offset(tile, k, lane, 2 * j + 1)));
+  }
+  __device__ __forceinline__ void gather_b(int64_t tile, int64_t k, uint32_t (&bf)[2]) const {
 #pragma unroll
     for (int j = 0; j < 2; ++j)
       bf[j] = mma::pack_pair(load(a, g.b_offset(tile, k, lane, 2 * j)),
                              load(a, g.b_offset(tile, k, lane, 2 * j + 1)));
+  }
+  __device__ __forceinline__ void multiply(const uint32_t (&af)[4], const uint32_t (&bf)[2]) {
     mma_16x8x16(d, af, bf, T());
+  }
+  __device__ __forceinline__ void chunk(int64_t tile, int64_t k) {
+    uint32_t af[4], bf[2];
+    gather_a(tile, k, af);
+    gather_b(tile, k, bf);
+    multiply(af, bf);
+  }
+  __device__ __forceinline__ void end(int64_t tile) {
+#pragma unroll
+    for (int i = 0; i < mma::kCElems; ++i) {
+      const int64_t offset = g.c_offset(tile, lane, i);
+      if (offset >= 0) c[offset] = d[i];
+    }
+  }
+};
+
+// fp32 to tf32, rounded to nearest with ties away from zero (the CPU
+// emulation's mma::round_tf32_bits), in a 32-bit register for the mma.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+#else
+  __trap();  // callers select the tf32 tile for sm_80 and newer only
+  return 0;
+#endif
+}
+
+// D += A B, m16n8k8 with tf32 A and B (mma_layout.h's FragTf32 layouts).
+__device__ __forceinline__ void mma_16x8x8_tf32(float (&d)[mma::kCElems], const uint32_t (&a)[4],
+                                                const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  __trap();
+#endif
+}
+
+// LaneOps for fp32 storage on the tf32 instruction: each A and B element
+// loaded as fp32 (zero outside the product), rounded to tf32, one per
+// register.
+struct Tf32LaneOps {
+  const mma::TileGemmTf32& g;
+  const float* a;  // [batch, depth] in rows of g.lda: the B operand, transposed
+  const float* w;  // the weight rows: the A operand
+  float* c;
+  int lane;
+  float d[mma::kCElems];
+
+  __device__ __forceinline__ static uint32_t load(const float* p, int64_t offset) {
+    return to_tf32(offset >= 0 ? p[offset] : 0.f);
+  }
+  __device__ __forceinline__ void begin(int64_t tile) {
+#pragma unroll
+    for (int i = 0; i < mma::kCElems; ++i) {
+      const int64_t offset = g.accumulate ? g.c_offset(tile, lane, i) : -1;
+      d[i] = offset >= 0 ? c[offset] : 0.f;
+    }
+  }
+  __device__ __forceinline__ void gather_a(int64_t tile, int64_t k, uint32_t (&af)[4]) const {
+#pragma unroll
+    for (int i = 0; i < mma::kAElemsTf32; ++i) af[i] = load(w, g.a_offset(tile, k, lane, i));
+  }
+  __device__ __forceinline__ void gather_b(int64_t tile, int64_t k, uint32_t (&bf)[2]) const {
+#pragma unroll
+    for (int i = 0; i < mma::kBElemsTf32; ++i) bf[i] = load(a, g.b_offset(tile, k, lane, i));
+  }
+  __device__ __forceinline__ void multiply(const uint32_t (&af)[4], const uint32_t (&bf)[2]) {
+    mma_16x8x8_tf32(d, af, bf);
+  }
+  __device__ __forceinline__ void chunk(int64_t tile, int64_t k) {
+    uint32_t af[mma::kAElemsTf32], bf[mma::kBElemsTf32];
+    gather_a(tile, k, af);
+    gather_b(tile, k, bf);
+    multiply(af, bf);
   }
   __device__ __forceinline__ void end(int64_t tile) {
 #pragma unroll
@@ -119,6 +219,73 @@ __device__ __forceinline__ void block_tile_gemm(const mma::TileGemm& g, const T*
   LaneOps<T> ops{g, a, w, c, static_cast<int>(threadIdx.x % mma::kWarp), {}};
   mma::warp_tiles(g, static_cast<int>(threadIdx.x / mma::kWarp),
                   static_cast<int>(blockDim.x / mma::kWarp), ops);
+}
+// fp32 on the tf32 instruction, the same contract.
+__device__ __forceinline__ void block_tile_gemm(const mma::TileGemmTf32& g, const float* a,
+                                                const float* w, float* c) {
+  Tf32LaneOps ops{g, a, w, c, static_cast<int>(threadIdx.x % mma::kWarp), {}};
+  mma::warp_tiles(g, static_cast<int>(threadIdx.x / mma::kWarp),
+                  static_cast<int>(blockDim.x / mma::kWarp), ops);
+}
+
+// ------------------------------------------------ register-resident A ---
+// A lane's A fragments of its warp's row tile, chunk by chunk of K (4
+// registers a chunk in either form), held across the time loop
+// (mma_layout.h's warp_row_tile).  Indexed with constants only (the chunk
+// loops are unrolled to kMaxChunks), so the array stays in registers.
+template <int kMaxChunks>
+struct ResidentA {
+  uint32_t frag[kMaxChunks][4];
+};
+
+// Ops (LaneOps or Tf32LaneOps) with A from the resident registers: each
+// chunk gathers B only.
+template <class Ops, int kMaxChunks>
+struct ResidentOps : Ops {
+  const ResidentA<kMaxChunks>& resident;
+  __device__ __forceinline__ void chunk(int64_t tile, int c) {
+    uint32_t bf[2];
+    this->gather_b(tile, c, bf);
+    this->multiply(resident.frag[c], bf);
+  }
+};
+
+// Gathers the warp's A fragments of g into r (every thread of the block;
+// warps past the row tiles hold nothing), from w: the A operand as g reads
+// it.  `fits`: mma::fits_registers(g, warps, kMaxChunks) held.
+template <int kMaxChunks, class Ops>
+__device__ __forceinline__ void gather_resident(const Ops& ops, ResidentA<kMaxChunks>& r) {
+  const int warp = static_cast<int>(threadIdx.x / mma::kWarp);
+  if (warp >= ops.g.row_tiles()) return;
+  const int64_t tile = warp * ops.g.batch_tiles(), chunks = ops.g.k_chunks();
+#pragma unroll
+  for (int c = 0; c < kMaxChunks; ++c)
+    if (c < chunks) ops.gather_a(tile, c, r.frag[c]);
+}
+template <int kMaxChunks, typename T>
+__device__ __forceinline__ void gather_resident(const mma::TileGemm& g, const T* w,
+                                                ResidentA<kMaxChunks>& r) {
+  gather_resident(LaneOps<T>{g, nullptr, w, nullptr, static_cast<int>(threadIdx.x % mma::kWarp), {}}, r);
+}
+template <int kMaxChunks>
+__device__ __forceinline__ void gather_resident(const mma::TileGemmTf32& g, const float* w,
+                                                ResidentA<kMaxChunks>& r) {
+  gather_resident(Tf32LaneOps{g, nullptr, w, nullptr, static_cast<int>(threadIdx.x % mma::kWarp), {}}, r);
+}
+
+// block_tile_gemm with A from r (gathered by gather_resident for the same
+// weights, depth and rows; any batch): warp w computes row tile w's tiles.
+template <int kMaxChunks, typename T>
+__device__ __forceinline__ void block_tile_gemm_resident(const mma::TileGemm& g, const T* a,
+                                                         float* c, const ResidentA<kMaxChunks>& r) {
+  ResidentOps<LaneOps<T>, kMaxChunks> ops{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}, r};
+  mma::warp_row_tile<kMaxChunks>(g, static_cast<int>(threadIdx.x / mma::kWarp), ops);
+}
+template <int kMaxChunks>
+__device__ __forceinline__ void block_tile_gemm_resident(const mma::TileGemmTf32& g, const float* a,
+                                                         float* c, const ResidentA<kMaxChunks>& r) {
+  ResidentOps<Tf32LaneOps, kMaxChunks> ops{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}, r};
+  mma::warp_row_tile<kMaxChunks>(g, static_cast<int>(threadIdx.x / mma::kWarp), ops);
 }
 
 }  // namespace mma_tile

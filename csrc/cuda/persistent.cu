@@ -7,6 +7,17 @@
 // into its block's dynamic shared memory (layout: resident.h) and every
 // step's product reads them there.  A launch runs one layer direction, or
 // both directions of a bidirectional layer (partition::pair_worker).
+// The per-step products: fp16/bf16 on the m16n8k16 tensor-core tile; fp32
+// on the tf32 m16n8k8 tile where the call's `tf32` flag is set (the ops set
+// it from torch.backends.cuda.matmul.allow_tf32, per call), else FFMA in
+// fp32; fp64 always FFMA.  fp32's two paths are two instantiations of each
+// kernel (kTf32), not a runtime branch: the tf32 tile (and the LSTM
+// forward's register-resident fragments) needs registers the FFMA kernel,
+// the default (allow_tf32 is off by default), should not pay for (sm_90:
+// the fp32 LSTM kernels would go from two blocks per SM to one).  So the
+// compiled resources, which the fit rule reads (persistent_resources,
+// persistent_max_workers), are asked for the variant that runs; both read
+// the same fp32 weights in shared memory (resident.h).
 #include <cooperative_groups.h>
 
 #include "cuda/half_convert.cuh"
@@ -29,17 +40,36 @@ __device__ __forceinline__ int64_t dynamic_shared_bytes() {
   return bytes;
 }
 
-template <typename T, typename Acc>
+// kRegisterChunks > 0: the forward's W_hh fragments held in registers
+// across steps where a warp's share fits that many chunks of K (below).
+// kTf32: fp32's products on the tf32 tile (the allow_tf32 instantiation;
+// false for every other dtype).
+template <typename T, typename Acc, bool kTf32, int kRegisterChunks = 0>
 struct BlockExecutor {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   static constexpr bool kTensorCores = mma_tile::Supported<T, Acc>::value;
+  static constexpr bool kTf32Tile = kTf32 && mma_tile::SupportsTf32<T, Acc>::value;
 #else
   static constexpr bool kTensorCores = false;
+  static constexpr bool kTf32Tile = false;
 #endif
+  static_assert(!(kTensorCores && kTf32Tile), "one tile form per dtype");
   // What is left of the block's dynamic shared memory.  Every thread holds
   // the same copy and takes the same regions, so no thread waits for another
   // to learn where a region is.
   resident::Shelf shelf;
+  // The tensor-core tile's A fragments of the first weights resident_rows
+  // places that fit (W_hh; with a projection, W_hr only where W_hh does
+  // not fit; the other is read from shared memory), held in registers for
+  // the whole time loop (mma_layout.h's warp_row_tile:
+  // warp w owns row tile w) where every row tile has a warp and a warp's
+  // fragments fit kRegisterChunks chunks of K (4 registers each):
+  // resident_key is then those weights' GateRows::w, else null and every
+  // product gathers A from shared memory (the fallback).  Never both tile
+  // forms: the fragments are gathered for the one this launch runs.
+  static constexpr int kHeldChunks = kRegisterChunks > 0 ? kRegisterChunks : 1;
+  mma_tile::ResidentA<kHeldChunks> resident_a;
+  const T* resident_key;
 
   // Before the time loop: the worker's rows of w (G gates of units u, Hin
   // each) transposed into shared memory, [Hin, G*|u|] (GateRows::wt), so
@@ -57,7 +87,32 @@ struct BlockExecutor {
       rows.wt = copy;
     }
     __syncthreads();
+    if constexpr (kRegisterChunks > 0 && (kTensorCores || kTf32Tile))
+      hold_in_registers(rows, static_cast<int>(G), nu, Hin);
     return rows;
+  }
+  // Gathers the first weights' A fragments into registers where they fit
+  // (see resident_a), from the copy just made (or in place).
+  __device__ void hold_in_registers(const partition::GateRows<T>& rows, int G, int64_t nu,
+                                    int64_t Hin) {
+    if (resident_key != nullptr || nu <= 0) return;
+    const int warps = static_cast<int>(blockDim.x / mma::kWarp);
+    const T* w = rows.wt != nullptr ? rows.wt : rows.w;
+    if constexpr (kTensorCores) {
+      const auto g = resident_tile<mma::TileGemm>(1, Hin, Hin, rows, G, nu, G * nu);
+      if (!mma::fits_registers(g, warps, kRegisterChunks)) return;
+      mma_tile::gather_resident<kRegisterChunks>(g, w, resident_a);
+      resident_key = rows.w;
+    } else {  // kTf32Tile (the caller's condition)
+      const auto g = resident_tile<mma::TileGemmTf32>(1, Hin, Hin, rows, G, nu, G * nu);
+      if (!mma::fits_registers(g, warps, kRegisterChunks)) return;
+      mma_tile::gather_resident<kRegisterChunks>(g, w, resident_a);
+      resident_key = rows.w;
+    }
+  }
+  // Whether gemm_resident's rows are the ones held in registers.
+  __device__ bool held(const partition::GateRows<T>& rows) const {
+    return kRegisterChunks > 0 && resident_key != nullptr && rows.w == resident_key;
   }
   // Before the time loop: the [k, |cols|] block of w [k, ldw] into shared
   // memory, rows |cols| apart (the backward's operand); in place where it
@@ -74,26 +129,49 @@ struct BlockExecutor {
   }
   // fp16 and bf16 on sm_80 and newer: tensor cores (cuda/mma_tile.cuh), the
   // block's warps sharing the tiles of the G gates' rows (the rows of all
-  // gates numbered as c's columns are, so a tile may span two gates).
-  // Otherwise FFMA, one output per thread.
+  // gates numbered as c's columns are, so a tile may span two gates); fp32
+  // the same on the tf32 tile where asked for.  Otherwise FFMA, one output
+  // per thread.
   __device__ void gemm_resident(int64_t m, int64_t k, const T* a, int64_t lda,
                                 const partition::GateRows<T>& rows, int G, int64_t n, Acc* c,
                                 int64_t ldc) {
+    const T* w = rows.wt != nullptr ? rows.wt : rows.w;
     if constexpr (kTensorCores) {
-      // The shared-memory copy (rows.wt, [k, G*n]: product row r in column
-      // r, K rows G*n apart), else W_hh's rows in place, gate by gate.
-      const mma::TileGemm g =
-          rows.wt != nullptr
-              ? mma::TileGemm{m, k, G * n, lda, G * n, 0, 1, ldc, G * n}
-              : mma::TileGemm{m, k, G * n, lda, n, rows.gate_stride, rows.ld, ldc};
-      mma_tile::block_tile_gemm(g, a, rows.wt != nullptr ? rows.wt : rows.w, c);
-      __syncthreads();
+      tile_product(resident_tile<mma::TileGemm>(m, k, lda, rows, G, n, ldc), a, w, c, held(rows));
     } else {
+      if constexpr (kTf32Tile) {
+        tile_product(resident_tile<mma::TileGemmTf32>(m, k, lda, rows, G, n, ldc), a, w, c,
+                     held(rows));
+        return;
+      }
       // The G gates side by side in the copy: columns g*n + j of c.
-      if (rows.wt != nullptr) return gemm_nn(m, G * n, k, a, lda, rows.wt, G * n, c, ldc, false);
+      if (rows.wt != nullptr) return gemm_nn_ffma(m, G * n, k, a, lda, rows.wt, G * n, c, ldc, false);
       for (int g = 0; g < G; ++g)
         gemm_nt(m, n, k, a, lda, rows.gate(g), rows.ld, c + g * n, ldc, false);
     }
+  }
+  // gemm_resident's tile product, A from the registers where held.
+  template <class Tile>
+  __device__ void tile_product(const Tile& g, const T* a, const T* w, Acc* c, bool in_registers) {
+    if constexpr (kRegisterChunks > 0) {
+      if (in_registers) {
+        mma_tile::block_tile_gemm_resident<kRegisterChunks>(g, a, c, resident_a);
+        __syncthreads();
+        return;
+      }
+    }
+    mma_tile::block_tile_gemm(g, a, w, c);
+    __syncthreads();
+  }
+  // The tile product of gemm_resident: the shared-memory copy (rows.wt,
+  // [k, G*n]: product row r in column r, K rows G*n apart), else W_hh's
+  // rows in place, gate by gate.
+  template <class Tile>
+  __device__ static Tile resident_tile(int64_t m, int64_t k, int64_t lda,
+                                       const partition::GateRows<T>& rows, int G, int64_t n,
+                                       int64_t ldc) {
+    return rows.wt != nullptr ? Tile{m, k, G * n, lda, G * n, 0, 1, ldc, G * n}
+                              : Tile{m, k, G * n, lda, n, rows.gate_stride, rows.ld, ldc};
   }
   // c[m, n] (+)= a[m, k] w[n, k]^T: one output per thread at a time, FFMA in Acc.
   __device__ void gemm_nt(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
@@ -107,26 +185,38 @@ struct BlockExecutor {
     }
     __syncthreads();
   }
-  // c[m, n] (+)= a[m, k] w[k, n].  fp16/bf16 on sm_80+: the tensor-core
-  // tile with w^T as the A operand (product row r = column r of w, K rows
-  // ldw apart: the backward's shared-memory columns or W_hh in place), the
-  // batch on N as in the forward.  Otherwise FFMA: consecutive threads take
-  // consecutive columns j, so a row of w (in shared memory) is read from
-  // consecutive banks, and a row of a (h_{t-1} or the gate gradients, in
-  // global memory) is one address per warp and row i.
+  // c[m, n] (+)= a[m, k] w[k, n].  fp16/bf16 on sm_80+, and fp32 on the
+  // tf32 tile where asked for: the tensor-core tile with w^T as the A
+  // operand (product row r = column r of w, K rows ldw apart: the
+  // backward's shared-memory columns or W_hh in place), the batch on N as
+  // in the forward.  Otherwise FFMA.
   __device__ void gemm_nn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
                           const T* w, int64_t ldw, Acc* c, int64_t ldc, bool accumulate) {
     if constexpr (kTensorCores) {
-      const mma::TileGemm g{m, k, n, lda, n, 0, 1, ldc, ldw, accumulate};
-      mma_tile::block_tile_gemm(g, a, w, c);
+      mma_tile::block_tile_gemm(mma::TileGemm{m, k, n, lda, n, 0, 1, ldc, ldw, accumulate}, a, w, c);
+      __syncthreads();
     } else {
-      for (int64_t e = threadIdx.x; e < m * n; e += blockDim.x) {
-        const int64_t i = e / n, j = e % n;
-        Acc sum = accumulate ? c[i * ldc + j] : Acc(0);
-        for (int64_t q = 0; q < k; ++q)
-          sum += to_acc<Acc>(a[i * lda + q]) * to_acc<Acc>(w[q * ldw + j]);
-        c[i * ldc + j] = sum;
+      if constexpr (kTf32Tile) {
+        mma_tile::block_tile_gemm(mma::TileGemmTf32{m, k, n, lda, n, 0, 1, ldc, ldw, accumulate},
+                                  a, w, c);
+        __syncthreads();
+        return;
       }
+      gemm_nn_ffma(m, n, k, a, lda, w, ldw, c, ldc, accumulate);
+    }
+  }
+  // gemm_nn with FFMA in Acc: consecutive threads take consecutive columns
+  // j, so a row of w (in shared memory) is read from consecutive banks, and
+  // a row of a (h_{t-1} or the gate gradients, in global memory) is one
+  // address per warp and row i.
+  __device__ void gemm_nn_ffma(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
+                               const T* w, int64_t ldw, Acc* c, int64_t ldc, bool accumulate) {
+    for (int64_t e = threadIdx.x; e < m * n; e += blockDim.x) {
+      const int64_t i = e / n, j = e % n;
+      Acc sum = accumulate ? c[i * ldc + j] : Acc(0);
+      for (int64_t q = 0; q < k; ++q)
+        sum += to_acc<Acc>(a[i * lda + q]) * to_acc<Acc>(w[q * ldw + j]);
+      c[i * ldc + j] = sum;
     }
     __syncthreads();
   }
@@ -163,54 +253,69 @@ struct BlockExecutor {
   __device__ void barrier() { cg::this_grid().sync(); }
 };
 
+// A block's executor: the launch's dynamic shared memory.
+template <typename T, typename Acc, bool kTf32, int kRegisterChunks = 0>
+__device__ BlockExecutor<T, Acc, kTf32, kRegisterChunks> block_executor() {
+  return {{resident_shared, dynamic_shared_bytes()}, {}, nullptr};
+}
+
+// The LSTM forward kernel holds a warp's W_hh fragments in registers where
+// they fit this many chunks of K (32 registers a thread: K up to 128 in
+// fp16/bf16, 64 in tf32).  Only there: its tensor-core variants already
+// run one block per SM (sm_90: 138 registers without the budget, 168 fp16/
+// bf16 and 178 tf32 with it), so the budget costs no residency, while the
+// GRU and RNN forward kernels fit two blocks and would drop to one.  Its
+// FFMA variants (fp32 without allow_tf32, fp64) never use it.
+constexpr int kLstmRegisterChunks = 8;
+
 // Each kernel runs one layer direction (b.workers = 0) or both directions
 // of a bidirectional layer (partition::pair_worker: blocks [0, a.workers)
 // run a, the next b.workers run b, all at one grid barrier per phase).
-template <typename T, typename Acc>
+template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     lstm_forward_kernel(const partition::LSTMForwardSeq<T, Acc> a, const partition::LSTMForwardSeq<T, Acc> b) {
-  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+  auto ex = block_executor<T, Acc, kTf32, kLstmRegisterChunks>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::lstm_forward_worker(s, k, e);
   });
 }
-template <typename T, typename Acc>
+template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     lstm_backward_kernel(const partition::LSTMBackwardSeq<T, Acc> a, const partition::LSTMBackwardSeq<T, Acc> b) {
-  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+  auto ex = block_executor<T, Acc, kTf32>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::lstm_backward_worker(s, k, e);
   });
 }
-template <typename T, typename Acc>
+template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     gru_forward_kernel(const partition::GRUForwardSeq<T, Acc> a, const partition::GRUForwardSeq<T, Acc> b) {
-  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+  auto ex = block_executor<T, Acc, kTf32>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::gru_forward_worker(s, k, e);
   });
 }
-template <typename T, typename Acc>
+template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     gru_backward_kernel(const partition::GRUBackwardSeq<T, Acc> a, const partition::GRUBackwardSeq<T, Acc> b) {
-  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+  auto ex = block_executor<T, Acc, kTf32>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::gru_backward_worker(s, k, e);
   });
 }
 
-template <typename T, typename Acc>
+template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     rnn_forward_kernel(const partition::RNNForwardSeq<T, Acc> a, const partition::RNNForwardSeq<T, Acc> b) {
-  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+  auto ex = block_executor<T, Acc, kTf32>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::rnn_forward_worker(s, k, e);
   });
 }
-template <typename T, typename Acc>
+template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     rnn_backward_kernel(const partition::RNNBackwardSeq<T, Acc> a, const partition::RNNBackwardSeq<T, Acc> b) {
-  BlockExecutor<T, Acc> ex{{resident_shared, dynamic_shared_bytes()}};
+  auto ex = block_executor<T, Acc, kTf32>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::rnn_backward_worker(s, k, e);
   });
@@ -317,106 +422,126 @@ cudaError_t resources(Kernel kernel, int* registers, int* shared_bytes) {
 
 }  // namespace
 
+// The kernel variant a call runs: the tf32 instantiation for fp32 with
+// `tf32`, else the plain one (the only one for other dtypes).
+#define RNN_EXT_VARIANT(kernel, tf32)                                                    \
+  ((tf32) && mma_tile::SupportsTf32<T, Acc>::value                                    \
+       ? kernel<T, Acc, mma_tile::SupportsTf32<T, Acc>::value>                         \
+       : kernel<T, Acc, false>)
+
 template <typename T, typename Acc>
-cudaError_t persistent_resources(int kind, int* registers, int* shared_bytes) {
+cudaError_t persistent_resources(int kind, bool tf32, int* registers, int* shared_bytes) {
   switch (kind) {
-    case 0: return resources(lstm_forward_kernel<T, Acc>, registers, shared_bytes);
-    case 1: return resources(lstm_backward_kernel<T, Acc>, registers, shared_bytes);
-    case 2: return resources(gru_forward_kernel<T, Acc>, registers, shared_bytes);
-    case 3: return resources(gru_backward_kernel<T, Acc>, registers, shared_bytes);
-    case 4: return resources(rnn_forward_kernel<T, Acc>, registers, shared_bytes);
-    default: return resources(rnn_backward_kernel<T, Acc>, registers, shared_bytes);
+    case 0: return resources(RNN_EXT_VARIANT(lstm_forward_kernel, tf32), registers, shared_bytes);
+    case 1: return resources(RNN_EXT_VARIANT(lstm_backward_kernel, tf32), registers, shared_bytes);
+    case 2: return resources(RNN_EXT_VARIANT(gru_forward_kernel, tf32), registers, shared_bytes);
+    case 3: return resources(RNN_EXT_VARIANT(gru_backward_kernel, tf32), registers, shared_bytes);
+    case 4: return resources(RNN_EXT_VARIANT(rnn_forward_kernel, tf32), registers, shared_bytes);
+    default: return resources(RNN_EXT_VARIANT(rnn_backward_kernel, tf32), registers, shared_bytes);
   }
 }
 
 template <typename T, typename Acc>
-cudaError_t persistent_max_workers(int device, int kind, int* workers) {
+cudaError_t persistent_max_workers(int device, int kind, bool tf32, int* workers) {
   switch (kind) {
-    case 0: return max_resident(lstm_forward_kernel<T, Acc>, device, workers);
-    case 1: return max_resident(lstm_backward_kernel<T, Acc>, device, workers);
-    case 2: return max_resident(gru_forward_kernel<T, Acc>, device, workers);
-    case 3: return max_resident(gru_backward_kernel<T, Acc>, device, workers);
-    case 4: return max_resident(rnn_forward_kernel<T, Acc>, device, workers);
-    default: return max_resident(rnn_backward_kernel<T, Acc>, device, workers);
+    case 0: return max_resident(RNN_EXT_VARIANT(lstm_forward_kernel, tf32), device, workers);
+    case 1: return max_resident(RNN_EXT_VARIANT(lstm_backward_kernel, tf32), device, workers);
+    case 2: return max_resident(RNN_EXT_VARIANT(gru_forward_kernel, tf32), device, workers);
+    case 3: return max_resident(RNN_EXT_VARIANT(gru_backward_kernel, tf32), device, workers);
+    case 4: return max_resident(RNN_EXT_VARIANT(rnn_forward_kernel, tf32), device, workers);
+    default: return max_resident(RNN_EXT_VARIANT(rnn_backward_kernel, tf32), device, workers);
   }
 }
 
 template <typename T, typename Acc>
-cudaError_t lstm_forward_persistent(const partition::LSTMForwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(lstm_forward_kernel<T, Acc>, s, 4, false, stream);
+cudaError_t lstm_forward_persistent(const partition::LSTMForwardSeq<T, Acc>& s, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(RNN_EXT_VARIANT(lstm_forward_kernel, tf32), s, 4, false, stream);
 }
 template <typename T, typename Acc>
 cudaError_t lstm_forward_persistent_pair(const partition::LSTMForwardSeq<T, Acc>& a,
-                                   const partition::LSTMForwardSeq<T, Acc>& b, cudaStream_t stream) {
-  return launch<T>(lstm_forward_kernel<T, Acc>, a, b, 4, false, stream);
+                                   const partition::LSTMForwardSeq<T, Acc>& b, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(RNN_EXT_VARIANT(lstm_forward_kernel, tf32), a, b, 4, false, stream);
 }
 template <typename T, typename Acc>
-cudaError_t lstm_backward_persistent(const partition::LSTMBackwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(lstm_backward_kernel<T, Acc>, s, 4, true, stream);
+cudaError_t lstm_backward_persistent(const partition::LSTMBackwardSeq<T, Acc>& s, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(RNN_EXT_VARIANT(lstm_backward_kernel, tf32), s, 4, true, stream);
 }
 template <typename T, typename Acc>
 cudaError_t lstm_backward_persistent_pair(const partition::LSTMBackwardSeq<T, Acc>& a,
-                                   const partition::LSTMBackwardSeq<T, Acc>& b, cudaStream_t stream) {
-  return launch<T>(lstm_backward_kernel<T, Acc>, a, b, 4, true, stream);
+                                   const partition::LSTMBackwardSeq<T, Acc>& b, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(RNN_EXT_VARIANT(lstm_backward_kernel, tf32), a, b, 4, true, stream);
 }
 template <typename T, typename Acc>
-cudaError_t gru_forward_persistent(const partition::GRUForwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(gru_forward_kernel<T, Acc>, s, 3, false, stream);
+cudaError_t gru_forward_persistent(const partition::GRUForwardSeq<T, Acc>& s, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(RNN_EXT_VARIANT(gru_forward_kernel, tf32), s, 3, false, stream);
 }
 template <typename T, typename Acc>
 cudaError_t gru_forward_persistent_pair(const partition::GRUForwardSeq<T, Acc>& a,
-                                   const partition::GRUForwardSeq<T, Acc>& b, cudaStream_t stream) {
-  return launch<T>(gru_forward_kernel<T, Acc>, a, b, 3, false, stream);
+                                   const partition::GRUForwardSeq<T, Acc>& b, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(RNN_EXT_VARIANT(gru_forward_kernel, tf32), a, b, 3, false, stream);
 }
 template <typename T, typename Acc>
-cudaError_t gru_backward_persistent(const partition::GRUBackwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(gru_backward_kernel<T, Acc>, s, 3, true, stream);
+cudaError_t gru_backward_persistent(const partition::GRUBackwardSeq<T, Acc>& s, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(RNN_EXT_VARIANT(gru_backward_kernel, tf32), s, 3, true, stream);
 }
 template <typename T, typename Acc>
 cudaError_t gru_backward_persistent_pair(const partition::GRUBackwardSeq<T, Acc>& a,
-                                   const partition::GRUBackwardSeq<T, Acc>& b, cudaStream_t stream) {
-  return launch<T>(gru_backward_kernel<T, Acc>, a, b, 3, true, stream);
+                                   const partition::GRUBackwardSeq<T, Acc>& b, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(RNN_EXT_VARIANT(gru_backward_kernel, tf32), a, b, 3, true, stream);
 }
 
 template <typename T, typename Acc>
-cudaError_t rnn_forward_persistent(const partition::RNNForwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(rnn_forward_kernel<T, Acc>, s, 1, false, stream);
+cudaError_t rnn_forward_persistent(const partition::RNNForwardSeq<T, Acc>& s, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(RNN_EXT_VARIANT(rnn_forward_kernel, tf32), s, 1, false, stream);
 }
 template <typename T, typename Acc>
 cudaError_t rnn_forward_persistent_pair(const partition::RNNForwardSeq<T, Acc>& a,
-                                   const partition::RNNForwardSeq<T, Acc>& b, cudaStream_t stream) {
-  return launch<T>(rnn_forward_kernel<T, Acc>, a, b, 1, false, stream);
+                                   const partition::RNNForwardSeq<T, Acc>& b, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(RNN_EXT_VARIANT(rnn_forward_kernel, tf32), a, b, 1, false, stream);
 }
 template <typename T, typename Acc>
-cudaError_t rnn_backward_persistent(const partition::RNNBackwardSeq<T, Acc>& s, cudaStream_t stream) {
-  return launch<T>(rnn_backward_kernel<T, Acc>, s, 1, true, stream);
+cudaError_t rnn_backward_persistent(const partition::RNNBackwardSeq<T, Acc>& s, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(RNN_EXT_VARIANT(rnn_backward_kernel, tf32), s, 1, true, stream);
 }
 template <typename T, typename Acc>
 cudaError_t rnn_backward_persistent_pair(const partition::RNNBackwardSeq<T, Acc>& a,
-                                   const partition::RNNBackwardSeq<T, Acc>& b, cudaStream_t stream) {
-  return launch<T>(rnn_backward_kernel<T, Acc>, a, b, 1, true, stream);
+                                   const partition::RNNBackwardSeq<T, Acc>& b, cudaStream_t stream,
+                   bool tf32) {
+  return launch<T>(RNN_EXT_VARIANT(rnn_backward_kernel, tf32), a, b, 1, true, stream);
 }
 
 #define RNN_EXT_INSTANTIATE(T, Acc)                                                                                                                               \
-  template cudaError_t persistent_max_workers<T, Acc>(int, int, int*);                                                                                            \
-  template cudaError_t persistent_resources<T, Acc>(int, int*, int*);                                                                                             \
-  template cudaError_t lstm_forward_persistent<T, Acc>(const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t);                                                   \
-  template cudaError_t lstm_forward_persistent_pair<T, Acc>(const partition::LSTMForwardSeq<T, Acc>&, const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t);    \
-  template cudaError_t lstm_backward_persistent<T, Acc>(const partition::LSTMBackwardSeq<T, Acc>&, cudaStream_t);                                                 \
-  template cudaError_t lstm_backward_persistent_pair<T, Acc>(const partition::LSTMBackwardSeq<T, Acc>&, const partition::LSTMBackwardSeq<T, Acc>&, cudaStream_t); \
-  template cudaError_t gru_forward_persistent<T, Acc>(const partition::GRUForwardSeq<T, Acc>&, cudaStream_t);                                                     \
-  template cudaError_t gru_forward_persistent_pair<T, Acc>(const partition::GRUForwardSeq<T, Acc>&, const partition::GRUForwardSeq<T, Acc>&, cudaStream_t);       \
-  template cudaError_t gru_backward_persistent<T, Acc>(const partition::GRUBackwardSeq<T, Acc>&, cudaStream_t);                                                   \
-  template cudaError_t gru_backward_persistent_pair<T, Acc>(const partition::GRUBackwardSeq<T, Acc>&, const partition::GRUBackwardSeq<T, Acc>&, cudaStream_t);    \
-  template cudaError_t rnn_forward_persistent<T, Acc>(const partition::RNNForwardSeq<T, Acc>&, cudaStream_t);                                                     \
-  template cudaError_t rnn_forward_persistent_pair<T, Acc>(const partition::RNNForwardSeq<T, Acc>&, const partition::RNNForwardSeq<T, Acc>&, cudaStream_t);       \
-  template cudaError_t rnn_backward_persistent<T, Acc>(const partition::RNNBackwardSeq<T, Acc>&, cudaStream_t);                                                   \
-  template cudaError_t rnn_backward_persistent_pair<T, Acc>(const partition::RNNBackwardSeq<T, Acc>&, const partition::RNNBackwardSeq<T, Acc>&, cudaStream_t);
+  template cudaError_t persistent_max_workers<T, Acc>(int, int, bool, int*);                                                                                      \
+  template cudaError_t persistent_resources<T, Acc>(int, bool, int*, int*);                                                                                       \
+  template cudaError_t lstm_forward_persistent<T, Acc>(const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t, bool);                                                   \
+  template cudaError_t lstm_forward_persistent_pair<T, Acc>(const partition::LSTMForwardSeq<T, Acc>&, const partition::LSTMForwardSeq<T, Acc>&, cudaStream_t, bool);    \
+  template cudaError_t lstm_backward_persistent<T, Acc>(const partition::LSTMBackwardSeq<T, Acc>&, cudaStream_t, bool);                                                 \
+  template cudaError_t lstm_backward_persistent_pair<T, Acc>(const partition::LSTMBackwardSeq<T, Acc>&, const partition::LSTMBackwardSeq<T, Acc>&, cudaStream_t, bool); \
+  template cudaError_t gru_forward_persistent<T, Acc>(const partition::GRUForwardSeq<T, Acc>&, cudaStream_t, bool);                                                     \
+  template cudaError_t gru_forward_persistent_pair<T, Acc>(const partition::GRUForwardSeq<T, Acc>&, const partition::GRUForwardSeq<T, Acc>&, cudaStream_t, bool);       \
+  template cudaError_t gru_backward_persistent<T, Acc>(const partition::GRUBackwardSeq<T, Acc>&, cudaStream_t, bool);                                                   \
+  template cudaError_t gru_backward_persistent_pair<T, Acc>(const partition::GRUBackwardSeq<T, Acc>&, const partition::GRUBackwardSeq<T, Acc>&, cudaStream_t, bool);    \
+  template cudaError_t rnn_forward_persistent<T, Acc>(const partition::RNNForwardSeq<T, Acc>&, cudaStream_t, bool);                                                     \
+  template cudaError_t rnn_forward_persistent_pair<T, Acc>(const partition::RNNForwardSeq<T, Acc>&, const partition::RNNForwardSeq<T, Acc>&, cudaStream_t, bool);       \
+  template cudaError_t rnn_backward_persistent<T, Acc>(const partition::RNNBackwardSeq<T, Acc>&, cudaStream_t, bool);                                                   \
+  template cudaError_t rnn_backward_persistent_pair<T, Acc>(const partition::RNNBackwardSeq<T, Acc>&, const partition::RNNBackwardSeq<T, Acc>&, cudaStream_t, bool);
 RNN_EXT_INSTANTIATE(float, float)
 RNN_EXT_INSTANTIATE(double, double)
 RNN_EXT_INSTANTIATE(__half, float)
 RNN_EXT_INSTANTIATE(__nv_bfloat16, float)
 #undef RNN_EXT_INSTANTIATE
+#undef RNN_EXT_VARIANT
 
 }  // namespace cuda
 }  // namespace rnn_ext

@@ -55,16 +55,24 @@ struct CudaSteps {
 
 using StepwiseCudaLoops = StepwiseLoops<CudaSteps>;
 
+// fp32 products of the persistent kernels on the tf32 tile: the switch the
+// stepwise path's cuBLASLt GEMMs follow (torch.backends.cuda.matmul.
+// allow_tf32), read at each op call, by the fit rule (which sizes for the
+// kernel variant that will run) and the launch alike.  The kernels use it
+// for fp32 only.
+inline bool allow_tf32() { return at::globalContext().allowTF32CuBLAS(); }
+
 // The fit rule (rnn_ext/fit.h) for one layer direction on this device,
 // with the compiled resources of the persistent kernel of `kind` (see
-// cuda/persistent.h) for ATen's dtype T.
+// cuda/persistent.h) for ATen's dtype T, in the variant allow_tf32 selects.
 // directions = 2: both directions of a bidirectional layer in one launch.
 template <typename T>
 fit::Decision persistent_fit(int kind, int64_t B, int64_t H, int64_t G, int64_t Hin,
                              const Tensor& like, int64_t directions = 1) {
   using K_ = typename CudaType<T>::type;
   int registers = 0, shared = 0;
-  check_launch(cuda::persistent_resources<K_, at::opmath_type<T>>(kind, &registers, &shared));
+  check_launch(cuda::persistent_resources<K_, at::opmath_type<T>>(kind, allow_tf32(), &registers,
+                                                                  &shared));
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(like.get_device());
   const fit::DeviceLimits device{prop->multiProcessorCount, prop->regsPerMultiprocessor,
                                  static_cast<int64_t>(prop->sharedMemPerMultiprocessor),
@@ -113,7 +121,7 @@ struct CudaRunner {
       using K_ = kernel_type<scalar_t>;
       using A_ = at::opmath_type<scalar_t>;
       workers = persistent_fit<scalar_t>(kind, B, H, G, Hin, like, directions).workers;
-      check_launch(cuda::persistent_max_workers<K_, A_>(like.get_device(), kind, &limit));
+      check_launch(cuda::persistent_max_workers<K_, A_>(like.get_device(), kind, allow_tf32(), &limit));
     });
     TORCH_CHECK(limit >= directions, "rnn_ext: the persistent CUDA kernels cannot be resident on ",
                 like.device());
@@ -128,31 +136,31 @@ struct CudaRunner {
     return at::tensor(L.active, at::kLong).to(like.device());
   }
   template <class Seq>
-  static void lstm_forward(const Seq& s, int64_t) { check_launch(cuda::lstm_forward_persistent(s, stream())); }
+  static void lstm_forward(const Seq& s, int64_t) { check_launch(cuda::lstm_forward_persistent(s, stream(), allow_tf32())); }
   template <class Seq>
-  static void lstm_backward(const Seq& s, int64_t) { check_launch(cuda::lstm_backward_persistent(s, stream())); }
+  static void lstm_backward(const Seq& s, int64_t) { check_launch(cuda::lstm_backward_persistent(s, stream(), allow_tf32())); }
   template <class Seq>
-  static void gru_forward(const Seq& s, int64_t) { check_launch(cuda::gru_forward_persistent(s, stream())); }
+  static void gru_forward(const Seq& s, int64_t) { check_launch(cuda::gru_forward_persistent(s, stream(), allow_tf32())); }
   template <class Seq>
-  static void gru_backward(const Seq& s, int64_t) { check_launch(cuda::gru_backward_persistent(s, stream())); }
+  static void gru_backward(const Seq& s, int64_t) { check_launch(cuda::gru_backward_persistent(s, stream(), allow_tf32())); }
   template <class Seq>
-  static void rnn_forward(const Seq& s, int64_t) { check_launch(cuda::rnn_forward_persistent(s, stream())); }
+  static void rnn_forward(const Seq& s, int64_t) { check_launch(cuda::rnn_forward_persistent(s, stream(), allow_tf32())); }
   template <class Seq>
-  static void rnn_backward(const Seq& s, int64_t) { check_launch(cuda::rnn_backward_persistent(s, stream())); }
+  static void rnn_backward(const Seq& s, int64_t) { check_launch(cuda::rnn_backward_persistent(s, stream(), allow_tf32())); }
   // Both directions in one cooperative launch of a.workers + b.workers
   // blocks.  NOT YET RUN ON A GPU.
   template <class Seq>
-  static void lstm_forward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::lstm_forward_persistent_pair(a, b, stream())); }
+  static void lstm_forward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::lstm_forward_persistent_pair(a, b, stream(), allow_tf32())); }
   template <class Seq>
-  static void lstm_backward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::lstm_backward_persistent_pair(a, b, stream())); }
+  static void lstm_backward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::lstm_backward_persistent_pair(a, b, stream(), allow_tf32())); }
   template <class Seq>
-  static void gru_forward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::gru_forward_persistent_pair(a, b, stream())); }
+  static void gru_forward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::gru_forward_persistent_pair(a, b, stream(), allow_tf32())); }
   template <class Seq>
-  static void gru_backward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::gru_backward_persistent_pair(a, b, stream())); }
+  static void gru_backward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::gru_backward_persistent_pair(a, b, stream(), allow_tf32())); }
   template <class Seq>
-  static void rnn_forward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::rnn_forward_persistent_pair(a, b, stream())); }
+  static void rnn_forward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::rnn_forward_persistent_pair(a, b, stream(), allow_tf32())); }
   template <class Seq>
-  static void rnn_backward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::rnn_backward_persistent_pair(a, b, stream())); }
+  static void rnn_backward_pair(const Seq& a, const Seq& b, int64_t) { check_launch(cuda::rnn_backward_persistent_pair(a, b, stream(), allow_tf32())); }
 
  private:
   static cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }

@@ -33,6 +33,9 @@ static_assert(a_row(5, 0) == 1 && a_col(5, 0) == 2 && a_row(5, 7) == 9 && a_col(
 static_assert(b_row(5, 3) == 11 && b_col(5, 3) == 1, "B");
 static_assert(c_row(5, 2) == 9 && c_col(5, 2) == 2, "C");
 static_assert(pack_pair(0x1234, 0xabcd) == 0xabcd1234u, "pack");
+static_assert(tf32_a_row(5, 1) == 9 && tf32_a_col(5, 1) == 1 && tf32_a_col(5, 2) == 5, "tf32 A");
+static_assert(tf32_b_row(5, 1) == 5 && tf32_b_col(5, 1) == 1, "tf32 B");
+
 
 // ------------------------------------------------------------- layouts ---
 static void test_documented_lanes() {
@@ -338,12 +341,503 @@ static void test_emulated_backward_product() {
   run_nn_case(5, 300, 48, 300, 160, true, 8, 106); // more row tiles than one warp's
 }
 
+
+// ------------------------------------------------------------- tf32 -----
+static void test_tf32_documented_lanes() {
+  // Lane 0 (groupID 0, threadID_in_group 0) and lane 31 (7, 3), read off
+  // the PTX ISA's fragment figures for m16n8k8 with .tf32 A and B.
+  const int a0[4][2] = {{0, 0}, {8, 0}, {0, 4}, {8, 4}};
+  const int a31[4][2] = {{7, 3}, {15, 3}, {7, 7}, {15, 7}};
+  for (int i = 0; i < kAElemsTf32; ++i) {
+    EXPECT(tf32_a_row(0, i) == a0[i][0] && tf32_a_col(0, i) == a0[i][1], "tf32 A lane 0 a%d", i);
+    EXPECT(tf32_a_row(31, i) == a31[i][0] && tf32_a_col(31, i) == a31[i][1], "tf32 A lane 31 a%d", i);
+  }
+  const int b0[2][2] = {{0, 0}, {4, 0}};
+  const int b31[2][2] = {{3, 7}, {7, 7}};
+  for (int i = 0; i < kBElemsTf32; ++i) {
+    EXPECT(tf32_b_row(0, i) == b0[i][0] && tf32_b_col(0, i) == b0[i][1], "tf32 B lane 0 b%d", i);
+    EXPECT(tf32_b_row(31, i) == b31[i][0] && tf32_b_col(31, i) == b31[i][1], "tf32 B lane 31 b%d", i);
+  }
+}
+
+static void test_tf32_layout_derivation_and_coverage() {
+  const TileGemmTf32 tf32_depth17{1, 17, 1, 17, 1, 0, 1, 1};
+  const TileGemm bf16_depth17{1, 17, 1, 17, 1, 0, 1, 1};
+  EXPECT(tf32_depth17.k_chunks() == 3 && bf16_depth17.k_chunks() == 2, "K per chunk: 8 for tf32, 16 else");
+  // Strides over bit fields: lane = t0 + 4 t1, A element i = v0 + 2 v1
+  // (v0 steps M by 8, v1 steps K by 4), B element i steps K by 4.
+  int a[kM][kKTf32] = {}, b[kKTf32][kN] = {};
+  for (int lane = 0; lane < kWarp; ++lane) {
+    const int t0 = lane % 4, t1 = lane / 4;
+    for (int i = 0; i < kAElemsTf32; ++i) {
+      const int v0 = i & 1, v1 = i >> 1;
+      EXPECT(tf32_a_row(lane, i) == t1 + 8 * v0 && tf32_a_col(lane, i) == t0 + 4 * v1,
+             "tf32 A lane %d a%d", lane, i);
+      ++a[tf32_a_row(lane, i)][tf32_a_col(lane, i)];
+    }
+    for (int i = 0; i < kBElemsTf32; ++i) {
+      EXPECT(tf32_b_row(lane, i) == t0 + 4 * i && tf32_b_col(lane, i) == t1, "tf32 B lane %d b%d",
+             lane, i);
+      ++b[tf32_b_row(lane, i)][tf32_b_col(lane, i)];
+    }
+  }
+  for (int r = 0; r < kM; ++r)
+    for (int q = 0; q < kKTf32; ++q) EXPECT(a[r][q] == 1, "tf32 A(%d, %d) held %d times", r, q, a[r][q]);
+  for (int q = 0; q < kKTf32; ++q)
+    for (int n = 0; n < kN; ++n) EXPECT(b[q][n] == 1, "tf32 B(%d, %d) held %d times", q, n, b[q][n]);
+}
+
+static uint32_t bits_of(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+static float float_of(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+// What the emulated lane holds after cvt.rna.tf32.f32: the rounded value.
+static float to_tf32(float x) { return float_of(round_tf32_bits(bits_of(x))); }
+
+static void test_tf32_rounding() {
+  const float ulp = std::ldexp(1.f, -10);  // of tf32 at 1.0: 10 explicit mantissa bits
+  EXPECT(to_tf32(1.f) == 1.f && to_tf32(0.f) == 0.f && to_tf32(-0.f) == 0.f &&
+             std::signbit(to_tf32(-0.f)), "exact values");
+  EXPECT(to_tf32(1.f + ulp) == 1.f + ulp, "a tf32 value is kept");
+  EXPECT(to_tf32(1.f + ulp / 4) == 1.f, "below half an ulp: down");
+  EXPECT(to_tf32(1.f + 3 * ulp / 4) == 1.f + ulp, "above half an ulp: up");
+  EXPECT(to_tf32(1.f + ulp / 2) == 1.f + ulp, "tie: away from zero (not to even)");
+  EXPECT(to_tf32(1.f + 3 * ulp / 2) == 1.f + 2 * ulp, "tie from an odd value: away from zero");
+  EXPECT(to_tf32(-(1.f + ulp / 2)) == -(1.f + ulp), "negative tie: away from zero");
+  EXPECT(to_tf32(2.f - ulp / 4) == 2.f, "carry into the exponent");
+  EXPECT((bits_of(to_tf32(0.1f)) & 0x1fffu) == 0, "the low 13 bits are zero");
+  EXPECT(std::isinf(to_tf32(INFINITY)) && to_tf32(-INFINITY) < 0, "infinities kept");
+  EXPECT(std::isnan(to_tf32(std::nanf(""))), "NaN stays NaN");
+  EXPECT(std::isnan(to_tf32(float_of(0x7f800001u))), "a NaN with only low payload bits stays NaN");
+  EXPECT(std::isinf(to_tf32(3.4028235e38f)), "the largest fp32 rounds up to infinity");
+  // The relative bound the tests below rely on: half a tf32 ulp, 2^-11.
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> dist(-4.f, 4.f);
+  int bad = 0;
+  for (int k = 0; k < 10000; ++k) {
+    const float x = dist(rng), r = to_tf32(x);
+    bad += !(std::fabs(double(r) - x) <= std::ldexp(1.0, -11) * std::fabs(x) &&
+             (bits_of(r) & 0x1fffu) == 0);
+  }
+  EXPECT(bad == 0, "tf32 rounding: %d values beyond 2^-11 relative", bad);
+}
+
+// The tf32 instruction as the PTX ISA defines it, on one warp's registers:
+// D = A B + C with tf32 A and B (each register one rounded fp32), fp32
+// accumulation.  Unpacked through the tf32 layout functions.
+static void emulate_mma_tf32(float (&d)[kWarp][kCElems], const uint32_t (&a)[kWarp][kAElemsTf32],
+                             const uint32_t (&b)[kWarp][kBElemsTf32]) {
+  float A[kM][kKTf32], B[kKTf32][kN];
+  for (int lane = 0; lane < kWarp; ++lane) {
+    for (int i = 0; i < kAElemsTf32; ++i) A[tf32_a_row(lane, i)][tf32_a_col(lane, i)] = float_of(a[lane][i]);
+    for (int i = 0; i < kBElemsTf32; ++i) B[tf32_b_row(lane, i)][tf32_b_col(lane, i)] = float_of(b[lane][i]);
+  }
+  for (int lane = 0; lane < kWarp; ++lane)
+    for (int i = 0; i < kCElems; ++i) {
+      float sum = d[lane][i];
+      for (int q = 0; q < kKTf32; ++q) sum += A[c_row(lane, i)][q] * B[q][c_col(lane, i)];
+      d[lane][i] = sum;
+    }
+}
+
+// One warp of the tf32 emulation: what mma_tile::Tf32LaneOps does per lane
+// (load fp32 or zero at the layout's offset, round to tf32, one element
+// per register), for 32 lanes.
+struct EmulatedTf32Warp {
+  const TileGemmTf32& g;
+  const float* a;
+  const float* w;
+  float* c;
+  std::vector<int>* stores;
+  float d[kWarp][kCElems];
+
+  static uint32_t load(const float* p, int64_t offset) {
+    return round_tf32_bits(bits_of(offset >= 0 ? p[offset] : 0.f));
+  }
+  void begin(int64_t tile) {
+    for (int lane = 0; lane < kWarp; ++lane)
+      for (int i = 0; i < kCElems; ++i) {
+        const int64_t offset = g.accumulate ? g.c_offset(tile, lane, i) : -1;
+        d[lane][i] = offset >= 0 ? c[offset] : 0.f;
+      }
+  }
+  void chunk(int64_t tile, int64_t k) {
+    uint32_t af[kWarp][kAElemsTf32], bf[kWarp][kBElemsTf32];
+    for (int lane = 0; lane < kWarp; ++lane) {
+      for (int i = 0; i < kAElemsTf32; ++i) af[lane][i] = load(w, g.a_offset(tile, k, lane, i));
+      for (int i = 0; i < kBElemsTf32; ++i) bf[lane][i] = load(a, g.b_offset(tile, k, lane, i));
+    }
+    emulate_mma_tf32(d, af, bf);
+  }
+  void end(int64_t tile) {
+    for (int lane = 0; lane < kWarp; ++lane)
+      for (int i = 0; i < kCElems; ++i) {
+        const int64_t offset = g.c_offset(tile, lane, i);
+        if (offset < 0) continue;
+        c[offset] = d[lane][i];
+        ++(*stores)[offset];
+      }
+  }
+};
+
+// One output of the tf32 product against its two references: the plain
+// GEMM (in double) of the tf32-rounded operands, within fp32 accumulation
+// ((terms) * 2^-24 of the sum of magnitudes, twice over), and that of the
+// unrounded fp32 operands, within what rounding both operands to tf32 adds
+// (2^-11 relative each: 2^-10 + 2^-22 of the sum of magnitudes) on top.
+// `base`: c's starting value (accumulate), exact in both.
+struct Tf32Check {
+  double rounded = 0, exact = 0, scale = 0;
+  int64_t terms = 0;
+  void add(float x, float y) {
+    rounded += double(to_tf32(x)) * to_tf32(y);
+    const double p = double(x) * y;
+    exact += p;
+    scale += std::fabs(p);
+    ++terms;
+  }
+  bool ok(float got, double base, int64_t* beyond_fp32) const {
+    const double s = scale + std::fabs(base);
+    const double acc_tol = 2.0 * (terms + kKTf32 + 1) * std::ldexp(1.0, -24) * s * (1 + std::ldexp(1.0, -10));
+    const double tf32_tol = (std::ldexp(1.0, -10) + std::ldexp(1.0, -22)) * scale + acc_tol;
+    // How far tf32 moved the result: where beyond fp32's own error, the
+    // rounded reference tells the emulated rounding from none.
+    if (std::fabs(rounded - exact) > acc_tol) ++*beyond_fp32;
+    return std::fabs(got - (base + rounded)) <= acc_tol && std::fabs(got - (base + exact)) <= tf32_tol;
+  }
+};
+
+// The forward product on the tf32 tile, as gemm_resident builds it (in
+// place, or from the shared-memory copy): run_case's shapes with fp32 data.
+static void run_tf32_case(const Case& cs, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  const float nan = std::nanf("");
+  const int64_t B = cs.m + 2;
+  const int64_t lda = cs.depth + cs.lda_pad, ldw = cs.depth + cs.ldw_pad;
+  const int64_t rows = cs.G * cs.n, ldc = rows + cs.ldc_extra;
+  std::vector<float> a(B * lda), W(cs.G * cs.H * ldw);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t q = 0; q < lda; ++q) a[b * lda + q] = b < cs.m && q < cs.depth ? dist(rng) : nan;
+  for (int64_t r = 0; r < cs.G * cs.H; ++r)
+    for (int64_t q = 0; q < ldw; ++q) W[r * ldw + q] = q < cs.depth ? dist(rng) : nan;
+  std::vector<float> c(B * ldc, nan);
+  std::vector<int> stores(c.size(), 0);
+
+  const TileGemmTf32 in_place{cs.m, cs.depth, rows, lda, cs.n, cs.H * ldw, ldw, ldc};
+  const TileGemmTf32 transposed{cs.m, cs.depth, rows, lda, rows, 0, 1, ldc, rows};
+  const TileGemmTf32& g = cs.shared_copy ? transposed : in_place;
+  std::vector<float> wt(cs.depth * rows);
+  if (cs.shared_copy) {
+    const rnn_ext::partition::GateRows<float> gate_rows{W.data() + cs.u0 * ldw, cs.H * ldw, ldw};
+    rnn_ext::resident::pack_rows_transposed(gate_rows, cs.G, cs.n, cs.depth, wt.data(), 0, 1);
+  }
+  const float* w = cs.shared_copy ? wt.data() : W.data() + cs.u0 * ldw;
+  for (int warp = 0; warp < cs.warps; ++warp) {
+    EmulatedTf32Warp ops{g, a.data(), w, c.data(), &stores, {}};
+    warp_tiles(g, warp, cs.warps, ops);
+  }
+
+  int bad = 0;
+  int64_t beyond_fp32 = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t col = 0; col < ldc; ++col) {
+      const int64_t e = b * ldc + col;
+      if (b >= cs.m || col >= rows) {
+        if (!std::isnan(c[e]) || stores[e] != 0) ++bad;
+        continue;
+      }
+      const int64_t gate = col / cs.n, j = col % cs.n;
+      Tf32Check check;
+      for (int64_t q = 0; q < cs.depth; ++q)
+        check.add(a[b * lda + q], W[(gate * cs.H + cs.u0 + j) * ldw + q]);
+      const bool ok = stores[e] == 1 && check.ok(c[e], 0.0, &beyond_fp32);
+      if (!ok && bad < 5)
+        std::printf("  tf32 b=%ld col=%ld got %.9g want %.9g (fp32 operands %.9g) stores %d\n",
+                    (long)b, (long)col, c[e], check.rounded, check.exact, stores[e]);
+      bad += !ok;
+    }
+  EXPECT(bad == 0, "tf32 m=%ld depth=%ld n=%ld G=%ld warps=%d shared=%d: %d elements wrong",
+         (long)cs.m, (long)cs.depth, (long)cs.n, (long)cs.G, cs.warps, (int)cs.shared_copy, bad);
+  // Random fp32 data is not tf32: with depth >= 16 the rounding moves some
+  // results beyond fp32's error, so the rounded reference is a real check.
+  if (cs.depth >= 16 && cs.m * rows >= 16)
+    EXPECT(beyond_fp32 > 0, "tf32 m=%ld depth=%ld: rounding never mattered", (long)cs.m,
+           (long)cs.depth);
+}
+
+static void test_emulated_tf32_tile_gemm() {
+  const Case cases[] = {
+      // m, depth, n, G, H, u0, lda_pad, ldw_pad, ldc_extra, warps
+      {8, 8, 16, 1, 16, 0, 0, 0, 0, 1},      // one whole tile, one K chunk
+      {1, 37, 37, 4, 37, 0, 0, 0, 0, 8},     // B = 1; partial K chunk; tiles span gates
+      {3, 37, 9, 4, 37, 24, 0, 0, 0, 8},     // a worker's slice of 9 units
+      {9, 45, 5, 3, 11, 6, 0, 0, 0, 8},      // GRU gates; B = 9: two batch tiles
+      {17, 3, 29, 1, 29, 0, 0, 0, 0, 3},     // RNN; K < 8; B = 17; 3 warps
+      {5, 100, 33, 4, 70, 37, 3, 5, 0, 8},   // strided a and w
+      {6, 40, 11, 1, 40, 13, 0, 0, 29, 8},   // the projection: ldc > columns
+      {4, 0, 7, 4, 7, 0, 0, 0, 0, 8},        // depth 0: zeros
+      // The shared-memory copy of the worker's rows (transposed):
+      {3, 37, 9, 4, 37, 24, 0, 0, 0, 8, true},
+      {9, 45, 5, 3, 11, 6, 0, 2, 0, 8, true},
+      {17, 3, 29, 1, 29, 0, 0, 0, 0, 3, true},
+      {2, 300, 40, 4, 300, 160, 0, 0, 0, 8, true},
+  };
+  uint32_t seed = 201;
+  for (const Case& cs : cases) run_tf32_case(cs, seed++);
+}
+
+// The backward's product on the tf32 tile, as gemm_nn builds it (run_nn_case
+// with fp32 data): w^T the A operand, c accumulated from its own values.
+static void run_tf32_nn_case(int64_t m, int64_t k, int64_t n, int64_t ldw, int64_t col0,
+                             bool accumulate, int warps, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  const float nan = std::nanf("");
+  const int64_t B = m + 1, lda = k + 2, ldc = n + 3;
+  std::vector<float> a(B * lda), W(k * ldw);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t q = 0; q < lda; ++q) a[b * lda + q] = b < m && q < k ? dist(rng) : nan;
+  for (int64_t q = 0; q < k; ++q)
+    for (int64_t j = 0; j < ldw; ++j) W[q * ldw + j] = j >= col0 && j < col0 + n ? dist(rng) : nan;
+  std::vector<float> c(B * ldc, nan), c0;
+  for (int64_t b = 0; b < m; ++b)
+    for (int64_t j = 0; j < n; ++j) c[b * ldc + j] = accumulate ? dist(rng) : nan;
+  c0 = c;
+  std::vector<int> stores(c.size(), 0);
+  const TileGemmTf32 g{m, k, n, lda, n, 0, 1, ldc, ldw, accumulate};
+  const float* w = W.data() + col0;
+  for (int warp = 0; warp < warps; ++warp) {
+    EmulatedTf32Warp ops{g, a.data(), w, c.data(), &stores, {}};
+    warp_tiles(g, warp, warps, ops);
+  }
+  int bad = 0;
+  int64_t beyond_fp32 = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < ldc; ++j) {
+      const int64_t e = b * ldc + j;
+      if (b >= m || j >= n) {
+        if (!std::isnan(c[e]) || stores[e] != 0) ++bad;
+        continue;
+      }
+      Tf32Check check;
+      for (int64_t q = 0; q < k; ++q) check.add(a[b * lda + q], w[q * ldw + j]);
+      // The accumulators start from c as it is, unrounded (fp32 C operand).
+      bad += !(stores[e] == 1 && check.ok(c[e], accumulate ? c0[e] : 0.0, &beyond_fp32));
+    }
+  EXPECT(bad == 0, "tf32 nn m=%ld k=%ld n=%ld ldw=%ld acc=%d: %d elements wrong", (long)m,
+         (long)k, (long)n, (long)ldw, (int)accumulate, bad);
+  if (k >= 16) EXPECT(beyond_fp32 > 0, "tf32 nn m=%ld k=%ld: rounding never mattered", (long)m, (long)k);
+}
+
+static void test_emulated_tf32_backward_product() {
+  // m, k, n, ldw, first column, accumulate, warps
+  run_tf32_nn_case(1, 148, 9, 37, 24, true, 8, 301);    // in place, B = 1, LSTM 4H = 148
+  run_tf32_nn_case(9, 148, 9, 9, 0, true, 8, 302);      // the shared-memory copy: ldw = n
+  run_tf32_nn_case(17, 33, 40, 100, 60, false, 3, 303); // three batch tiles, partial K chunk
+  run_tf32_nn_case(8, 0, 5, 5, 0, true, 8, 304);        // k = 0 with accumulate: c unchanged
+  run_tf32_nn_case(5, 300, 48, 300, 160, true, 8, 305); // more row tiles than one warp's
+}
+
+// -------------------------------------------------- register-resident ---
+// The two tile forms for the resident schedule's emulation: storage, the
+// value the instruction sees, and one lane's A and B registers of a chunk
+// (as LaneOps::gather_a / gather_b and Tf32LaneOps's build them).
+struct Bf16Form {
+  using Gemm = TileGemm;
+  using Elem = uint16_t;
+  static constexpr int kK = 16;
+  static Elem make(float x) { return to_bf16(x); }
+  static double value(Elem e) { return from_bf16(e); }
+  static Elem at(const Elem* p, int64_t offset) { return offset >= 0 ? p[offset] : 0; }
+  static void gather_a(const Gemm& g, const Elem* w, int64_t tile, int64_t k, int lane, uint32_t (&af)[4]) {
+    for (int j = 0; j < 4; ++j)
+      af[j] = pack_pair(at(w, g.a_offset(tile, k, lane, 2 * j)), at(w, g.a_offset(tile, k, lane, 2 * j + 1)));
+  }
+  static void gather_b(const Gemm& g, const Elem* a, int64_t tile, int64_t k, int lane, uint32_t (&bf)[2]) {
+    for (int j = 0; j < 2; ++j)
+      bf[j] = pack_pair(at(a, g.b_offset(tile, k, lane, 2 * j)), at(a, g.b_offset(tile, k, lane, 2 * j + 1)));
+  }
+  static void mma(float (&d)[kWarp][kCElems], const uint32_t (&a)[kWarp][4], const uint32_t (&b)[kWarp][2]) {
+    emulate_mma(d, a, b);
+  }
+};
+struct Tf32Form {
+  using Gemm = TileGemmTf32;
+  using Elem = float;
+  static constexpr int kK = kKTf32;
+  static Elem make(float x) { return x; }
+  static double value(Elem e) { return to_tf32(e); }  // what the instruction multiplies
+  static uint32_t at(const Elem* p, int64_t offset) {
+    return round_tf32_bits(bits_of(offset >= 0 ? p[offset] : 0.f));
+  }
+  static void gather_a(const Gemm& g, const Elem* w, int64_t tile, int64_t k, int lane, uint32_t (&af)[4]) {
+    for (int i = 0; i < kAElemsTf32; ++i) af[i] = at(w, g.a_offset(tile, k, lane, i));
+  }
+  static void gather_b(const Gemm& g, const Elem* a, int64_t tile, int64_t k, int lane, uint32_t (&bf)[2]) {
+    for (int i = 0; i < kBElemsTf32; ++i) bf[i] = at(a, g.b_offset(tile, k, lane, i));
+  }
+  static void mma(float (&d)[kWarp][kCElems], const uint32_t (&a)[kWarp][4], const uint32_t (&b)[kWarp][2]) {
+    emulate_mma_tf32(d, a, b);
+  }
+};
+
+constexpr int kResidentChunks = 8;  // the LSTM forward kernel's budget (persistent.cu)
+
+// One warp of the resident schedule: A from `held` (gathered once), B
+// gathered per chunk, as mma_tile::ResidentOps does on the GPU.
+template <class Form>
+struct EmulatedResidentWarp {
+  const typename Form::Gemm& g;
+  const typename Form::Elem* a;
+  float* c;
+  std::vector<int>* stores;
+  const uint32_t (*held)[kResidentChunks][4];  // [lane][chunk][register]
+  float d[kWarp][kCElems];
+
+  void begin(int64_t) {
+    for (int lane = 0; lane < kWarp; ++lane)
+      for (int i = 0; i < kCElems; ++i) d[lane][i] = 0.f;
+  }
+  void chunk(int64_t tile, int k) {
+    uint32_t af[kWarp][4], bf[kWarp][2];
+    for (int lane = 0; lane < kWarp; ++lane) {
+      for (int j = 0; j < 4; ++j) af[lane][j] = held[lane][k][j];
+      Form::gather_b(g, a, tile, k, lane, bf[lane]);
+    }
+    Form::mma(d, af, bf);
+  }
+  void end(int64_t tile) {
+    for (int lane = 0; lane < kWarp; ++lane)
+      for (int i = 0; i < kCElems; ++i) {
+        const int64_t offset = g.c_offset(tile, lane, i);
+        if (offset < 0) continue;
+        c[offset] = d[lane][i];
+        ++(*stores)[offset];
+      }
+  }
+};
+
+// A worker's forward product over `steps` steps with the batches ms: its
+// rows of W [G*H, depth] (in place, or the shared-memory copy) gathered
+// into per-warp registers once, with a batch of 1 (as the kernel gathers
+// them before the time loop), then each step multiplies fresh h by them.
+template <class Form>
+static void run_resident_case(int64_t G, int64_t n, int64_t H, int64_t u0, int64_t depth,
+                              bool shared_copy, const std::vector<int64_t>& ms, uint32_t seed) {
+  using Elem = typename Form::Elem;
+  using Gemm = typename Form::Gemm;
+  const int warps = 8;
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  const float nan = std::nanf("");
+  const int64_t rows = G * n, ldw = depth + 1;
+  std::vector<Elem> W(G * H * ldw);
+  for (int64_t r = 0; r < G * H; ++r)
+    for (int64_t q = 0; q < ldw; ++q) W[r * ldw + q] = Form::make(q < depth ? dist(rng) : nan);
+  std::vector<Elem> wt(depth * rows);
+  const rnn_ext::partition::GateRows<Elem> gate_rows{W.data() + u0 * ldw, H * ldw, ldw};
+  if (shared_copy) rnn_ext::resident::pack_rows_transposed(gate_rows, G, n, depth, wt.data(), 0, 1);
+  const Elem* w = shared_copy ? wt.data() : gate_rows.w;
+  auto make_gemm = [&](int64_t m, int64_t lda, int64_t ldc) {
+    return shared_copy ? Gemm{m, depth, rows, lda, rows, 0, 1, ldc, rows}
+                       : Gemm{m, depth, rows, lda, n, H * ldw, ldw, ldc};
+  };
+  // Before the time loop: the fit, then each warp's fragments of its row tile.
+  const Gemm g0 = make_gemm(1, depth, rows);
+  EXPECT(fits_registers(g0, warps, kResidentChunks), "rows=%ld depth=%ld should fit", (long)rows, (long)depth);
+  std::vector<uint32_t> held(size_t(warps) * kWarp * kResidentChunks * 4, 0xdeadbeefu);
+  auto held_of = [&](int warp) {
+    return reinterpret_cast<uint32_t(*)[kResidentChunks][4]>(&held[size_t(warp) * kWarp * kResidentChunks * 4]);
+  };
+  for (int warp = 0; warp < warps && warp < g0.row_tiles(); ++warp)
+    for (int lane = 0; lane < kWarp; ++lane)
+      for (int c = 0; c < g0.k_chunks(); ++c) Form::gather_a(g0, w, warp * g0.batch_tiles(), c, lane, held_of(warp)[lane][c]);
+
+  int bad = 0;
+  for (size_t step = 0; step < ms.size(); ++step) {
+    const int64_t m = ms[step], B = m + 1, lda = depth + 2, ldc = rows + 3;
+    std::vector<Elem> a(B * lda);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t q = 0; q < lda; ++q) a[b * lda + q] = Form::make(b < m && q < depth ? dist(rng) : nan);
+    std::vector<float> c(B * ldc, nan);
+    std::vector<int> stores(c.size(), 0);
+    const Gemm g = make_gemm(m, lda, ldc);
+    // A's offsets depend on the row tile alone: the fragments gathered with
+    // a batch of 1 are this step's.
+    for (int warp = 0; warp < warps && warp < g.row_tiles(); ++warp)
+      for (int64_t bt = 0; bt < g.batch_tiles(); ++bt)
+        for (int lane = 0; lane < kWarp; lane += 5)
+          for (int64_t k = 0; k < g.k_chunks(); ++k)
+            for (int i = 0; i < 4; ++i)
+              bad += g.a_offset(warp * g.batch_tiles() + bt, k, lane, i) != g0.a_offset(warp, k, lane, i);
+    for (int warp = 0; warp < warps; ++warp) {
+      EmulatedResidentWarp<Form> ops{g, a.data(), c.data(), &stores, held_of(warp), {}};
+      warp_row_tile<kResidentChunks>(g, warp, ops);
+    }
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t col = 0; col < ldc; ++col) {
+        const int64_t e = b * ldc + col;
+        if (b >= m || col >= rows) {
+          bad += !std::isnan(c[e]) || stores[e] != 0;
+          continue;
+        }
+        const int64_t gate = col / n, j = col % n;
+        double want = 0, scale = 0;
+        for (int64_t q = 0; q < depth; ++q) {
+          const double p = Form::value(a[b * lda + q]) * Form::value(W[(gate * H + u0 + j) * ldw + q]);
+          want += p;
+          scale += std::fabs(p);
+        }
+        const double tol = 2.0 * (depth + Form::kK) * std::ldexp(1.0, -24) * scale;
+        bad += !(stores[e] == 1 && std::fabs(c[e] - want) <= tol);
+      }
+  }
+  EXPECT(bad == 0, "resident K=%d G=%ld n=%ld depth=%ld shared=%d: %d wrong", Form::kK, (long)G, (long)n,
+         (long)depth, (int)shared_copy, bad);
+}
+
+static void test_register_resident_schedule() {
+  // The fit: row tiles <= warps, chunks <= the budget.
+  const TileGemm fits{4, 128, 128, 128, 32, 0, 1, 128, 128};
+  const TileGemm too_many_rows{4, 128, 129, 128, 33, 0, 1, 129, 129};
+  const TileGemm too_deep{4, 129, 128, 129, 32, 0, 1, 128, 128};
+  const TileGemmTf32 tf32_fits{4, 64, 128, 64, 32, 0, 1, 128, 128};
+  const TileGemmTf32 tf32_too_deep{4, 65, 128, 65, 32, 0, 1, 128, 128};
+  EXPECT(fits_registers(fits, 8, kResidentChunks) && !fits_registers(too_many_rows, 8, kResidentChunks) &&
+             !fits_registers(too_deep, 8, kResidentChunks), "fits_registers, 16-bit");
+  EXPECT(fits_registers(tf32_fits, 8, kResidentChunks) && !fits_registers(tf32_too_deep, 8, kResidentChunks),
+         "fits_registers, tf32 (K 8 a chunk)");
+  // G, n, H, u0, depth, shared copy, the batches of the steps
+  const std::vector<int64_t> ms = {1, 9, 3, 17, 8};
+  run_resident_case<Bf16Form>(4, 9, 37, 24, 37, false, ms, 401);   // LSTM slice, in place, partial tiles
+  run_resident_case<Bf16Form>(4, 9, 37, 24, 37, true, ms, 402);    // the shared-memory copy
+  run_resident_case<Bf16Form>(4, 32, 64, 32, 128, true, ms, 403);  // 8 row tiles, 8 chunks: the budget
+  run_resident_case<Bf16Form>(4, 5, 11, 6, 5, true, ms, 404);      // K < one chunk
+  run_resident_case<Tf32Form>(4, 9, 37, 24, 37, false, ms, 405);
+  run_resident_case<Tf32Form>(4, 9, 37, 24, 37, true, ms, 406);
+  run_resident_case<Tf32Form>(4, 32, 64, 0, 64, true, ms, 407);    // 8 row tiles, 8 chunks of 8
+  run_resident_case<Tf32Form>(1, 13, 40, 27, 19, true, ms, 408);   // one gate (RNN-like), partial K
+}
+
 int main() {
   test_documented_lanes();
   test_stride_derivation();
   test_each_element_once();
   test_emulated_tile_gemm();
   test_emulated_backward_product();
+  test_tf32_documented_lanes();
+  test_tf32_layout_derivation_and_coverage();
+  test_tf32_rounding();
+  test_emulated_tf32_tile_gemm();
+  test_emulated_tf32_backward_product();
+  test_register_resident_schedule();
   if (failures) std::printf("%d failure(s)\n", failures);
   else std::printf("mma layout: all passed\n");
   return failures ? 1 : 0;
