@@ -365,8 +365,7 @@ class _RNNBase(nn.Module):
         layer_input = x
         D = self.num_directions
         for layer in range(self.num_layers):
-            if D == 2 and functional.pair_runs_compiled(self.backend, layer_input, self._cell,
-                                                        self.hidden_size, layer_input.size(1)):
+            if D == 2 and self._pairs_directions(layer_input):
                 outputs, hs, cs, ws = self._layer_pair(layer, layer_input, h0, c0, lengths,
                                                        packing, cast, want_internals)
                 h_n += hs
@@ -407,6 +406,18 @@ class _RNNBase(nn.Module):
         else:
             c_n = None
         return layer_input, h_n, c_n, workspaces
+
+    def _pairs_directions(self, layer_input):
+        """Whether a bidirectional layer runs as one pair call (both
+        directions in one op).  On a GPU, with the compiled cuda backend: the
+        persistent kernels run both directions in one launch there.  On the
+        CPU, no: one call per direction, each on every thread, ran 5-20%
+        faster than the pair op's one team split between the directions
+        plus the stacking of the two directions' tensors (bidir-2layer,
+        benchmarks/NOTES.md); the CPU pair op stays reachable through
+        functional.*_pair."""
+        return layer_input.device.type == "cuda" and functional.pair_runs_compiled(
+            self.backend, layer_input, self._cell, self.hidden_size, layer_input.size(1))
 
     def _layer_pair(self, layer, layer_input, h0, c0, lengths, packing, cast, want_internals):
         """Both directions of a bidirectional layer in one call of the

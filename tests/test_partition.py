@@ -175,8 +175,7 @@ def test_inference_writes_no_workspace(kind):
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_modules_use_inference_ops_without_grad(kind):
     """Under no_grad (and for inputs and weights that need no gradient), the
-    modules call the inference ops; with gradients, the training ops (a
-    bidirectional layer: the pair ops, both directions in one call)."""
+    modules call the inference ops; with gradients, the training ops."""
     cls = {"lstm": rnn_ext.LSTM, "gru": rnn_ext.GRU, "rnn": rnn_ext.RNN}[kind]
     m = cls(4, 6, num_layers=2, bidirectional=True, backend="cpu").double()
     x = torch.randn(5, 3, 4, dtype=torch.float64)
@@ -188,12 +187,12 @@ def test_modules_use_inference_ops_without_grad(kind):
 
     with torch.no_grad():
         names = op_names(lambda: m(x))
-    assert names == {f"rnn_ext::{kind}_pair_infer"}, names
+    assert names == {f"rnn_ext::{kind}_infer"}, names
     names = op_names(lambda: m(x))
-    assert names == {f"rnn_ext::{kind}_pair_forward"}, names
+    assert names == {f"rnn_ext::{kind}_forward"}, names
     with torch.no_grad():  # internals need the workspace, even without grad
         names = op_names(lambda: m.forward_with_internals(x))
-    assert names == {f"rnn_ext::{kind}_pair_forward"}, names
+    assert names == {f"rnn_ext::{kind}_forward"}, names
     with torch.no_grad():
         want = m(x)
     got = m(x)
