@@ -378,14 +378,8 @@ class _RNNBase(nn.Module):
             outputs = []
             for direction in range(D):
                 k = layer * D + direction
-                w_ih, w_hh, b_ih, b_hh, w_hr = (None if n is None else _weight(self, n)
-                                                for n in self._layout[k])
-                if cast is not None:
-                    w_ih, w_hh, b_ih, b_hh, w_hr = (None if w is None else w.to(cast)
-                                                    for w in (w_ih, w_hh, b_ih, b_hh, w_hr))
-                gx = self._projection(layer_input, w_ih, b_ih, packing)
-                if direction == 1:
-                    gx = reverse_within_lengths(gx, lengths)
+                gx, w_hh, b_hh, w_hr = self._direction_inputs(k, direction, layer_input, lengths,
+                                                              packing, cast)
                 y, h, c, ws = self._recurrence(gx, w_hh, b_hh, w_hr, h0[k],
                                                None if c0 is None else c0[k], lengths,
                                                want_internals)
@@ -406,6 +400,20 @@ class _RNNBase(nn.Module):
         else:
             c_n = None
         return layer_input, h_n, c_n, workspaces
+
+    def _direction_inputs(self, k, direction, layer_input, lengths, packing, cast):
+        """Layer direction k's input gates (direction 1's reversed within
+        lengths) and its recurrent weights: (gx, w_hh, b_hh, w_hr), in the
+        autocast dtype where there is one."""
+        w_ih, w_hh, b_ih, b_hh, w_hr = (None if n is None else _weight(self, n)
+                                        for n in self._layout[k])
+        if cast is not None:
+            w_ih, w_hh, b_ih, b_hh, w_hr = (None if w is None else w.to(cast)
+                                            for w in (w_ih, w_hh, b_ih, b_hh, w_hr))
+        gx = self._projection(layer_input, w_ih, b_ih, packing)
+        if direction == 1:
+            gx = reverse_within_lengths(gx, lengths)
+        return gx, w_hh, b_hh, w_hr
 
     def _pairs_directions(self, layer_input):
         """Whether a bidirectional layer runs as one pair call (both
@@ -428,17 +436,10 @@ class _RNNBase(nn.Module):
         as that loop collects them."""
         gxs, weights = [], []
         for direction in (0, 1):
-            k = layer * 2 + direction
-            w_ih, w_hh, b_ih, b_hh, w_hr = (None if n is None else _weight(self, n)
-                                            for n in self._layout[k])
-            if cast is not None:
-                w_ih, w_hh, b_ih, b_hh, w_hr = (None if w is None else w.to(cast)
-                                                for w in (w_ih, w_hh, b_ih, b_hh, w_hr))
-            gx = self._projection(layer_input, w_ih, b_ih, packing)
-            if direction == 1:
-                gx = reverse_within_lengths(gx, lengths)
+            gx, *w = self._direction_inputs(layer * 2 + direction, direction, layer_input, lengths,
+                                            packing, cast)
             gxs.append(gx)
-            weights.append((w_hh, b_hh, w_hr))
+            weights.append(w)
         w_hh, b_hh, w_hr = (None if w[0] is None else torch.stack(w) for w in zip(*weights))
         k = layer * 2
         y, h, c, ws = self._recurrence_pair(torch.stack(gxs), w_hh, b_hh, w_hr, h0[k:k + 2],

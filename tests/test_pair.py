@@ -284,13 +284,18 @@ def test_functional_pair_backends(backend):
         assert ws is None
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("device", ["cpu", "cpu-pair", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 def test_bidirectional_module_calls_pair(mode, device, monkeypatch):
     """A bidirectional module on the cuda backend runs each layer as one pair
     call, on the cpu backend as one call per direction (measured faster
     there, modules._pairs_directions), with the numbers of torch.nn either
-    way (packed input, lengths, two layers, projection for LSTM)."""
+    way (packed input, lengths, two layers, projection for LSTM).
+    "cpu-pair": the modules' pair path (the GPU's) run on the CPU."""
+    pair = device != "cpu"
+    if device == "cpu-pair":
+        device = "cpu"
+        monkeypatch.setattr(rnn_ext.modules._RNNBase, "_pairs_directions", lambda self, x: True)
     calls = []
     name = f"{mode.lower()}_pair"
     original = getattr(functional, name)
@@ -313,12 +318,20 @@ def test_bidirectional_module_calls_pair(mode, device, monkeypatch):
         calls.clear()
         got, got_h = ours(inp)
         want, want_h = theirs(inp)
-        assert len(calls) == (2 if device == "cuda" else 0)  # one per layer on the GPU
+        assert len(calls) == (2 if pair else 0)  # one per layer on the GPU
         if isinstance(inp, torch.nn.utils.rnn.PackedSequence):
             got, want = got.data, want.data
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
         for g, w in zip(got_h if mode == "LSTM" else [got_h], want_h if mode == "LSTM" else [want_h]):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    # The internals (gates, cell states) from the pair path equal the
+    # per-direction path's.
+    _, _, inside = ours.forward_with_internals(packed)
+    monkeypatch.setattr(rnn_ext.modules._RNNBase, "_pairs_directions", lambda self, x: False)
+    _, _, alone = ours.forward_with_internals(packed)
+    for a, b in zip(inside, alone):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.cuda
