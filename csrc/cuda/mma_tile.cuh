@@ -86,18 +86,18 @@ __device__ __forceinline__ void mma_16x8x16(float (&d)[mma::kCElems], const uint
 
 // One lane's part of mma::warp_tiles: its accumulators, and its loads and
 // stores at the offsets the layout functions give (-1: a zero, or no store).
-template <typename T>
-struct LaneOps {
-  const mma::TileGemm& g;
+// What both instructions share: the accumulators' start (zeros, or c with
+// g.accumulate) and store, and a chunk as gather A, gather B, multiply;
+// Ops (LaneOps, Tf32LaneOps) supplies those three.
+template <class Ops, class Gemm, typename T>
+struct LaneAccumulators {
+  const Gemm& g;
   const T* a;  // [batch, depth] in rows of g.lda: the B operand, transposed
   const T* w;  // the weight rows: the A operand
   float* c;
   int lane;
   float d[mma::kCElems];
 
-  __device__ __forceinline__ static uint16_t load(const T* p, int64_t offset) {
-    return offset >= 0 ? bits(p[offset]) : uint16_t(0);  // +0.0 in fp16 and bf16
-  }
   __device__ __forceinline__ void begin(int64_t tile) {
 #pragma unroll
     for (int i = 0; i < mma::kCElems; ++i) {
@@ -105,26 +105,12 @@ struct LaneOps {
       d[i] = offset >= 0 ? c[offset] : 0.f;
     }
   }
-  __device__ __forceinline__ void gather_a(int64_t tile, int64_t k, uint32_t (&af)[4]) const {
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      af[j] = mma::pack_pair(load(w, g.a_offset(tile, k, lane, 2 * j)),
-                             load(w, g.a_offset(tile, k, lane, 2 * j + 1)));
-  }
-  __device__ __forceinline__ void gather_b(int64_t tile, int64_t k, uint32_t (&bf)[2]) const {
-#pragma unroll
-    for (int j = 0; j < 2; ++j)
-      bf[j] = mma::pack_pair(load(a, g.b_offset(tile, k, lane, 2 * j)),
-                             load(a, g.b_offset(tile, k, lane, 2 * j + 1)));
-  }
-  __device__ __forceinline__ void multiply(const uint32_t (&af)[4], const uint32_t (&bf)[2]) {
-    mma_16x8x16(d, af, bf, T());
-  }
   __device__ __forceinline__ void chunk(int64_t tile, int64_t k) {
-    uint32_t af[4], bf[2];
-    gather_a(tile, k, af);
-    gather_b(tile, k, bf);
-    multiply(af, bf);
+    Ops& ops = static_cast<Ops&>(*this);
+    uint32_t af[4], bf[2];  // both instructions: 4 A and 2 B registers a lane
+    ops.gather_a(tile, k, af);
+    ops.gather_b(tile, k, bf);
+    ops.multiply(af, bf);
   }
   __device__ __forceinline__ void end(int64_t tile) {
 #pragma unroll
@@ -132,6 +118,29 @@ struct LaneOps {
       const int64_t offset = g.c_offset(tile, lane, i);
       if (offset >= 0) c[offset] = d[i];
     }
+  }
+};
+
+// fp16 / bf16 on m16n8k16: two 16-bit elements a register.
+template <typename T>
+struct LaneOps : LaneAccumulators<LaneOps<T>, mma::TileGemm, T> {
+  __device__ __forceinline__ static uint16_t load(const T* p, int64_t offset) {
+    return offset >= 0 ? bits(p[offset]) : uint16_t(0);  // +0.0 in fp16 and bf16
+  }
+  __device__ __forceinline__ void gather_a(int64_t tile, int64_t k, uint32_t (&af)[4]) const {
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      af[j] = mma::pack_pair(load(this->w, this->g.a_offset(tile, k, this->lane, 2 * j)),
+                             load(this->w, this->g.a_offset(tile, k, this->lane, 2 * j + 1)));
+  }
+  __device__ __forceinline__ void gather_b(int64_t tile, int64_t k, uint32_t (&bf)[2]) const {
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      bf[j] = mma::pack_pair(load(this->a, this->g.b_offset(tile, k, this->lane, 2 * j)),
+                             load(this->a, this->g.b_offset(tile, k, this->lane, 2 * j + 1)));
+  }
+  __device__ __forceinline__ void multiply(const uint32_t (&af)[4], const uint32_t (&bf)[2]) {
+    mma_16x8x16(this->d, af, bf, T());
   }
 };
 
@@ -162,26 +171,12 @@ __device__ __forceinline__ void mma_16x8x8_tf32(float (&d)[mma::kCElems], const 
 #endif
 }
 
-// LaneOps for fp32 storage on the tf32 instruction: each A and B element
-// loaded as fp32 (zero outside the product), rounded to tf32, one per
-// register.
-struct Tf32LaneOps {
-  const mma::TileGemmTf32& g;
-  const float* a;  // [batch, depth] in rows of g.lda: the B operand, transposed
-  const float* w;  // the weight rows: the A operand
-  float* c;
-  int lane;
-  float d[mma::kCElems];
-
+// fp32 storage on the tf32 instruction: each A and B element loaded as fp32
+// (zero outside the product), rounded to tf32, one per register.
+struct Tf32LaneOps : LaneAccumulators<Tf32LaneOps, mma::TileGemmTf32, float> {
+  static_assert(mma::kAElemsTf32 == 4 && mma::kBElemsTf32 == 2, "the shared chunk's registers");
   __device__ __forceinline__ static uint32_t load(const float* p, int64_t offset) {
     return to_tf32(offset >= 0 ? p[offset] : 0.f);
-  }
-  __device__ __forceinline__ void begin(int64_t tile) {
-#pragma unroll
-    for (int i = 0; i < mma::kCElems; ++i) {
-      const int64_t offset = g.accumulate ? g.c_offset(tile, lane, i) : -1;
-      d[i] = offset >= 0 ? c[offset] : 0.f;
-    }
   }
   __device__ __forceinline__ void gather_a(int64_t tile, int64_t k, uint32_t (&af)[4]) const {
 #pragma unroll
@@ -194,19 +189,6 @@ struct Tf32LaneOps {
   __device__ __forceinline__ void multiply(const uint32_t (&af)[4], const uint32_t (&bf)[2]) {
     mma_16x8x8_tf32(d, af, bf);
   }
-  __device__ __forceinline__ void chunk(int64_t tile, int64_t k) {
-    uint32_t af[mma::kAElemsTf32], bf[mma::kBElemsTf32];
-    gather_a(tile, k, af);
-    gather_b(tile, k, bf);
-    multiply(af, bf);
-  }
-  __device__ __forceinline__ void end(int64_t tile) {
-#pragma unroll
-    for (int i = 0; i < mma::kCElems; ++i) {
-      const int64_t offset = g.c_offset(tile, lane, i);
-      if (offset >= 0) c[offset] = d[i];
-    }
-  }
 };
 
 // The block's warps share the tiles of g: c = the product (k = 0: zeros),
@@ -216,14 +198,14 @@ struct Tf32LaneOps {
 template <typename T>
 __device__ __forceinline__ void block_tile_gemm(const mma::TileGemm& g, const T* a, const T* w,
                                                 float* c) {
-  LaneOps<T> ops{g, a, w, c, static_cast<int>(threadIdx.x % mma::kWarp), {}};
+  LaneOps<T> ops{{g, a, w, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}};
   mma::warp_tiles(g, static_cast<int>(threadIdx.x / mma::kWarp),
                   static_cast<int>(blockDim.x / mma::kWarp), ops);
 }
 // fp32 on the tf32 instruction, the same contract.
 __device__ __forceinline__ void block_tile_gemm(const mma::TileGemmTf32& g, const float* a,
                                                 const float* w, float* c) {
-  Tf32LaneOps ops{g, a, w, c, static_cast<int>(threadIdx.x % mma::kWarp), {}};
+  Tf32LaneOps ops{{g, a, w, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}};
   mma::warp_tiles(g, static_cast<int>(threadIdx.x / mma::kWarp),
                   static_cast<int>(blockDim.x / mma::kWarp), ops);
 }
@@ -265,12 +247,12 @@ __device__ __forceinline__ void gather_resident(const Ops& ops, ResidentA<kMaxCh
 template <int kMaxChunks, typename T>
 __device__ __forceinline__ void gather_resident(const mma::TileGemm& g, const T* w,
                                                 ResidentA<kMaxChunks>& r) {
-  gather_resident(LaneOps<T>{g, nullptr, w, nullptr, static_cast<int>(threadIdx.x % mma::kWarp), {}}, r);
+  gather_resident(LaneOps<T>{{g, nullptr, w, nullptr, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r);
 }
 template <int kMaxChunks>
 __device__ __forceinline__ void gather_resident(const mma::TileGemmTf32& g, const float* w,
                                                 ResidentA<kMaxChunks>& r) {
-  gather_resident(Tf32LaneOps{g, nullptr, w, nullptr, static_cast<int>(threadIdx.x % mma::kWarp), {}}, r);
+  gather_resident(Tf32LaneOps{{g, nullptr, w, nullptr, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r);
 }
 
 // block_tile_gemm with A from r (gathered by gather_resident for the same
@@ -278,13 +260,13 @@ __device__ __forceinline__ void gather_resident(const mma::TileGemmTf32& g, cons
 template <int kMaxChunks, typename T>
 __device__ __forceinline__ void block_tile_gemm_resident(const mma::TileGemm& g, const T* a,
                                                          float* c, const ResidentA<kMaxChunks>& r) {
-  ResidentOps<LaneOps<T>, kMaxChunks> ops{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}, r};
+  ResidentOps<LaneOps<T>, kMaxChunks> ops{{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r};
   mma::warp_row_tile<kMaxChunks>(g, static_cast<int>(threadIdx.x / mma::kWarp), ops);
 }
 template <int kMaxChunks>
 __device__ __forceinline__ void block_tile_gemm_resident(const mma::TileGemmTf32& g, const float* a,
                                                          float* c, const ResidentA<kMaxChunks>& r) {
-  ResidentOps<Tf32LaneOps, kMaxChunks> ops{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}, r};
+  ResidentOps<Tf32LaneOps, kMaxChunks> ops{{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r};
   mma::warp_row_tile<kMaxChunks>(g, static_cast<int>(threadIdx.x / mma::kWarp), ops);
 }
 
