@@ -259,19 +259,27 @@ def _lstm_setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs, *output[:4], output[4])
 
 
-def _lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, grad_ws, _grad_proj):
-    saved = ctx.saved_tensors
-    gx, w_hh, b_hh, w_hr, h0, c0, lengths, y, h_n, c_n, ws, proj_in = saved
-    if _create_graph(saved):
-        return _higher_order(ctx, reference.lstm_reference,
-                             (gx, w_hh, b_hh, w_hr, h0, c0, lengths),
-                             (y, h_n, c_n, ws), (grad_y, grad_h_n, grad_c_n, grad_ws))
-    d_gx, d_w_hh, d_b_hh, d_w_hr, d_h0, d_c0 = ops.lstm_backward(
-        _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n),
-        _zeros_if_none(grad_c_n, c_n), w_hh, w_hr, h0, c0, y, ws, proj_in,
-        lengths, grad_ws)
-    return (d_gx, d_w_hh, d_b_hh if b_hh is not None else None,
-            d_w_hr if w_hr is not None else None, d_h0, d_c0, None)
+# Each cell's backward, for its single-direction op and its pair op (the
+# same arguments, stacked): reference_fn is what double backward
+# differentiates, backward_op the kernels' backward.
+def _lstm_backward_of(reference_fn, backward_op):
+    def backward(ctx, grad_y, grad_h_n, grad_c_n, grad_ws, _grad_proj):
+        saved = ctx.saved_tensors
+        gx, w_hh, b_hh, w_hr, h0, c0, lengths, y, h_n, c_n, ws, proj_in = saved
+        if _create_graph(saved):
+            return _higher_order(ctx, reference_fn,
+                                 (gx, w_hh, b_hh, w_hr, h0, c0, lengths),
+                                 (y, h_n, c_n, ws), (grad_y, grad_h_n, grad_c_n, grad_ws))
+        d_gx, d_w_hh, d_b_hh, d_w_hr, d_h0, d_c0 = backward_op(
+            _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n),
+            _zeros_if_none(grad_c_n, c_n), w_hh, w_hr, h0, c0, y, ws, proj_in,
+            lengths, grad_ws)
+        return (d_gx, d_w_hh, d_b_hh if b_hh is not None else None,
+                d_w_hr if w_hr is not None else None, d_h0, d_c0, None)
+    return backward
+
+
+_lstm_backward = _lstm_backward_of(reference.lstm_reference, ops.lstm_backward)
 
 
 def _gru_setup_context(ctx, inputs, output):
@@ -279,16 +287,21 @@ def _gru_setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs, *output)
 
 
-def _gru_backward(ctx, grad_y, grad_h_n, grad_ws):
-    saved = ctx.saved_tensors
-    gx, w_hh, b_hh, h0, lengths, y, h_n, ws = saved
-    if _create_graph(saved):
-        return _higher_order(ctx, reference.gru_reference, (gx, w_hh, b_hh, h0, lengths),
-                             (y, h_n, ws), (grad_y, grad_h_n, grad_ws))
-    d_gx, d_w_hh, d_b_hh, d_h0 = ops.gru_backward(
-        _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n), w_hh, h0, y,
-        ws, lengths, grad_ws)
-    return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None
+def _gru_backward_of(reference_fn, backward_op):
+    def backward(ctx, grad_y, grad_h_n, grad_ws):
+        saved = ctx.saved_tensors
+        gx, w_hh, b_hh, h0, lengths, y, h_n, ws = saved
+        if _create_graph(saved):
+            return _higher_order(ctx, reference_fn, (gx, w_hh, b_hh, h0, lengths),
+                                 (y, h_n, ws), (grad_y, grad_h_n, grad_ws))
+        d_gx, d_w_hh, d_b_hh, d_h0 = backward_op(
+            _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n), w_hh, h0, y,
+            ws, lengths, grad_ws)
+        return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None
+    return backward
+
+
+_gru_backward = _gru_backward_of(reference.gru_reference, ops.gru_backward)
 
 
 def _rnn_setup_context(ctx, inputs, output):
@@ -297,17 +310,22 @@ def _rnn_setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:5], *output)
 
 
-def _rnn_backward(ctx, grad_y, grad_h_n, grad_ws):
-    saved = ctx.saved_tensors
-    gx, w_hh, b_hh, h0, lengths, y, h_n, ws = saved
-    if _create_graph(saved):
-        return _higher_order(ctx, reference.rnn_reference,
-                             (gx, w_hh, b_hh, h0, lengths, ctx.nonlinearity),
-                             (y, h_n, ws), (grad_y, grad_h_n, grad_ws))
-    d_gx, d_w_hh, d_b_hh, d_h0 = ops.rnn_backward(
-        _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n), w_hh, h0, y,
-        ws, lengths, grad_ws, ctx.nonlinearity)
-    return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None, None
+def _rnn_backward_of(reference_fn, backward_op):
+    def backward(ctx, grad_y, grad_h_n, grad_ws):
+        saved = ctx.saved_tensors
+        gx, w_hh, b_hh, h0, lengths, y, h_n, ws = saved
+        if _create_graph(saved):
+            return _higher_order(ctx, reference_fn,
+                                 (gx, w_hh, b_hh, h0, lengths, ctx.nonlinearity),
+                                 (y, h_n, ws), (grad_y, grad_h_n, grad_ws))
+        d_gx, d_w_hh, d_b_hh, d_h0 = backward_op(
+            _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n), w_hh, h0, y,
+            ws, lengths, grad_ws, ctx.nonlinearity)
+        return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None, None
+    return backward
+
+
+_rnn_backward = _rnn_backward_of(reference.rnn_reference, ops.rnn_backward)
 
 
 torch.library.register_autograd("rnn_ext::lstm_forward", _lstm_backward,
@@ -427,44 +445,9 @@ _gru_pair_reference = _pair_reference(reference.gru_reference, 4)
 _rnn_pair_reference = _pair_reference(reference.rnn_reference, 4)
 
 
-def _lstm_pair_backward(ctx, grad_y, grad_h_n, grad_c_n, grad_ws, _grad_proj):
-    saved = ctx.saved_tensors
-    gx, w_hh, b_hh, w_hr, h0, c0, lengths, y, h_n, c_n, ws, proj_in = saved
-    if _create_graph(saved):
-        return _higher_order(ctx, _lstm_pair_reference,
-                             (gx, w_hh, b_hh, w_hr, h0, c0, lengths),
-                             (y, h_n, c_n, ws), (grad_y, grad_h_n, grad_c_n, grad_ws))
-    d_gx, d_w_hh, d_b_hh, d_w_hr, d_h0, d_c0 = ops.lstm_pair_backward(
-        _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n),
-        _zeros_if_none(grad_c_n, c_n), w_hh, w_hr, h0, c0, y, ws, proj_in,
-        lengths, grad_ws)
-    return (d_gx, d_w_hh, d_b_hh if b_hh is not None else None,
-            d_w_hr if w_hr is not None else None, d_h0, d_c0, None)
-
-
-def _gru_pair_backward(ctx, grad_y, grad_h_n, grad_ws):
-    saved = ctx.saved_tensors
-    gx, w_hh, b_hh, h0, lengths, y, h_n, ws = saved
-    if _create_graph(saved):
-        return _higher_order(ctx, _gru_pair_reference, (gx, w_hh, b_hh, h0, lengths),
-                             (y, h_n, ws), (grad_y, grad_h_n, grad_ws))
-    d_gx, d_w_hh, d_b_hh, d_h0 = ops.gru_pair_backward(
-        _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n), w_hh, h0, y,
-        ws, lengths, grad_ws)
-    return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None
-
-
-def _rnn_pair_backward(ctx, grad_y, grad_h_n, grad_ws):
-    saved = ctx.saved_tensors
-    gx, w_hh, b_hh, h0, lengths, y, h_n, ws = saved
-    if _create_graph(saved):
-        return _higher_order(ctx, _rnn_pair_reference,
-                             (gx, w_hh, b_hh, h0, lengths, ctx.nonlinearity),
-                             (y, h_n, ws), (grad_y, grad_h_n, grad_ws))
-    d_gx, d_w_hh, d_b_hh, d_h0 = ops.rnn_pair_backward(
-        _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n), w_hh, h0, y,
-        ws, lengths, grad_ws, ctx.nonlinearity)
-    return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None, None
+_lstm_pair_backward = _lstm_backward_of(_lstm_pair_reference, ops.lstm_pair_backward)
+_gru_pair_backward = _gru_backward_of(_gru_pair_reference, ops.gru_pair_backward)
+_rnn_pair_backward = _rnn_backward_of(_rnn_pair_reference, ops.rnn_pair_backward)
 
 
 # The setup_context functions are the single-direction ones: the same
