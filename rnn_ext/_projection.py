@@ -3,15 +3,26 @@ as one GEMM before the recurrence.
 
 On the CPU in fp32 it runs through oneDNN's matmul (PyTorch's
 mkldnn._linear_pointwise, what Inductor uses for linear layers) instead of
-F.linear's MKL sgemm when the sequence has enough rows (T x B >= MIN_ROWS):
-on the AMD EPYC the CPU benchmarks run on, MKL does not take its fastest
-code path and oneDNN's product is then 1.1x-1.6x faster; torch.nn's LSTM
-gets its projection from oneDNN too.  The
-input gradient likewise; the weight gradient stays with MKL, which is as
-fast there (benchmarks/NOTES.md).  Everywhere else (GPU, other dtypes,
-torch.compile, torch.func, tracing, oneDNN switched off or absent) it is
-F.linear, unchanged.
+F.linear's MKL sgemm where that was measured faster, and so may the input
+gradient; the weight gradient stays with MKL, at the machine's rate there.
+Which is faster depends on the instruction set oneDNN and MKL pick their
+kernels for, so the rule is one row per ISA (RULES; measurements in
+benchmarks/NOTES.md, both on AMD EPYC CPUs, where MKL does not take its
+fastest code path):
+  AVX512  oneDNN for both products from 256 rows (T x B) on: 1.1x-1.6x
+          MKL there; below, oneDNN's per-call weight reorder does not pay
+          (24 rows: 1.5x-3x slower than MKL).
+  AVX2    the forward through oneDNN from 16 rows on where the weight is
+          large (I >= 256 and at least 2^18 elements): 1.1x-1.6x MKL at
+          24-128 rows, about equal beyond; with small weights MKL (up to
+          2x faster at I = 16).  The input gradient through oneDNN only from
+          1024 rows on: with the transposed weight view it was 0.6x-0.95x
+          MKL's mm below that, about equal above.
+Everywhere else (GPU, other dtypes or ISAs, torch.compile, torch.func,
+tracing, oneDNN switched off or absent) it is F.linear, unchanged.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +30,31 @@ from ._function import plain_eager
 
 _onednn_linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 _ONEDNN = _onednn_linear is not None and torch.backends.mkldnn.is_available()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """When the projection's products go through oneDNN (fp32, CPU)."""
+    min_rows: int         # forward: at least this many rows (T x B) ...
+    min_in: int           # ... an input size at least this ...
+    min_weight: int       # ... and at least this many weight elements
+    grad_min_rows: int    # the input gradient: at least this many rows
+
+
+RULES = {
+    "AVX512": Rule(min_rows=256, min_in=0, min_weight=0, grad_min_rows=256),
+    "AVX2": Rule(min_rows=16, min_in=256, min_weight=1 << 18, grad_min_rows=1024),
+}
+
+
+def _cpu_rule():
+    try:
+        return RULES.get(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # noqa: BLE001 -- an unknown build: no rule, F.linear
+        return None
+
+
+RULE = _cpu_rule()
 
 
 def _linear(x2d, w, b):
@@ -41,8 +77,11 @@ class _OneDNNLinear(torch.autograd.Function):
         g = grad.reshape(-1, grad.size(-1))
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            # w.t() as oneDNN's weight [in, out] view: no transposed copy.
-            gx = _linear(g, w.t(), None).view(x.shape)
+            if RULE is not None and g.size(0) >= RULE.grad_min_rows:
+                # w.t() as oneDNN's weight [in, out] view: no transposed copy.
+                gx = _linear(g, w.t(), None).view(x.shape)
+            else:
+                gx = g.mm(w).view(x.shape)
         if ctx.needs_input_grad[1]:
             gw = g.t().mm(x.reshape(-1, x.size(-1)))
         if ctx.needs_input_grad[2]:
@@ -50,19 +89,15 @@ class _OneDNNLinear(torch.autograd.Function):
         return gx, gw, gb
 
 
-# oneDNN's product reorders the weight on every call, which a short product
-# does not repay: below this many rows (T x B) MKL is faster (at 24 rows 1.5x-3x,
-# at 96 either way, from 256 rows on oneDNN by 1.1x-1.25x; benchmarks/NOTES.md).
-MIN_ROWS = 256
-
-
 def _use_onednn(x, w, b):
     # plain_eager() first: torch.compile must not see the rest (it traces F.linear).
-    return (plain_eager() and _ONEDNN and x.device.type == "cpu"
+    if not (plain_eager() and _ONEDNN and RULE is not None and x.device.type == "cpu"
             and x.dtype == torch.float32 and w.dtype == torch.float32
-            and (b is None or b.dtype == torch.float32)
-            and x.numel() >= MIN_ROWS * x.size(-1) > 0
-            and torch.backends.mkldnn.enabled)
+            and (b is None or b.dtype == torch.float32) and torch.backends.mkldnn.enabled):
+        return False
+    rows = x.numel() // max(x.size(-1), 1)
+    return (x.numel() > 0 and rows >= RULE.min_rows and x.size(-1) >= RULE.min_in
+            and w.numel() >= RULE.min_weight)
 
 
 def input_projection(x, w, b):

@@ -9,10 +9,21 @@ from rnn_ext import _projection
 
 needs_onednn = pytest.mark.skipif(not _projection._ONEDNN, reason="PyTorch built without oneDNN")
 
+# The rules the tests run under, whatever this machine's ISA: the small test
+# shapes on oneDNN's side, the input gradient through oneDNN or through MKL.
+GRAD_ONEDNN = _projection.Rule(min_rows=256, min_in=0, min_weight=0, grad_min_rows=256)
+GRAD_MKL = _projection.Rule(min_rows=256, min_in=0, min_weight=0, grad_min_rows=1 << 30)
+
+
+@pytest.fixture(params=[GRAD_ONEDNN, GRAD_MKL], ids=["grad-onednn", "grad-mkl"])
+def rule(request, monkeypatch):
+    monkeypatch.setattr(_projection, "RULE", request.param)
+    return request.param
+
 
 def _case(bias, transposed, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
-    T, B = 16, 17  # T x B rows >= MIN_ROWS: the oneDNN side of the rule
+    T, B = 16, 17  # T x B rows >= the tests' rules' min_rows: oneDNN's side
     x = torch.randn(T, B, 7, generator=g, dtype=dtype)
     if transposed:  # batch_first input as the modules see it: a [T, B, I] view
         x = torch.randn(B, T, 7, generator=g, dtype=dtype).transpose(0, 1)
@@ -23,6 +34,7 @@ def _case(bias, transposed, dtype=torch.float32):
 
 @needs_onednn
 def test_cpu_fp32_takes_onednn(monkeypatch):
+    monkeypatch.setattr(_projection, "RULE", GRAD_ONEDNN)
     calls = []
     real = _projection._onednn_linear
     monkeypatch.setattr(_projection, "_onednn_linear", lambda *a: calls.append(1) or real(*a))
@@ -36,8 +48,48 @@ def test_cpu_fp32_takes_onednn(monkeypatch):
     _projection.input_projection(x.double(), w.double(), b.double())
     assert not calls, "only fp32 goes through oneDNN"
     _projection.input_projection(x[:2], w, b)
-    assert 2 * x.size(1) < _projection.MIN_ROWS and not calls, \
-        "a product of fewer than MIN_ROWS rows stays with MKL"
+    assert 2 * x.size(1) < GRAD_ONEDNN.min_rows and not calls, \
+        "a product of fewer than min_rows rows stays with MKL"
+    monkeypatch.setattr(_projection, "RULE", _projection.Rule(0, 8, 0, 0))
+    _projection.input_projection(x, w, b)
+    assert x.size(-1) < 8 and not calls, "an input size below min_in stays with MKL"
+    monkeypatch.setattr(_projection, "RULE", _projection.Rule(0, 0, w.numel() + 1, 0))
+    _projection.input_projection(x, w, b)
+    assert not calls, "a weight below min_weight elements stays with MKL"
+    monkeypatch.setattr(_projection, "RULE", None)
+    _projection.input_projection(x, w, b)
+    assert not calls, "a CPU without a rule (another ISA) stays with F.linear"
+
+
+@needs_onednn
+def test_input_gradient_takes_the_rules_side(monkeypatch, rule):
+    calls = []
+    real = _projection._onednn_linear
+    monkeypatch.setattr(_projection, "_onednn_linear", lambda *a: calls.append(1) or real(*a))
+    x, w, b = _case(True, False)
+    x.requires_grad_()
+    _projection.input_projection(x, w, b).sum().backward()
+    want = 2 if rule is GRAD_ONEDNN else 1  # the forward, and the input gradient or not
+    assert len(calls) == want and x.grad is not None
+
+
+@needs_onednn
+@pytest.mark.parametrize("isa", ["AVX512", "AVX2"])
+def test_each_isa_rule_sends_the_benchmark_shapes_where_measured(isa):
+    # The rows of RULES against the shapes their measurements chose by
+    # (rnn_ext/_projection.py's docstring, benchmarks/NOTES.md).
+    r = _projection.RULES[isa]
+
+    def forward(rows, I, N):
+        return rows >= r.min_rows and I >= r.min_in and I * N >= r.min_weight
+
+    if isa == "AVX512":
+        assert not forward(24, 512, 2048) and forward(384, 512, 2048)
+        assert r.grad_min_rows == r.min_rows
+    else:
+        assert forward(24, 512, 2048) and forward(96, 1024, 4096)
+        assert not forward(96, 16, 1024) and not forward(96, 256, 256)
+        assert r.grad_min_rows > 384
 
 
 @needs_onednn
@@ -45,7 +97,7 @@ def test_cpu_fp32_takes_onednn(monkeypatch):
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("needs", [(True, True, True), (True, False, False), (False, True, True)],
                          ids=["all", "x", "weights"])
-def test_values_and_gradients_match_fp64(bias, transposed, needs):
+def test_values_and_gradients_match_fp64(bias, transposed, needs, rule):
     x, w, b = _case(bias, transposed)
     leaves = [x, w, b]
     for t, n in zip(leaves, needs):
