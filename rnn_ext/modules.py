@@ -434,20 +434,46 @@ class _RNNBase(nn.Module):
         reversal within lengths and results as the per-direction loop of
         _run_layers.  Returns per direction (outputs, h_n, c_n, workspaces)
         as that loop collects them."""
-        gxs, weights = [], []
-        for direction in (0, 1):
-            gx, *w = self._direction_inputs(layer * 2 + direction, direction, layer_input, lengths,
-                                            packing, cast)
-            gxs.append(gx)
-            weights.append(w)
-        w_hh, b_hh, w_hr = (None if w[0] is None else torch.stack(w) for w in zip(*weights))
+        gx, w_hh, b_hh, w_hr = self._pair_inputs(layer, layer_input, lengths, packing, cast)
         k = layer * 2
-        y, h, c, ws = self._recurrence_pair(torch.stack(gxs), w_hh, b_hh, w_hr, h0[k:k + 2],
+        y, h, c, ws = self._recurrence_pair(gx, w_hh, b_hh, w_hr, h0[k:k + 2],
                                             None if c0 is None else c0[k:k + 2], lengths,
                                             want_internals)
         outputs = [y[0], reverse_within_lengths(y[1], lengths)]
         ws = [None, None] if ws is None else [ws[0], reverse_within_lengths(ws[1], lengths)]
         return outputs, [h[0], h[1]], ([] if c is None else [c[0], c[1]]), ws
+
+    def _pair_inputs(self, layer, layer_input, lengths, packing, cast):
+        """Both directions' input gates stacked, [2, T, B, G*H] (direction 1's
+        reversed within lengths), and their recurrent weights stacked.  The
+        gates come from one batched product of the input and its reversal
+        (a row permutation commutes with the product) written straight into
+        the stacked layout: stacking two [T, B, G*H] projections would copy
+        the largest tensor of the layer once more per call (G*H wide where
+        the input is I wide).  Packed input keeps the per-direction
+        projections over its real rows only, then stacks them."""
+        if packing is not None:
+            gxs, weights = [], []
+            for direction in (0, 1):
+                gx, *w = self._direction_inputs(layer * 2 + direction, direction, layer_input,
+                                                lengths, packing, cast)
+                gxs.append(gx)
+                weights.append(w)
+            return (torch.stack(gxs),
+                    *(None if w[0] is None else torch.stack(w) for w in zip(*weights)))
+        per_direction = []
+        for direction in (0, 1):
+            w = [None if n is None else _weight(self, n) for n in self._layout[layer * 2 + direction]]
+            if cast is not None:
+                w = [None if t is None else t.to(cast) for t in w]
+            per_direction.append(w)
+        w_ih, w_hh, b_ih, b_hh, w_hr = (None if w[0] is None else torch.stack(w)
+                                        for w in zip(*per_direction))
+        T, B = layer_input.shape[:2]
+        x = torch.stack([layer_input, reverse_within_lengths(layer_input, lengths)]).flatten(1, 2)
+        w_t = w_ih.transpose(1, 2)
+        gx = torch.bmm(x, w_t) if b_ih is None else torch.baddbmm(b_ih.unsqueeze(1), x, w_t)
+        return gx.unflatten(1, (T, B)), w_hh, b_hh, w_hr
 
     def _recurrence_pair(self, gx, w_hh, b_hh, w_hr, h, c, lengths, need_workspace):
         """Both directions' recurrent parts, every argument stacked on a

@@ -359,3 +359,28 @@ def test_cuda_pair_matches_reference(kind, persistent, monkeypatch):
         want = torch.autograd.grad(ref_out, present, grads)
         for g, w in zip((*out, *got), (*ref_out, *want)):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_module_pair_path_gradients(mode, bias, monkeypatch):
+    """The modules' pair path (the GPU's; here on the CPU) projects both
+    directions in one batched product of the input and its reversal
+    (_pair_inputs): its values and every gradient are torch.nn's, with and
+    without biases, batch_first included."""
+    monkeypatch.setattr(rnn_ext.modules._RNNBase, "_pairs_directions", lambda self, x: True)
+    kw = {"proj_size": 3} if mode == "LSTM" else {}
+    ours = getattr(rnn_ext, mode)(4, 6, num_layers=2, bidirectional=True, bias=bias,
+                                  batch_first=True, dtype=torch.float64, backend="cpu", **kw)
+    theirs = getattr(torch.nn, mode)(4, 6, num_layers=2, bidirectional=True, bias=bias,
+                                     batch_first=True, dtype=torch.float64, **kw)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    got, _ = ours(x)
+    want, _ = theirs(x)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    dy = torch.randn_like(got)
+    got_grads = torch.autograd.grad(got, [x, *ours.parameters()], dy)
+    want_grads = torch.autograd.grad(want, [x, *theirs.parameters()], dy)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
