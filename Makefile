@@ -32,8 +32,12 @@ $(BUILT): $(DEPS) $(SOURCES)
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
 	touch $@
 
+# The suite on PYTEST_WORKERS processes (pytest-xdist; tests that share a
+# costly fixture carry one xdist_group, which --dist loadgroup keeps on one
+# worker).  PYTEST_WORKERS=0 runs it in this process, serially.
+PYTEST_WORKERS ?= 2
 pytest: $(BUILT)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup) tests
 
 # The kernels as a plain C++ (and CUDA, where nvcc is found) library, built
 # without PyTorch, and their C++ tests.

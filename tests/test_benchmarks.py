@@ -38,7 +38,8 @@ def run_main(argv):
     return paths, out.getvalue(), err.getvalue()
 
 
-@pytest.fixture(scope="module")
+# Session scope and one xdist group: made once, on one worker.
+@pytest.fixture(scope="session")
 def quick(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
     paths, stdout, stderr = run_main(QUICK + ["--out", str(folder)])
@@ -53,6 +54,7 @@ def expected_ids():
 
 
 # ------------------------------------------------------------------ JSON --
+@pytest.mark.xdist_group("bench_quick")
 def test_outputs_written_in_out_folder(quick):
     paths = quick["paths"]
     assert set(paths) == {"json", "md", "png"}
@@ -63,6 +65,7 @@ def test_outputs_written_in_out_folder(quick):
     assert re.fullmatch(r"cpu-[a-z0-9-]+_\d{8}-\d{6}", stem), stem
 
 
+@pytest.mark.xdist_group("bench_quick")
 def test_json_meta(quick):
     meta = quick["result"]["meta"]
     assert meta["device_type"] == "cpu"
@@ -82,12 +85,14 @@ def test_json_meta(quick):
     assert "cuda" in meta["backends"]["fp32"]["skipped"]
 
 
+@pytest.mark.xdist_group("bench_quick")
 def test_json_has_every_case_of_the_grid(quick):
     ids = [c["id"] for c in quick["result"]["cases"]]
     assert ids == expected_ids()
     assert not any(i.startswith("proj/gru") for i in ids)  # proj_size is LSTM only
 
 
+@pytest.mark.xdist_group("bench_quick")
 def test_json_case_figures(quick):
     for case in quick["result"]["cases"]:
         shape = C.Shape(**case["sizes"])
@@ -114,12 +119,14 @@ def test_json_case_figures(quick):
                 assert 0 <= r["max_abs_diff"] < 1e-3  # same weights, same numbers
 
 
+@pytest.mark.xdist_group("bench_quick")
 def test_json_is_strict(quick):
     with open(quick["paths"]["json"]) as f:
         text = f.read()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
 
 
+@pytest.mark.xdist_group("bench_quick")
 def test_notes_say_cpu_memory_not_measured(quick):
     notes = " ".join(quick["result"]["notes"])
     assert "not measured" in notes
@@ -134,6 +141,7 @@ def markdown_rows(text):
     return lines[0], [[c.strip() for c in line.strip("| ").split(" | ")] for line in lines[2:]]
 
 
+@pytest.mark.xdist_group("bench_quick")
 def test_markdown_table_rows_match_cases(quick):
     with open(quick["paths"]["md"]) as f:
         text = f.read()
@@ -155,6 +163,7 @@ def test_markdown_table_rows_match_cases(quick):
     assert "not measured" in text
 
 
+@pytest.mark.xdist_group("bench_quick")
 def test_terminal_table_has_a_row_per_case(quick):
     lines = quick["stdout"].splitlines()
     for case in quick["result"]["cases"]:
@@ -165,11 +174,13 @@ def test_terminal_table_has_a_row_per_case(quick):
     assert quick["paths"]["json"] in quick["stdout"] or os.path.relpath(quick["paths"]["json"]) in quick["stdout"]
 
 
+@pytest.mark.xdist_group("bench_quick")
 def test_progress_bar_drawn(quick):
     assert "case" in quick["stderr"] and "100%" in quick["stderr"]
 
 
 # ------------------------------------------------------------------- PNG --
+@pytest.mark.xdist_group("bench_quick")
 def test_png_is_valid(quick):
     with open(quick["paths"]["png"], "rb") as f:
         data = f.read()
@@ -302,6 +313,7 @@ def test_readme_section_matches_committed_results():
         assert not re.search(r"\d", readme.current(text))
 
 
+@pytest.mark.xdist_group("bench_quick")
 def test_readme_renders_a_gpu_result(quick, tmp_path):
     result = json.loads(json.dumps(quick["result"]))
     result["meta"]["device_type"] = "cuda"

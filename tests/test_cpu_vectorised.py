@@ -42,7 +42,7 @@ def _clones():
     return found
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def clones():
     return _clones()
 

@@ -19,7 +19,8 @@ NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/u
 REGISTERS_PER_SM = 65536
 PERSISTENT_THREADS = 256  # kPersistentThreads in csrc/cuda/persistent.h
 
-pytestmark = pytest.mark.skipif(NVCC is None, reason="needs nvcc")
+# One xdist worker compiles each source once (the session-scoped reports).
+pytestmark = [pytest.mark.skipif(NVCC is None, reason="needs nvcc"), pytest.mark.xdist_group("cuda_sm90")]
 
 
 def _ptxas_report(source, tmp_path):
@@ -47,7 +48,7 @@ def _ptxas_report(source, tmp_path):
     return kernels
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reports(tmp_path_factory):
     """ptxas's report of each source, compiled once for the module."""
     cache = {}

@@ -26,7 +26,10 @@ def _dry_run_env():
     return env
 
 
-@pytest.fixture(scope="module")
+# Session scope and one xdist group: under pytest-xdist a module fixture is
+# made again whenever a worker comes back to the module after another one
+# (and on each worker that runs one of its tests); this one takes minutes.
+@pytest.fixture(scope="session")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
     if shutil.which("make"):
@@ -38,6 +41,7 @@ def dry_run(tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.xdist_group("gpu_check_dry_run")
 def test_dry_run_of_every_phase(dry_run):
     out, proc = dry_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -51,6 +55,7 @@ def test_dry_run_of_every_phase(dry_run):
         assert f"gpu_check {phase}: ok" in proc.stdout
 
 
+@pytest.mark.xdist_group("gpu_check_dry_run")
 def test_dry_run_test_phase_reports_junit(dry_run):
     out, _ = dry_run
     data = json.loads((out / "test" / "test.json").read_text())
@@ -62,6 +67,7 @@ def test_dry_run_test_phase_reports_junit(dry_run):
     assert (out / "test" / "test-junit.xml").exists()
 
 
+@pytest.mark.xdist_group("gpu_check_dry_run")
 def test_dry_run_smoke_and_probe(dry_run):
     out, _ = dry_run
     runs = json.loads((out / "sanitize" / "sanitize.json").read_text())["runs"]
@@ -74,6 +80,7 @@ def test_dry_run_smoke_and_probe(dry_run):
     assert all("error" not in r and r["host_us_per_step"] > 0 for r in rows)
 
 
+@pytest.mark.xdist_group("gpu_check_dry_run")
 def test_land_merges_the_chunks_into_one_result(dry_run, tmp_path, monkeypatch):
     out, _ = dry_run
     with pytest.raises(SystemExit, match="CPU"):

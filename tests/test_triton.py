@@ -817,7 +817,9 @@ def test_op_level_checks():
 
 
 # ------------------------------------------------ GPU compile (no GPU) ----
-@pytest.fixture(scope="module")
+# Session scope: a module fixture is made again when an xdist worker comes
+# back to this module after another (the compile takes minutes).
+@pytest.fixture(scope="session")
 def sm90():
     """What tests/_triton_sm90.py compiles for an H100: one record per kernel
     launch of its grid (shared memory, registers, spill, the specialisation)."""
