@@ -14,9 +14,11 @@
 // NOT YET RUN ON A GPU (neither form; the tf32 one is the newest).  The
 // fragments are loaded from w (global memory, or wherever GateRows points)
 // element by element: every step (block_tile_gemm), or, for the LSTM
-// forward kernel's W_hh where a warp's share fits its register budget, once
-// before the time loop into registers that every step reuses
-// (gather_resident, block_tile_gemm_resident; also not run on a GPU).
+// forward kernels' W_hh where a warp's share fits its register budget, once
+// before the time loop into registers that every step reuses, K split
+// across the warps of a row tile and the partials reduced through shared
+// memory (gather_resident, block_tile_gemm_resident: mma_layout.h's
+// split_k_tiles; also not run on a GPU).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -211,38 +213,62 @@ __device__ __forceinline__ void block_tile_gemm(const mma::TileGemmTf32& g, cons
 }
 
 // ------------------------------------------------ register-resident A ---
-// A lane's A fragments of its warp's row tile, chunk by chunk of K (4
+// A lane's A fragments of its warp's chunk range of its row tile (4
 // registers a chunk in either form), held across the time loop
-// (mma_layout.h's warp_row_tile).  Indexed with constants only (the chunk
-// loops are unrolled to kMaxChunks), so the array stays in registers.
+// (mma_layout.h's KSplit / split_k_tiles).  Indexed with constants only
+// (the chunk loops are unrolled to kMaxChunks), so the array stays in
+// registers.
 template <int kMaxChunks>
 struct ResidentA {
   uint32_t frag[kMaxChunks][4];
 };
 
-// Ops (LaneOps or Tf32LaneOps) with A from the resident registers: each
-// chunk gathers B only.
+// Ops (LaneOps or Tf32LaneOps) with A from the resident registers, as
+// mma::split_k_tiles asks: each chunk gathers B only; partials meet in
+// `scratch` (block shared memory, mma::split_scratch_floats(warps)).
 template <class Ops, int kMaxChunks>
-struct ResidentOps : Ops {
+struct SplitOps : Ops {
   const ResidentA<kMaxChunks>& resident;
-  __device__ __forceinline__ void chunk(int64_t tile, int c) {
+  float* scratch;
+  __device__ __forceinline__ void begin(int64_t tile, bool from_c) {
+    if (from_c) return Ops::begin(tile);
+#pragma unroll
+    for (int i = 0; i < mma::kCElems; ++i) this->d[i] = 0.f;
+  }
+  __device__ __forceinline__ void chunk(int64_t tile, int c, int64_t k) {
     uint32_t bf[2];
-    this->gather_b(tile, c, bf);
+    this->gather_b(tile, k, bf);
     this->multiply(resident.frag[c], bf);
   }
+  __device__ __forceinline__ void publish(int64_t slot) {
+#pragma unroll
+    for (int i = 0; i < mma::kCElems; ++i)
+      scratch[mma::split_scratch_index(slot, this->lane, i)] = this->d[i];
+  }
+  __device__ __forceinline__ void add_partial(int64_t slot, bool first) {
+#pragma unroll
+    for (int i = 0; i < mma::kCElems; ++i) {
+      const float partial = scratch[mma::split_scratch_index(slot, this->lane, i)];
+      this->d[i] = first ? partial : this->d[i] + partial;
+    }
+  }
+  __device__ __forceinline__ static void sync() { __syncthreads(); }
 };
 
-// Gathers the warp's A fragments of g into r (every thread of the block;
-// warps past the row tiles hold nothing), from w: the A operand as g reads
-// it.  `fits`: mma::fits_registers(g, warps, kMaxChunks) held.
+// Gathers the warp's A fragments of g (its chunk range of its row tile,
+// mma::k_split) into r; every thread of the block calls it, warps that hold
+// nothing return at once.  w: the A operand as g reads it.  The caller
+// checked mma::fits_registers(g, warps, kMaxChunks).
 template <int kMaxChunks, class Ops>
 __device__ __forceinline__ void gather_resident(const Ops& ops, ResidentA<kMaxChunks>& r) {
   const int warp = static_cast<int>(threadIdx.x / mma::kWarp);
-  if (warp >= ops.g.row_tiles()) return;
-  const int64_t tile = warp * ops.g.batch_tiles(), chunks = ops.g.k_chunks();
+  const mma::KSplit s = mma::k_split(ops.g, static_cast<int>(blockDim.x / mma::kWarp));
+  if (!s.holds(warp)) return;
+  const int64_t tile = s.row_tile(warp) * ops.g.batch_tiles(), first = s.first_chunk(warp),
+                count = s.chunk_count(warp);
 #pragma unroll
   for (int c = 0; c < kMaxChunks; ++c)
-    if (c < chunks) ops.gather_a(tile, c, r.frag[c]);
+    if (c < count) ops.gather_a(tile, first + c, r.frag[c]);
 }
 template <int kMaxChunks, typename T>
 __device__ __forceinline__ void gather_resident(const mma::TileGemm& g, const T* w,
@@ -256,18 +282,35 @@ __device__ __forceinline__ void gather_resident(const mma::TileGemmTf32& g, cons
 }
 
 // block_tile_gemm with A from r (gathered by gather_resident for the same
-// weights, depth and rows; any batch): warp w computes row tile w's tiles.
+// weights, depth and rows; any batch): mma::split_k_tiles.  Every thread of
+// the block calls it (it may hold barriers); scratch: the block's
+// mma::split_scratch_floats(warps) floats of shared memory, free for the
+// call.  No barrier after the last store (the caller's).
+// The block's warps, read so that the compiler recomputes the split at
+// each call instead of keeping it (and what derives from it) live across
+// the time loop for every call site, which pushed the LSTM forward kernel
+// (two call sites: W_hh and W_hr) into spills on sm_90.
+__device__ __forceinline__ int block_warps_uncached() {
+  unsigned threads;
+  asm volatile("mov.u32 %0, %%ntid.x;" : "=r"(threads));
+  return static_cast<int>(threads / mma::kWarp);
+}
+
 template <int kMaxChunks, typename T>
 __device__ __forceinline__ void block_tile_gemm_resident(const mma::TileGemm& g, const T* a,
-                                                         float* c, const ResidentA<kMaxChunks>& r) {
-  ResidentOps<LaneOps<T>, kMaxChunks> ops{{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r};
-  mma::warp_row_tile<kMaxChunks>(g, static_cast<int>(threadIdx.x / mma::kWarp), ops);
+                                                         float* c, const ResidentA<kMaxChunks>& r,
+                                                         float* scratch) {
+  SplitOps<LaneOps<T>, kMaxChunks> ops{{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r, scratch};
+  mma::split_k_tiles<kMaxChunks>(g, mma::k_split(g, block_warps_uncached()),
+                                 static_cast<int>(threadIdx.x / mma::kWarp), ops);
 }
 template <int kMaxChunks>
 __device__ __forceinline__ void block_tile_gemm_resident(const mma::TileGemmTf32& g, const float* a,
-                                                         float* c, const ResidentA<kMaxChunks>& r) {
-  ResidentOps<Tf32LaneOps, kMaxChunks> ops{{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r};
-  mma::warp_row_tile<kMaxChunks>(g, static_cast<int>(threadIdx.x / mma::kWarp), ops);
+                                                         float* c, const ResidentA<kMaxChunks>& r,
+                                                         float* scratch) {
+  SplitOps<Tf32LaneOps, kMaxChunks> ops{{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r, scratch};
+  mma::split_k_tiles<kMaxChunks>(g, mma::k_split(g, block_warps_uncached()),
+                                 static_cast<int>(threadIdx.x / mma::kWarp), ops);
 }
 
 }  // namespace mma_tile
