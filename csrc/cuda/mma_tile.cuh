@@ -141,6 +141,16 @@ struct LaneOps : LaneAccumulators<LaneOps<T>, mma::TileGemm, T> {
       bf[j] = mma::pack_pair(load(this->a, this->g.b_offset(tile, k, this->lane, 2 * j)),
                              load(this->a, this->g.b_offset(tile, k, this->lane, 2 * j + 1)));
   }
+  // gather_b from the tile's bases (TileGemm::b_base): one address per
+  // element for all of a tile's chunks.
+  static constexpr int kBElems = mma::kBElems;
+  __device__ __forceinline__ void gather_b_from(const int64_t (&base)[kBElems], int64_t k,
+                                                uint32_t (&bf)[2]) const {
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      bf[j] = mma::pack_pair(load(this->a, this->g.b_offset_from(base[2 * j], k, this->lane, 2 * j)),
+                             load(this->a, this->g.b_offset_from(base[2 * j + 1], k, this->lane, 2 * j + 1)));
+  }
   __device__ __forceinline__ void multiply(const uint32_t (&af)[4], const uint32_t (&bf)[2]) {
     mma_16x8x16(this->d, af, bf, T());
   }
@@ -188,6 +198,12 @@ struct Tf32LaneOps : LaneAccumulators<Tf32LaneOps, mma::TileGemmTf32, float> {
 #pragma unroll
     for (int i = 0; i < mma::kBElemsTf32; ++i) bf[i] = load(a, g.b_offset(tile, k, lane, i));
   }
+  static constexpr int kBElems = mma::kBElemsTf32;
+  __device__ __forceinline__ void gather_b_from(const int64_t (&base)[kBElems], int64_t k,
+                                                uint32_t (&bf)[2]) const {
+#pragma unroll
+    for (int i = 0; i < kBElems; ++i) bf[i] = load(a, g.b_offset_from(base[i], k, lane, i));
+  }
   __device__ __forceinline__ void multiply(const uint32_t (&af)[4], const uint32_t (&bf)[2]) {
     mma_16x8x8_tf32(d, af, bf);
   }
@@ -224,20 +240,26 @@ struct ResidentA {
 };
 
 // Ops (LaneOps or Tf32LaneOps) with A from the resident registers, as
-// mma::split_k_tiles asks: each chunk gathers B only; partials meet in
-// `scratch` (block shared memory, mma::split_scratch_floats(warps)).
+// mma::split_k_tiles asks: each chunk gathers B only, from the tile's B
+// bases (TileGemm::b_base, taken at begin: one address per element for all
+// of the tile's chunks, which kept the tf32 LSTM kernel out of spills at 16
+// chunks); partials meet in `scratch` (block shared memory,
+// mma::split_scratch_floats(warps)).
 template <class Ops, int kMaxChunks>
 struct SplitOps : Ops {
   const ResidentA<kMaxChunks>& resident;
   float* scratch;
+  int64_t b_base[Ops::kBElems];  // the tile's B bases (begin)
   __device__ __forceinline__ void begin(int64_t tile, bool from_c) {
+#pragma unroll
+    for (int i = 0; i < Ops::kBElems; ++i) b_base[i] = this->g.b_base(tile, this->lane, i);
     if (from_c) return Ops::begin(tile);
 #pragma unroll
     for (int i = 0; i < mma::kCElems; ++i) this->d[i] = 0.f;
   }
-  __device__ __forceinline__ void chunk(int64_t tile, int c, int64_t k) {
+  __device__ __forceinline__ void chunk(int64_t, int c, int64_t k) {
     uint32_t bf[2];
-    this->gather_b(tile, k, bf);
+    this->gather_b_from(b_base, k, bf);
     this->multiply(resident.frag[c], bf);
   }
   __device__ __forceinline__ void publish(int64_t slot) {
@@ -300,7 +322,7 @@ template <int kMaxChunks, typename T>
 __device__ __forceinline__ void block_tile_gemm_resident(const mma::TileGemm& g, const T* a,
                                                          float* c, const ResidentA<kMaxChunks>& r,
                                                          float* scratch) {
-  SplitOps<LaneOps<T>, kMaxChunks> ops{{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r, scratch};
+  SplitOps<LaneOps<T>, kMaxChunks> ops{{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r, scratch, {}};
   mma::split_k_tiles<kMaxChunks>(g, mma::k_split(g, block_warps_uncached()),
                                  static_cast<int>(threadIdx.x / mma::kWarp), ops);
 }
@@ -308,7 +330,7 @@ template <int kMaxChunks>
 __device__ __forceinline__ void block_tile_gemm_resident(const mma::TileGemmTf32& g, const float* a,
                                                          float* c, const ResidentA<kMaxChunks>& r,
                                                          float* scratch) {
-  SplitOps<Tf32LaneOps, kMaxChunks> ops{{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r, scratch};
+  SplitOps<Tf32LaneOps, kMaxChunks> ops{{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r, scratch, {}};
   mma::split_k_tiles<kMaxChunks>(g, mma::k_split(g, block_warps_uncached()),
                                  static_cast<int>(threadIdx.x / mma::kWarp), ops);
 }

@@ -276,23 +276,26 @@ __device__ BlockExecutor<T, Acc, kTf32, kRegisterChunks> block_executor() {
 // sm_90 ptxas compiles without spills and, for GRU and RNN, without losing
 // the second block per SM (see benchmarks/NOTES.md, "The persistent CUDA
 // kernels' product on tensor cores", for the registers each budget cost):
-//   LSTM 12: its tensor-core variants already ran one block per SM (138
-//     registers without fragments); 12 chunks take them to the 255 cap
-//     without spilling (bf16 and tf32), 16 spilled.  With 8 units a worker
-//     (2 row tiles, 4 warps each): K up to 768 in fp16/bf16, 384 in tf32.
-//   GRU 4, RNN 4: at most 128 registers (bf16: GRU 128, RNN 118; tf32
-//     RNN 122), so two blocks per SM stay, which the fit rule counts on
+//   LSTM 12 (fp16/bf16), 16 (tf32): its tensor-core variants already ran
+//     one block per SM (138 registers without fragments); these take them
+//     to the 255 cap without spilling (fp16/bf16 at 16 spilled 120 bytes).
+//     With 8 units a worker (2 row tiles, 4 warps each): K up to 768 in
+//     fp16/bf16, 512 in tf32.
+//   GRU 4, RNN 4: at most 128 registers (bf16: GRU 126, RNN 114; tf32
+//     RNN 110), so two blocks per SM stay, which the fit rule counts on
 //     for both directions of a layer at H above about 528 (2K blocks on
 //     132 SMs).  GRU (2 row tiles): K up to 256 (fp16/bf16; its tf32
 //     variant holds none, see gru_forward_kernel); RNN (1 row tile, 8
 //     warps): K up to 512 (256 in tf32).  A budget of 16 (GRU, 173
-//     registers) or 8 (RNN, 134) would hold every target shape of one
-//     direction but drop to one block per SM, halving the workers of the
-//     two-direction launch above H of about 528.
+//     registers with the first form of the split) or 8 (RNN, 134) would
+//     hold every target shape of one direction but drop to one block per
+//     SM, halving the workers of the two-direction launch above H of
+//     about 528.
 // The FFMA variants (fp32 without allow_tf32, fp64) never hold fragments;
 // the backward kernels do not either (their A, W_hh's columns, is K = G*H
 // deep: see NOTES).  None of this has run on a GPU.
 constexpr int kLstmRegisterChunks = 12;
+constexpr int kLstmTf32RegisterChunks = 16;
 constexpr int kGruRegisterChunks = 4;
 constexpr int kRnnRegisterChunks = 4;
 
@@ -302,7 +305,7 @@ constexpr int kRnnRegisterChunks = 4;
 template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     lstm_forward_kernel(const partition::LSTMForwardSeq<T, Acc> a, const partition::LSTMForwardSeq<T, Acc> b) {
-  auto ex = block_executor<T, Acc, kTf32, kLstmRegisterChunks>();
+  auto ex = block_executor<T, Acc, kTf32, kTf32 ? kLstmTf32RegisterChunks : kLstmRegisterChunks>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::lstm_forward_worker(s, k, e);
   });
@@ -319,7 +322,8 @@ template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     gru_forward_kernel(const partition::GRUForwardSeq<T, Acc> a, const partition::GRUForwardSeq<T, Acc> b) {
   // The tf32 variant holds none: 4 chunks took it to 140 registers, one
-  // block per SM (its 16-bit variants: 128).
+  // block per SM (with the first form of the split; the 16-bit variants
+  // then took 128, now 126).
   auto ex = block_executor<T, Acc, kTf32, kTf32 ? 0 : kGruRegisterChunks>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::gru_forward_worker(s, k, e);

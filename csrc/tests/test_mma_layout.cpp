@@ -924,7 +924,25 @@ static void run_split_case(const SplitCase& cs, const std::vector<int64_t>& ms, 
          (long)n, (long)depth, warps, (int)cs.shared_copy, (int)cs.accumulate, bad);
 }
 
+// The split product's B gather in two steps (a tile's base, then each
+// chunk from it: mma_tile::SplitOps) addresses what b_offset does.
+template <class Frag>
+static void check_b_base(const TileGemmOf<Frag>& g) {
+  int bad = 0;
+  for (int64_t tile = 0; tile < g.tiles(); ++tile)
+    for (int lane = 0; lane < kWarp; ++lane)
+      for (int i = 0; i < Frag::kBElems; ++i)
+        for (int64_t chunk = 0; chunk < g.k_chunks() + 1; ++chunk)
+          bad += g.b_offset_from(g.b_base(tile, lane, i), chunk, lane, i) != g.b_offset(tile, chunk, lane, i);
+  EXPECT(bad == 0, "b_base/b_offset_from: %d offsets differ (batch %ld depth %ld)", bad, (long)g.batch,
+         (long)g.depth);
+}
+
 static void test_k_split_schedule() {
+  check_b_base(TileGemm{17, 37, 27, 40, 9, 0, 1, 30, 27});
+  check_b_base(TileGemm{8, 256, 32, 256, 32, 0, 1, 32, 32});
+  check_b_base(TileGemmTf32{9, 19, 13, 21, 13, 0, 1, 13, 13});
+
   // The split: floor(warps / row tiles) warps a row tile, ceil(chunks /
   // that) chunks each, fewer parts where a range would be empty.
   const TileGemm lstm_h1024{1, 1024, 32, 1024, 32, 0, 1, 32, 32};  // 2 row tiles, 64 chunks

@@ -144,6 +144,19 @@ struct TileGemmOf {
     const int64_t q = chunk * Frag::kK + Frag::b_row(lane, i), b = batch0(tile) + Frag::b_col(lane, i);
     return q < depth && b < batch ? b * lda + q : -1;
   }
+  // b_offset in two steps, for a loop over a tile's chunks: lane's element
+  // i at chunk 0 of `tile` (-1: its batch row is outside the product), then
+  // at chunk `chunk` from that base (the K index is a's column: the base
+  // plus chunk * K, where it is within the depth).  b_offset_from(b_base(
+  // tile, lane, i), chunk, lane, i) == b_offset(tile, chunk, lane, i)
+  // (ctest mma_layout checks it).
+  RNN_MMA_HD int64_t b_base(int64_t tile, int lane, int i) const {
+    const int64_t b = batch0(tile) + Frag::b_col(lane, i);
+    return b < batch ? b * lda + Frag::b_row(lane, i) : -1;
+  }
+  RNN_MMA_HD int64_t b_offset_from(int64_t base, int64_t chunk, int lane, int i) const {
+    return base >= 0 && chunk * Frag::kK + Frag::b_row(lane, i) < depth ? base + chunk * Frag::kK : -1;
+  }
   // Where lane's D element i goes in c (D = c^T: row r, column b); -1: not stored.
   RNN_MMA_HD int64_t c_offset(int64_t tile, int lane, int i) const {
     const int64_t r = row0(tile) + c_row(lane, i), b = batch0(tile) + c_col(lane, i);
