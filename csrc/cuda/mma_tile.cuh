@@ -13,8 +13,8 @@
 //
 // NOT YET RUN ON A GPU (neither form; the tf32 one is the newest).  The
 // fragments are loaded from w (global memory, or wherever GateRows points)
-// element by element: every step (block_tile_gemm), or, for the LSTM
-// forward kernels' W_hh where a warp's share fits its register budget, once
+// element by element: every step (block_tile_gemm), or, for the forward
+// kernels' W_hh where a warp's share fits its register budget, once
 // before the time loop into registers that every step reuses, K split
 // across the warps of a row tile and the partials reduced through shared
 // memory (gather_resident, block_tile_gemm_resident: mma_layout.h's
@@ -303,11 +303,6 @@ __device__ __forceinline__ void gather_resident(const mma::TileGemmTf32& g, cons
   gather_resident(Tf32LaneOps{{g, nullptr, w, nullptr, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r);
 }
 
-// block_tile_gemm with A from r (gathered by gather_resident for the same
-// weights, depth and rows; any batch): mma::split_k_tiles.  Every thread of
-// the block calls it (it may hold barriers); scratch: the block's
-// mma::split_scratch_floats(warps) floats of shared memory, free for the
-// call.  No barrier after the last store (the caller's).
 // The block's warps, read so that the compiler recomputes the split at
 // each call instead of keeping it (and what derives from it) live across
 // the time loop for every call site, which pushed the LSTM forward kernel
@@ -318,6 +313,11 @@ __device__ __forceinline__ int block_warps_uncached() {
   return static_cast<int>(threads / mma::kWarp);
 }
 
+// block_tile_gemm with A from r (gathered by gather_resident for the same
+// weights, depth and rows; any batch): mma::split_k_tiles.  Every thread of
+// the block calls it (it may hold barriers); scratch: the block's
+// mma::split_scratch_floats(warps) floats of shared memory, free for the
+// call.  No barrier after the last store (the caller's).
 template <int kMaxChunks, typename T>
 __device__ __forceinline__ void block_tile_gemm_resident(const mma::TileGemm& g, const T* a,
                                                          float* c, const ResidentA<kMaxChunks>& r,
