@@ -111,10 +111,13 @@ def test_fit_rule_routes_between_persistent_and_stepwise(monkeypatch, mode, B, H
 # 16 weight rows by 8 batch rows per mma.sync, K in chunks of 16): batches of
 # one tile column (1, 8), of two and three (9, 17), hidden sizes and input
 # depths that leave partial row and K tiles (37, 100), tiles spanning two
-# gates, and sorted lengths (fewer active rows per step).  The LSTM forward
-# kernel holds W_hh's fragments in registers across steps where a worker's
-# rows and K fit (all of these: at most 8 row tiles, K <= 128); H = 300
-# (CASES) takes the shared-memory fallback.
+# gates, and sorted lengths (fewer active rows per step).  The forward
+# kernels hold W_hh's fragments in registers across steps where a worker's
+# row tiles have a warp each and a warp's share of K fits the kernel's
+# budget, K split across the warps of a row tile (mma_layout.h's KSplit:
+# here 2 to 8 warps a row tile, their partials reduced through shared
+# memory); H = 300 (CASES) takes the shared-memory fallback where it does
+# not fit.
 MMA_CASES = [  # T, B, I, H, lengths
     (5, 1, 7, 37, None),
     (5, 8, 7, 48, None),

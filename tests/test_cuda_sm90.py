@@ -96,7 +96,7 @@ def test_persistent_products_use_tensor_cores(arch, tmp_path):
     .tf32 on operands rounded by cvt.rna.tf32.f32), which a call with
     allow_tf32 on launches, and FFMA in fp32 with no MMA; fp64 has FFMA
     only, no MMA and no tf32 conversion.  No kernel keeps anything in local
-    memory (the LSTM forward's register-resident fragments included).
+    memory (the forward kernels' register-resident fragments included).
     (Which instructions are compiled, not that they are right: ctest
     mma_layout runs the tiles' index logic on the CPU.)"""
     entries = _ptx_entries("csrc/cuda/persistent.cu", arch, tmp_path)
@@ -106,7 +106,7 @@ def test_persistent_products_use_tensor_cores(arch, tmp_path):
     tf32_mma = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"
     seen = {"tf32": 0, "f": 0, "d": 0}
     for name, ptx in entries.items():
-        # Nothing in local memory: the LSTM forward kernels' W_hh fragments
+        # Nothing in local memory: the forward kernels' W_hh fragments
         # held across steps (mma_tile.cuh's ResidentA) stay in registers.
         assert "__local_depot" not in ptx, name
         type_name = next((t for t in mma if f"I{len(t)}{t}fLb0E" in name), None)
@@ -290,3 +290,43 @@ def test_fit_rule_register_granule_and_refusals():
     assert _fit(256, 256, 4, 16, 2, 65)["blocks_per_sm"] == 3
     refused = _fit(256, 256, 4, 16, 2, 32, shared=240 * 1024)
     assert not refused["persistent"] and refused["reason"] == "not_resident"
+
+
+def _register_budget(name):
+    """A forward kernel's register budget in chunks of K (csrc/cuda/persistent.cu)."""
+    with open(os.path.join(ROOT, "csrc/cuda/persistent.cu")) as f:
+        return int(re.search(rf"constexpr int {name} = (\d+);", f.read()).group(1))
+
+
+def _k_split(rows, depth, k_per_chunk, warps=PERSISTENT_THREADS // 32):
+    """mma::k_split (csrc/include/rnn_ext/mma_layout.h; ctest mma_layout
+    runs it): floor(warps / row tiles) warps a row tile, ceil(chunks / that)
+    chunks each.  Returns (row tiles, chunks per warp); None where there are
+    more row tiles than warps."""
+    row_tiles, chunks = -(-rows // 16), -(-depth // k_per_chunk)
+    if row_tiles > warps:
+        return None
+    return row_tiles, -(-chunks // (warps // row_tiles))
+
+
+@pytest.mark.parametrize("cell,G,budget,largest", [("lstm", 4, "kLstmRegisterChunks", 768),
+                                                   ("gru", 3, "kGruRegisterChunks", 256),
+                                                   ("rnn", 1, "kRnnRegisterChunks", 512)])
+def test_target_shapes_hold_weights_in_registers(reports, cell, G, budget, largest):
+    """The forward kernels on an H100 with their sm_90 registers, at the
+    issue's target sizes (bf16, H 256..1024, one direction): the workers'
+    W_hh rows, split over the block's warps, fit the kernel's register
+    budget up to H = `largest` (LSTM 768, GRU 256, RNN 512: the table in
+    benchmarks/NOTES.md) and take the shared-memory path above it.
+    Arithmetic on the fit rule's worker count, not a measurement; the
+    budgets are what ptxas compiles without spills (test_kernels_fit_sm90)."""
+    chunks = _register_budget(budget)
+    [r] = _persistent_kernels(reports, cell, "forward", "__nv_bfloat16")
+    for H in (256, 512, 768, 1024):
+        d = _fit(H, H, G, 16, 2, r["registers"], r.get("shared", 0))
+        assert d["persistent"], (cell, H, d)
+        K = d["workers"]
+        units = _largest_slice(H, K, 8 if H >= 32 * K else 1)
+        split = _k_split(G * units, H, 16)
+        holds = split is not None and split[1] <= chunks
+        assert holds == (H <= largest), (cell, H, K, units, split, chunks)

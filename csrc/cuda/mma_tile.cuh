@@ -13,10 +13,12 @@
 //
 // NOT YET RUN ON A GPU (neither form; the tf32 one is the newest).  The
 // fragments are loaded from w (global memory, or wherever GateRows points)
-// element by element: every step (block_tile_gemm), or, for the LSTM
-// forward kernel's W_hh where a warp's share fits its register budget, once
-// before the time loop into registers that every step reuses
-// (gather_resident, block_tile_gemm_resident; also not run on a GPU).
+// element by element: every step (block_tile_gemm), or, for the forward
+// kernels' W_hh where a warp's share fits its register budget, once
+// before the time loop into registers that every step reuses, K split
+// across the warps of a row tile and the partials reduced through shared
+// memory (gather_resident, block_tile_gemm_resident: mma_layout.h's
+// split_k_tiles; also not run on a GPU).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -139,6 +141,16 @@ struct LaneOps : LaneAccumulators<LaneOps<T>, mma::TileGemm, T> {
       bf[j] = mma::pack_pair(load(this->a, this->g.b_offset(tile, k, this->lane, 2 * j)),
                              load(this->a, this->g.b_offset(tile, k, this->lane, 2 * j + 1)));
   }
+  // gather_b from the tile's bases (TileGemm::b_base): one address per
+  // element for all of a tile's chunks.
+  static constexpr int kBElems = mma::kBElems;
+  __device__ __forceinline__ void gather_b_from(const int64_t (&base)[kBElems], int64_t k,
+                                                uint32_t (&bf)[2]) const {
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      bf[j] = mma::pack_pair(load(this->a, this->g.b_offset_from(base[2 * j], k, this->lane, 2 * j)),
+                             load(this->a, this->g.b_offset_from(base[2 * j + 1], k, this->lane, 2 * j + 1)));
+  }
   __device__ __forceinline__ void multiply(const uint32_t (&af)[4], const uint32_t (&bf)[2]) {
     mma_16x8x16(this->d, af, bf, T());
   }
@@ -186,6 +198,12 @@ struct Tf32LaneOps : LaneAccumulators<Tf32LaneOps, mma::TileGemmTf32, float> {
 #pragma unroll
     for (int i = 0; i < mma::kBElemsTf32; ++i) bf[i] = load(a, g.b_offset(tile, k, lane, i));
   }
+  static constexpr int kBElems = mma::kBElemsTf32;
+  __device__ __forceinline__ void gather_b_from(const int64_t (&base)[kBElems], int64_t k,
+                                                uint32_t (&bf)[2]) const {
+#pragma unroll
+    for (int i = 0; i < kBElems; ++i) bf[i] = load(a, g.b_offset_from(base[i], k, lane, i));
+  }
   __device__ __forceinline__ void multiply(const uint32_t (&af)[4], const uint32_t (&bf)[2]) {
     mma_16x8x8_tf32(d, af, bf);
   }
@@ -211,38 +229,68 @@ __device__ __forceinline__ void block_tile_gemm(const mma::TileGemmTf32& g, cons
 }
 
 // ------------------------------------------------ register-resident A ---
-// A lane's A fragments of its warp's row tile, chunk by chunk of K (4
+// A lane's A fragments of its warp's chunk range of its row tile (4
 // registers a chunk in either form), held across the time loop
-// (mma_layout.h's warp_row_tile).  Indexed with constants only (the chunk
-// loops are unrolled to kMaxChunks), so the array stays in registers.
+// (mma_layout.h's KSplit / split_k_tiles).  Indexed with constants only
+// (the chunk loops are unrolled to kMaxChunks), so the array stays in
+// registers.
 template <int kMaxChunks>
 struct ResidentA {
   uint32_t frag[kMaxChunks][4];
 };
 
-// Ops (LaneOps or Tf32LaneOps) with A from the resident registers: each
-// chunk gathers B only.
+// Ops (LaneOps or Tf32LaneOps) with A from the resident registers, as
+// mma::split_k_tiles asks: each chunk gathers B only, from the tile's B
+// bases (TileGemm::b_base, taken at begin: one address per element for all
+// of the tile's chunks, which kept the tf32 LSTM kernel out of spills at 16
+// chunks); partials meet in `scratch` (block shared memory,
+// mma::split_scratch_floats(warps)).
 template <class Ops, int kMaxChunks>
-struct ResidentOps : Ops {
+struct SplitOps : Ops {
   const ResidentA<kMaxChunks>& resident;
-  __device__ __forceinline__ void chunk(int64_t tile, int c) {
+  float* scratch;
+  int64_t b_base[Ops::kBElems];  // the tile's B bases (begin)
+  __device__ __forceinline__ void begin(int64_t tile, bool from_c) {
+#pragma unroll
+    for (int i = 0; i < Ops::kBElems; ++i) b_base[i] = this->g.b_base(tile, this->lane, i);
+    if (from_c) return Ops::begin(tile);
+#pragma unroll
+    for (int i = 0; i < mma::kCElems; ++i) this->d[i] = 0.f;
+  }
+  __device__ __forceinline__ void chunk(int64_t, int c, int64_t k) {
     uint32_t bf[2];
-    this->gather_b(tile, c, bf);
+    this->gather_b_from(b_base, k, bf);
     this->multiply(resident.frag[c], bf);
   }
+  __device__ __forceinline__ void publish(int64_t slot) {
+#pragma unroll
+    for (int i = 0; i < mma::kCElems; ++i)
+      scratch[mma::split_scratch_index(slot, this->lane, i)] = this->d[i];
+  }
+  __device__ __forceinline__ void add_partial(int64_t slot, bool first) {
+#pragma unroll
+    for (int i = 0; i < mma::kCElems; ++i) {
+      const float partial = scratch[mma::split_scratch_index(slot, this->lane, i)];
+      this->d[i] = first ? partial : this->d[i] + partial;
+    }
+  }
+  __device__ __forceinline__ static void sync() { __syncthreads(); }
 };
 
-// Gathers the warp's A fragments of g into r (every thread of the block;
-// warps past the row tiles hold nothing), from w: the A operand as g reads
-// it.  `fits`: mma::fits_registers(g, warps, kMaxChunks) held.
+// Gathers the warp's A fragments of g (its chunk range of its row tile,
+// mma::k_split) into r; every thread of the block calls it, warps that hold
+// nothing return at once.  w: the A operand as g reads it.  The caller
+// checked mma::fits_registers(g, warps, kMaxChunks).
 template <int kMaxChunks, class Ops>
 __device__ __forceinline__ void gather_resident(const Ops& ops, ResidentA<kMaxChunks>& r) {
   const int warp = static_cast<int>(threadIdx.x / mma::kWarp);
-  if (warp >= ops.g.row_tiles()) return;
-  const int64_t tile = warp * ops.g.batch_tiles(), chunks = ops.g.k_chunks();
+  const mma::KSplit s = mma::k_split(ops.g, static_cast<int>(blockDim.x / mma::kWarp));
+  if (!s.holds(warp)) return;
+  const int64_t tile = s.row_tile(warp) * ops.g.batch_tiles(), first = s.first_chunk(warp),
+                count = s.chunk_count(warp);
 #pragma unroll
   for (int c = 0; c < kMaxChunks; ++c)
-    if (c < chunks) ops.gather_a(tile, c, r.frag[c]);
+    if (c < count) ops.gather_a(tile, first + c, r.frag[c]);
 }
 template <int kMaxChunks, typename T>
 __device__ __forceinline__ void gather_resident(const mma::TileGemm& g, const T* w,
@@ -255,19 +303,36 @@ __device__ __forceinline__ void gather_resident(const mma::TileGemmTf32& g, cons
   gather_resident(Tf32LaneOps{{g, nullptr, w, nullptr, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r);
 }
 
+// The block's warps, read so that the compiler recomputes the split at
+// each call instead of keeping it (and what derives from it) live across
+// the time loop for every call site, which pushed the LSTM forward kernel
+// (two call sites: W_hh and W_hr) into spills on sm_90.
+__device__ __forceinline__ int block_warps_uncached() {
+  unsigned threads;
+  asm volatile("mov.u32 %0, %%ntid.x;" : "=r"(threads));
+  return static_cast<int>(threads / mma::kWarp);
+}
+
 // block_tile_gemm with A from r (gathered by gather_resident for the same
-// weights, depth and rows; any batch): warp w computes row tile w's tiles.
+// weights, depth and rows; any batch): mma::split_k_tiles.  Every thread of
+// the block calls it (it may hold barriers); scratch: the block's
+// mma::split_scratch_floats(warps) floats of shared memory, free for the
+// call.  No barrier after the last store (the caller's).
 template <int kMaxChunks, typename T>
 __device__ __forceinline__ void block_tile_gemm_resident(const mma::TileGemm& g, const T* a,
-                                                         float* c, const ResidentA<kMaxChunks>& r) {
-  ResidentOps<LaneOps<T>, kMaxChunks> ops{{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r};
-  mma::warp_row_tile<kMaxChunks>(g, static_cast<int>(threadIdx.x / mma::kWarp), ops);
+                                                         float* c, const ResidentA<kMaxChunks>& r,
+                                                         float* scratch) {
+  SplitOps<LaneOps<T>, kMaxChunks> ops{{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r, scratch, {}};
+  mma::split_k_tiles<kMaxChunks>(g, mma::k_split(g, block_warps_uncached()),
+                                 static_cast<int>(threadIdx.x / mma::kWarp), ops);
 }
 template <int kMaxChunks>
 __device__ __forceinline__ void block_tile_gemm_resident(const mma::TileGemmTf32& g, const float* a,
-                                                         float* c, const ResidentA<kMaxChunks>& r) {
-  ResidentOps<Tf32LaneOps, kMaxChunks> ops{{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r};
-  mma::warp_row_tile<kMaxChunks>(g, static_cast<int>(threadIdx.x / mma::kWarp), ops);
+                                                         float* c, const ResidentA<kMaxChunks>& r,
+                                                         float* scratch) {
+  SplitOps<Tf32LaneOps, kMaxChunks> ops{{{g, a, nullptr, c, static_cast<int>(threadIdx.x % mma::kWarp), {}}}, r, scratch, {}};
+  mma::split_k_tiles<kMaxChunks>(g, mma::k_split(g, block_warps_uncached()),
+                                 static_cast<int>(threadIdx.x / mma::kWarp), ops);
 }
 
 }  // namespace mma_tile

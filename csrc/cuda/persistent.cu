@@ -11,8 +11,8 @@
 // on the tf32 m16n8k8 tile where the call's `tf32` flag is set (the ops set
 // it from torch.backends.cuda.matmul.allow_tf32, per call), else FFMA in
 // fp32; fp64 always FFMA.  fp32's two paths are two instantiations of each
-// kernel (kTf32), not a runtime branch: the tf32 tile (and the LSTM
-// forward's register-resident fragments) needs registers the FFMA kernel,
+// kernel (kTf32), not a runtime branch: the tf32 tile (and the forward
+// kernels' register-resident fragments) needs registers the FFMA kernel,
 // the default (allow_tf32 is off by default), should not pay for (sm_90:
 // the fp32 LSTM kernels would go from two blocks per SM to one).  So the
 // compiled resources, which the fit rule reads (persistent_resources,
@@ -61,12 +61,14 @@ struct BlockExecutor {
   // The tensor-core tile's A fragments of the first weights resident_rows
   // places that fit (W_hh; with a projection, W_hr only where W_hh does
   // not fit; the other is read from shared memory), held in registers for
-  // the whole time loop (mma_layout.h's warp_row_tile:
-  // warp w owns row tile w) where every row tile has a warp and a warp's
-  // fragments fit kRegisterChunks chunks of K (4 registers each):
-  // resident_key is then those weights' GateRows::w, else null and every
-  // product gathers A from shared memory (the fallback).  Never both tile
-  // forms: the fragments are gathered for the one this launch runs.
+  // the whole time loop where every row tile has a warp and a warp's chunk
+  // range fits kRegisterChunks chunks of K (4 registers each): K split
+  // across the warps of a row tile (mma_layout.h's KSplit: floor(warps /
+  // row tiles) warps a row tile, contiguous chunk ranges, the partials
+  // reduced in part order through split_scratch()).  resident_key is then
+  // those weights' GateRows::w, else null and every product gathers A from
+  // shared memory (the fallback).  Never both tile forms: the fragments are
+  // gathered for the one this launch runs.
   static constexpr int kHeldChunks = kRegisterChunks > 0 ? kRegisterChunks : 1;
   mma_tile::ResidentA<kHeldChunks> resident_a;
   const T* resident_key;
@@ -150,12 +152,20 @@ struct BlockExecutor {
         gemm_nt(m, n, k, a, lda, rows.gate(g), rows.ld, c + g * n, ldc, false);
     }
   }
+  // The register-resident product's scratch for its partial sums: static
+  // shared memory (kernels that hold fragments only: the fit rule reads it
+  // with the kernel's other static shared memory), for the launch's
+  // kPersistentThreads / 32 warps.
+  __device__ static float* split_scratch() {
+    __shared__ float scratch[mma::split_scratch_floats(kPersistentThreads / mma::kWarp)];
+    return scratch;
+  }
   // gemm_resident's tile product, A from the registers where held.
   template <class Tile>
   __device__ void tile_product(const Tile& g, const T* a, const T* w, Acc* c, bool in_registers) {
     if constexpr (kRegisterChunks > 0) {
       if (in_registers) {
-        mma_tile::block_tile_gemm_resident<kRegisterChunks>(g, a, c, resident_a);
+        mma_tile::block_tile_gemm_resident<kRegisterChunks>(g, a, c, resident_a, split_scratch());
         __syncthreads();
         return;
       }
@@ -259,14 +269,35 @@ __device__ BlockExecutor<T, Acc, kTf32, kRegisterChunks> block_executor() {
   return {{resident_shared, dynamic_shared_bytes()}, {}, nullptr};
 }
 
-// The LSTM forward kernel holds a warp's W_hh fragments in registers where
-// they fit this many chunks of K (32 registers a thread: K up to 128 in
-// fp16/bf16, 64 in tf32).  Only there: its tensor-core variants already
-// run one block per SM (sm_90: 138 registers without the budget, 168 fp16/
-// bf16 and 178 tf32 with it), so the budget costs no residency, while the
-// GRU and RNN forward kernels fit two blocks and would drop to one.  Its
-// FFMA variants (fp32 without allow_tf32, fp64) never use it.
-constexpr int kLstmRegisterChunks = 8;
+// The forward kernels hold a warp's share of W_hh's fragments in registers
+// where every row tile of the worker's gate rows has a warp and a warp's
+// chunk range of K (mma::k_split: floor(8 / row tiles) warps a row tile)
+// fits this many chunks (4 registers a chunk).  The budgets are what
+// sm_90 ptxas compiles without spills and, for GRU and RNN, without losing
+// the second block per SM (see benchmarks/NOTES.md, "The persistent CUDA
+// kernels' product on tensor cores", for the registers each budget cost):
+//   LSTM 12 (fp16/bf16), 16 (tf32): its tensor-core variants already ran
+//     one block per SM (138 registers without fragments); these take them
+//     to the 255 cap without spilling (fp16/bf16 at 16 spilled 120 bytes).
+//     With 8 units a worker (2 row tiles, 4 warps each): K up to 768 in
+//     fp16/bf16, 512 in tf32.
+//   GRU 4, RNN 4: at most 128 registers (bf16: GRU 126, RNN 114; tf32
+//     RNN 110), so two blocks per SM stay, which the fit rule counts on
+//     for both directions of a layer at H above about 528 (2K blocks on
+//     132 SMs).  GRU (2 row tiles): K up to 256 (fp16/bf16; its tf32
+//     variant holds none, see gru_forward_kernel); RNN (1 row tile, 8
+//     warps): K up to 512 (256 in tf32).  A budget of 16 (GRU, 173
+//     registers with the first form of the split) or 8 (RNN, 134) would
+//     hold every target shape of one direction but drop to one block per
+//     SM, halving the workers of the two-direction launch above H of
+//     about 528.
+// The FFMA variants (fp32 without allow_tf32, fp64) never hold fragments;
+// the backward kernels do not either (their A, W_hh's columns, is K = G*H
+// deep: see NOTES).  None of this has run on a GPU.
+constexpr int kLstmRegisterChunks = 12;
+constexpr int kLstmTf32RegisterChunks = 16;
+constexpr int kGruRegisterChunks = 4;
+constexpr int kRnnRegisterChunks = 4;
 
 // Each kernel runs one layer direction (b.workers = 0) or both directions
 // of a bidirectional layer (partition::pair_worker: blocks [0, a.workers)
@@ -274,7 +305,7 @@ constexpr int kLstmRegisterChunks = 8;
 template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     lstm_forward_kernel(const partition::LSTMForwardSeq<T, Acc> a, const partition::LSTMForwardSeq<T, Acc> b) {
-  auto ex = block_executor<T, Acc, kTf32, kLstmRegisterChunks>();
+  auto ex = block_executor<T, Acc, kTf32, kTf32 ? kLstmTf32RegisterChunks : kLstmRegisterChunks>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::lstm_forward_worker(s, k, e);
   });
@@ -290,7 +321,10 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
 template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     gru_forward_kernel(const partition::GRUForwardSeq<T, Acc> a, const partition::GRUForwardSeq<T, Acc> b) {
-  auto ex = block_executor<T, Acc, kTf32>();
+  // The tf32 variant holds none: 4 chunks took it to 140 registers, one
+  // block per SM (with the first form of the split; the 16-bit variants
+  // then took 128, now 126).
+  auto ex = block_executor<T, Acc, kTf32, kTf32 ? 0 : kGruRegisterChunks>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::gru_forward_worker(s, k, e);
   });
@@ -307,7 +341,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
 template <typename T, typename Acc, bool kTf32>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     rnn_forward_kernel(const partition::RNNForwardSeq<T, Acc> a, const partition::RNNForwardSeq<T, Acc> b) {
-  auto ex = block_executor<T, Acc, kTf32>();
+  auto ex = block_executor<T, Acc, kTf32, kRnnRegisterChunks>();
   partition::pair_worker(a, b, blockIdx.x, ex, [](const auto& s, int64_t k, auto& e) {
     partition::rnn_forward_worker(s, k, e);
   });

@@ -13,12 +13,22 @@
 //     sizes that are not multiples of the tile: partial row, batch and K
 //     tiles, tiles spanning two gates, B > 8, depth 0.  Inputs outside the
 //     product are NaN and outputs outside it are NaN-poisoned, so a read out
-//     of range or a stray or missing store fails.
+//     of range or a stray or missing store fails;
+//  3. the register-resident schedule with K split across the warps of a row
+//     tile (mma::KSplit, mma::split_k_tiles): the split itself (each chunk
+//     of each row tile held by one warp, ragged ranges, idle warps), then
+//     the warps run as threads with real barriers, A gathered once with a
+//     batch of 1 and the partials reduced through an emulated shared-memory
+//     scratch, against an fp64 product over steps of 1 to 33 batch rows.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "cuda/resident.h"
@@ -688,30 +698,81 @@ struct Tf32Form {
   }
 };
 
-constexpr int kResidentChunks = 8;  // the LSTM forward kernel's budget (persistent.cu)
+// The kernels' budget (persistent.cu's k*RegisterChunks: at most this).
+constexpr int kResidentChunks = 16;
 
-// One warp of the resident schedule: A from `held` (gathered once), B
-// gathered per chunk, as mma_tile::ResidentOps does on the GPU.
+// The block's barrier for the emulated warps, which run as threads (so the
+// schedule's barriers are real ones: a warp that skipped one, or a count
+// that differed between warps, would leave the others waiting).  A wait
+// that times out counts as a failure instead of hanging the test.
+class EmulatedBarrier {
+ public:
+  explicit EmulatedBarrier(int parties) : parties_(parties) {}
+  bool wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const int64_t generation = generation_;
+    if (++arrived_ == parties_) {
+      arrived_ = 0;
+      ++generation_;
+      cv_.notify_all();
+      return true;
+    }
+    return cv_.wait_for(lock, std::chrono::seconds(20), [&] { return generation_ != generation; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  int parties_, arrived_ = 0;
+  int64_t generation_ = 0;
+};
+
+// One warp of the split schedule (mma::split_k_tiles), 32 lanes at once:
+// A from `held` (gathered once), B gathered per chunk, partials through
+// `scratch` (the block's shared memory), as mma_tile::SplitOps does on the
+// GPU.
 template <class Form>
-struct EmulatedResidentWarp {
+struct EmulatedSplitWarp {
   const typename Form::Gemm& g;
   const typename Form::Elem* a;
   float* c;
-  std::vector<int>* stores;
+  std::vector<int>* stores;  // stores per element of c (warps store disjoint elements)
   const uint32_t (*held)[kResidentChunks][4];  // [lane][chunk][register]
+  float* scratch;
+  EmulatedBarrier* barrier;
+  int syncs = 0;
+  bool timed_out = false;
   float d[kWarp][kCElems];
 
-  void begin(int64_t) {
+  void begin(int64_t tile, bool from_c) {
     for (int lane = 0; lane < kWarp; ++lane)
-      for (int i = 0; i < kCElems; ++i) d[lane][i] = 0.f;
+      for (int i = 0; i < kCElems; ++i) {
+        const int64_t offset = from_c && g.accumulate ? g.c_offset(tile, lane, i) : -1;
+        d[lane][i] = offset >= 0 ? c[offset] : 0.f;
+      }
   }
-  void chunk(int64_t tile, int k) {
+  void chunk(int64_t tile, int held_chunk, int64_t k) {
     uint32_t af[kWarp][4], bf[kWarp][2];
     for (int lane = 0; lane < kWarp; ++lane) {
-      for (int j = 0; j < 4; ++j) af[lane][j] = held[lane][k][j];
+      for (int j = 0; j < 4; ++j) af[lane][j] = held[lane][held_chunk][j];
       Form::gather_b(g, a, tile, k, lane, bf[lane]);
     }
     Form::mma(d, af, bf);
+  }
+  void publish(int64_t slot) {
+    for (int lane = 0; lane < kWarp; ++lane)
+      for (int i = 0; i < kCElems; ++i) scratch[split_scratch_index(slot, lane, i)] = d[lane][i];
+  }
+  void add_partial(int64_t slot, bool first) {
+    for (int lane = 0; lane < kWarp; ++lane)
+      for (int i = 0; i < kCElems; ++i) {
+        const float partial = scratch[split_scratch_index(slot, lane, i)];
+        d[lane][i] = first ? partial : d[lane][i] + partial;
+      }
+  }
+  void sync() {
+    ++syncs;
+    timed_out |= !barrier->wait();
   }
   void end(int64_t tile) {
     for (int lane = 0; lane < kWarp; ++lane)
@@ -724,16 +785,28 @@ struct EmulatedResidentWarp {
   }
 };
 
-// A worker's forward product over `steps` steps with the batches ms: its
+struct SplitCase {
+  int64_t G, n, H, u0, depth;  // the worker's rows: G gates of units [u0, u0 + n) of H
+  int warps;
+  bool shared_copy;
+  bool accumulate;
+  int64_t parts;  // the split k_split should give (checked)
+};
+
+// A worker's forward product over several steps with the batches ms: its
 // rows of W [G*H, depth] (in place, or the shared-memory copy) gathered
 // into per-warp registers once, with a batch of 1 (as the kernel gathers
-// them before the time loop), then each step multiplies fresh h by them.
+// them before the time loop), then each step's h multiplied by them with
+// the warps running as threads through mma::split_k_tiles, against an
+// fp64 product of the same (rounded) operands.  Inputs outside the product
+// are NaN, c outside it NaN and never stored; with accumulate, c starts
+// from known values.
 template <class Form>
-static void run_resident_case(int64_t G, int64_t n, int64_t H, int64_t u0, int64_t depth,
-                              bool shared_copy, const std::vector<int64_t>& ms, uint32_t seed) {
+static void run_split_case(const SplitCase& cs, const std::vector<int64_t>& ms, uint32_t seed) {
   using Elem = typename Form::Elem;
   using Gemm = typename Form::Gemm;
-  const int warps = 8;
+  const int warps = cs.warps;
+  const int64_t G = cs.G, n = cs.n, H = cs.H, u0 = cs.u0, depth = cs.depth;
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> dist(-1.f, 1.f);
   const float nan = std::nanf("");
@@ -743,22 +816,43 @@ static void run_resident_case(int64_t G, int64_t n, int64_t H, int64_t u0, int64
     for (int64_t q = 0; q < ldw; ++q) W[r * ldw + q] = Form::make(q < depth ? dist(rng) : nan);
   std::vector<Elem> wt(depth * rows);
   const rnn_ext::partition::GateRows<Elem> gate_rows{W.data() + u0 * ldw, H * ldw, ldw};
-  if (shared_copy) rnn_ext::resident::pack_rows_transposed(gate_rows, G, n, depth, wt.data(), 0, 1);
-  const Elem* w = shared_copy ? wt.data() : gate_rows.w;
+  if (cs.shared_copy) rnn_ext::resident::pack_rows_transposed(gate_rows, G, n, depth, wt.data(), 0, 1);
+  const Elem* w = cs.shared_copy ? wt.data() : gate_rows.w;
   auto make_gemm = [&](int64_t m, int64_t lda, int64_t ldc) {
-    return shared_copy ? Gemm{m, depth, rows, lda, rows, 0, 1, ldc, rows}
-                       : Gemm{m, depth, rows, lda, n, H * ldw, ldw, ldc};
+    Gemm g = cs.shared_copy ? Gemm{m, depth, rows, lda, rows, 0, 1, ldc, rows}
+                            : Gemm{m, depth, rows, lda, n, H * ldw, ldw, ldc};
+    g.accumulate = cs.accumulate;
+    return g;
   };
-  // Before the time loop: the fit, then each warp's fragments of its row tile.
+  // Before the time loop: the fit and the split, then each warp's fragments
+  // of its chunk range of its row tile.
   const Gemm g0 = make_gemm(1, depth, rows);
-  EXPECT(fits_registers(g0, warps, kResidentChunks), "rows=%ld depth=%ld should fit", (long)rows, (long)depth);
+  const KSplit s0 = k_split(g0, warps);
+  EXPECT(fits_registers(g0, warps, kResidentChunks), "rows=%ld depth=%ld warps=%d should fit", (long)rows,
+         (long)depth, warps);
+  EXPECT(s0.parts == cs.parts, "rows=%ld depth=%ld warps=%d: %ld parts, want %ld", (long)rows, (long)depth,
+         warps, (long)s0.parts, (long)cs.parts);
+  // Each chunk of each row tile is held by exactly one warp, in a range.
+  std::vector<int> held_by(size_t(s0.row_tiles * s0.chunks), 0);
+  for (int warp = 0; warp < warps; ++warp) {
+    if (!s0.holds(warp)) continue;
+    EXPECT(s0.chunk_count(warp) >= 1 || s0.chunks == 0, "warp %d holds an empty range", warp);
+    for (int64_t c = 0; c < s0.chunk_count(warp); ++c)
+      ++held_by[size_t(s0.row_tile(warp) * s0.chunks + s0.first_chunk(warp) + c)];
+  }
+  for (int count : held_by) EXPECT(count == 1, "a chunk held %d times (rows=%ld depth=%ld)", count, (long)rows, (long)depth);
+
   std::vector<uint32_t> held(size_t(warps) * kWarp * kResidentChunks * 4, 0xdeadbeefu);
   auto held_of = [&](int warp) {
     return reinterpret_cast<uint32_t(*)[kResidentChunks][4]>(&held[size_t(warp) * kWarp * kResidentChunks * 4]);
   };
-  for (int warp = 0; warp < warps && warp < g0.row_tiles(); ++warp)
+  for (int warp = 0; warp < warps; ++warp) {
+    if (!s0.holds(warp)) continue;
     for (int lane = 0; lane < kWarp; ++lane)
-      for (int c = 0; c < g0.k_chunks(); ++c) Form::gather_a(g0, w, warp * g0.batch_tiles(), c, lane, held_of(warp)[lane][c]);
+      for (int64_t c = 0; c < s0.chunk_count(warp); ++c)
+        Form::gather_a(g0, w, s0.row_tile(warp) * g0.batch_tiles(), s0.first_chunk(warp) + c, lane,
+                       held_of(warp)[lane][c]);
+  }
 
   int bad = 0;
   for (size_t step = 0; step < ms.size(); ++step) {
@@ -766,21 +860,41 @@ static void run_resident_case(int64_t G, int64_t n, int64_t H, int64_t u0, int64
     std::vector<Elem> a(B * lda);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t q = 0; q < lda; ++q) a[b * lda + q] = Form::make(b < m && q < depth ? dist(rng) : nan);
-    std::vector<float> c(B * ldc, nan);
+    std::vector<float> c(B * ldc, nan), c0(B * ldc, nan);
+    for (int64_t b = 0; b < m && cs.accumulate; ++b)
+      for (int64_t col = 0; col < rows; ++col) c[b * ldc + col] = c0[b * ldc + col] = dist(rng);
     std::vector<int> stores(c.size(), 0);
     const Gemm g = make_gemm(m, lda, ldc);
-    // A's offsets depend on the row tile alone: the fragments gathered with
-    // a batch of 1 are this step's.
-    for (int warp = 0; warp < warps && warp < g.row_tiles(); ++warp)
+    const KSplit s = k_split(g, warps);
+    // The split and A's offsets depend on the rows and depth alone: the
+    // fragments gathered with a batch of 1 are this step's.
+    bad += s.parts != s0.parts || s.part_chunks != s0.part_chunks || s.row_tiles != s0.row_tiles;
+    for (int warp = 0; warp < warps; ++warp) {
+      if (!s.holds(warp)) continue;
       for (int64_t bt = 0; bt < g.batch_tiles(); ++bt)
         for (int lane = 0; lane < kWarp; lane += 5)
-          for (int64_t k = 0; k < g.k_chunks(); ++k)
+          for (int64_t k = 0; k < s.chunk_count(warp); ++k)
             for (int i = 0; i < 4; ++i)
-              bad += g.a_offset(warp * g.batch_tiles() + bt, k, lane, i) != g0.a_offset(warp, k, lane, i);
-    for (int warp = 0; warp < warps; ++warp) {
-      EmulatedResidentWarp<Form> ops{g, a.data(), c.data(), &stores, held_of(warp), {}};
-      warp_row_tile<kResidentChunks>(g, warp, ops);
+              bad += g.a_offset(s.row_tile(warp) * g.batch_tiles() + bt, s.first_chunk(warp) + k, lane, i) !=
+                     g0.a_offset(s0.row_tile(warp) * g0.batch_tiles(), s0.first_chunk(warp) + k, lane, i);
     }
+    std::vector<float> scratch(size_t(split_scratch_floats(warps)), nan);
+    EmulatedBarrier barrier(warps);
+    std::vector<EmulatedSplitWarp<Form>> ops;
+    for (int warp = 0; warp < warps; ++warp)
+      ops.push_back({g, a.data(), c.data(), &stores, held_of(warp), scratch.data(), &barrier, 0, false, {}});
+    std::vector<std::thread> threads;
+    for (int warp = 0; warp < warps; ++warp)
+      threads.emplace_back([&, warp] { split_k_tiles<kResidentChunks>(g, s, warp, ops[size_t(warp)]); });
+    for (auto& t : threads) t.join();
+    for (const auto& o : ops) {
+      EXPECT(!o.timed_out, "a barrier timed out (a warp missed it)");
+      EXPECT(o.syncs == ops[0].syncs, "warps passed %d and %d barriers", o.syncs, ops[0].syncs);
+    }
+    // Barriers: none with one part, else two per pass of kSplitPassTiles batch tiles less one.
+    const int64_t passes = (g.batch_tiles() + kSplitPassTiles - 1) / kSplitPassTiles;
+    EXPECT(ops[0].syncs == (s.parts > 1 ? 2 * passes - 1 : 0), "%d barriers for %ld passes", ops[0].syncs,
+           (long)passes);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t col = 0; col < ldc; ++col) {
         const int64_t e = b * ldc + col;
@@ -789,41 +903,90 @@ static void run_resident_case(int64_t G, int64_t n, int64_t H, int64_t u0, int64
           continue;
         }
         const int64_t gate = col / n, j = col % n;
-        double want = 0, scale = 0;
+        double want = cs.accumulate ? c0[e] : 0.0, scale = std::fabs(want);
         for (int64_t q = 0; q < depth; ++q) {
           const double p = Form::value(a[b * lda + q]) * Form::value(W[(gate * H + u0 + j) * ldw + q]);
           want += p;
           scale += std::fabs(p);
         }
-        const double tol = 2.0 * (depth + Form::kK) * std::ldexp(1.0, -24) * scale;
-        bad += !(stores[e] == 1 && std::fabs(c[e] - want) <= tol);
+        // fp32 accumulation of exact products (bf16, or tf32-rounded
+        // operands), in parts then summed: within (terms) * 2^-24 of the
+        // sum of the magnitudes, twice over.
+        const double tol = 2.0 * (depth + Form::kK + 1) * std::ldexp(1.0, -24) * scale;
+        const bool ok = stores[e] == 1 && std::fabs(c[e] - want) <= tol;
+        if (!ok && bad < 5)
+          std::printf("  step %zu b=%ld col=%ld got %g want %g stores %d\n", step, (long)b, (long)col, c[e], want,
+                      stores[e]);
+        bad += !ok;
       }
   }
-  EXPECT(bad == 0, "resident K=%d G=%ld n=%ld depth=%ld shared=%d: %d wrong", Form::kK, (long)G, (long)n,
-         (long)depth, (int)shared_copy, bad);
+  EXPECT(bad == 0, "split K=%d G=%ld n=%ld depth=%ld warps=%d shared=%d acc=%d: %d wrong", Form::kK, (long)G,
+         (long)n, (long)depth, warps, (int)cs.shared_copy, (int)cs.accumulate, bad);
 }
 
-static void test_register_resident_schedule() {
-  // The fit: row tiles <= warps, chunks <= the budget.
-  const TileGemm fits{4, 128, 128, 128, 32, 0, 1, 128, 128};
-  const TileGemm too_many_rows{4, 128, 129, 128, 33, 0, 1, 129, 129};
-  const TileGemm too_deep{4, 129, 128, 129, 32, 0, 1, 128, 128};
-  const TileGemmTf32 tf32_fits{4, 64, 128, 64, 32, 0, 1, 128, 128};
-  const TileGemmTf32 tf32_too_deep{4, 65, 128, 65, 32, 0, 1, 128, 128};
-  EXPECT(fits_registers(fits, 8, kResidentChunks) && !fits_registers(too_many_rows, 8, kResidentChunks) &&
-             !fits_registers(too_deep, 8, kResidentChunks), "fits_registers, 16-bit");
+// The split product's B gather in two steps (a tile's base, then each
+// chunk from it: mma_tile::SplitOps) addresses what b_offset does.
+template <class Frag>
+static void check_b_base(const TileGemmOf<Frag>& g) {
+  int bad = 0;
+  for (int64_t tile = 0; tile < g.tiles(); ++tile)
+    for (int lane = 0; lane < kWarp; ++lane)
+      for (int i = 0; i < Frag::kBElems; ++i)
+        for (int64_t chunk = 0; chunk < g.k_chunks() + 1; ++chunk)
+          bad += g.b_offset_from(g.b_base(tile, lane, i), chunk, lane, i) != g.b_offset(tile, chunk, lane, i);
+  EXPECT(bad == 0, "b_base/b_offset_from: %d offsets differ (batch %ld depth %ld)", bad, (long)g.batch,
+         (long)g.depth);
+}
+
+static void test_k_split_schedule() {
+  check_b_base(TileGemm{17, 37, 27, 40, 9, 0, 1, 30, 27});
+  check_b_base(TileGemm{8, 256, 32, 256, 32, 0, 1, 32, 32});
+  check_b_base(TileGemmTf32{9, 19, 13, 21, 13, 0, 1, 13, 13});
+
+  // The split: floor(warps / row tiles) warps a row tile, ceil(chunks /
+  // that) chunks each, fewer parts where a range would be empty.
+  const TileGemm lstm_h1024{1, 1024, 32, 1024, 32, 0, 1, 32, 32};  // 2 row tiles, 64 chunks
+  const KSplit a = k_split(lstm_h1024, 8);
+  EXPECT(a.row_tiles == 2 && a.parts == 4 && a.part_chunks == 16 && a.chunks == 64, "LSTM H=1024 split");
+  EXPECT(a.row_tile(5) == 1 && a.part(5) == 1 && a.first_chunk(5) == 16 && a.chunk_count(5) == 16, "warp 5");
+  const TileGemm ragged{1, 100, 27, 100, 27, 0, 1, 27, 27};  // 2 row tiles, 7 chunks: ranges 2, 2, 2, 1
+  const KSplit r = k_split(ragged, 8);
+  EXPECT(r.parts == 4 && r.part_chunks == 2 && r.chunk_count(3) == 1 && r.chunk_count(7) == 1, "ragged split");
+  const TileGemm shallow{1, 20, 5, 20, 5, 0, 1, 5, 5};  // 1 row tile, 2 chunks: 2 parts of 8 warps
+  const KSplit sh = k_split(shallow, 8);
+  EXPECT(sh.parts == 2 && sh.part_chunks == 1 && sh.warps_used() == 2 && !sh.holds(2), "more warps than chunks");
+  const TileGemm three_tiles{1, 64, 40, 64, 40, 0, 1, 40, 40};  // 3 row tiles: 2 warps each, 2 idle
+  const KSplit t = k_split(three_tiles, 8);
+  EXPECT(t.parts == 2 && t.warps_used() == 6 && !t.holds(6) && !t.holds(7), "3 row tiles of 8 warps");
+  const TileGemm empty_k{1, 0, 16, 0, 16, 0, 1, 16, 16};
+  EXPECT(k_split(empty_k, 8).parts == 1 && k_split(empty_k, 8).chunk_count(0) == 0, "depth 0: one part, no chunk");
+  // The fit: row tiles <= warps, a part's chunks <= the budget.
+  const TileGemm too_many_rows{1, 128, 129, 128, 33, 0, 1, 129, 129};  // 9 row tiles
+  const TileGemm too_deep{1, 1040, 32, 1040, 32, 0, 1, 32, 32};        // 65 chunks over 4 warps: 17
+  const TileGemmTf32 tf32_fits{1, 512, 32, 512, 32, 0, 1, 32, 32};     // 64 chunks of 8 over 4: 16
+  const TileGemmTf32 tf32_too_deep{1, 520, 32, 520, 32, 0, 1, 32, 32};
+  EXPECT(fits_registers(lstm_h1024, 8, kResidentChunks) && !fits_registers(lstm_h1024, 8, 15) &&
+             !fits_registers(too_many_rows, 8, kResidentChunks) && !fits_registers(too_deep, 8, kResidentChunks),
+         "fits_registers, 16-bit");
   EXPECT(fits_registers(tf32_fits, 8, kResidentChunks) && !fits_registers(tf32_too_deep, 8, kResidentChunks),
          "fits_registers, tf32 (K 8 a chunk)");
-  // G, n, H, u0, depth, shared copy, the batches of the steps
-  const std::vector<int64_t> ms = {1, 9, 3, 17, 8};
-  run_resident_case<Bf16Form>(4, 9, 37, 24, 37, false, ms, 401);   // LSTM slice, in place, partial tiles
-  run_resident_case<Bf16Form>(4, 9, 37, 24, 37, true, ms, 402);    // the shared-memory copy
-  run_resident_case<Bf16Form>(4, 32, 64, 32, 128, true, ms, 403);  // 8 row tiles, 8 chunks: the budget
-  run_resident_case<Bf16Form>(4, 5, 11, 6, 5, true, ms, 404);      // K < one chunk
-  run_resident_case<Tf32Form>(4, 9, 37, 24, 37, false, ms, 405);
-  run_resident_case<Tf32Form>(4, 9, 37, 24, 37, true, ms, 406);
-  run_resident_case<Tf32Form>(4, 32, 64, 0, 64, true, ms, 407);    // 8 row tiles, 8 chunks of 8
-  run_resident_case<Tf32Form>(1, 13, 40, 27, 19, true, ms, 408);   // one gate (RNN-like), partial K
+
+  // The emulated schedule.  Batches: one tile, partial tiles, several
+  // reduction passes (B = 33: 5 batch tiles, 3 passes).
+  const std::vector<int64_t> ms = {1, 9, 3, 17, 8, 33};
+  // G, n, H, u0, depth, warps, shared copy, accumulate, parts
+  run_split_case<Bf16Form>({4, 8, 64, 16, 256, 8, true, false, 4}, ms, 401);     // LSTM-like: 2 row tiles, 16 chunks
+  run_split_case<Bf16Form>({4, 8, 64, 16, 256, 8, false, true, 4}, ms, 402);     // in place, accumulate
+  run_split_case<Bf16Form>({3, 9, 37, 24, 100, 8, true, false, 4}, ms, 403);     // 27 rows, ranges 2, 2, 2, 1
+  run_split_case<Bf16Form>({1, 8, 64, 8, 1024, 8, true, false, 8}, ms, 404);     // RNN-like: 8 parts of 8 chunks
+  run_split_case<Bf16Form>({1, 5, 11, 6, 20, 8, true, false, 2}, ms, 405);       // 2 chunks: 6 warps idle
+  run_split_case<Bf16Form>({4, 10, 37, 20, 37, 8, false, false, 2}, ms, 406);    // 3 row tiles, 2 warps idle
+  run_split_case<Bf16Form>({4, 32, 64, 32, 128, 8, true, false, 1}, ms, 407);    // 8 row tiles: one part each
+  run_split_case<Bf16Form>({4, 8, 64, 16, 200, 5, true, false, 2}, ms, 408);     // 5 warps: 2 a row tile, 1 idle
+  run_split_case<Bf16Form>({4, 9, 37, 24, 5, 8, true, false, 1}, ms, 409);       // K < one chunk
+  run_split_case<Tf32Form>({4, 8, 64, 16, 128, 8, true, false, 4}, ms, 410);     // 16 chunks of 8
+  run_split_case<Tf32Form>({3, 9, 37, 24, 37, 8, false, true, 3}, ms, 411);     // 5 chunks: ranges 2, 2, 1
+  run_split_case<Tf32Form>({1, 13, 40, 27, 19, 8, true, false, 3}, ms, 412);     // one gate, partial K
 }
 
 int main() {
@@ -837,7 +1000,7 @@ int main() {
   test_tf32_rounding();
   test_emulated_tf32_tile_gemm();
   test_emulated_tf32_backward_product();
-  test_register_resident_schedule();
+  test_k_split_schedule();
   if (failures) std::printf("%d failure(s)\n", failures);
   else std::printf("mma layout: all passed\n");
   return failures ? 1 : 0;

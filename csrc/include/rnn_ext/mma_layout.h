@@ -144,6 +144,19 @@ struct TileGemmOf {
     const int64_t q = chunk * Frag::kK + Frag::b_row(lane, i), b = batch0(tile) + Frag::b_col(lane, i);
     return q < depth && b < batch ? b * lda + q : -1;
   }
+  // b_offset in two steps, for a loop over a tile's chunks: lane's element
+  // i at chunk 0 of `tile` (-1: its batch row is outside the product), then
+  // at chunk `chunk` from that base (the K index is a's column: the base
+  // plus chunk * K, where it is within the depth).  b_offset_from(b_base(
+  // tile, lane, i), chunk, lane, i) == b_offset(tile, chunk, lane, i)
+  // (ctest mma_layout checks it).
+  RNN_MMA_HD int64_t b_base(int64_t tile, int lane, int i) const {
+    const int64_t b = batch0(tile) + Frag::b_col(lane, i);
+    return b < batch ? b * lda + Frag::b_row(lane, i) : -1;
+  }
+  RNN_MMA_HD int64_t b_offset_from(int64_t base, int64_t chunk, int lane, int i) const {
+    return base >= 0 && chunk * Frag::kK + Frag::b_row(lane, i) < depth ? base + chunk * Frag::kK : -1;
+  }
   // Where lane's D element i goes in c (D = c^T: row r, column b); -1: not stored.
   RNN_MMA_HD int64_t c_offset(int64_t tile, int lane, int i) const {
     const int64_t r = row0(tile) + c_row(lane, i), b = batch0(tile) + c_col(lane, i);
@@ -170,40 +183,149 @@ RNN_MMA_HD void warp_tiles(const TileGemmOf<Frag>& g, int warp, int warps, Ops& 
   }
 }
 
+// ------------------------------------------------ register-resident A ---
 // The register-resident form of a product whose A operand (the weights) is
-// the same at every step, as the persistent forward kernel's W_hh is: warp
-// w owns row tile w and every batch tile of it, so the A fragments it
-// multiplies by (16 weight rows by all of K) never change; it gathers them
-// into registers once, before the time loop, and each step gathers only B
-// (h_{t-1}) and stores D.  A's offsets depend on the row tile alone
-// (row0(tile) = warp * kM for every tile warp_row_tile hands out, whatever
-// the batch), so fragments gathered with any batch serve every step; ctest
-// mma_layout checks that and runs this schedule.  It applies where each row
-// tile has a warp and a warp's fragments fit its register budget (chunks of
-// K per row tile, each kAElems elements of 16 bits or kAElemsTf32 of 32 in
-// 4 registers).
+// the same at every step, as the persistent forward kernels' W_hh is: each
+// warp gathers its share of the A fragments into registers once, before
+// the time loop, and each step gathers only B (h_{t-1}) and stores D.
+//
+// The schedule (KSplit): with W warps and R row tiles (R <= W), each row
+// tile gets S = floor(W / R) warps, its "parts" (floor: every row tile the
+// same count, so the reduction below is the same for all of them; the
+// W - R*S warps left over idle).  K's C chunks are cut into contiguous
+// ranges of ceil(C / S) chunks, the last one shorter; where that leaves a
+// range empty (C < S, or C not dividing well) fewer parts are used, so no
+// warp holds an empty range.  Warp w holds row tile w / S, part w % S:
+// chunks [part * part_chunks, min(C, (part + 1) * part_chunks)) of that row
+// tile, kAElems (16-bit) or kAElemsTf32 (tf32) elements of each chunk in 4
+// registers a lane.  The split depends on the product's rows and depth
+// (and W) only, never on the batch, and A's offsets on the row tile and the
+// chunk only, so fragments gathered with a batch of 1 before the time loop
+// serve every step's batch (ctest mma_layout checks both).
+//
+// A step (split_k_tiles): each warp computes, for every batch tile of its
+// row tile, the partial D of its chunk range.  With one part (S = 1, or a
+// single chunk range) that is D: the warp stores it, no barrier.  With
+// several, the partials meet in scratch (shared memory on the GPU: one
+// slot of kWarp x kCElems floats per warp and batch tile of a pass), the
+// batch tiles kSplitPassTiles at a time: every warp publishes its partials
+// of the pass, a barrier, then part p of each row tile reduces the pass's
+// batch tiles j with j % S == p, adding the parts' partials in part order
+// 0, 1, ..., S-1 (a fixed order: the same sums in the same order at every
+// step and run; no atomics), and stores D through c_offset (the layout the
+// other products write).  A second barrier before the next pass reuses the
+// slots.  Only part 0 starts from c where g.accumulate.
+struct KSplit {  // 32-bit: chunk and tile counts (fewer registers on the GPU)
+  int row_tiles = 0;    // R
+  int parts = 0;        // warps per row tile; 0: more row tiles than warps (no split)
+  int part_chunks = 0;  // chunks per part (the last part may hold fewer)
+  int chunks = 0;       // C: all of K
+
+  RNN_MMA_HD int warps_used() const { return row_tiles * parts; }
+  RNN_MMA_HD bool holds(int warp) const { return warp < warps_used(); }
+  RNN_MMA_HD int row_tile(int warp) const { return warp / parts; }
+  RNN_MMA_HD int part(int warp) const { return warp % parts; }
+  RNN_MMA_HD int first_chunk(int warp) const { return part(warp) * part_chunks; }
+  RNN_MMA_HD int chunk_count(int warp) const {
+    const int left = chunks - first_chunk(warp);
+    return left < part_chunks ? left : part_chunks;
+  }
+};
+
+// The split of g's row tiles and K chunks over `warps` warps (above).
+// Where there are more row tiles than warps (or more than 32-bit counts),
+// parts = 0.
+template <class Frag>
+RNN_MMA_HD KSplit k_split(const TileGemmOf<Frag>& g, int warps) {
+  KSplit s;
+  const int64_t row_tiles = g.row_tiles(), chunks = g.k_chunks();
+  if (row_tiles <= 0 || row_tiles > warps || chunks > (int64_t(1) << 30)) return s;
+  s.row_tiles = static_cast<int>(row_tiles);
+  s.chunks = static_cast<int>(chunks);
+  const int per_row_tile = warps / s.row_tiles;
+  s.part_chunks = (s.chunks + per_row_tile - 1) / per_row_tile;
+  s.parts = s.part_chunks > 0 ? (s.chunks + s.part_chunks - 1) / s.part_chunks : 1;
+  return s;
+}
+
+// Whether g's A fragments fit the registers: every row tile has a warp and
+// a warp's chunk range fits max_chunks chunks (the kernel's budget).
 template <class Frag>
 RNN_MMA_HD bool fits_registers(const TileGemmOf<Frag>& g, int warps, int max_chunks) {
-  return g.row_tiles() <= warps && g.k_chunks() <= max_chunks;
+  const KSplit s = k_split(g, warps);
+  return s.parts > 0 && s.part_chunks <= max_chunks;
 }
-// One warp's tiles in that form: for each batch tile bt, tile
-// warp * batch_tiles() + bt, with ops.begin, then ops.chunk(tile, c) for
-// each chunk c < k_chunks() (c a constant after unrolling: the device code
-// indexes its register array with it), then ops.end.  kMaxChunks: the
-// budget (fits_registers held).  Uniform across the lanes of a warp.
+
+// Batch tiles per reduction pass: the scratch holds warps x kSplitPassTiles
+// slots (sm_90, 8 warps: 8 KiB of static shared memory), enough for B <= 16
+// in one pass (one barrier); a larger batch takes more passes.
+constexpr int kSplitPassTiles = 2;
+// The scratch slot of warp `warp`'s partial of a pass's batch tile j, and
+// where lane `lane`'s accumulator i of it sits in the scratch (floats):
+// consecutive lanes at consecutive addresses (no bank conflicts).
+RNN_MMA_HD constexpr int64_t split_slot(int64_t warp, int j) { return warp * kSplitPassTiles + j; }
+RNN_MMA_HD constexpr int64_t split_scratch_index(int64_t slot, int lane, int i) {
+  return (slot * kCElems + i) * kWarp + lane;
+}
+RNN_MMA_HD constexpr int64_t split_scratch_floats(int warps) {
+  return int64_t(warps) * kSplitPassTiles * kCElems * kWarp;
+}
+
+// One warp's part of a step in the split form (above), with:
+//   ops.begin(tile, from_c)  zero the accumulators (from_c: start from c
+//                            where g.accumulate, as the other forms do)
+//   ops.chunk(tile, c, k)    multiply by held chunk c (a constant after
+//                            unrolling: the register array's index), K chunk k
+//   ops.publish(slot)        the accumulators into scratch slot `slot`
+//   ops.sync()               a barrier of the whole block
+//   ops.add_partial(slot, first)  accumulators (first: =) += the slot
+//   ops.end(tile)            store D (c_offset's guards)
+// kMaxChunks: the budget (fits_registers held).  Every warp of the block
+// calls it, including those that hold nothing: the barriers' count depends
+// on g and s only (uniform across the block), the loop bounds of a warp's
+// MMAs on the warp only (uniform across its lanes, as .aligned requires).
 template <int kMaxChunks, class Frag, class Ops>
-RNN_MMA_HD void warp_row_tile(const TileGemmOf<Frag>& g, int warp, Ops& ops) {
-  if (warp >= g.row_tiles()) return;
-  const int64_t batch_tiles = g.batch_tiles(), chunks = g.k_chunks();
-  for (int64_t bt = 0; bt < batch_tiles; ++bt) {
-    const int64_t tile = warp * batch_tiles + bt;
-    ops.begin(tile);
+RNN_MMA_HD void split_k_tiles(const TileGemmOf<Frag>& g, const KSplit& s, int warp, Ops& ops) {
+  const int64_t batch_tiles = g.batch_tiles();
+  const bool holds = s.holds(warp);
+  const int row_tile = holds ? s.row_tile(warp) : 0, part = holds ? s.part(warp) : 0;
+  const int first = holds ? s.first_chunk(warp) : 0, count = holds ? s.chunk_count(warp) : 0;
+  if (s.parts <= 1) {  // one part: D directly, no scratch, no barrier
+    if (!holds) return;
+    for (int64_t bt = 0; bt < batch_tiles; ++bt) {
+      const int64_t tile = row_tile * batch_tiles + bt;
+      ops.begin(tile, true);
 #if defined(__CUDACC__)
 #pragma unroll
 #endif
-    for (int c = 0; c < kMaxChunks; ++c)
-      if (c < chunks) ops.chunk(tile, c);
-    ops.end(tile);
+      for (int c = 0; c < kMaxChunks; ++c)
+        if (c < count) ops.chunk(tile, c, first + c);
+      ops.end(tile);
+    }
+    return;
+  }
+  for (int64_t bt0 = 0; bt0 < batch_tiles; bt0 += kSplitPassTiles) {
+    if (bt0 > 0) ops.sync();  // the previous pass's slots are read
+    if (holds) {
+      for (int j = 0; j < kSplitPassTiles && bt0 + j < batch_tiles; ++j) {
+        const int64_t tile = row_tile * batch_tiles + bt0 + j;
+        ops.begin(tile, part == 0);
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+        for (int c = 0; c < kMaxChunks; ++c)
+          if (c < count) ops.chunk(tile, c, first + c);
+        ops.publish(split_slot(warp, j));
+      }
+    }
+    ops.sync();  // every part's partials are in the scratch
+    if (holds) {
+      for (int j = part; j < kSplitPassTiles && bt0 + j < batch_tiles; j += s.parts) {
+        const int64_t tile = row_tile * batch_tiles + bt0 + j;
+        for (int p = 0; p < s.parts; ++p) ops.add_partial(split_slot(row_tile * s.parts + p, j), p == 0);
+        ops.end(tile);
+      }
+    }
   }
 }
 
