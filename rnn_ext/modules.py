@@ -401,15 +401,17 @@ class _RNNBase(nn.Module):
             c_n = None
         return layer_input, h_n, c_n, workspaces
 
+    def _direction_weights(self, k, cast):
+        """Layer direction k's (w_ih, w_hh, b_ih, b_hh, w_hr), None where
+        absent, in the autocast dtype where there is one."""
+        return [None if n is None else (_weight(self, n) if cast is None else _weight(self, n).to(cast))
+                for n in self._layout[k]]
+
     def _direction_inputs(self, k, direction, layer_input, lengths, packing, cast):
         """Layer direction k's input gates (direction 1's reversed within
         lengths) and its recurrent weights: (gx, w_hh, b_hh, w_hr), in the
         autocast dtype where there is one."""
-        w_ih, w_hh, b_ih, b_hh, w_hr = (None if n is None else _weight(self, n)
-                                        for n in self._layout[k])
-        if cast is not None:
-            w_ih, w_hh, b_ih, b_hh, w_hr = (None if w is None else w.to(cast)
-                                            for w in (w_ih, w_hh, b_ih, b_hh, w_hr))
+        w_ih, w_hh, b_ih, b_hh, w_hr = self._direction_weights(k, cast)
         gx = self._projection(layer_input, w_ih, b_ih, packing)
         if direction == 1:
             gx = reverse_within_lengths(gx, lengths)
@@ -421,9 +423,9 @@ class _RNNBase(nn.Module):
         persistent kernels run both directions in one launch there.  On the
         CPU, no: one call per direction, each on every thread, ran 5-20%
         faster than the pair op's one team split between the directions
-        plus the stacking of the two directions' tensors (bidir-2layer,
-        benchmarks/NOTES.md); the CPU pair op stays reachable through
-        functional.*_pair."""
+        plus (then) the stacking of the two directions' input gates
+        (bidir-2layer, benchmarks/NOTES.md); the CPU pair op stays reachable
+        through functional.*_pair."""
         return layer_input.device.type == "cuda" and functional.pair_runs_compiled(
             self.backend, layer_input, self._cell, self.hidden_size, layer_input.size(1))
 
@@ -461,14 +463,8 @@ class _RNNBase(nn.Module):
                 weights.append(w)
             return (torch.stack(gxs),
                     *(None if w[0] is None else torch.stack(w) for w in zip(*weights)))
-        per_direction = []
-        for direction in (0, 1):
-            w = [None if n is None else _weight(self, n) for n in self._layout[layer * 2 + direction]]
-            if cast is not None:
-                w = [None if t is None else t.to(cast) for t in w]
-            per_direction.append(w)
-        w_ih, w_hh, b_ih, b_hh, w_hr = (None if w[0] is None else torch.stack(w)
-                                        for w in zip(*per_direction))
+        w_ih, w_hh, b_ih, b_hh, w_hr = (None if w[0] is None else torch.stack(w) for w in zip(
+            self._direction_weights(layer * 2, cast), self._direction_weights(layer * 2 + 1, cast)))
         T, B = layer_input.shape[:2]
         x = torch.stack([layer_input, reverse_within_lengths(layer_input, lengths)]).flatten(1, 2)
         w_t = w_ih.transpose(1, 2)

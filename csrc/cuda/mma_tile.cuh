@@ -107,6 +107,14 @@ struct LaneAccumulators {
       d[i] = offset >= 0 ? c[offset] : 0.f;
     }
   }
+  // B of chunk k of `tile`, through Ops's gather_b_from (one layout formula:
+  // TileGemm::b_base, b_offset_from).
+  __device__ __forceinline__ void gather_b(int64_t tile, int64_t k, uint32_t (&bf)[2]) const {
+    int64_t base[Ops::kBElems];
+#pragma unroll
+    for (int i = 0; i < Ops::kBElems; ++i) base[i] = g.b_base(tile, lane, i);
+    static_cast<const Ops&>(*this).gather_b_from(base, k, bf);
+  }
   __device__ __forceinline__ void chunk(int64_t tile, int64_t k) {
     Ops& ops = static_cast<Ops&>(*this);
     uint32_t af[4], bf[2];  // both instructions: 4 A and 2 B registers a lane
@@ -134,12 +142,6 @@ struct LaneOps : LaneAccumulators<LaneOps<T>, mma::TileGemm, T> {
     for (int j = 0; j < 4; ++j)
       af[j] = mma::pack_pair(load(this->w, this->g.a_offset(tile, k, this->lane, 2 * j)),
                              load(this->w, this->g.a_offset(tile, k, this->lane, 2 * j + 1)));
-  }
-  __device__ __forceinline__ void gather_b(int64_t tile, int64_t k, uint32_t (&bf)[2]) const {
-#pragma unroll
-    for (int j = 0; j < 2; ++j)
-      bf[j] = mma::pack_pair(load(this->a, this->g.b_offset(tile, k, this->lane, 2 * j)),
-                             load(this->a, this->g.b_offset(tile, k, this->lane, 2 * j + 1)));
   }
   // gather_b from the tile's bases (TileGemm::b_base): one address per
   // element for all of a tile's chunks.
@@ -193,10 +195,6 @@ struct Tf32LaneOps : LaneAccumulators<Tf32LaneOps, mma::TileGemmTf32, float> {
   __device__ __forceinline__ void gather_a(int64_t tile, int64_t k, uint32_t (&af)[4]) const {
 #pragma unroll
     for (int i = 0; i < mma::kAElemsTf32; ++i) af[i] = load(w, g.a_offset(tile, k, lane, i));
-  }
-  __device__ __forceinline__ void gather_b(int64_t tile, int64_t k, uint32_t (&bf)[2]) const {
-#pragma unroll
-    for (int i = 0; i < mma::kBElemsTf32; ++i) bf[i] = load(a, g.b_offset(tile, k, lane, i));
   }
   static constexpr int kBElems = mma::kBElemsTf32;
   __device__ __forceinline__ void gather_b_from(const int64_t (&base)[kBElems], int64_t k,

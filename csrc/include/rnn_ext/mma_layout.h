@@ -141,15 +141,12 @@ struct TileGemmOf {
   }
   // Where lane's B element i is in a (B = a^T: row q, column b); -1: zero.
   RNN_MMA_HD int64_t b_offset(int64_t tile, int64_t chunk, int lane, int i) const {
-    const int64_t q = chunk * Frag::kK + Frag::b_row(lane, i), b = batch0(tile) + Frag::b_col(lane, i);
-    return q < depth && b < batch ? b * lda + q : -1;
+    return b_offset_from(b_base(tile, lane, i), chunk, lane, i);
   }
   // b_offset in two steps, for a loop over a tile's chunks: lane's element
   // i at chunk 0 of `tile` (-1: its batch row is outside the product), then
   // at chunk `chunk` from that base (the K index is a's column: the base
-  // plus chunk * K, where it is within the depth).  b_offset_from(b_base(
-  // tile, lane, i), chunk, lane, i) == b_offset(tile, chunk, lane, i)
-  // (ctest mma_layout checks it).
+  // plus chunk * K, where it is within the depth).
   RNN_MMA_HD int64_t b_base(int64_t tile, int lane, int i) const {
     const int64_t b = batch0(tile) + Frag::b_col(lane, i);
     return b < batch ? b * lda + Frag::b_row(lane, i) : -1;
