@@ -23,9 +23,12 @@ PERSISTENT_THREADS = 256  # kPersistentThreads in csrc/cuda/persistent.h
 pytestmark = [pytest.mark.skipif(NVCC is None, reason="needs nvcc"), pytest.mark.xdist_group("cuda_sm90")]
 
 
-def _ptxas_report(source, tmp_path):
+def _compile_sm90(source, tmp_path):
+    """One nvcc compile of `source` for sm_90: ptxas's report of each kernel,
+    and the PTX that nvcc kept (-keep) on the way."""
     cmd = [NVCC, "-std=c++17", "-O3", "-arch=sm_90", f"-I{ROOT}/csrc", f"-I{ROOT}/csrc/include",
-           "-Xptxas", "-v", "-c", os.path.join(ROOT, source), "-o", str(tmp_path / "k.o")]
+           "-Xptxas", "-v", "-keep", "-keep-dir", str(tmp_path), "-c", os.path.join(ROOT, source),
+           "-o", str(tmp_path / "k.o")]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     kernels, current = {}, None
     for line in out.stderr.splitlines():
@@ -45,19 +48,27 @@ def _ptxas_report(source, tmp_path):
         m = re.search(r"(\d+) bytes smem", line)
         if m:
             kernels[current]["shared"] = int(m.group(1))
-    return kernels
+    stem = os.path.splitext(os.path.basename(source))[0]
+    return kernels, (tmp_path / f"{stem}.ptx").read_text()
 
 
 @pytest.fixture(scope="session")
-def reports(tmp_path_factory):
-    """ptxas's report of each source, compiled once for the module."""
+def sm90(tmp_path_factory):
+    """Each source compiled for sm_90 once for the session: (ptxas's
+    report, PTX)."""
     cache = {}
 
-    def report(source):
+    def compiled(source):
         if source not in cache:
-            cache[source] = _ptxas_report(source, tmp_path_factory.mktemp("ptxas"))
+            cache[source] = _compile_sm90(source, tmp_path_factory.mktemp("nvcc"))
         return cache[source]
-    return report
+    return compiled
+
+
+@pytest.fixture(scope="session")
+def reports(sm90):
+    """ptxas's report of each source: {kernel: registers, shared, stack, spill}."""
+    return lambda source: sm90(source)[0]
 
 
 @pytest.mark.parametrize("source", ["csrc/cuda/persistent.cu", "csrc/cuda/rnn_cuda.cu"])
@@ -74,21 +85,26 @@ def test_kernels_fit_sm90(source, reports):
         assert len(kernels) == 30, sorted(kernels)
 
 
-def _ptx_entries(source, arch, tmp_path):
-    """The PTX of each kernel in `source` compiled for `arch`, by mangled name."""
-    out = tmp_path / f"k_{arch}.ptx"
-    subprocess.run([NVCC, "-std=c++17", "-O3", f"-arch={arch}", f"-I{ROOT}/csrc", f"-I{ROOT}/csrc/include",
-                    "-ptx", os.path.join(ROOT, source), "-o", str(out)], capture_output=True, text=True,
-                   check=True)
+def _ptx_entries(source, arch, tmp_path, sm90):
+    """The PTX of each kernel in `source` compiled for `arch`, by mangled
+    name (sm_90's from the session's compile)."""
+    if arch == "sm_90":
+        text = sm90(source)[1]
+    else:
+        out = tmp_path / f"k_{arch}.ptx"
+        subprocess.run([NVCC, "-std=c++17", "-O3", f"-arch={arch}", f"-I{ROOT}/csrc",
+                        f"-I{ROOT}/csrc/include", "-ptx", os.path.join(ROOT, source), "-o", str(out)],
+                       capture_output=True, text=True, check=True)
+        text = out.read_text()
     entries = {}
-    for chunk in out.read_text().split(".entry ")[1:]:
+    for chunk in text.split(".entry ")[1:]:
         name = chunk.split("(", 1)[0].strip()
         entries[name] = chunk
     return entries
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_persistent_products_use_tensor_cores(arch, tmp_path):
+def test_persistent_products_use_tensor_cores(arch, tmp_path, sm90):
     """The per-step products of the fp16 and bf16 persistent kernels,
     forward and backward, are the tensor-core tile (csrc/cuda/mma_tile.cuh:
     mma.sync m16n8k16 with fp32 accumulators, in the storage type's form).
@@ -99,7 +115,7 @@ def test_persistent_products_use_tensor_cores(arch, tmp_path):
     memory (the forward kernels' register-resident fragments included).
     (Which instructions are compiled, not that they are right: ctest
     mma_layout runs the tiles' index logic on the CPU.)"""
-    entries = _ptx_entries("csrc/cuda/persistent.cu", arch, tmp_path)
+    entries = _ptx_entries("csrc/cuda/persistent.cu", arch, tmp_path, sm90)
     assert len(entries) == 30, sorted(entries)
     mma = {"__half": "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
            "__nv_bfloat16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"}
