@@ -92,6 +92,25 @@ def test_every_worker_count_matches_reference(kind, case):
             torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
 
 
+# A zero initial state (the modules' when hx is None) lets step 0 skip its
+# recurrent product in the forward and its term of dW_hh in the backward,
+# where the product has at least 2^18 multiply-adds (rnn_ops_cpu.cpp,
+# h0_zero): B=16, H=128 is above that for every cell.  T=1: dW_hh is then
+# that term alone.  h0 requires grad, so its gradient is still computed.
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("T,lengths", [(1, None), (4, None), (4, [4, 3] + [2] * 14)],
+                         ids=["t1", "t4", "t4-sorted"])
+def test_zero_initial_state_skips_step_zero_products(kind, T, lengths):
+    inputs, L = _inputs(kind, (T, 16, 128, 0, lengths))
+    for i in range(4, len(inputs)):  # h0 (and c0): zeros
+        inputs[i] = torch.zeros_like(inputs[i]).requires_grad_()
+    ref_out, ref_grads = _run(kind, inputs, L, "reference")
+    for k in (1, 2):
+        out, grads = _run_cpu_twice(kind, inputs, L, k)
+        for got, want in zip(out + grads, ref_out + ref_grads):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 # fp32 runs the recurrent products through oneDNN's brgemm on packed panels
 # of 64 columns (csrc/cpu/persistent.h): H=80 gives several panels and a
 # partial one per worker; sorted lengths shrink the rows step by step down to

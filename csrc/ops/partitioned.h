@@ -237,7 +237,9 @@ struct PartitionedLoops {
   template <typename T>
   static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_finish(
       const LSTMBackwardCall<T>& c) {
-    auto [dw_hh, db_hh, dw_hr] = lstm_weight_grads(c.d_gates, c.h0, c.y, c.d_proj, c.proj_in);
+    const int64_t B = c.h0.size(0), Hin = c.h0.size(1);
+    auto [dw_hh, db_hh, dw_hr] = lstm_weight_grads(c.d_gates, c.h0, c.y, c.d_proj, c.proj_in,
+                                                   Runner::h0_zero(c.h0, B * 4 * c.H * Hin));
     return {c.d_gates, dw_hh, db_hh, dw_hr, c.dh_state.to(c.y.scalar_type()),
             c.dc_state.to(c.y.scalar_type())};
   }
@@ -353,7 +355,9 @@ struct PartitionedLoops {
 
   template <typename T>
   static std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_finish(const GRUBackwardCall<T>& c) {
-    auto [dw_hh, db_hh] = gru_weight_grads(c.d_hh, c.h0, c.y);
+    const int64_t B = c.h0.size(0);
+    auto [dw_hh, db_hh] =
+        gru_weight_grads(c.d_hh, c.h0, c.y, Runner::h0_zero(c.h0, B * 3 * c.H * c.H));
     return {c.d_gates, dw_hh, db_hh, c.dh_state.to(c.y.scalar_type())};
   }
 
@@ -462,7 +466,9 @@ struct PartitionedLoops {
   template <typename T>
   static std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward_finish(const RNNBackwardCall<T>& c) {
     // One gradient serves the input gates and the recurrent product.
-    auto [dw_hh, db_hh] = gru_weight_grads(c.d_gates, c.h0, c.y);
+    const int64_t B = c.h0.size(0);
+    auto [dw_hh, db_hh] =
+        gru_weight_grads(c.d_gates, c.h0, c.y, Runner::h0_zero(c.h0, B * 1 * c.H * c.H));
     return {c.d_gates, dw_hh, db_hh, c.dh_state.to(c.y.scalar_type())};
   }
 

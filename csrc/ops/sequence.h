@@ -91,18 +91,32 @@ Lengths prepare_lengths(const OptTensor& lengths, int64_t T, int64_t B,
 Tensor gather_final(const Tensor& seq, const Tensor& init,
                     const OptTensor& lengths, const Lengths& L);
 
-// Weight gradients of an LSTM layer after its time loop: one large product
-// over all steps.  The GEMM input of step t was h0 (t = 0) or y[t-1]; rows
-// that were inactive have zero gate gradients, so their (zeroed) outputs
-// contribute nothing.  Returns (dW_hh, db_hh, dW_hr).
+// dW_hh = sum over t of d[t]^T h_prev(t), where h_prev(0) = h0 and
+// h_prev(t) = y[t-1]: one large product over steps 1.. and one for step 0.
+// Rows that were inactive have zero gradients, so their (zeroed) outputs
+// contribute nothing.  `h0_zero` (h0 is all zeros, what the modules pass
+// when hx is None): step 0 adds nothing and its product is skipped, 1/T of
+// the work (half of it at T = 2).
+inline Tensor recurrent_weight_grad(const Tensor& d, const Tensor& h0, const Tensor& y,
+                                    bool h0_zero) {
+  const int64_t T_ = d.size(0), B = d.size(1), G = d.size(2), Hin = h0.size(1);
+  if (T_ == 1 && h0_zero) return at::zeros({G, Hin}, d.options());
+  if (T_ == 1) return at::mm(d[0].t(), h0);
+  const Tensor rest = d.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, G}).t();
+  const Tensor prev = y.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, Hin});
+  if (h0_zero) return at::mm(rest, prev);
+  Tensor dw = at::mm(d[0].t(), h0);
+  dw.addmm_(rest, prev);
+  return dw;
+}
+
+// Weight gradients of an LSTM layer after its time loop, each one large
+// product over all steps.  Returns (dW_hh, db_hh, dW_hr).
 inline std::tuple<Tensor, Tensor, Tensor> lstm_weight_grads(
     const Tensor& d_gates, const Tensor& h0, const Tensor& y,
-    const Tensor& d_proj, const Tensor& proj_in) {
-  const int64_t T_ = d_gates.size(0), B = d_gates.size(1), G = d_gates.size(2);
-  Tensor dw_hh = at::mm(d_gates[0].t(), h0);
-  if (T_ > 1)
-    dw_hh.addmm_(d_gates.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, G}).t(),
-                 y.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, y.size(2)}));
+    const Tensor& d_proj, const Tensor& proj_in, bool h0_zero = false) {
+  const int64_t T_ = d_gates.size(0), B = d_gates.size(1);
+  Tensor dw_hh = recurrent_weight_grad(d_gates, h0, y, h0_zero);
   Tensor db_hh = d_gates.sum(at::IntArrayRef{0, 1});
   Tensor dw_hr = d_proj.numel() > 0
                      ? at::mm(d_proj.reshape({T_ * B, d_proj.size(2)}).t(),
@@ -113,15 +127,9 @@ inline std::tuple<Tensor, Tensor, Tensor> lstm_weight_grads(
 
 // Likewise for a GRU layer, from the gradients of h W_hh^T + b_hh (and for
 // an RNN layer, whose one gate gradient is also that of the product).
-inline std::tuple<Tensor, Tensor> gru_weight_grads(const Tensor& d_hh,
-                                                   const Tensor& h0,
-                                                   const Tensor& y) {
-  const int64_t T_ = d_hh.size(0), B = d_hh.size(1), G = d_hh.size(2);
-  Tensor dw_hh = at::mm(d_hh[0].t(), h0);
-  if (T_ > 1)
-    dw_hh.addmm_(d_hh.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, G}).t(),
-                 y.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, y.size(2)}));
-  return {dw_hh, d_hh.sum(at::IntArrayRef{0, 1})};
+inline std::tuple<Tensor, Tensor> gru_weight_grads(const Tensor& d_hh, const Tensor& h0,
+                                                   const Tensor& y, bool h0_zero = false) {
+  return {recurrent_weight_grad(d_hh, h0, y, h0_zero), d_hh.sum(at::IntArrayRef{0, 1})};
 }
 
 // The six loops.  Every buffer is allocated before the loop; inside it,
