@@ -114,6 +114,16 @@ RNN_HD bool last_step(const int64_t* lengths, int64_t b, int64_t t, int64_t T) {
   return lengths ? t == lengths[b] - 1 : t == T - 1;
 }
 
+// Whether step t is some row's last: the steps where final states are
+// copied (without lengths only the last), so that the others do not test
+// every element.
+RNN_HD bool some_row_ends(const int64_t* lengths, int64_t B, int64_t t, int64_t T) {
+  if (!lengths) return t == T - 1;
+  for (int64_t b = 0; b < B; ++b)
+    if (t == lengths[b] - 1) return true;
+  return false;
+}
+
 // ---------------------------------------------------------------- LSTM ----
 template <typename T, typename Acc>
 struct LSTMForwardSeq {
@@ -167,12 +177,13 @@ RNN_HD void lstm_forward_worker(const LSTMForwardSeq<T, Acc>& s, int64_t k, Exec
       T* h_n = s.h_n;
       T* c_n = s.c_n;
       const bool proj = P > 0;
-      ex.for_each(0, B, u.begin, u.end, [=](int64_t b, int64_t j) {
-        if (last_step(len, b, t, T_)) {
-          c_n[b * H + j] = from_acc<T>(ws[b * 5 * H + 4 * H + j]);
-          if (!proj) h_n[b * H + j] = h_out[b * H + j];
-        }
-      });
+      if (some_row_ends(len, B, t, T_))
+        ex.for_each(0, B, u.begin, u.end, [=](int64_t b, int64_t j) {
+          if (last_step(len, b, t, T_)) {
+            c_n[b * H + j] = from_acc<T>(ws[b * 5 * H + 4 * H + j]);
+            if (!proj) h_n[b * H + j] = h_out[b * H + j];
+          }
+        });
     }
     ex.barrier();
     if (P > 0) {
@@ -298,9 +309,10 @@ RNN_HD void gru_forward_worker(const GRUForwardSeq<T, Acc>& s, int64_t k, Exec& 
       const int64_t T_ = s.steps;
       const int64_t* len = s.lengths;
       T* h_n = s.h_n;
-      ex.for_each(0, B, u.begin, u.end, [=](int64_t b, int64_t j) {
-        if (last_step(len, b, t, T_)) h_n[b * H + j] = y[b * H + j];
-      });
+      if (some_row_ends(len, B, t, T_))
+        ex.for_each(0, B, u.begin, u.end, [=](int64_t b, int64_t j) {
+          if (last_step(len, b, t, T_)) h_n[b * H + j] = y[b * H + j];
+        });
     }
     ex.barrier();
   }
@@ -387,9 +399,10 @@ RNN_HD void rnn_forward_worker(const RNNForwardSeq<T, Acc>& s, int64_t k, Exec& 
       const int64_t T_ = s.steps;
       const int64_t* len = s.lengths;
       T* h_n = s.h_n;
-      ex.for_each(0, B, u.begin, u.end, [=](int64_t b, int64_t j) {
-        if (last_step(len, b, t, T_)) h_n[b * H + j] = y[b * H + j];
-      });
+      if (some_row_ends(len, B, t, T_))
+        ex.for_each(0, B, u.begin, u.end, [=](int64_t b, int64_t j) {
+          if (last_step(len, b, t, T_)) h_n[b * H + j] = y[b * H + j];
+        });
     }
     ex.barrier();
   }
