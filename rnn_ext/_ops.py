@@ -60,7 +60,7 @@ def _rnn_infer_fake(input_gates, w_hh, b_hh, h0, lengths, nonlinearity):
 
 @torch.library.register_fake("rnn_ext::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0,
-                        output, workspace, proj_input, lengths, grad_workspace):
+                        output, workspace, proj_input, lengths, grad_workspace, grad_h0=True):
     T, B, _ = output.shape
     H = workspace.shape[2] // 5
     new = output.new_empty
@@ -85,7 +85,7 @@ def _gru_forward_fake(input_gates, w_hh, b_hh, h0, lengths):
 
 @torch.library.register_fake("rnn_ext::gru_backward")
 def _gru_backward_fake(grad_output, grad_h_n, w_hh, h0, output, workspace,
-                       lengths, grad_workspace):
+                       lengths, grad_workspace, grad_h0=True):
     T, B, H = output.shape
     new = output.new_empty
     return new((T, B, 3 * H)), new(w_hh.shape), new((3 * H,)), new(h0.shape)
@@ -101,7 +101,7 @@ def _rnn_forward_fake(input_gates, w_hh, b_hh, h0, lengths, nonlinearity):
 
 @torch.library.register_fake("rnn_ext::rnn_backward")
 def _rnn_backward_fake(grad_output, grad_h_n, w_hh, h0, output, workspace,
-                       lengths, grad_workspace, nonlinearity):
+                       lengths, grad_workspace, nonlinearity, grad_h0=True):
     T, B, H = output.shape
     new = output.new_empty
     return new((T, B, H)), new(w_hh.shape), new((H,)), new(h0.shape)
@@ -270,12 +270,14 @@ def _lstm_backward_of(reference_fn, backward_op):
             return _higher_order(ctx, reference_fn,
                                  (gx, w_hh, b_hh, w_hr, h0, c0, lengths),
                                  (y, h_n, c_n, ws), (grad_y, grad_h_n, grad_c_n, grad_ws))
+        # Without h0's gradient (hx not given) the last step's product is skipped.
+        grad_h0 = ctx.needs_input_grad[4]
         d_gx, d_w_hh, d_b_hh, d_w_hr, d_h0, d_c0 = backward_op(
             _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n),
             _zeros_if_none(grad_c_n, c_n), w_hh, w_hr, h0, c0, y, ws, proj_in,
-            lengths, grad_ws)
+            lengths, grad_ws, grad_h0)
         return (d_gx, d_w_hh, d_b_hh if b_hh is not None else None,
-                d_w_hr if w_hr is not None else None, d_h0, d_c0, None)
+                d_w_hr if w_hr is not None else None, d_h0 if grad_h0 else None, d_c0, None)
     return backward
 
 
@@ -294,10 +296,11 @@ def _gru_backward_of(reference_fn, backward_op):
         if _create_graph(saved):
             return _higher_order(ctx, reference_fn, (gx, w_hh, b_hh, h0, lengths),
                                  (y, h_n, ws), (grad_y, grad_h_n, grad_ws))
+        grad_h0 = ctx.needs_input_grad[3]  # as in the LSTM's
         d_gx, d_w_hh, d_b_hh, d_h0 = backward_op(
             _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n), w_hh, h0, y,
-            ws, lengths, grad_ws)
-        return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None
+            ws, lengths, grad_ws, grad_h0)
+        return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0 if grad_h0 else None, None
     return backward
 
 
@@ -318,10 +321,12 @@ def _rnn_backward_of(reference_fn, backward_op):
             return _higher_order(ctx, reference_fn,
                                  (gx, w_hh, b_hh, h0, lengths, ctx.nonlinearity),
                                  (y, h_n, ws), (grad_y, grad_h_n, grad_ws))
+        grad_h0 = ctx.needs_input_grad[3]  # as in the LSTM's
         d_gx, d_w_hh, d_b_hh, d_h0 = backward_op(
             _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h_n), w_hh, h0, y,
-            ws, lengths, grad_ws, ctx.nonlinearity)
-        return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None, None
+            ws, lengths, grad_ws, ctx.nonlinearity, grad_h0)
+        return (d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0 if grad_h0 else None,
+                None, None)
     return backward
 
 
@@ -375,7 +380,8 @@ def _lstm_pair_infer_fake(input_gates, w_hh, b_hh, w_hr, h0, c0, lengths):
 
 @torch.library.register_fake("rnn_ext::lstm_pair_backward")
 def _lstm_pair_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0,
-                             output, workspace, proj_input, lengths, grad_workspace):
+                             output, workspace, proj_input, lengths, grad_workspace,
+                             grad_h0=True):
     args = (grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, output, workspace, proj_input)
     _check_pair("lstm_pair_backward", **dict(zip(
         ("grad_output", "grad_h_n", "grad_c_n", "w_hh", "w_hr", "h0", "c0", "output",
@@ -400,7 +406,7 @@ def _gru_pair_infer_fake(input_gates, w_hh, b_hh, h0, lengths):
 
 @torch.library.register_fake("rnn_ext::gru_pair_backward")
 def _gru_pair_backward_fake(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths,
-                            grad_workspace):
+                            grad_workspace, grad_h0=True):
     args = (grad_output, grad_h_n, w_hh, h0, output, workspace)
     _check_pair("gru_pair_backward", grad_output=grad_output, output=output, workspace=workspace)
     return _stacked(_gru_backward_fake(*(_half(t, 0) for t in args), lengths,
@@ -423,7 +429,7 @@ def _rnn_pair_infer_fake(input_gates, w_hh, b_hh, h0, lengths, nonlinearity):
 
 @torch.library.register_fake("rnn_ext::rnn_pair_backward")
 def _rnn_pair_backward_fake(grad_output, grad_h_n, w_hh, h0, output, workspace, lengths,
-                            grad_workspace, nonlinearity):
+                            grad_workspace, nonlinearity, grad_h0=True):
     args = (grad_output, grad_h_n, w_hh, h0, output, workspace)
     _check_pair("rnn_pair_backward", grad_output=grad_output, output=output, workspace=workspace)
     return _stacked(_rnn_backward_fake(*(_half(t, 0) for t in args), lengths,

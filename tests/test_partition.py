@@ -111,6 +111,70 @@ def test_zero_initial_state_skips_step_zero_products(kind, T, lengths):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+def _grads_without_h0_grad(kind, inputs, L, fn, h0_index):
+    """Outputs and gradients with h0 requiring grad, then without: the
+    gradients of the other inputs, in order."""
+    wrt = [t for t in inputs if t is not None]
+    full = outputs_and_grads(fn(*inputs, lengths=L, backend="cpu"), wrt)
+    h0 = inputs[h0_index]
+    inputs = list(inputs)
+    inputs[h0_index] = h0.detach()
+    rest = [t for t in inputs if t is not None and t.requires_grad]
+    part = outputs_and_grads(fn(*inputs, lengths=L, backend="cpu"), rest)
+    keep = [i for i, t in enumerate(wrt) if t is not h0]
+    return full[0], [full[1][i] for i in keep], part
+
+
+# Without h0's gradient (hx not given to a module) the backward skips the
+# product that turns the carried dh into it (bool grad_h0 of the backward
+# ops): every other output and gradient is bitwise the same, on both loops
+# and for the pair ops; the op itself returns zeros for h0's gradient.
+@pytest.mark.parametrize("loop", ["partitioned", "stepwise"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("case", [CASES[1], CASES[3]], ids=[IDS[1], IDS[3]])
+def test_without_h0_gradient_the_rest_is_unchanged(loop, kind, case):
+    if kind != "lstm" and case[3]:
+        case = case[:3] + (0,) + case[4:]
+    h0_index = 4 if kind == "lstm" else 3
+    stepwise = _C._set_cpu_stepwise(loop == "stepwise")
+    try:
+        inputs, L = _inputs(kind, case)
+        out, grads, (out2, grads2) = _grads_without_h0_grad(kind, inputs, L, _function(kind),
+                                                            h0_index)
+        for a, b in zip(out + grads, out2 + grads2):
+            assert torch.equal(a, b)
+        # The pair op: both directions stacked.
+        pair = getattr(functional, kind.split("_")[0] + "_pair")
+        if kind.startswith("rnn_"):
+            pair = (lambda f: lambda *a, **k: f(*a, nonlinearity="tanh", **k))(pair)
+        stacked = [None if t is None else torch.stack([t.detach(), t.detach().flip(0)])
+                   .requires_grad_() for t in inputs]
+        out, grads, (out2, grads2) = _grads_without_h0_grad(kind, stacked, L, pair, h0_index)
+        for a, b in zip(out + grads, out2 + grads2):
+            assert torch.equal(a, b)
+    finally:
+        _C._set_cpu_stepwise(stepwise)
+
+
+@pytest.mark.parametrize("loop", ["partitioned", "stepwise"])
+def test_backward_op_without_h0_gradient_returns_zeros(loop):
+    inputs, L = _inputs("lstm", CASES[1], grad=False)
+    gx, w_hh, b_hh, w_hr, h0, c0 = inputs
+    stepwise = _C._set_cpu_stepwise(loop == "stepwise")
+    try:
+        y, h_n, c_n, ws, proj_in = ops.lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, L)
+        grads = [torch.randn_like(t) for t in (y, h_n, c_n)]
+        args = (*grads, w_hh, w_hr, h0, c0, y, ws, proj_in, L, None)
+        full = ops.lstm_backward(*args)
+        part = ops.lstm_backward(*args, grad_h0=False)
+    finally:
+        _C._set_cpu_stepwise(stepwise)
+    assert full[4].abs().sum() > 0
+    assert torch.equal(part[4], torch.zeros_like(full[4]))
+    for i in (0, 1, 2, 3, 5):
+        assert torch.equal(part[i], full[i]), i
+
+
 # fp32 runs the recurrent products through oneDNN's brgemm on packed panels
 # of 64 columns (csrc/cpu/persistent.h): H=80 gives several panels and a
 # partial one per worker; sorted lengths shrink the rows step by step down to

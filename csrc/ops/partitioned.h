@@ -240,6 +240,7 @@ struct PartitionedLoops {
     const int64_t B = c.h0.size(0), Hin = c.h0.size(1);
     auto [dw_hh, db_hh, dw_hr] = lstm_weight_grads(c.d_gates, c.h0, c.y, c.d_proj, c.proj_in,
                                                    Runner::h0_zero(c.h0, B * 4 * c.H * Hin));
+    if (!c.s.grad_h0) c.dh_state.zero_();
     return {c.d_gates, dw_hh, db_hh, dw_hr, c.dh_state.to(c.y.scalar_type()),
             c.dc_state.to(c.y.scalar_type())};
   }
@@ -249,10 +250,11 @@ struct PartitionedLoops {
       const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n,
       const Tensor& w_hh, const OptTensor& w_hr, const Tensor& h0,
       const Tensor& c0, const Tensor& y, const Tensor& ws, const Tensor& proj_in,
-      const OptTensor& lengths, const OptTensor& grad_ws) {
+      const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0) {
     LSTMBackwardCall<T> c;
     lstm_backward_prepare<T>(c, grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, proj_in,
                              lengths, grad_ws);
+    c.s.grad_h0 = grad_h0;
     Runner::lstm_backward(c.s, c.K);
     return lstm_backward_finish<T>(c);
   }
@@ -262,12 +264,14 @@ struct PartitionedLoops {
       const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n,
       const Tensor& w_hh, const OptTensor& w_hr, const Tensor& h0,
       const Tensor& c0, const Tensor& y, const Tensor& ws, const Tensor& proj_in,
-      const OptTensor& lengths, const OptTensor& grad_ws, bool together) {
+      const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0, bool together) {
     LSTMBackwardCall<T> a, b;
-    for (int64_t d = 0; d < 2; ++d)
+    for (int64_t d = 0; d < 2; ++d) {
       lstm_backward_prepare<T>(d == 0 ? a : b, grad_y[d], grad_h_n[d], grad_c_n[d], w_hh[d],
                                direction_of(w_hr, d), h0[d], c0[d], y[d], ws[d], proj_in[d], lengths,
                                direction_of(grad_ws, d));
+      (d == 0 ? a : b).s.grad_h0 = grad_h0;
+    }
     run_pair(a, b, together, 4, y.size(3), y, true,
              [](const auto& s, int64_t K) { Runner::lstm_backward(s, K); },
              [](const auto& sa, const auto& sb, int64_t K) { Runner::lstm_backward_pair(sa, sb, K); });
@@ -358,6 +362,7 @@ struct PartitionedLoops {
     const int64_t B = c.h0.size(0);
     auto [dw_hh, db_hh] =
         gru_weight_grads(c.d_hh, c.h0, c.y, Runner::h0_zero(c.h0, B * 3 * c.H * c.H));
+    if (!c.s.grad_h0) c.dh_state.zero_();
     return {c.d_gates, dw_hh, db_hh, c.dh_state.to(c.y.scalar_type())};
   }
 
@@ -365,9 +370,10 @@ struct PartitionedLoops {
   static std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
       const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
       const Tensor& h0, const Tensor& y, const Tensor& ws,
-      const OptTensor& lengths, const OptTensor& grad_ws) {
+      const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0) {
     GRUBackwardCall<T> c;
     gru_backward_prepare<T>(c, grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, {});
+    c.s.grad_h0 = grad_h0;
     Runner::gru_backward(c.s, c.K);
     return gru_backward_finish<T>(c);
   }
@@ -376,12 +382,14 @@ struct PartitionedLoops {
   static std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_pair(
       const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
       const Tensor& h0, const Tensor& y, const Tensor& ws,
-      const OptTensor& lengths, const OptTensor& grad_ws, bool together) {
+      const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0, bool together) {
     Tensor both[1];
     GRUBackwardCall<T> a, b;
-    for (int64_t d = 0; d < 2; ++d)
+    for (int64_t d = 0; d < 2; ++d) {
       gru_backward_prepare<T>(d == 0 ? a : b, grad_y[d], grad_h_n[d], w_hh[d], h0[d], y[d],
                               ws[d], lengths, direction_of(grad_ws, d), {both, d});
+      (d == 0 ? a : b).s.grad_h0 = grad_h0;
+    }
     run_pair(a, b, together, 3, a.H, y, true,
              [](const auto& s, int64_t K) { Runner::gru_backward(s, K); },
              [](const auto& sa, const auto& sb, int64_t K) { Runner::gru_backward_pair(sa, sb, K); });
@@ -469,6 +477,7 @@ struct PartitionedLoops {
     const int64_t B = c.h0.size(0);
     auto [dw_hh, db_hh] =
         gru_weight_grads(c.d_gates, c.h0, c.y, Runner::h0_zero(c.h0, B * 1 * c.H * c.H));
+    if (!c.s.grad_h0) c.dh_state.zero_();
     return {c.d_gates, dw_hh, db_hh, c.dh_state.to(c.y.scalar_type())};
   }
 
@@ -476,9 +485,10 @@ struct PartitionedLoops {
   static std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward(
       const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
       const Tensor& h0, const Tensor& y, const Tensor& ws,
-      const OptTensor& lengths, const OptTensor& grad_ws, bool relu) {
+      const OptTensor& lengths, const OptTensor& grad_ws, bool relu, bool grad_h0) {
     RNNBackwardCall<T> c;
     rnn_backward_prepare<T>(c, grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, relu);
+    c.s.grad_h0 = grad_h0;
     Runner::rnn_backward(c.s, c.K);
     return rnn_backward_finish<T>(c);
   }
@@ -487,11 +497,14 @@ struct PartitionedLoops {
   static std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward_pair(
       const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
       const Tensor& h0, const Tensor& y, const Tensor& ws,
-      const OptTensor& lengths, const OptTensor& grad_ws, bool relu, bool together) {
+      const OptTensor& lengths, const OptTensor& grad_ws, bool relu, bool grad_h0,
+      bool together) {
     RNNBackwardCall<T> a, b;
-    for (int64_t d = 0; d < 2; ++d)
+    for (int64_t d = 0; d < 2; ++d) {
       rnn_backward_prepare<T>(d == 0 ? a : b, grad_y[d], grad_h_n[d], w_hh[d], h0[d], y[d],
                               ws[d], lengths, direction_of(grad_ws, d), relu);
+      (d == 0 ? a : b).s.grad_h0 = grad_h0;
+    }
     run_pair(a, b, together, 1, a.H, y, true,
              [](const auto& s, int64_t K) { Runner::rnn_backward(s, K); },
              [](const auto& sa, const auto& sb, int64_t K) { Runner::rnn_backward_pair(sa, sb, K); });

@@ -207,7 +207,7 @@ TORCH_LIBRARY(rnn_ext, m) {
       "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, "
       "Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor output, "
       "Tensor workspace, Tensor proj_input, Tensor? lengths, "
-      "Tensor? grad_workspace) -> (Tensor grad_input_gates, Tensor grad_w_hh, "
+      "Tensor? grad_workspace, bool grad_h0=True) -> (Tensor grad_input_gates, Tensor grad_w_hh, "
       "Tensor grad_b_hh, Tensor grad_w_hr, Tensor grad_h0, Tensor grad_c0)");
   m.def(
       "gru_forward(Tensor input_gates, Tensor w_hh, Tensor? b_hh, Tensor h0, "
@@ -223,7 +223,7 @@ TORCH_LIBRARY(rnn_ext, m) {
   m.def(
       "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, "
       "Tensor h0, Tensor output, Tensor workspace, Tensor? lengths, "
-      "Tensor? grad_workspace) -> (Tensor grad_input_gates, Tensor grad_w_hh, "
+      "Tensor? grad_workspace, bool grad_h0=True) -> (Tensor grad_input_gates, Tensor grad_w_hh, "
       "Tensor grad_b_hh, Tensor grad_h0)");
   m.def(
       "rnn_forward(Tensor input_gates, Tensor w_hh, Tensor? b_hh, Tensor h0, "
@@ -232,7 +232,8 @@ TORCH_LIBRARY(rnn_ext, m) {
   m.def(
       "rnn_backward(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, "
       "Tensor h0, Tensor output, Tensor workspace, Tensor? lengths, "
-      "Tensor? grad_workspace, str nonlinearity) -> (Tensor grad_input_gates, "
+      "Tensor? grad_workspace, str nonlinearity, bool grad_h0=True) -> "
+      "(Tensor grad_input_gates, "
       "Tensor grad_w_hh, Tensor grad_b_hh, Tensor grad_h0)");
   m.def(
       "rnn_infer(Tensor input_gates, Tensor w_hh, Tensor? b_hh, Tensor h0, "
@@ -254,7 +255,7 @@ TORCH_LIBRARY(rnn_ext, m) {
       "lstm_pair_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, "
       "Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor output, "
       "Tensor workspace, Tensor proj_input, Tensor? lengths, "
-      "Tensor? grad_workspace) -> (Tensor grad_input_gates, Tensor grad_w_hh, "
+      "Tensor? grad_workspace, bool grad_h0=True) -> (Tensor grad_input_gates, Tensor grad_w_hh, "
       "Tensor grad_b_hh, Tensor grad_w_hr, Tensor grad_h0, Tensor grad_c0)");
   m.def(
       "gru_pair_forward(Tensor input_gates, Tensor w_hh, Tensor? b_hh, Tensor h0, "
@@ -265,7 +266,7 @@ TORCH_LIBRARY(rnn_ext, m) {
   m.def(
       "gru_pair_backward(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, "
       "Tensor h0, Tensor output, Tensor workspace, Tensor? lengths, "
-      "Tensor? grad_workspace) -> (Tensor grad_input_gates, Tensor grad_w_hh, "
+      "Tensor? grad_workspace, bool grad_h0=True) -> (Tensor grad_input_gates, Tensor grad_w_hh, "
       "Tensor grad_b_hh, Tensor grad_h0)");
   m.def(
       "rnn_pair_forward(Tensor input_gates, Tensor w_hh, Tensor? b_hh, Tensor h0, "
@@ -277,7 +278,8 @@ TORCH_LIBRARY(rnn_ext, m) {
   m.def(
       "rnn_pair_backward(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, "
       "Tensor h0, Tensor output, Tensor workspace, Tensor? lengths, "
-      "Tensor? grad_workspace, str nonlinearity) -> (Tensor grad_input_gates, "
+      "Tensor? grad_workspace, str nonlinearity, bool grad_h0=True) -> "
+      "(Tensor grad_input_gates, "
       "Tensor grad_w_hh, Tensor grad_b_hh, Tensor grad_h0)");
   // Cells: one step of LSTMCell, GRUCell and RNNCell with the input
   // projection, for the modules' eager calls (rnn_ext/_function.py).  The

@@ -308,7 +308,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_bac
         at::zeros({1, B, H}, x.options()), grad_h.contiguous(), grad_c.contiguous(),
         w_hh.contiguous(), std::nullopt, hx.contiguous(), cx.contiguous(),
         h.contiguous().unsqueeze(0), ws.contiguous(), at::empty({0, B, H}, x.options()),
-        std::nullopt, std::nullopt);
+        std::nullopt, std::nullopt, /*grad_h0=*/true);
   });
   auto& [d_gates, dw_hh, db_hh, dw_hr, dh0, dc0] = g;
   auto [dx, dw_ih] = input_projection_grads(d_gates[0], x, w_ih);
@@ -354,7 +354,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(
     g = CpuLoops::template gru_backward<scalar_t>(
         at::zeros({1, B, H}, x.options()), grad_h.contiguous(), w_hh.contiguous(),
         hx.contiguous(), h.contiguous().unsqueeze(0), ws.contiguous(), std::nullopt,
-        std::nullopt);
+        std::nullopt, /*grad_h0=*/true);
   });
   auto& [d_gates, dw_hh, db_hh, dh0] = g;
   const Tensor d_in = d_gates[0];
@@ -404,7 +404,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(
     g = CpuLoops::template rnn_backward<scalar_t>(
         at::zeros({1, B, H}, x.options()), grad_h.contiguous(), w_hh.contiguous(),
         hx.contiguous(), h.contiguous().unsqueeze(0), ws.contiguous(), std::nullopt,
-        std::nullopt, relu);
+        std::nullopt, relu, /*grad_h0=*/true);
   });
   auto& [d_gates, dw_hh, db_hh, dh0] = g;
   auto [dx, dw_ih] = input_projection_grads(d_gates[0], x, w_ih);

@@ -261,10 +261,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cuda(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n,
     const Tensor& w_hh, const OptTensor& w_hr, const Tensor& h0,
     const Tensor& c0, const Tensor& y, const Tensor& ws, const Tensor& proj_in,
-    const OptTensor& lengths, const OptTensor& grad_ws) {
+    const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0) {
   c10::cuda::CUDAGuard guard(y.device());
   return lstm_backward<CudaLoops>(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0,
-                                  c0, y, ws, proj_in, lengths, grad_ws);
+                                  c0, y, ws, proj_in, lengths, grad_ws, grad_h0);
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward_cuda(const Tensor& gx,
@@ -279,10 +279,10 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_cuda(const Tensor& gx,
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_cuda(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
     const Tensor& h0, const Tensor& y, const Tensor& ws,
-    const OptTensor& lengths, const OptTensor& grad_ws) {
+    const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0) {
   c10::cuda::CUDAGuard guard(y.device());
   return gru_backward<CudaLoops>(grad_y, grad_h_n, w_hh, h0, y, ws, lengths,
-                                 grad_ws);
+                                 grad_ws, grad_h0);
 }
 
 std::tuple<Tensor, Tensor, Tensor> lstm_infer_cuda(
@@ -311,10 +311,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward_cuda(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
     const Tensor& h0, const Tensor& y, const Tensor& ws,
     const OptTensor& lengths, const OptTensor& grad_ws,
-    c10::string_view nonlinearity) {
+    c10::string_view nonlinearity, bool grad_h0) {
   c10::cuda::CUDAGuard guard(y.device());
   return rnn_backward<CudaLoops>(grad_y, grad_h_n, w_hh, h0, y, ws, lengths,
-                                 grad_ws, nonlinearity);
+                                 grad_ws, nonlinearity, grad_h0);
 }
 
 std::tuple<Tensor, Tensor> rnn_infer_cuda(const Tensor& gx, const Tensor& w_hh,

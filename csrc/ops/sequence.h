@@ -189,7 +189,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_loop(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n,
     const Tensor& w_hh, const OptTensor& w_hr, const Tensor& h0,
     const Tensor& c0, const Tensor& y, const Tensor& ws, const Tensor& proj_in,
-    const OptTensor& lengths, const OptTensor& grad_ws) {
+    const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0 = true) {
   using KT = typename Steps::template kernel_type<T>;
   using Acc = at::opmath_type<T>;
   const int64_t T_ = y.size(0), B = y.size(1), H = ws.size(2) / 5;
@@ -229,8 +229,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_loop(
         grad_ws_p ? grad_ws_p + t * B * 5 * H : nullptr, P > 0 ? dh_pre_p : nullptr, dh_p,
         grad_y_p + t * B * Hout, dc_p, d_gates_p + t * B * 4 * H};
     Steps::lstm_backward(p);
-    gemm(false, n, Hout, 4 * H, d_gates_p + t * B * 4 * H, 4 * H, w_p, Hout, dh_p, Hout, true);
+    if (t > 0 || grad_h0)  // step 0's product is h0's gradient
+      gemm(false, n, Hout, 4 * H, d_gates_p + t * B * 4 * H, 4 * H, w_p, Hout, dh_p, Hout, true);
   }
+  if (!grad_h0) dh_state.zero_();
   auto [dw_hh, db_hh, dw_hr] = lstm_weight_grads(d_gates, h0, y, d_proj, proj_in);
   return {d_gates, dw_hh, db_hh, dw_hr, dh_state.to(y.scalar_type()),
           dc_state.to(y.scalar_type())};
@@ -272,7 +274,7 @@ template <class Steps, typename T>
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_loop(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
     const Tensor& h0, const Tensor& y, const Tensor& ws,
-    const OptTensor& lengths, const OptTensor& grad_ws) {
+    const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0 = true) {
   using KT = typename Steps::template kernel_type<T>;
   using Acc = at::opmath_type<T>;
   const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
@@ -298,8 +300,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_loop(
         grad_ws_p ? grad_ws_p + t * B * 4 * H : nullptr, dh_p, grad_y_p + t * B * H,
         d_gates_p + t * B * 3 * H, d_hh_p + t * B * 3 * H};
     Steps::gru_backward(p);
-    gemm(false, n, H, 3 * H, d_hh_p + t * B * 3 * H, 3 * H, w_p, H, dh_p, H, true);
+    if (t > 0 || grad_h0)  // step 0's product is part of h0's gradient
+      gemm(false, n, H, 3 * H, d_hh_p + t * B * 3 * H, 3 * H, w_p, H, dh_p, H, true);
   }
+  if (!grad_h0) dh_state.zero_();
   auto [dw_hh, db_hh] = gru_weight_grads(d_hh, h0, y);
   return {d_gates, dw_hh, db_hh, dh_state.to(y.scalar_type())};
 }
@@ -340,7 +344,7 @@ template <class Steps, typename T>
 std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward_loop(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
     const Tensor& h0, const Tensor& y, const Tensor& ws,
-    const OptTensor& lengths, const OptTensor& grad_ws, bool relu) {
+    const OptTensor& lengths, const OptTensor& grad_ws, bool relu, bool grad_h0 = true) {
   using KT = typename Steps::template kernel_type<T>;
   using Acc = at::opmath_type<T>;
   const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
@@ -361,8 +365,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward_loop(
                                grad_ws_p ? grad_ws_p + t * B * H : nullptr, dh_p,
                                grad_y_p + t * B * H, d_gates_p + t * B * H, relu};
     Steps::rnn_backward(p);
-    gemm(false, n, H, H, d_gates_p + t * B * H, H, w_p, H, dh_p, H, true);
+    if (t > 0 || grad_h0)  // step 0's product is h0's gradient
+      gemm(false, n, H, H, d_gates_p + t * B * H, H, w_p, H, dh_p, H, true);
   }
+  if (!grad_h0) dh_state.zero_();
   // One gradient serves the input gates and the recurrent product.
   auto [dw_hh, db_hh] = gru_weight_grads(d_gates, h0, y);
   return {d_gates, dw_hh, db_hh, dh_state.to(y.scalar_type())};
@@ -513,7 +519,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n,
     const Tensor& w_hh, const OptTensor& w_hr, const Tensor& h0,
     const Tensor& c0, const Tensor& y, const Tensor& ws, const Tensor& proj_in,
-    const OptTensor& lengths, const OptTensor& grad_ws) {
+    const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0) {
   check_lstm_backward("rnn_ext::lstm_backward", grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0,
                       c0, y, ws, grad_ws);
   std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> out;
@@ -522,7 +528,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
         grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(),
         w_hh.contiguous(), contiguous(w_hr), h0.contiguous(), c0.contiguous(),
         y.contiguous(), ws.contiguous(), proj_in.contiguous(), lengths,
-        contiguous(grad_ws));
+        contiguous(grad_ws), grad_h0);
   });
   return out;
 }
@@ -579,7 +585,7 @@ template <class Loops>
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
     const Tensor& h0, const Tensor& y, const Tensor& ws,
-    const OptTensor& lengths, const OptTensor& grad_ws) {
+    const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0) {
   check_gru_rnn_backward("rnn_ext::gru_backward", 3, 4, grad_y, grad_h_n, w_hh, h0, y, ws,
                          grad_ws);
   std::tuple<Tensor, Tensor, Tensor, Tensor> out;
@@ -587,7 +593,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     out = Loops::template gru_backward<scalar_t>(
         grad_y.contiguous(), grad_h_n.contiguous(), w_hh.contiguous(),
         h0.contiguous(), y.contiguous(), ws.contiguous(), lengths,
-        contiguous(grad_ws));
+        contiguous(grad_ws), grad_h0);
   });
   return out;
 }
@@ -632,7 +638,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
     const Tensor& h0, const Tensor& y, const Tensor& ws,
     const OptTensor& lengths, const OptTensor& grad_ws,
-    c10::string_view nonlinearity) {
+    c10::string_view nonlinearity, bool grad_h0) {
   const char* op = "rnn_ext::rnn_backward";
   const bool relu = rnn_is_relu(op, nonlinearity);
   check_gru_rnn_backward(op, 1, 1, grad_y, grad_h_n, w_hh, h0, y, ws, grad_ws);
@@ -641,7 +647,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward(
     out = Loops::template rnn_backward<scalar_t>(
         grad_y.contiguous(), grad_h_n.contiguous(), w_hh.contiguous(),
         h0.contiguous(), y.contiguous(), ws.contiguous(), lengths,
-        contiguous(grad_ws), relu);
+        contiguous(grad_ws), relu, grad_h0);
   });
   return out;
 }
@@ -675,11 +681,12 @@ struct PairOfSingles {
       const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& w_hh,
       const OptTensor& w_hr, const Tensor& h0, const Tensor& c0, const Tensor& y,
       const Tensor& ws, const Tensor& proj_in, const OptTensor& lengths,
-      const OptTensor& grad_ws) {
+      const OptTensor& grad_ws, bool grad_h0) {
     auto one = [&](int64_t d) {
       return Loops::template lstm_backward<T>(grad_y[d], grad_h_n[d], grad_c_n[d], w_hh[d],
                                               direction_of(w_hr, d), h0[d], c0[d], y[d], ws[d],
-                                              proj_in[d], lengths, direction_of(grad_ws, d));
+                                              proj_in[d], lengths, direction_of(grad_ws, d),
+                                              grad_h0);
     };
     return stack_results(one(0), one(1));
   }
@@ -696,10 +703,11 @@ struct PairOfSingles {
   template <typename T>
   static std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_pair(
       const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh, const Tensor& h0,
-      const Tensor& y, const Tensor& ws, const OptTensor& lengths, const OptTensor& grad_ws) {
+      const Tensor& y, const Tensor& ws, const OptTensor& lengths, const OptTensor& grad_ws,
+      bool grad_h0) {
     auto one = [&](int64_t d) {
       return Loops::template gru_backward<T>(grad_y[d], grad_h_n[d], w_hh[d], h0[d], y[d], ws[d],
-                                             lengths, direction_of(grad_ws, d));
+                                             lengths, direction_of(grad_ws, d), grad_h0);
     };
     return stack_results(one(0), one(1));
   }
@@ -717,10 +725,10 @@ struct PairOfSingles {
   static std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward_pair(
       const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh, const Tensor& h0,
       const Tensor& y, const Tensor& ws, const OptTensor& lengths, const OptTensor& grad_ws,
-      bool relu) {
+      bool relu, bool grad_h0) {
     auto one = [&](int64_t d) {
       return Loops::template rnn_backward<T>(grad_y[d], grad_h_n[d], w_hh[d], h0[d], y[d], ws[d],
-                                             lengths, direction_of(grad_ws, d), relu);
+                                             lengths, direction_of(grad_ws, d), relu, grad_h0);
     };
     return stack_results(one(0), one(1));
   }
@@ -782,7 +790,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_pair_backward(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n,
     const Tensor& w_hh, const OptTensor& w_hr, const Tensor& h0,
     const Tensor& c0, const Tensor& y, const Tensor& ws, const Tensor& proj_in,
-    const OptTensor& lengths, const OptTensor& grad_ws) {
+    const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0) {
   const char* op = "rnn_ext::lstm_pair_backward";
   check_pair(op, "grad_output", grad_y, 4, "[2, T, B, H or P]");
   check_pair(op, "grad_h_n", grad_h_n, 3, "[2, B, H or P]");
@@ -803,7 +811,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_pair_backward(
         grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(),
         w_hh.contiguous(), contiguous(w_hr), h0.contiguous(), c0.contiguous(),
         y.contiguous(), ws.contiguous(), proj_in.contiguous(), lengths,
-        contiguous(grad_ws));
+        contiguous(grad_ws), grad_h0);
   });
   return out;
 }
@@ -860,7 +868,7 @@ template <class Loops>
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_pair_backward(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
     const Tensor& h0, const Tensor& y, const Tensor& ws,
-    const OptTensor& lengths, const OptTensor& grad_ws) {
+    const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0) {
   const char* op = "rnn_ext::gru_pair_backward";
   check_gru_rnn_pair_backward(op, grad_y, grad_h_n, w_hh, h0, y, ws, grad_ws);
   check_gru_rnn_backward(op, 3, 4, grad_y[0], grad_h_n[0], w_hh[0], h0[0], y[0], ws[0],
@@ -869,7 +877,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_pair_backward(
   RNN_EXT_DISPATCH(y.scalar_type(), "rnn_ext::gru_pair_backward", [&] {
     out = Loops::template gru_backward_pair<scalar_t>(
         grad_y.contiguous(), grad_h_n.contiguous(), w_hh.contiguous(), h0.contiguous(),
-        y.contiguous(), ws.contiguous(), lengths, contiguous(grad_ws));
+        y.contiguous(), ws.contiguous(), lengths, contiguous(grad_ws), grad_h0);
   });
   return out;
 }
@@ -917,7 +925,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_pair_backward(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
     const Tensor& h0, const Tensor& y, const Tensor& ws,
     const OptTensor& lengths, const OptTensor& grad_ws,
-    c10::string_view nonlinearity) {
+    c10::string_view nonlinearity, bool grad_h0) {
   const char* op = "rnn_ext::rnn_pair_backward";
   const bool relu = rnn_is_relu(op, nonlinearity);
   check_gru_rnn_pair_backward(op, grad_y, grad_h_n, w_hh, h0, y, ws, grad_ws);
@@ -927,7 +935,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_pair_backward(
   RNN_EXT_DISPATCH(y.scalar_type(), "rnn_ext::rnn_pair_backward", [&] {
     out = Loops::template rnn_backward_pair<scalar_t>(
         grad_y.contiguous(), grad_h_n.contiguous(), w_hh.contiguous(), h0.contiguous(),
-        y.contiguous(), ws.contiguous(), lengths, contiguous(grad_ws), relu);
+        y.contiguous(), ws.contiguous(), lengths, contiguous(grad_ws), relu, grad_h0);
   });
   return out;
 }

@@ -222,6 +222,9 @@ struct LSTMBackwardSeq {
   T* d_gates;              // [steps, B, 4H] out
   T* d_proj;               // [steps, B, P] out (P > 0)
   Acc* dh_pre;             // [B, H] scratch (P > 0)
+  bool grad_h0 = true;     // false: h0's gradient is not wanted; the product
+                           //   that turns dh into it is skipped (the caller
+                           //   then zeros dh_state)
 };
 
 template <class Exec, typename T, typename Acc>
@@ -264,7 +267,7 @@ RNN_HD void lstm_backward_worker(const LSTMBackwardSeq<T, Acc>& s, int64_t k, Ex
     ex.barrier();
   }
   // What flows into h0: the product of step 0's gate gradients.
-  if (dcols.size() > 0)
+  if (s.grad_h0 && dcols.size() > 0)
     ex.gemm_nn(gemm_rows(s.active, 0, B), dcols.size(), 4 * H, s.d_gates, 4 * H, w.w, w.ld,
                s.dh_state + dcols.begin, Hin, true);
 }
@@ -333,6 +336,7 @@ struct GRUBackwardSeq {
   Acc* dh_state;           // [B, H] in: grad_h_n; out: grad_h0
   T* d_gates;              // [steps, B, 3H] out: gradient of the input gates
   T* d_hh;                 // [steps, B, 3H] out: gradient of h W_hh^T + b_hh
+  bool grad_h0 = true;     // as in LSTMBackwardSeq
 };
 
 template <class Exec, typename T, typename Acc>
@@ -355,7 +359,7 @@ RNN_HD void gru_backward_worker(const GRUBackwardSeq<T, Acc>& s, int64_t k, Exec
     }
     ex.barrier();
   }
-  if (u.size() > 0)
+  if (s.grad_h0 && u.size() > 0)
     ex.gemm_nn(gemm_rows(s.active, 0, B), u.size(), 3 * H, s.d_hh, 3 * H, w.w, w.ld,
                s.dh_state + u.begin, H, true);
 }
@@ -421,6 +425,7 @@ struct RNNBackwardSeq {
   Acc* dh_state;           // [B, H] in: grad_h_n; out: grad_h0
   T* d_gates;              // [steps, B, H] out: gradient of the pre-activation
   bool relu;
+  bool grad_h0 = true;     // as in LSTMBackwardSeq
 };
 
 template <class Exec, typename T, typename Acc>
@@ -440,7 +445,7 @@ RNN_HD void rnn_backward_worker(const RNNBackwardSeq<T, Acc>& s, int64_t k, Exec
     }
     ex.barrier();
   }
-  if (u.size() > 0)
+  if (s.grad_h0 && u.size() > 0)
     ex.gemm_nn(gemm_rows(s.active, 0, B), u.size(), H, s.d_gates, H, w.w, w.ld,
                s.dh_state + u.begin, H, true);
 }
