@@ -35,9 +35,11 @@ $(BUILT): $(DEPS) $(SOURCES)
 # The suite on PYTEST_WORKERS processes (pytest-xdist; tests that share a
 # costly fixture carry one xdist_group, which --dist loadgroup keeps on one
 # worker).  PYTEST_WORKERS=0 runs it in this process, serially.
+# RNN_EXT_CHECK_XDIST_GROUPS: tests/test_xdist_groups.py checks the grouping
+# here (with the pinned pytest), not on machines with their own pytest.
 PYTEST_WORKERS ?= 2
 pytest: $(BUILT)
-	$(PY) -m pytest -q $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup) tests
+	RNN_EXT_CHECK_XDIST_GROUPS=1 $(PY) -m pytest -q $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup) tests
 
 # The kernels' C++ tests, built without PyTorch.  The CUDA kernels are left
 # out here (RNN_EXT_CUDA=OFF; see CMakeLists.txt): pytest already compiles
