@@ -2,6 +2,7 @@
 by csrc/cpu/persistent.h): every worker count gives the reference's numbers,
 each count is bitwise repeatable, and inference keeps no workspace."""
 import contextlib
+import functools
 
 import pytest
 import torch
@@ -32,6 +33,17 @@ def cpu_workers(n):
         yield
     finally:
         _C._set_cpu_workers(previous)
+
+
+@contextlib.contextmanager
+def cpu_stepwise(on=True):
+    """The cpu ops on the stepwise loop (ops/sequence.h) instead of the
+    partitioned one."""
+    previous = _C._set_cpu_stepwise(on)
+    try:
+        yield
+    finally:
+        _C._set_cpu_stepwise(previous)
 
 
 def _inputs(kind, case, dtype=torch.float64, grad=True, seed=0):
@@ -111,7 +123,7 @@ def test_zero_initial_state_skips_step_zero_products(kind, T, lengths):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-def _grads_without_h0_grad(kind, inputs, L, fn, h0_index):
+def _grads_without_h0_grad(inputs, L, fn, h0_index):
     """Outputs and gradients with h0 requiring grad, then without: the
     gradients of the other inputs, in order."""
     wrt = [t for t in inputs if t is not None]
@@ -136,39 +148,32 @@ def test_without_h0_gradient_the_rest_is_unchanged(loop, kind, case):
     if kind != "lstm" and case[3]:
         case = case[:3] + (0,) + case[4:]
     h0_index = 4 if kind == "lstm" else 3
-    stepwise = _C._set_cpu_stepwise(loop == "stepwise")
-    try:
+    with cpu_stepwise(loop == "stepwise"):
         inputs, L = _inputs(kind, case)
-        out, grads, (out2, grads2) = _grads_without_h0_grad(kind, inputs, L, _function(kind),
-                                                            h0_index)
+        out, grads, (out2, grads2) = _grads_without_h0_grad(inputs, L, _function(kind), h0_index)
         for a, b in zip(out + grads, out2 + grads2):
             assert torch.equal(a, b)
         # The pair op: both directions stacked.
         pair = getattr(functional, kind.split("_")[0] + "_pair")
         if kind.startswith("rnn_"):
-            pair = (lambda f: lambda *a, **k: f(*a, nonlinearity="tanh", **k))(pair)
+            pair = functools.partial(pair, nonlinearity=kind[4:])
         stacked = [None if t is None else torch.stack([t.detach(), t.detach().flip(0)])
                    .requires_grad_() for t in inputs]
-        out, grads, (out2, grads2) = _grads_without_h0_grad(kind, stacked, L, pair, h0_index)
+        out, grads, (out2, grads2) = _grads_without_h0_grad(stacked, L, pair, h0_index)
         for a, b in zip(out + grads, out2 + grads2):
             assert torch.equal(a, b)
-    finally:
-        _C._set_cpu_stepwise(stepwise)
 
 
 @pytest.mark.parametrize("loop", ["partitioned", "stepwise"])
 def test_backward_op_without_h0_gradient_returns_zeros(loop):
     inputs, L = _inputs("lstm", CASES[1], grad=False)
     gx, w_hh, b_hh, w_hr, h0, c0 = inputs
-    stepwise = _C._set_cpu_stepwise(loop == "stepwise")
-    try:
+    with cpu_stepwise(loop == "stepwise"):
         y, h_n, c_n, ws, proj_in = ops.lstm_forward(gx, w_hh, b_hh, w_hr, h0, c0, L)
         grads = [torch.randn_like(t) for t in (y, h_n, c_n)]
         args = (*grads, w_hh, w_hr, h0, c0, y, ws, proj_in, L, None)
         full = ops.lstm_backward(*args)
         part = ops.lstm_backward(*args, grad_h0=False)
-    finally:
-        _C._set_cpu_stepwise(stepwise)
     assert full[4].abs().sum() > 0
     assert torch.equal(part[4], torch.zeros_like(full[4]))
     for i in (0, 1, 2, 3, 5):

@@ -5,25 +5,14 @@ The same loop runs on the CPU with the CPU's GEMM and step loops
 (rnn_ext._C._set_cpu_stepwise), so its pointer arithmetic, lengths,
 projection and dtypes are tested here without a GPU; the tests marked `cuda`
 count the kernels per step on a GPU."""
-import contextlib
 
 import pytest
 import torch
 
 from _poison import poisoned_allocations
-from test_partition import CASES, IDS, _allocated_bytes, _function, _inputs, _run
-from rnn_ext import _C
+from test_partition import CASES, IDS, _allocated_bytes, _function, _inputs, _run, cpu_stepwise
 
 KINDS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
-
-
-@contextlib.contextmanager
-def cpu_stepwise():
-    previous = _C._set_cpu_stepwise(True)
-    try:
-        yield
-    finally:
-        _C._set_cpu_stepwise(previous)
 
 
 def _kind_cases():
