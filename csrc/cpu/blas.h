@@ -332,12 +332,36 @@ void pack_panels_of_rows(int64_t n, int64_t k, const T* src, int64_t ld, T* pane
 }
 
 // c[m, n] (+)= a[m, k] times the packed panels[k, n] (k = 0: c = 0, or unchanged).
+//
+// A depth over panel_depth() is cut into equal blocks, each multiplied
+// into every panel before the next (c accumulates).  Whole, the backward's
+// product (k = 4H) ran 1.2x-1.3x slower than the forward's (k = H) of the
+// same work at B = 4-16, H = 768-1024 (benchmarks/NOTES.md).
+// RNN_EXT_CPU_PANEL_DEPTH (at least 8; 0: the whole depth) overrides the
+// 1024, for measurements; read once.
+inline int64_t panel_depth() {
+  static const int64_t depth = [] {
+    if (const char* env = getenv("RNN_EXT_CPU_PANEL_DEPTH")) {
+      const long d = strtol(env, nullptr, 10);
+      if (d == 0) return int64_t(INT64_MAX);
+      if (d >= 8) return static_cast<int64_t>(d);
+    }
+    return int64_t(1024);
+  }();
+  return depth;
+}
 inline void brgemm_panels(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                           const float* panels, float* c, int64_t ldc, bool accumulate = false) {
-  const int64_t panel = panel_width();
-  for (int64_t p0 = 0; p0 < n; p0 += panel) {
-    const int64_t width = n - p0 < panel ? n - p0 : panel;
-    brgemm_nn(m, width, k, a, lda, panels + p0 * k, width, c + p0, ldc, accumulate);
+  const int64_t panel = panel_width(), depth = panel_depth();
+  const int64_t blocks = k > depth ? (k + depth - 1) / depth : 1;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t k0 = k * blk / blocks, k1 = k * (blk + 1) / blocks;
+    for (int64_t p0 = 0; p0 < n; p0 += panel) {
+      const int64_t width = n - p0 < panel ? n - p0 : panel;
+      // Panel p0's rows [k0, k1): contiguous, `width` apart.
+      brgemm_nn(m, width, k1 - k0, a + k0, lda, panels + p0 * k + k0 * width, width, c + p0,
+                ldc, accumulate || blk > 0);
+    }
   }
 }
 
