@@ -206,7 +206,7 @@ struct PartitionedLoops {
                                     const Tensor& w_hh, const OptTensor& w_hr, const Tensor& h0,
                                     const Tensor& c0, const Tensor& y, const Tensor& ws,
                                     const Tensor& proj_in, const OptTensor& lengths,
-                                    const OptTensor& grad_ws) {
+                                    const OptTensor& grad_ws, bool grad_h0) {
     using K_ = KT<T>;
     using A = Acc<T>;
     const int64_t T_ = y.size(0), B = y.size(1), H = ws.size(2) / 5;
@@ -231,7 +231,7 @@ struct PartitionedLoops {
         ptr<const K_>(w_hh), ptr<const K_>(w_hr), ptr<const A>(ws),
         ptr<const A>(c.c0_acc), ptr<const A>(grad_ws), ptr<const K_>(grad_y),
         ptr<A>(c.dh_state), ptr<A>(c.dc_state), ptr<K_>(c.d_gates), ptr<K_>(c.d_proj),
-        ptr<A>(c.dh_pre)};
+        ptr<A>(c.dh_pre), grad_h0};
   }
 
   template <typename T>
@@ -253,8 +253,7 @@ struct PartitionedLoops {
       const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0) {
     LSTMBackwardCall<T> c;
     lstm_backward_prepare<T>(c, grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, proj_in,
-                             lengths, grad_ws);
-    c.s.grad_h0 = grad_h0;
+                             lengths, grad_ws, grad_h0);
     Runner::lstm_backward(c.s, c.K);
     return lstm_backward_finish<T>(c);
   }
@@ -266,12 +265,10 @@ struct PartitionedLoops {
       const Tensor& c0, const Tensor& y, const Tensor& ws, const Tensor& proj_in,
       const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0, bool together) {
     LSTMBackwardCall<T> a, b;
-    for (int64_t d = 0; d < 2; ++d) {
+    for (int64_t d = 0; d < 2; ++d)
       lstm_backward_prepare<T>(d == 0 ? a : b, grad_y[d], grad_h_n[d], grad_c_n[d], w_hh[d],
                                direction_of(w_hr, d), h0[d], c0[d], y[d], ws[d], proj_in[d], lengths,
-                               direction_of(grad_ws, d));
-      (d == 0 ? a : b).s.grad_h0 = grad_h0;
-    }
+                               direction_of(grad_ws, d), grad_h0);
     run_pair(a, b, together, 4, y.size(3), y, true,
              [](const auto& s, int64_t K) { Runner::lstm_backward(s, K); },
              [](const auto& sa, const auto& sb, int64_t K) { Runner::lstm_backward_pair(sa, sb, K); });
@@ -336,7 +333,7 @@ struct PartitionedLoops {
   static void gru_backward_prepare(GRUBackwardCall<T>& c, const Tensor& grad_y,
                                    const Tensor& grad_h_n, const Tensor& w_hh, const Tensor& h0,
                                    const Tensor& y, const Tensor& ws, const OptTensor& lengths,
-                                   const OptTensor& grad_ws, Halves out) {
+                                   const OptTensor& grad_ws, bool grad_h0, Halves out) {
     using K_ = KT<T>;
     using A = Acc<T>;
     const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
@@ -354,7 +351,7 @@ struct PartitionedLoops {
         T_, B, H, c.K, Runner::align(H, c.K), c.L.data(), ptr<const int64_t>(c.active),
         ptr<const K_>(w_hh), ptr<const A>(ws), ptr<const A>(grad_ws),
         ptr<const K_>(grad_y), ptr<const K_>(h0), ptr<const K_>(y), ptr<A>(c.dh_state),
-        ptr<K_>(c.d_gates), ptr<K_>(c.d_hh)};
+        ptr<K_>(c.d_gates), ptr<K_>(c.d_hh), grad_h0};
   }
 
   template <typename T>
@@ -372,8 +369,7 @@ struct PartitionedLoops {
       const Tensor& h0, const Tensor& y, const Tensor& ws,
       const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0) {
     GRUBackwardCall<T> c;
-    gru_backward_prepare<T>(c, grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, {});
-    c.s.grad_h0 = grad_h0;
+    gru_backward_prepare<T>(c, grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, grad_h0, {});
     Runner::gru_backward(c.s, c.K);
     return gru_backward_finish<T>(c);
   }
@@ -385,11 +381,9 @@ struct PartitionedLoops {
       const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0, bool together) {
     Tensor both[1];
     GRUBackwardCall<T> a, b;
-    for (int64_t d = 0; d < 2; ++d) {
+    for (int64_t d = 0; d < 2; ++d)
       gru_backward_prepare<T>(d == 0 ? a : b, grad_y[d], grad_h_n[d], w_hh[d], h0[d], y[d],
-                              ws[d], lengths, direction_of(grad_ws, d), {both, d});
-      (d == 0 ? a : b).s.grad_h0 = grad_h0;
-    }
+                              ws[d], lengths, direction_of(grad_ws, d), grad_h0, {both, d});
     run_pair(a, b, together, 3, a.H, y, true,
              [](const auto& s, int64_t K) { Runner::gru_backward(s, K); },
              [](const auto& sa, const auto& sb, int64_t K) { Runner::gru_backward_pair(sa, sb, K); });
@@ -453,7 +447,7 @@ struct PartitionedLoops {
   static void rnn_backward_prepare(RNNBackwardCall<T>& c, const Tensor& grad_y,
                                    const Tensor& grad_h_n, const Tensor& w_hh, const Tensor& h0,
                                    const Tensor& y, const Tensor& ws, const OptTensor& lengths,
-                                   const OptTensor& grad_ws, bool relu) {
+                                   const OptTensor& grad_ws, bool relu, bool grad_h0) {
     using K_ = KT<T>;
     using A = Acc<T>;
     const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
@@ -468,7 +462,7 @@ struct PartitionedLoops {
     c.s = partition::RNNBackwardSeq<K_, A>{
         T_, B, H, c.K, Runner::align(H, c.K), c.L.data(), ptr<const int64_t>(c.active),
         ptr<const K_>(w_hh), ptr<const A>(ws), ptr<const A>(grad_ws),
-        ptr<const K_>(grad_y), ptr<A>(c.dh_state), ptr<K_>(c.d_gates), relu};
+        ptr<const K_>(grad_y), ptr<A>(c.dh_state), ptr<K_>(c.d_gates), relu, grad_h0};
   }
 
   template <typename T>
@@ -487,8 +481,7 @@ struct PartitionedLoops {
       const Tensor& h0, const Tensor& y, const Tensor& ws,
       const OptTensor& lengths, const OptTensor& grad_ws, bool relu, bool grad_h0) {
     RNNBackwardCall<T> c;
-    rnn_backward_prepare<T>(c, grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, relu);
-    c.s.grad_h0 = grad_h0;
+    rnn_backward_prepare<T>(c, grad_y, grad_h_n, w_hh, h0, y, ws, lengths, grad_ws, relu, grad_h0);
     Runner::rnn_backward(c.s, c.K);
     return rnn_backward_finish<T>(c);
   }
@@ -500,11 +493,9 @@ struct PartitionedLoops {
       const OptTensor& lengths, const OptTensor& grad_ws, bool relu, bool grad_h0,
       bool together) {
     RNNBackwardCall<T> a, b;
-    for (int64_t d = 0; d < 2; ++d) {
+    for (int64_t d = 0; d < 2; ++d)
       rnn_backward_prepare<T>(d == 0 ? a : b, grad_y[d], grad_h_n[d], w_hh[d], h0[d], y[d],
-                              ws[d], lengths, direction_of(grad_ws, d), relu);
-      (d == 0 ? a : b).s.grad_h0 = grad_h0;
-    }
+                              ws[d], lengths, direction_of(grad_ws, d), relu, grad_h0);
     run_pair(a, b, together, 1, a.H, y, true,
              [](const auto& s, int64_t K) { Runner::rnn_backward(s, K); },
              [](const auto& sa, const auto& sb, int64_t K) { Runner::rnn_backward_pair(sa, sb, K); });

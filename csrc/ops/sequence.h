@@ -189,7 +189,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_loop(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n,
     const Tensor& w_hh, const OptTensor& w_hr, const Tensor& h0,
     const Tensor& c0, const Tensor& y, const Tensor& ws, const Tensor& proj_in,
-    const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0 = true) {
+    const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0) {
   using KT = typename Steps::template kernel_type<T>;
   using Acc = at::opmath_type<T>;
   const int64_t T_ = y.size(0), B = y.size(1), H = ws.size(2) / 5;
@@ -274,7 +274,7 @@ template <class Steps, typename T>
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_loop(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
     const Tensor& h0, const Tensor& y, const Tensor& ws,
-    const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0 = true) {
+    const OptTensor& lengths, const OptTensor& grad_ws, bool grad_h0) {
   using KT = typename Steps::template kernel_type<T>;
   using Acc = at::opmath_type<T>;
   const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
@@ -344,7 +344,7 @@ template <class Steps, typename T>
 std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward_loop(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh,
     const Tensor& h0, const Tensor& y, const Tensor& ws,
-    const OptTensor& lengths, const OptTensor& grad_ws, bool relu, bool grad_h0 = true) {
+    const OptTensor& lengths, const OptTensor& grad_ws, bool relu, bool grad_h0) {
   using KT = typename Steps::template kernel_type<T>;
   using Acc = at::opmath_type<T>;
   const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
