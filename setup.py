@@ -59,7 +59,8 @@ def cublaslt_library():
 def extension():
     csrc = os.path.join(ROOT, "csrc")
     sources = ["csrc/ops/module.cpp", "csrc/ops/rnn_ops.cpp", "csrc/ops/rnn_ops_cpu.cpp",
-               "csrc/ops/cell_autograd.cpp", "csrc/ops/buffer_pool.cpp"]
+               "csrc/ops/cell_autograd.cpp", "csrc/ops/buffer_pool.cpp",
+               "csrc/ops/onednn_products.cpp"]
     include_dirs = [csrc, os.path.join(csrc, "include")]
     # -fno-trapping-math lets the CPU step loops vectorise their selects
     # (csrc/cpu/rnn_cpu.h); IEEE results are unchanged.

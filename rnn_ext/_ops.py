@@ -114,6 +114,12 @@ def _cell_fake(op, gates, input, hx, w_ih, w_hh, **others):
     return input.new_empty((B, H)), H
 
 
+@torch.library.register_fake("rnn_ext::transposed_product")
+def _transposed_product_fake(a, b):
+    torch._check(a.dim() == 2 and b.dim() == 2 and a.size(0) == b.size(0))
+    return a.new_empty(a.size(1), b.size(1))
+
+
 @torch.library.register_fake("rnn_ext::lstm_cell")
 def _lstm_cell_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
     h, _ = _cell_fake("lstm_cell", 4, input, hx, w_ih, w_hh, cx=cx, b_ih=b_ih, b_hh=b_hh)

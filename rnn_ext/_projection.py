@@ -4,20 +4,27 @@ as one GEMM before the recurrence.
 On the CPU in fp32 it runs through oneDNN's matmul (PyTorch's
 mkldnn._linear_pointwise, what Inductor uses for linear layers) instead of
 F.linear's MKL sgemm where that was measured faster, and so may the input
-gradient; the weight gradient stays with MKL, at the machine's rate there.
-Which is faster depends on the instruction set oneDNN and MKL pick their
-kernels for, so the rule is one row per ISA (RULES; measurements in
-benchmarks/NOTES.md, both on AMD EPYC CPUs, where MKL does not take its
+gradient and the weight gradients (dW_ih here; dW_hh and dW_hr in the C++
+ops, which take their row threshold from this rule when it is imported).
+Which is faster depends on the code path each library takes on the CPU, so
+the rule is one row per machine kind (RULES; measurements in
+benchmarks/NOTES.md, all on AMD EPYC CPUs, where MKL does not take its
 fastest code path):
-  AVX512  oneDNN for both products from 256 rows (T x B) on: 1.1x-1.6x
-          MKL there; below, oneDNN's per-call weight reorder does not pay
-          (24 rows: 1.5x-3x slower than MKL).
+  AVX512-ZEN5  AMD Zen 5 (family 26 on): oneDNN's AVX-512 kernels run at
+          twice MKL's AVX2 path.  The forward from 96 rows (T x B) on,
+          1.3x-2.4x MKL (below, its per-call weight reorder makes it
+          0.5x-1.6x); the input gradient from 24 rows, 1.8x-3.7x; the
+          weight gradients from 48 rows, 1.5x-2.5x.
+  AVX512  oneDNN for the forward and the input gradient from 256 rows on:
+          1.1x-1.6x MKL there; below, oneDNN's per-call weight reorder does
+          not pay (24 rows: 1.5x-3x slower than MKL).  The weight gradients
+          stay with MKL, at the machine's rate there (measured on a Zen 4).
   AVX2    the forward through oneDNN from 16 rows on where the weight is
           large (I >= 256 and at least 2^18 elements): 1.1x-1.6x MKL at
           24-128 rows, about equal beyond; with small weights MKL (up to
           2x faster at I = 16).  The input gradient through oneDNN only from
           1024 rows on: with the transposed weight view it was 0.6x-0.95x
-          MKL's mm below that, about equal above.
+          MKL's mm below that, about equal above.  Weight gradients: MKL.
 Everywhere else (GPU, other dtypes or ISAs, torch.compile, torch.func,
 tracing, oneDNN switched off or absent) it is F.linear, unchanged.
 """
@@ -26,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import _C
 from ._function import plain_eager
 
 _onednn_linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
@@ -39,22 +47,49 @@ class Rule:
     min_in: int           # ... an input size at least this ...
     min_weight: int       # ... and at least this many weight elements
     grad_min_rows: int    # the input gradient: at least this many rows
+    weight_grad_min_rows: int = -1  # the weight gradients: from this many rows (-1: never)
 
 
 RULES = {
+    "AVX512-ZEN5": Rule(min_rows=96, min_in=0, min_weight=0, grad_min_rows=24,
+                        weight_grad_min_rows=48),
     "AVX512": Rule(min_rows=256, min_in=0, min_weight=0, grad_min_rows=256),
     "AVX2": Rule(min_rows=16, min_in=256, min_weight=1 << 18, grad_min_rows=1024),
 }
 
 
-def _cpu_rule():
+def _amd_family(cpuinfo="/proc/cpuinfo"):
+    """The CPU family of an AMD CPU (26 for Zen 5), or None elsewhere."""
+    fields = {}
     try:
-        return RULES.get(torch.backends.cpu.get_cpu_capability())
-    except Exception:  # noqa: BLE001 -- an unknown build: no rule, F.linear
+        with open(cpuinfo) as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's fields are enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+        return int(fields["cpu family"]) if fields.get("vendor_id") == "AuthenticAMD" else None
+    except (OSError, KeyError, ValueError):
         return None
 
 
-RULE = _cpu_rule()
+def machine_kind(capability=None, amd_family=None):
+    """The key of RULES for this CPU: its ISA as PyTorch dispatches it, with
+    AMD Zen 5 apart (there MKL runs half oneDNN's rate)."""
+    if capability is None:
+        try:
+            capability = torch.backends.cpu.get_cpu_capability()
+        except Exception:  # noqa: BLE001 -- an unknown build: no rule
+            return None
+        amd_family = _amd_family()
+    if capability == "AVX512" and amd_family is not None and amd_family >= 26:
+        return "AVX512-ZEN5"
+    return capability
+
+
+RULE = RULES.get(machine_kind())
+# The C++ ops' weight gradients (dW_hh, dW_hr) follow the same rule.
+_C._set_onednn_weight_grad_rows(RULE.weight_grad_min_rows if RULE is not None and _ONEDNN else -1)
 
 
 def _linear(x2d, w, b):
@@ -83,7 +118,13 @@ class _OneDNNLinear(torch.autograd.Function):
             else:
                 gx = g.mm(w).view(x.shape)
         if ctx.needs_input_grad[1]:
-            gw = g.t().mm(x.reshape(-1, x.size(-1)))
+            x2d = x.reshape(-1, x.size(-1))
+            if RULE is not None and 0 <= RULE.weight_grad_min_rows <= g.size(0):
+                # oneDNN's matmul on g's transposed view (the C++ ops' dW_hh
+                # takes the same path): _linear_pointwise would copy g^T.
+                gw = torch.ops.rnn_ext.transposed_product(g, x2d)
+            else:
+                gw = g.t().mm(x2d)
         if ctx.needs_input_grad[2]:
             gb = g.sum(0)
         return gx, gw, gb

@@ -189,10 +189,22 @@ def test_backward_op_without_h0_gradient_returns_zeros(loop):
 FP32_CASES = [(7, 5, 80, 24, [7, 6, 6, 3, 1]), (6, 4, 37, 0, None), (2, 2, 1030, 0, None)]
 
 
+@contextlib.contextmanager
+def onednn_weight_grads(rows):
+    """The CPU ops' dW_hh and dW_hr through oneDNN from `rows` summed rows on
+    (negative: MKL), whatever this machine's rule (rnn_ext/_projection.py)."""
+    previous = _C._set_onednn_weight_grad_rows(rows)
+    try:
+        yield
+    finally:
+        _C._set_onednn_weight_grad_rows(previous)
+
+
+@pytest.mark.parametrize("weight_grads", ["onednn", "mkl"], ids=["wgrad-onednn", "wgrad-mkl"])
 @pytest.mark.parametrize("gemm", ["brgemm", "mkl"])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("case", FP32_CASES, ids=["h80-proj-sorted", "h37", "h1030-deep"])
-def test_fp32_products_match_fp64_reference(kind, case, gemm, monkeypatch):
+def test_fp32_products_match_fp64_reference(kind, case, gemm, weight_grads, monkeypatch):
     if kind != "lstm" and case[3]:
         case = case[:3] + (0,) + case[4:]
     monkeypatch.setenv("RNN_EXT_CPU_BRGEMM", "1" if gemm == "brgemm" else "0")
@@ -203,7 +215,8 @@ def test_fp32_products_match_fp64_reference(kind, case, gemm, monkeypatch):
     # products (H=1030) round more than the 1e-4 the others are held to.
     torch_out, torch_grads = _run(kind, inputs, L, "reference")
     for k in (1, 3):
-        out, grads = _run_cpu_twice(kind, inputs, L, k)
+        with onednn_weight_grads(0 if weight_grads == "onednn" else -1):
+            out, grads = _run_cpu_twice(kind, inputs, L, k)
         for got, want, torch32 in zip(out + grads, ref_out + ref_grads, torch_out + torch_grads):
             twice_torch = 2 * (torch32.double() - want).abs().max().item()
             torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=max(1e-4, twice_torch))

@@ -5,17 +5,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnn_ext import _projection
+from rnn_ext import _C, _projection
+
+ops = torch.ops.rnn_ext
 
 needs_onednn = pytest.mark.skipif(not _projection._ONEDNN, reason="PyTorch built without oneDNN")
 
 # The rules the tests run under, whatever this machine's ISA: the small test
-# shapes on oneDNN's side, the input gradient through oneDNN or through MKL.
+# shapes on oneDNN's side, the input gradient through oneDNN or through MKL,
+# the weight gradient through oneDNN (rnn_ext::transposed_product) or MKL.
 GRAD_ONEDNN = _projection.Rule(min_rows=256, min_in=0, min_weight=0, grad_min_rows=256)
 GRAD_MKL = _projection.Rule(min_rows=256, min_in=0, min_weight=0, grad_min_rows=1 << 30)
+ALL_ONEDNN = _projection.Rule(min_rows=256, min_in=0, min_weight=0, grad_min_rows=256,
+                              weight_grad_min_rows=256)
 
 
-@pytest.fixture(params=[GRAD_ONEDNN, GRAD_MKL], ids=["grad-onednn", "grad-mkl"])
+@pytest.fixture(params=[GRAD_ONEDNN, GRAD_MKL, ALL_ONEDNN],
+                ids=["grad-onednn", "grad-mkl", "all-onednn"])
 def rule(request, monkeypatch):
     monkeypatch.setattr(_projection, "RULE", request.param)
     return request.param
@@ -66,15 +72,22 @@ def test_input_gradient_takes_the_rules_side(monkeypatch, rule):
     calls = []
     real = _projection._onednn_linear
     monkeypatch.setattr(_projection, "_onednn_linear", lambda *a: calls.append(1) or real(*a))
+    products = []
+    real_product = ops.transposed_product
+    monkeypatch.setattr(ops, "transposed_product",
+                        lambda *a: products.append(1) or real_product(*a))
     x, w, b = _case(True, False)
     x.requires_grad_()
+    w.requires_grad_()
     _projection.input_projection(x, w, b).sum().backward()
-    want = 2 if rule is GRAD_ONEDNN else 1  # the forward, and the input gradient or not
+    want = 1 if rule is GRAD_MKL else 2  # the forward, and the input gradient or not
     assert len(calls) == want and x.grad is not None
+    assert len(products) == (rule is ALL_ONEDNN) and w.grad is not None, \
+        "the weight gradient goes through oneDNN exactly when the rule says so"
 
 
 @needs_onednn
-@pytest.mark.parametrize("isa", ["AVX512", "AVX2"])
+@pytest.mark.parametrize("isa", ["AVX512-ZEN5", "AVX512", "AVX2"])
 def test_each_isa_rule_sends_the_benchmark_shapes_where_measured(isa):
     # The rows of RULES against the shapes their measurements chose by
     # (rnn_ext/_projection.py's docstring, benchmarks/NOTES.md).
@@ -83,6 +96,14 @@ def test_each_isa_rule_sends_the_benchmark_shapes_where_measured(isa):
     def forward(rows, I, N):
         return rows >= r.min_rows and I >= r.min_in and I * N >= r.min_weight
 
+    def weight_grad(rows):
+        return 0 <= r.weight_grad_min_rows <= rows
+
+    if isa == "AVX512-ZEN5":  # oneDNN at twice MKL's rate: everything but short forwards
+        assert not forward(24, 1024, 4096) and forward(96, 512, 2048)
+        assert r.grad_min_rows <= 24 and weight_grad(48) and not weight_grad(24)
+        return
+    assert not weight_grad(1 << 20)
     if isa == "AVX512":
         assert not forward(24, 512, 2048) and forward(384, 512, 2048)
         assert r.grad_min_rows == r.min_rows
@@ -131,3 +152,53 @@ def test_fp64_gradcheck_through_the_same_entry_point():
     x, w, b = (t[:3].requires_grad_() if t.dim() == 3 else t.requires_grad_()
                for t in _case(True, True, torch.float64))
     assert torch.autograd.gradcheck(_projection.input_projection, (x, w, b))
+
+
+@pytest.mark.parametrize("capability,family,kind", [
+    ("AVX512", 26, "AVX512-ZEN5"), ("AVX512", 27, "AVX512-ZEN5"), ("AVX512", 25, "AVX512"),
+    ("AVX512", None, "AVX512"), ("AVX2", 26, "AVX2"), ("DEFAULT", None, "DEFAULT")])
+def test_machine_kind(capability, family, kind):
+    assert _projection.machine_kind(capability, family) == kind
+
+
+@pytest.mark.parametrize("vendor,family,want", [("AuthenticAMD", 26, 26), ("AuthenticAMD", 25, 25),
+                                                ("GenuineIntel", 6, None)])
+def test_amd_family_reads_cpuinfo(tmp_path, vendor, family, want):
+    cpu = f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: 2\n"
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpu + "\n" + cpu.replace(": 0", ": 1"))
+    assert _projection._amd_family(str(path)) == want
+    assert _projection._amd_family(str(tmp_path / "absent")) is None
+
+
+def test_the_rule_sets_the_ops_weight_gradient_threshold():
+    # The C++ ops' dW_hh and dW_hr follow the rule the module was imported with.
+    want = _projection.RULE.weight_grad_min_rows if _projection.RULE and _projection._ONEDNN else -1
+    previous = _C._set_onednn_weight_grad_rows(want)
+    assert previous == want
+
+
+@pytest.mark.parametrize("onednn_rows", [0, -1], ids=["onednn", "mkl"])
+@pytest.mark.parametrize("shape", [(40, 24, 9), (1, 3, 2), (300, 130, 70)])
+def test_transposed_product_matches_fp64(shape, onednn_rows):
+    N, M, K = shape
+    g = torch.Generator().manual_seed(1)
+    a, b = (torch.randn(N, n, generator=g) for n in (M, K))
+    previous = _C._set_onednn_weight_grad_rows(onednn_rows)
+    try:
+        got = ops.transposed_product(a, b)
+        got_view = ops.transposed_product(a.t().contiguous().t(), b)  # a non-contiguous a
+    finally:
+        _C._set_onednn_weight_grad_rows(previous)
+    want = a.double().t() @ b.double()
+    torch_error = (a.t() @ b - want).abs().max().item()  # PyTorch's own fp32 error
+    assert (got.double() - want).abs().max().item() <= max(1e-6, 2 * torch_error)
+    torch.testing.assert_close(got_view, got, rtol=0, atol=0)
+
+
+def test_transposed_product_errors_and_opcheck():
+    with pytest.raises(RuntimeError, match=r"expected a \[N, M\] and b \[N, K\]"):
+        ops.transposed_product(torch.randn(3, 4), torch.randn(2, 4))
+    with pytest.raises(RuntimeError, match="same dtype"):
+        ops.transposed_product(torch.randn(3, 4), torch.randn(3, 4, dtype=torch.float64))
+    torch.library.opcheck(ops.transposed_product, (torch.randn(5, 3), torch.randn(5, 2)))

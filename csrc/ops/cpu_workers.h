@@ -14,4 +14,8 @@ int64_t set_cpu_workers(int64_t workers);
 bool set_cpu_stepwise(bool stepwise);
 // Bytes of free blocks the CPU buffer cache holds now (ops/buffer_pool.h; tests).
 int64_t reusable_cached_bytes();
+// From how many summed rows (T x B) the CPU ops' fp32 weight gradients go
+// through oneDNN (ops/onednn_products.h); negative: never (the default).
+// rnn_ext/_projection.py sets it from its rule.  Returns the previous.
+int64_t set_onednn_weight_grad_rows(int64_t rows);
 }  // namespace rnn_ext

@@ -19,6 +19,12 @@ PyObject* set_cpu_stepwise(PyObject*, PyObject* arg) {
   return PyBool_FromLong(rnn_ext::set_cpu_stepwise(on != 0));
 }
 
+PyObject* set_onednn_weight_grad_rows(PyObject*, PyObject* arg) {
+  const long long n = PyLong_AsLongLong(arg);
+  if (n == -1 && PyErr_Occurred()) return nullptr;
+  return PyLong_FromLongLong(rnn_ext::set_onednn_weight_grad_rows(n));
+}
+
 PyObject* reusable_cached_bytes(PyObject*, PyObject*) {
   return PyLong_FromLongLong(rnn_ext::reusable_cached_bytes());
 }
@@ -79,6 +85,9 @@ PyMethodDef methods[] = {
     {"_set_cpu_stepwise", set_cpu_stepwise, METH_O,
      "Run the CPU ops on the stepwise loop (the CUDA backend's) instead of the "
      "partitioned one (tests); returns the previous setting."},
+    {"_set_onednn_weight_grad_rows", set_onednn_weight_grad_rows, METH_O,
+     "From how many rows the CPU ops' fp32 weight gradients go through oneDNN "
+     "(negative: never; set by rnn_ext/_projection.py's rule); returns the previous."},
     {"_reusable_cached_bytes", reusable_cached_bytes, METH_NOARGS,
      "Bytes of free blocks the CPU ops' buffer cache holds (ops/buffer_pool.h)."},
     {"_persistent_fit", persistent_fit, METH_VARARGS,

@@ -322,6 +322,10 @@ TORCH_LIBRARY(rnn_ext, m) {
       "str nonlinearity) -> (Tensor grad_input, Tensor grad_hx, "
       "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
       "Tensor grad_b_hh)");
+  // a^T b, a weight gradient's sum over rows (CPU only): the input
+  // projection's dW_ih, through the library the CPU ops' dW_hh takes
+  // (ops/onednn_products.h).
+  m.def("transposed_product(Tensor a, Tensor b) -> Tensor");
 }
 
 }  // namespace rnn_ext

@@ -12,6 +12,7 @@
 
 #include "cpu/persistent.h"
 #include "ops/cpu_workers.h"
+#include "ops/onednn_products.h"
 #include "ops/partitioned.h"
 
 namespace rnn_ext {
@@ -412,6 +413,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(
   return {dx, dh0, dw_ih, dw_hh, db_hh.clone(), db_hh};
 }
 
+Tensor transposed_product_op(const Tensor& a, const Tensor& b) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(0) == b.size(0),
+              "rnn_ext::transposed_product: expected a [N, M] and b [N, K], got a of shape ",
+              a.sizes(), " and b of shape ", b.sizes());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(),
+              "rnn_ext::transposed_product: a and b must have the same dtype, got ",
+              a.scalar_type(), " and ", b.scalar_type());
+  return transposed_product(a.contiguous(), b.contiguous());
+}
+
 }  // namespace
 
 int64_t set_cpu_workers(int64_t workers) {
@@ -448,6 +459,7 @@ TORCH_LIBRARY_IMPL(rnn_ext, CPU, m) {
   m.impl("rnn_cell", &rnn_cell);
   m.impl("rnn_cell_forward", &rnn_cell_forward);
   m.impl("rnn_cell_backward", &rnn_cell_backward);
+  m.impl("transposed_product", &transposed_product_op);
 }
 
 }  // namespace rnn_ext

@@ -39,6 +39,7 @@
 #include <utility>
 #include <vector>
 
+#include "ops/onednn_products.h"
 #include "rnn_ext/step_kernels.h"
 
 namespace rnn_ext {
@@ -92,7 +93,8 @@ Tensor gather_final(const Tensor& seq, const Tensor& init,
                     const OptTensor& lengths, const Lengths& L);
 
 // dW_hh = sum over t of d[t]^T h_prev(t), where h_prev(0) = h0 and
-// h_prev(t) = y[t-1]: one large product over steps 1.. and one for step 0.
+// h_prev(t) = y[t-1]: one large product over steps 1.. (through oneDNN
+// where that is faster, ops/onednn_products.h) and one for step 0.
 // Rows that were inactive have zero gradients, so their (zeroed) outputs
 // contribute nothing.  `h0_zero` (h0 is all zeros, what the modules pass
 // when hx is None): step 0 adds nothing and its product is skipped, 1/T of
@@ -102,11 +104,10 @@ inline Tensor recurrent_weight_grad(const Tensor& d, const Tensor& h0, const Ten
   const int64_t T_ = d.size(0), B = d.size(1), G = d.size(2), Hin = h0.size(1);
   if (T_ == 1 && h0_zero) return at::zeros({G, Hin}, d.options());
   if (T_ == 1) return at::mm(d[0].t(), h0);
-  const Tensor rest = d.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, G}).t();
+  const Tensor rest = d.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, G});
   const Tensor prev = y.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, Hin});
-  if (h0_zero) return at::mm(rest, prev);
-  Tensor dw = at::mm(d[0].t(), h0);
-  dw.addmm_(rest, prev);
+  Tensor dw = transposed_product(rest, prev);
+  if (!h0_zero) dw.addmm_(d[0].t(), h0);
   return dw;
 }
 
@@ -119,8 +120,8 @@ inline std::tuple<Tensor, Tensor, Tensor> lstm_weight_grads(
   Tensor dw_hh = recurrent_weight_grad(d_gates, h0, y, h0_zero);
   Tensor db_hh = d_gates.sum(at::IntArrayRef{0, 1});
   Tensor dw_hr = d_proj.numel() > 0
-                     ? at::mm(d_proj.reshape({T_ * B, d_proj.size(2)}).t(),
-                              proj_in.reshape({T_ * B, proj_in.size(2)}))
+                     ? transposed_product(d_proj.reshape({T_ * B, d_proj.size(2)}),
+                                        proj_in.reshape({T_ * B, proj_in.size(2)}))
                      : at::empty({0}, y.options());
   return {dw_hh, db_hh, dw_hr};
 }
