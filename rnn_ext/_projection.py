@@ -13,18 +13,23 @@ fastest code path):
   AVX512-ZEN5  AMD Zen 5 (family 26 on): oneDNN's AVX-512 kernels run at
           twice MKL's AVX2 path.  The forward from 96 rows (T x B) on,
           1.3x-2.4x MKL (below, its per-call weight reorder makes it
-          0.5x-1.6x); the input gradient from 24 rows, 1.8x-3.7x; the
-          weight gradients from 48 rows, 1.5x-2.5x.
+          0.5x-1.6x); inference forwards of 4 to 95 rows on a kept copy of
+          W^T, 1.2x-8x MKL (1 row: 0.5x-3.7x, so MKL); the input gradient
+          from 24 rows, 1.8x-3.7x; the weight gradients from 48 rows,
+          1.5x-2.5x.  At B = 1 the recurrence packs W_hh into panels at
+          every size (1.2x-1.9x MKL in place from 9 to 36 MiB).
   AVX512  oneDNN for the forward and the input gradient from 256 rows on:
           1.1x-1.6x MKL there; below, oneDNN's per-call weight reorder does
           not pay (24 rows: 1.5x-3x slower than MKL).  The weight gradients
-          stay with MKL, at the machine's rate there (measured on a Zen 4).
+          stay with MKL, at the machine's rate there (measured on a Zen 4),
+          and at B = 1 panels up to 8 MiB of W_hh (slower at 16).
   AVX2    the forward through oneDNN from 16 rows on where the weight is
           large (I >= 256 and at least 2^18 elements): 1.1x-1.6x MKL at
           24-128 rows, about equal beyond; with small weights MKL (up to
           2x faster at I = 16).  The input gradient through oneDNN only from
           1024 rows on: with the transposed weight view it was 0.6x-0.95x
-          MKL's mm below that, about equal above.  Weight gradients: MKL.
+          MKL's mm below that, about equal above.  Weight gradients: MKL;
+          B = 1 panels up to 8 MiB, as measured on the Zen 4.
 Everywhere else (GPU, other dtypes or ISAs, torch.compile, torch.func,
 tracing, oneDNN switched off or absent) it is F.linear, unchanged.
 """
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import _C
 from ._function import plain_eager
@@ -48,11 +54,20 @@ class Rule:
     min_weight: int       # ... and at least this many weight elements
     grad_min_rows: int    # the input gradient: at least this many rows
     weight_grad_min_rows: int = -1  # the weight gradients: from this many rows (-1: never)
+    # Inference forwards from this many rows to min_rows through oneDNN on a
+    # copy of W^T kept while the weight is unchanged (TransposedWeights):
+    # what makes short forwards slow there is oneDNN's per-call reorder of W,
+    # not the product (-1: never).
+    cached_min_rows: int = -1
+    # At B = 1, the largest W_hh (MiB) the CPU executor packs into panels
+    # (cpu/blas.h, single_row_panel_bytes); larger ones MKL multiplies in place.
+    single_row_panel_mib: int = 8
 
 
 RULES = {
     "AVX512-ZEN5": Rule(min_rows=96, min_in=0, min_weight=0, grad_min_rows=24,
-                        weight_grad_min_rows=48),
+                        weight_grad_min_rows=48, cached_min_rows=4,
+                        single_row_panel_mib=1 << 20),  # no limit
     "AVX512": Rule(min_rows=256, min_in=0, min_weight=0, grad_min_rows=256),
     "AVX2": Rule(min_rows=16, min_in=256, min_weight=1 << 18, grad_min_rows=1024),
 }
@@ -88,8 +103,34 @@ def machine_kind(capability=None, amd_family=None):
 
 
 RULE = RULES.get(machine_kind())
-# The C++ ops' weight gradients (dW_hh, dW_hr) follow the same rule.
+# The C++ ops' weight gradients (dW_hh, dW_hr) and B = 1 panels follow the same rule.
 _C._set_onednn_weight_grad_rows(RULE.weight_grad_min_rows if RULE is not None and _ONEDNN else -1)
+_C._set_single_row_panel_bytes((RULE.single_row_panel_mib if RULE is not None else 8) << 20)
+
+
+class TransposedWeights:
+    """W^T, contiguous [in, out], per weight tensor, kept while the weight is
+    unchanged (the same storage, shape, strides and version counter: an
+    in-place update or load_state_dict makes a new copy).  oneDNN reads it
+    as its [out, in] weight view without a reorder.  One copy of each such
+    weight stays alive with it; entries go when their weight does."""
+
+    def __init__(self):
+        self._entries = WeakIdKeyDictionary()
+
+    def get(self, w):
+        key = (w.data_ptr(), tuple(w.shape), w.stride(), w._version)
+        entry = self._entries.get(w)
+        if entry is None or entry[0] != key:
+            entry = (key, w.t().contiguous())
+            self._entries[w] = entry
+        return entry[1]
+
+    def __len__(self):
+        return len(self._entries)
+
+
+TRANSPOSED = TransposedWeights()
 
 
 def _linear(x2d, w, b):
@@ -130,21 +171,30 @@ class _OneDNNLinear(torch.autograd.Function):
         return gx, gw, gb
 
 
-def _use_onednn(x, w, b):
+def _route(x, w, b):
+    """How x W^T + b runs: "linear" (F.linear), "onednn", or "cached"
+    (oneDNN on TRANSPOSED's copy of W^T: short inference forwards)."""
     # plain_eager() first: torch.compile must not see the rest (it traces F.linear).
     if not (plain_eager() and _ONEDNN and RULE is not None and x.device.type == "cpu"
             and x.dtype == torch.float32 and w.dtype == torch.float32
-            and (b is None or b.dtype == torch.float32) and torch.backends.mkldnn.enabled):
-        return False
-    rows = x.numel() // max(x.size(-1), 1)
-    return (x.numel() > 0 and rows >= RULE.min_rows and x.size(-1) >= RULE.min_in
-            and w.numel() >= RULE.min_weight)
+            and (b is None or b.dtype == torch.float32) and torch.backends.mkldnn.enabled
+            and x.numel() > 0 and x.size(-1) >= RULE.min_in and w.numel() >= RULE.min_weight):
+        return "linear"
+    if x.numel() // x.size(-1) >= RULE.min_rows:
+        return "onednn"
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b))
+    short = 0 <= RULE.cached_min_rows <= x.numel() // x.size(-1)
+    return "cached" if short and not training else "linear"
 
 
 def input_projection(x, w, b):
     """F.linear(x, w, b) for x [..., I], through oneDNN where that is faster."""
-    if not _use_onednn(x, w, b):
+    route = _route(x, w, b)
+    if route == "linear":
         return F.linear(x, w, b)
+    if route == "cached":
+        x2d = x.reshape(-1, x.size(-1))
+        return _linear(x2d, TRANSPOSED.get(w).t(), b).view(*x.shape[:-1], w.size(0))
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b)):
         return _OneDNNLinear.apply(x, w, b)
     return _OneDNNLinear.forward(x, w, b)

@@ -222,6 +222,27 @@ def test_fp32_products_match_fp64_reference(kind, case, gemm, weight_grads, monk
             torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=max(1e-4, twice_torch))
 
 
+@pytest.mark.parametrize("panels", ["panels", "in-place"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_single_row_fp32_panels_or_in_place_match_fp64(kind, panels):
+    # At B = 1 W_hh goes into panels up to the rule's size
+    # (_C._set_single_row_panel_bytes), past it MKL multiplies in place:
+    # both ways, forward and backward (the backward's column panels too),
+    # with a projection for the LSTM.
+    case = (5, 1, 40, 12 if kind == "lstm" else 0, None)
+    previous = _C._set_single_row_panel_bytes(1 << 40 if panels == "panels" else 0)
+    try:
+        inputs, L = _inputs(kind, case, dtype=torch.float32)
+        exact = [None if t is None else t.detach().double().requires_grad_() for t in inputs]
+        ref_out, ref_grads = _run(kind, exact, L, "reference")
+        for k in (1, 3):
+            out, grads = _run_cpu_twice(kind, inputs, L, k)
+            for got, want in zip(out + grads, ref_out + ref_grads):
+                torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+    finally:
+        _C._set_single_row_panel_bytes(previous)
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
 @pytest.mark.parametrize("workers", [1, 3])
 def test_poisoned_buffers_every_element_written(kind, workers):

@@ -202,3 +202,61 @@ def test_transposed_product_errors_and_opcheck():
     with pytest.raises(RuntimeError, match="same dtype"):
         ops.transposed_product(torch.randn(3, 4), torch.randn(3, 4, dtype=torch.float64))
     torch.library.opcheck(ops.transposed_product, (torch.randn(5, 3), torch.randn(5, 2)))
+
+
+def _cached_rule():
+    return _projection.Rule(min_rows=1 << 30, min_in=0, min_weight=0, grad_min_rows=1 << 30,
+                            cached_min_rows=4)
+
+
+@needs_onednn
+def test_short_inference_forward_takes_the_kept_transpose(monkeypatch):
+    monkeypatch.setattr(_projection, "RULE", _cached_rule())
+    monkeypatch.setattr(_projection, "TRANSPOSED", _projection.TransposedWeights())
+    x, w, b = _case(True, False)
+    want = F.linear(x.double(), w.double(), b.double())
+    for _ in range(2):
+        with torch.no_grad():
+            y = _projection.input_projection(x, w, b)
+        torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-5)
+    assert len(_projection.TRANSPOSED) == 1
+    kept = _projection.TRANSPOSED.get(w)
+    assert kept.is_contiguous() and torch.equal(kept, w.t())
+    # An in-place update (an optimizer step, load_state_dict) makes a new copy.
+    with torch.no_grad():
+        w.mul_(-2)
+        y = _projection.input_projection(x, w, b)
+    torch.testing.assert_close(y.double(), F.linear(x.double(), w.double(), b.double()),
+                               rtol=1e-5, atol=1e-5)
+    assert torch.equal(_projection.TRANSPOSED.get(w), w.t())
+    # Rows below cached_min_rows, and training, stay with F.linear.
+    assert _projection._route(x[:1, :3], w, b) == "linear"
+    w.requires_grad_()
+    assert _projection._route(x, w, b) == "linear"
+    with torch.no_grad():
+        assert _projection._route(x, w, b) == "cached"
+    # Entries go when their weight does.
+    del w, kept
+    import gc
+    gc.collect()
+    assert len(_projection.TRANSPOSED) == 0
+
+
+@needs_onednn
+def test_routes_of_each_rule(monkeypatch):
+    x, w, b = _case(True, False)  # 272 rows
+    monkeypatch.setattr(_projection, "RULE", _projection.RULES["AVX512-ZEN5"])
+    with torch.no_grad():
+        assert _projection._route(x, w, b) == "onednn"
+        assert _projection._route(x[:2, :3], w, b) == "cached"   # 6 rows
+        assert _projection._route(x[:1, :2], w, b) == "linear"   # 2 rows
+        assert _projection._route(x.double(), w.double(), b.double()) == "linear"
+    monkeypatch.setattr(_projection, "RULE", _projection.RULES["AVX512"])
+    with torch.no_grad():
+        assert _projection._route(x[:2, :3], w, b) == "linear"
+
+
+def test_rule_sets_the_single_row_panel_limit():
+    mib = _projection.RULE.single_row_panel_mib if _projection.RULE else 8
+    previous = _C._set_single_row_panel_bytes(mib << 20)
+    assert previous == mib << 20

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <atomic>
 #include <type_traits>
 #include <vector>
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -260,6 +261,15 @@ inline int64_t panel_width() {
 #endif
   }();
   return width;
+}
+
+// At B = 1, the largest W_hh (bytes) whose rows the CPU executor packs into
+// panels; larger ones MKL multiplies in place.  8 MiB by default (measured
+// on a Zen 4: panels 1.1x-1.2x faster up to an LSTM's H = 768, slower at
+// 1024); rnn_ext/_projection.py's rule sets it per CPU when it is imported.
+inline std::atomic<int64_t>& single_row_panel_bytes() {
+  static std::atomic<int64_t> bytes{int64_t(8) << 20};
+  return bytes;
 }
 
 // Fills panels[K, n] from n rows of k elements: row(j) is column j.  Blocks

@@ -108,10 +108,11 @@ struct Executor {
 
   // At B = 1 a step reads the whole of W_hh per multiply-add row: it is
   // bound by the cache's bandwidth, and the panels (a second copy of the
-  // matrix) pay only while both copies stay in the last-level cache; past
-  // this size MKL multiplies W_hh in place (LSTM at B=1: panels 1.1x-1.2x
-  // faster up to H = 768, slower at H = 1024).
-  static constexpr size_t kSingleRowPanelBytes = size_t(8) << 20;
+  // matrix) pay only up to a size that depends on the CPU
+  // (blas::single_row_panel_bytes); past it MKL multiplies W_hh in place.
+  static size_t single_row_panel_bytes() {
+    return static_cast<size_t>(blas::single_row_panel_bytes().load(std::memory_order_relaxed));
+  }
   std::vector<T> slabs[2];  // transposed rows (at most W_hh's and W_hr's)
   int slabs_used = 0;
 
@@ -138,7 +139,7 @@ struct Executor {
                                        partition::Slice u) {
     partition::GateRows<T> rows{w + u.begin * Hin, H * Hin, Hin};
     const int64_t nu = u.size();
-    const bool panels = batch >= 2 || static_cast<size_t>(G * H * Hin) * sizeof(T) <= kSingleRowPanelBytes;
+    const bool panels = batch >= 2 || static_cast<size_t>(G * H * Hin) * sizeof(T) <= single_row_panel_bytes();
     if (brgemm && panels && nu > 0 && slabs_used < 2) {
       const size_t size = static_cast<size_t>(Hin * G * nu);
       const int i = slabs_used++;
@@ -192,7 +193,7 @@ struct Executor {
   }
 
   // The panels of w's [k, n] block (rows ldw apart), packed on first use;
-  // null where they are not worth keeping (see kSingleRowPanelBytes) or do
+  // null where they are not worth keeping (see single_row_panel_bytes) or do
   // not fit the slabs.
   struct ColumnPanels {
     const T* w = nullptr;
@@ -204,7 +205,7 @@ struct Executor {
     for (const ColumnPanels& c : column_slabs)
       if (c.w == w && c.n == n && c.k == k && c.ldw == ldw) return c.panels;
     if (slabs_used >= 2) return nullptr;
-    if (batch < 2 && static_cast<size_t>(k * ldw) * sizeof(T) > kSingleRowPanelBytes) return nullptr;
+    if (batch < 2 && static_cast<size_t>(k * ldw) * sizeof(T) > single_row_panel_bytes()) return nullptr;
     const size_t size = static_cast<size_t>(k * n);
     const int i = slabs_used++;
     std::vector<T>& slab = size * sizeof(T) <= kKeptSlabBytes ? kept_slab(i) : slabs[i];

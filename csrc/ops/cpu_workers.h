@@ -18,4 +18,8 @@ int64_t reusable_cached_bytes();
 // through oneDNN (ops/onednn_products.h); negative: never (the default).
 // rnn_ext/_projection.py sets it from its rule.  Returns the previous.
 int64_t set_onednn_weight_grad_rows(int64_t rows);
+// At B = 1, the largest W_hh (bytes) the CPU executor packs into panels
+// (cpu/blas.h, single_row_panel_bytes); rnn_ext/_projection.py sets it from
+// its rule.  Returns the previous.
+int64_t set_single_row_panel_bytes(int64_t bytes);
 }  // namespace rnn_ext

@@ -25,6 +25,12 @@ PyObject* set_onednn_weight_grad_rows(PyObject*, PyObject* arg) {
   return PyLong_FromLongLong(rnn_ext::set_onednn_weight_grad_rows(n));
 }
 
+PyObject* set_single_row_panel_bytes(PyObject*, PyObject* arg) {
+  const long long n = PyLong_AsLongLong(arg);
+  if (n == -1 && PyErr_Occurred()) return nullptr;
+  return PyLong_FromLongLong(rnn_ext::set_single_row_panel_bytes(n));
+}
+
 PyObject* reusable_cached_bytes(PyObject*, PyObject*) {
   return PyLong_FromLongLong(rnn_ext::reusable_cached_bytes());
 }
@@ -88,6 +94,9 @@ PyMethodDef methods[] = {
     {"_set_onednn_weight_grad_rows", set_onednn_weight_grad_rows, METH_O,
      "From how many rows the CPU ops' fp32 weight gradients go through oneDNN "
      "(negative: never; set by rnn_ext/_projection.py's rule); returns the previous."},
+    {"_set_single_row_panel_bytes", set_single_row_panel_bytes, METH_O,
+     "At B = 1, the largest W_hh (bytes) the CPU executor packs into panels (set by "
+     "rnn_ext/_projection.py's rule); returns the previous."},
     {"_reusable_cached_bytes", reusable_cached_bytes, METH_NOARGS,
      "Bytes of free blocks the CPU ops' buffer cache holds (ops/buffer_pool.h)."},
     {"_persistent_fit", persistent_fit, METH_VARARGS,

@@ -431,6 +431,10 @@ int64_t set_cpu_workers(int64_t workers) {
 
 bool set_cpu_stepwise(bool on) { return stepwise.exchange(on); }
 
+int64_t set_single_row_panel_bytes(int64_t bytes) {
+  return cpu::blas::single_row_panel_bytes().exchange(std::max<int64_t>(0, bytes));
+}
+
 TORCH_LIBRARY_IMPL(rnn_ext, CPU, m) {
   m.impl("lstm_forward", &lstm_forward<CpuLoops>);
   m.impl("lstm_infer", &lstm_infer<CpuLoops>);
