@@ -120,6 +120,12 @@ def _transposed_product_fake(a, b):
     return a.new_empty(a.size(1), b.size(1))
 
 
+@torch.library.register_fake("rnn_ext::short_linear")
+def _short_linear_fake(x, w, b):
+    torch._check(x.dim() == 2 and w.dim() == 2 and x.size(1) == w.size(1))
+    return x.new_empty(x.size(0), w.size(0))
+
+
 @torch.library.register_fake("rnn_ext::lstm_cell")
 def _lstm_cell_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
     h, _ = _cell_fake("lstm_cell", 4, input, hx, w_ih, w_hh, cx=cx, b_ih=b_ih, b_hh=b_hh)

@@ -13,8 +13,10 @@ fastest code path):
   AVX512-ZEN5  AMD Zen 5 (family 26 on): oneDNN's AVX-512 kernels run at
           twice MKL's AVX2 path.  The forward from 96 rows (T x B) on,
           1.3x-2.4x MKL (below, its per-call weight reorder makes it
-          0.5x-1.6x); inference forwards of 4 to 95 rows on a kept copy of
-          W^T, 1.2x-8x MKL (1 row: 0.5x-3.7x, so MKL); the input gradient
+          0.5x-1.6x); forwards of 16 to 95 rows as (W x^T)^T, which reads
+          W in place, 0.9x-3.6x MKL and 1.1x-5x oneDNN's x W^T; forwards of
+          fewer than 16 rows as x W^T (oneDNN's few-row kernels read W in
+          place too), at 2 rows 1.6x-10x the (W x^T)^T way; the input gradient
           from 24 rows, 1.8x-3.7x; the weight gradients from 48 rows,
           1.5x-2.5x.  At B = 1 the recurrence packs W_hh into panels at
           every size (1.2x-1.9x MKL in place from 9 to 36 MiB).
@@ -37,7 +39,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 
 from . import _C
 from ._function import plain_eager
@@ -54,11 +55,13 @@ class Rule:
     min_weight: int       # ... and at least this many weight elements
     grad_min_rows: int    # the input gradient: at least this many rows
     weight_grad_min_rows: int = -1  # the weight gradients: from this many rows (-1: never)
-    # Inference forwards from this many rows to min_rows through oneDNN on a
-    # copy of W^T kept while the weight is unchanged (TransposedWeights):
-    # what makes short forwards slow there is oneDNN's per-call reorder of W,
-    # not the product (-1: never).
-    cached_min_rows: int = -1
+    # Forwards from this many rows up to min_rows through oneDNN as (W x^T)^T
+    # (rnn_ext::short_linear): as the right operand oneDNN reorders all of W
+    # every call, as the left one it reads W in place (-1: never) ...
+    short_min_rows: int = -1
+    # ... and forwards of fewer rows than this as x W^T (oneDNN's few-row
+    # kernels read W in place too).
+    onednn_below_rows: int = 0
     # At B = 1, the largest W_hh (MiB) the CPU executor packs into panels
     # (cpu/blas.h, single_row_panel_bytes); larger ones MKL multiplies in place.
     single_row_panel_mib: int = 8
@@ -66,7 +69,8 @@ class Rule:
 
 RULES = {
     "AVX512-ZEN5": Rule(min_rows=96, min_in=0, min_weight=0, grad_min_rows=24,
-                        weight_grad_min_rows=48, cached_min_rows=4,
+                        weight_grad_min_rows=48, short_min_rows=16,
+                        onednn_below_rows=16,
                         single_row_panel_mib=1 << 20),  # no limit
     "AVX512": Rule(min_rows=256, min_in=0, min_weight=0, grad_min_rows=256),
     "AVX2": Rule(min_rows=16, min_in=256, min_weight=1 << 18, grad_min_rows=1024),
@@ -108,31 +112,6 @@ _C._set_onednn_weight_grad_rows(RULE.weight_grad_min_rows if RULE is not None an
 _C._set_single_row_panel_bytes((RULE.single_row_panel_mib if RULE is not None else 8) << 20)
 
 
-class TransposedWeights:
-    """W^T, contiguous [in, out], per weight tensor, kept while the weight is
-    unchanged (the same storage, shape, strides and version counter: an
-    in-place update or load_state_dict makes a new copy).  oneDNN reads it
-    as its [out, in] weight view without a reorder.  One copy of each such
-    weight stays alive with it; entries go when their weight does."""
-
-    def __init__(self):
-        self._entries = WeakIdKeyDictionary()
-
-    def get(self, w):
-        key = (w.data_ptr(), tuple(w.shape), w.stride(), w._version)
-        entry = self._entries.get(w)
-        if entry is None or entry[0] != key:
-            entry = (key, w.t().contiguous())
-            self._entries[w] = entry
-        return entry[1]
-
-    def __len__(self):
-        return len(self._entries)
-
-
-TRANSPOSED = TransposedWeights()
-
-
 def _linear(x2d, w, b):
     return _onednn_linear(x2d, w, b, "none", [], "")
 
@@ -140,7 +119,12 @@ def _linear(x2d, w, b):
 class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def forward(x, w, b):
-        return _linear(x.reshape(-1, x.size(-1)), w, b).view(*x.shape[:-1], w.size(0))
+        x2d = x.reshape(-1, x.size(-1))
+        if _short(x2d.size(0)):
+            y = torch.ops.rnn_ext.short_linear(x2d, w, b)
+        else:
+            y = _linear(x2d, w, b)
+        return y.view(*x.shape[:-1], w.size(0))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -171,30 +155,30 @@ class _OneDNNLinear(torch.autograd.Function):
         return gx, gw, gb
 
 
+def _short(rows):
+    """Whether a forward through oneDNN runs as (W x^T)^T (short_linear)."""
+    return 0 <= RULE.short_min_rows <= rows < RULE.min_rows
+
+
 def _route(x, w, b):
-    """How x W^T + b runs: "linear" (F.linear), "onednn", or "cached"
-    (oneDNN on TRANSPOSED's copy of W^T: short inference forwards)."""
+    """Whether x W^T + b runs through oneDNN ("onednn": as x W^T below
+    onednn_below_rows rows or from min_rows, as (W x^T)^T from
+    short_min_rows) or F.linear ("linear")."""
     # plain_eager() first: torch.compile must not see the rest (it traces F.linear).
     if not (plain_eager() and _ONEDNN and RULE is not None and x.device.type == "cpu"
             and x.dtype == torch.float32 and w.dtype == torch.float32
             and (b is None or b.dtype == torch.float32) and torch.backends.mkldnn.enabled
             and x.numel() > 0 and x.size(-1) >= RULE.min_in and w.numel() >= RULE.min_weight):
         return "linear"
-    if x.numel() // x.size(-1) >= RULE.min_rows:
-        return "onednn"
-    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b))
-    short = 0 <= RULE.cached_min_rows <= x.numel() // x.size(-1)
-    return "cached" if short and not training else "linear"
+    rows = x.numel() // x.size(-1)
+    onednn = rows >= RULE.min_rows or rows < RULE.onednn_below_rows or _short(rows)
+    return "onednn" if onednn else "linear"
 
 
 def input_projection(x, w, b):
     """F.linear(x, w, b) for x [..., I], through oneDNN where that is faster."""
-    route = _route(x, w, b)
-    if route == "linear":
+    if _route(x, w, b) == "linear":
         return F.linear(x, w, b)
-    if route == "cached":
-        x2d = x.reshape(-1, x.size(-1))
-        return _linear(x2d, TRANSPOSED.get(w).t(), b).view(*x.shape[:-1], w.size(0))
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b)):
         return _OneDNNLinear.apply(x, w, b)
     return _OneDNNLinear.forward(x, w, b)

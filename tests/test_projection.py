@@ -99,8 +99,9 @@ def test_each_isa_rule_sends_the_benchmark_shapes_where_measured(isa):
     def weight_grad(rows):
         return 0 <= r.weight_grad_min_rows <= rows
 
-    if isa == "AVX512-ZEN5":  # oneDNN at twice MKL's rate: everything but short forwards
+    if isa == "AVX512-ZEN5":  # oneDNN at twice MKL's rate: every product
         assert not forward(24, 1024, 4096) and forward(96, 512, 2048)
+        assert r.onednn_below_rows <= r.short_min_rows <= 24 < 95 < r.min_rows
         assert r.grad_min_rows <= 24 and weight_grad(48) and not weight_grad(24)
         return
     assert not weight_grad(1 << 20)
@@ -204,56 +205,79 @@ def test_transposed_product_errors_and_opcheck():
     torch.library.opcheck(ops.transposed_product, (torch.randn(5, 3), torch.randn(5, 2)))
 
 
-def _cached_rule():
-    return _projection.Rule(min_rows=1 << 30, min_in=0, min_weight=0, grad_min_rows=1 << 30,
-                            cached_min_rows=4)
+SHORT = _projection.Rule(min_rows=1 << 30, min_in=0, min_weight=0, grad_min_rows=1 << 30,
+                         short_min_rows=16)
 
 
 @needs_onednn
-def test_short_inference_forward_takes_the_kept_transpose(monkeypatch):
-    monkeypatch.setattr(_projection, "RULE", _cached_rule())
-    monkeypatch.setattr(_projection, "TRANSPOSED", _projection.TransposedWeights())
-    x, w, b = _case(True, False)
-    want = F.linear(x.double(), w.double(), b.double())
-    for _ in range(2):
-        with torch.no_grad():
-            y = _projection.input_projection(x, w, b)
-        torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-5)
-    assert len(_projection.TRANSPOSED) == 1
-    kept = _projection.TRANSPOSED.get(w)
-    assert kept.is_contiguous() and torch.equal(kept, w.t())
-    # An in-place update (an optimizer step, load_state_dict) makes a new copy.
-    with torch.no_grad():
-        w.mul_(-2)
-        y = _projection.input_projection(x, w, b)
-    torch.testing.assert_close(y.double(), F.linear(x.double(), w.double(), b.double()),
-                               rtol=1e-5, atol=1e-5)
-    assert torch.equal(_projection.TRANSPOSED.get(w), w.t())
-    # Rows below cached_min_rows, and training, stay with F.linear.
-    assert _projection._route(x[:1, :3], w, b) == "linear"
-    w.requires_grad_()
-    assert _projection._route(x, w, b) == "linear"
-    with torch.no_grad():
-        assert _projection._route(x, w, b) == "cached"
-    # Entries go when their weight does.
-    del w, kept
-    import gc
-    gc.collect()
-    assert len(_projection.TRANSPOSED) == 0
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("needs", [(True, True, True), (False, False, False)], ids=["train", "infer"])
+def test_short_forward_takes_short_linear_and_matches_fp64(monkeypatch, bias, needs):
+    monkeypatch.setattr(_projection, "RULE", SHORT)
+    calls = []
+    real = ops.short_linear
+    monkeypatch.setattr(ops, "short_linear", lambda *a: calls.append(1) or real(*a))
+    x, w, b = _case(bias, True)
+    leaves = [x, w, b]
+    for t, n in zip(leaves, needs):
+        if t is not None:
+            t.requires_grad_(n)
+    y = _projection.input_projection(x, w, b)
+    assert calls, "a short forward goes through rnn_ext::short_linear"
+    exact = [None if t is None else t.detach().double().requires_grad_(t.requires_grad)
+             for t in leaves]
+    y_ref = F.linear(*exact)
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-5)
+    if any(needs):
+        dy = torch.randn_like(y)
+        y.backward(dy)
+        y_ref.backward(dy.double())
+        for got, want in zip(leaves, exact):
+            if got is not None:
+                torch.testing.assert_close(got.grad.double(), want.grad, rtol=1e-5, atol=1e-5)
 
 
 @needs_onednn
 def test_routes_of_each_rule(monkeypatch):
     x, w, b = _case(True, False)  # 272 rows
     monkeypatch.setattr(_projection, "RULE", _projection.RULES["AVX512-ZEN5"])
-    with torch.no_grad():
-        assert _projection._route(x, w, b) == "onednn"
-        assert _projection._route(x[:2, :3], w, b) == "cached"   # 6 rows
-        assert _projection._route(x[:1, :2], w, b) == "linear"   # 2 rows
-        assert _projection._route(x.double(), w.double(), b.double()) == "linear"
+    short = _projection._short
+    assert _projection._route(x, w, b) == "onednn" and not short(272)
+    assert _projection._route(x[:2], w, b) == "onednn" and short(34)
+    assert _projection._route(x[:1, :2], w, b) == "onednn" and not short(2)
+    assert _projection._route(x.double(), w.double(), b.double()) == "linear"
     monkeypatch.setattr(_projection, "RULE", _projection.RULES["AVX512"])
-    with torch.no_grad():
-        assert _projection._route(x[:2, :3], w, b) == "linear"
+    assert _projection._route(x[:2, :3], w, b) == "linear"
+    assert _projection._route(x, w, b) == "onednn" and not short(272)
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (1, 4, 2), (24, 300, 70)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_short_linear_matches_fp64(shape, bias):
+    N, M, K = shape
+    g = torch.Generator().manual_seed(2)
+    x, w = torch.randn(N, K, generator=g), torch.randn(M, K, generator=g)
+    b = torch.randn(M, generator=g) if bias else None
+    want = F.linear(x.double(), w.double(), None if b is None else b.double())
+    torch_error = (F.linear(x, w, b) - want).abs().max().item()
+    for xs, ws in ((x, w), (x.t().contiguous().t(), w.t().contiguous().t())):  # non-contiguous too
+        got = ops.short_linear(xs, ws, b)
+        assert got.shape == (N, M) and got.is_contiguous()
+        assert (got.double() - want).abs().max().item() <= max(1e-6, 2 * torch_error)
+    with torch.backends.mkldnn.flags(enabled=False):  # at::linear then
+        torch.testing.assert_close(ops.short_linear(x, w, b), F.linear(x, w, b))
+    torch.testing.assert_close(ops.short_linear(x.double(), w.double(), None), want if b is None
+                               else want - b.double(), rtol=1e-12, atol=1e-12)
+
+
+def test_short_linear_errors_and_opcheck():
+    with pytest.raises(RuntimeError, match=r"expected x \[N, K\] and w \[M, K\]"):
+        ops.short_linear(torch.randn(3, 4), torch.randn(2, 5), None)
+    with pytest.raises(RuntimeError, match=r"expected b of shape \[2\]"):
+        ops.short_linear(torch.randn(3, 4), torch.randn(2, 4), torch.randn(3))
+    with pytest.raises(RuntimeError, match="same dtype"):
+        ops.short_linear(torch.randn(3, 4), torch.randn(2, 4, dtype=torch.float64), None)
+    torch.library.opcheck(ops.short_linear, (torch.randn(5, 3), torch.randn(4, 3), torch.randn(4)))
 
 
 def test_rule_sets_the_single_row_panel_limit():

@@ -51,4 +51,24 @@ at::Tensor transposed_product(const at::Tensor& a, const at::Tensor& b) {
   return out;
 }
 
+at::Tensor short_linear(const at::Tensor& x, const at::Tensor& w,
+                        const std::optional<at::Tensor>& b) {
+#if AT_MKLDNN_ENABLED()
+  const bool onednn = x.device().is_cpu() && w.device().is_cpu() && x.scalar_type() == at::kFloat &&
+                      w.scalar_type() == at::kFloat && (!b || b->scalar_type() == at::kFloat) &&
+                      x.numel() > 0 && w.numel() > 0 && at::globalContext().userEnabledMkldnn();
+#else
+  const bool onednn = false;
+#endif
+  if (!onednn) return at::linear(x, w, b);
+  const at::Tensor x_ = x.contiguous(), w_ = w.contiguous();
+  at::Tensor out_t = at::empty({w.size(0), x.size(0)}, x.options());
+  // beta = 0: with beta = 1 onto a bias-filled out^T, a single row (N = 1)
+  // came back as the bias alone.
+  at::native::mkldnn_matmul(w_, x_.t(), out_t, 0.f, 1.f);
+  at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+  if (b) return at::add_out(out, out_t.t(), *b);
+  return out.copy_(out_t.t());
+}
+
 }  // namespace rnn_ext

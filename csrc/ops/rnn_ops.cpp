@@ -326,6 +326,8 @@ TORCH_LIBRARY(rnn_ext, m) {
   // projection's dW_ih, through the library the CPU ops' dW_hh takes
   // (ops/onednn_products.h).
   m.def("transposed_product(Tensor a, Tensor b) -> Tensor");
+  // x w^T + b for a short sequence's rows (CPU only; ops/onednn_products.h).
+  m.def("short_linear(Tensor x, Tensor w, Tensor? b) -> Tensor");
 }
 
 }  // namespace rnn_ext

@@ -423,6 +423,17 @@ Tensor transposed_product_op(const Tensor& a, const Tensor& b) {
   return transposed_product(a.contiguous(), b.contiguous());
 }
 
+Tensor short_linear_op(const Tensor& x, const Tensor& w, const OptTensor& b) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
+              "rnn_ext::short_linear: expected x [N, K] and w [M, K], got x of shape ", x.sizes(),
+              " and w of shape ", w.sizes());
+  TORCH_CHECK(!b || (b->dim() == 1 && b->size(0) == w.size(0)),
+              "rnn_ext::short_linear: expected b of shape [", w.size(0), "]");
+  TORCH_CHECK(x.scalar_type() == w.scalar_type() && (!b || b->scalar_type() == w.scalar_type()),
+              "rnn_ext::short_linear: x, w and b must have the same dtype");
+  return short_linear(x, w, b);
+}
+
 }  // namespace
 
 int64_t set_cpu_workers(int64_t workers) {
@@ -464,6 +475,7 @@ TORCH_LIBRARY_IMPL(rnn_ext, CPU, m) {
   m.impl("rnn_cell_forward", &rnn_cell_forward);
   m.impl("rnn_cell_backward", &rnn_cell_backward);
   m.impl("transposed_product", &transposed_product_op);
+  m.impl("short_linear", &short_linear_op);
 }
 
 }  // namespace rnn_ext
