@@ -18,8 +18,9 @@ fastest code path):
           fewer than 16 rows as x W^T (oneDNN's few-row kernels read W in
           place too), at 2 rows 1.6x-10x the (W x^T)^T way; the input gradient
           from 24 rows, 1.8x-3.7x; the weight gradients from 48 rows,
-          1.5x-2.5x.  At B = 1 the recurrence packs W_hh into panels at
-          every size (1.2x-1.9x MKL in place from 9 to 36 MiB).
+          1.5x-2.5x.  At B = 1 the recurrence packs W_hh into panels up to
+          64 MiB (1.2x-1.9x MKL in place from 9 to 36 MiB; larger ones,
+          unmeasured, are left in place rather than copied per call).
   AVX512  oneDNN for the forward and the input gradient from 256 rows on:
           1.1x-1.6x MKL there; below, oneDNN's per-call weight reorder does
           not pay (24 rows: 1.5x-3x slower than MKL).  The weight gradients
@@ -71,7 +72,7 @@ RULES = {
     "AVX512-ZEN5": Rule(min_rows=96, min_in=0, min_weight=0, grad_min_rows=24,
                         weight_grad_min_rows=48, short_min_rows=16,
                         onednn_below_rows=16,
-                        single_row_panel_mib=1 << 20),  # no limit
+                        single_row_panel_mib=64),
     "AVX512": Rule(min_rows=256, min_in=0, min_weight=0, grad_min_rows=256),
     "AVX2": Rule(min_rows=16, min_in=256, min_weight=1 << 18, grad_min_rows=1024),
 }
