@@ -14,7 +14,7 @@ fastest code path):
           twice MKL's AVX2 path.  The forward from 96 rows (T x B) on,
           1.3x-2.4x MKL (below, its per-call weight reorder makes it
           0.5x-1.6x); forwards of 16 to 95 rows as (W x^T)^T, which reads
-          W in place, 0.9x-3.6x MKL and 1.1x-5x oneDNN's x W^T; forwards of
+          W in place, 0.9x-3.6x MKL and up to 5x oneDNN's x W^T; forwards of
           fewer than 16 rows as x W^T (oneDNN's few-row kernels read W in
           place too), at 2 rows 1.6x-10x the (W x^T)^T way; the input gradient
           from 24 rows, 1.8x-3.7x; the weight gradients from 48 rows,
