@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _C
-from ._function import plain_eager
+from ._function import _apply_base, plain_eager
 
 _onednn_linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 _ONEDNN = _onednn_linear is not None and torch.backends.mkldnn.is_available()
@@ -181,5 +181,7 @@ def input_projection(x, w, b):
     if _route(x, w, b) == "linear":
         return F.linear(x, w, b)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b)):
-        return _OneDNNLinear.apply(x, w, b)
+        # Function.apply less its per-call inspect.signature binding (_route
+        # ruled out torch.func, the one caller that needs it).
+        return _apply_base(_OneDNNLinear, x, w, b)
     return _OneDNNLinear.forward(x, w, b)
