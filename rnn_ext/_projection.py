@@ -108,9 +108,11 @@ def machine_kind(capability=None, amd_family=None):
 
 
 RULE = RULES.get(machine_kind())
-# The C++ ops' weight gradients (dW_hh, dW_hr) and B = 1 panels follow the same rule.
-_C._set_onednn_weight_grad_rows(RULE.weight_grad_min_rows if RULE is not None and _ONEDNN else -1)
-_C._set_single_row_panel_bytes((RULE.single_row_panel_mib if RULE is not None else 8) << 20)
+# The C++ ops' weight gradients (dW_hh, dW_hr) and B = 1 panels follow the
+# same rule (without one, their defaults: MKL, 8 MiB).
+if RULE is not None:
+    _C._set_onednn_weight_grad_rows(RULE.weight_grad_min_rows if _ONEDNN else -1)
+    _C._set_single_row_panel_bytes(RULE.single_row_panel_mib << 20)
 
 
 def _linear(x2d, w, b):

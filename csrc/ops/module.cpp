@@ -1,34 +1,25 @@
 // The Python module rnn_ext._C.  Importing it runs the TORCH_LIBRARY
 // registrations; the ops are then reached through torch.ops.rnn_ext.
 #include <Python.h>
+#include <stdint.h>
 
 #include "ops/cpu_workers.h"
 #include "rnn_ext/fit.h"
 #include "rnn_ext/partition.h"
 
 namespace {
-PyObject* set_cpu_workers(PyObject*, PyObject* arg) {
+// An integer setting: set(n) returns the previous value.
+template <int64_t (*set)(int64_t)>
+PyObject* int_setting(PyObject*, PyObject* arg) {
   const long long n = PyLong_AsLongLong(arg);
   if (n == -1 && PyErr_Occurred()) return nullptr;
-  return PyLong_FromLongLong(rnn_ext::set_cpu_workers(n));
+  return PyLong_FromLongLong(set(n));
 }
 
 PyObject* set_cpu_stepwise(PyObject*, PyObject* arg) {
   const int on = PyObject_IsTrue(arg);
   if (on < 0) return nullptr;
   return PyBool_FromLong(rnn_ext::set_cpu_stepwise(on != 0));
-}
-
-PyObject* set_onednn_weight_grad_rows(PyObject*, PyObject* arg) {
-  const long long n = PyLong_AsLongLong(arg);
-  if (n == -1 && PyErr_Occurred()) return nullptr;
-  return PyLong_FromLongLong(rnn_ext::set_onednn_weight_grad_rows(n));
-}
-
-PyObject* set_single_row_panel_bytes(PyObject*, PyObject* arg) {
-  const long long n = PyLong_AsLongLong(arg);
-  if (n == -1 && PyErr_Occurred()) return nullptr;
-  return PyLong_FromLongLong(rnn_ext::set_single_row_panel_bytes(n));
 }
 
 PyObject* reusable_cached_bytes(PyObject*, PyObject*) {
@@ -86,15 +77,15 @@ PyObject* partition_slices(PyObject*, PyObject* args) {
 PyMethodDef methods[] = {
     {"_partition_slices", partition_slices, METH_VARARGS,
      "partition::split(n, K, k, align) for k = 0..K-1, as ((begin, end), ...)."},
-    {"_set_cpu_workers", set_cpu_workers, METH_O,
+    {"_set_cpu_workers", int_setting<rnn_ext::set_cpu_workers>, METH_O,
      "Force the CPU executor's worker count (0: choose per call); returns the previous."},
     {"_set_cpu_stepwise", set_cpu_stepwise, METH_O,
      "Run the CPU ops on the stepwise loop (the CUDA backend's) instead of the "
      "partitioned one (tests); returns the previous setting."},
-    {"_set_onednn_weight_grad_rows", set_onednn_weight_grad_rows, METH_O,
+    {"_set_onednn_weight_grad_rows", int_setting<rnn_ext::set_onednn_weight_grad_rows>, METH_O,
      "From how many rows the CPU ops' fp32 weight gradients go through oneDNN "
      "(negative: never; set by rnn_ext/_projection.py's rule); returns the previous."},
-    {"_set_single_row_panel_bytes", set_single_row_panel_bytes, METH_O,
+    {"_set_single_row_panel_bytes", int_setting<rnn_ext::set_single_row_panel_bytes>, METH_O,
      "At B = 1, the largest W_hh (bytes) the CPU executor packs into panels (set by "
      "rnn_ext/_projection.py's rule); returns the previous."},
     {"_reusable_cached_bytes", reusable_cached_bytes, METH_NOARGS,

@@ -3,6 +3,7 @@
 #include <ATen/Config.h>
 
 #include <atomic>
+#include <initializer_list>
 
 #include "ops/cpu_workers.h"
 
@@ -23,16 +24,24 @@ namespace {
 
 std::atomic<int64_t> weight_grad_rows{-1};
 
-bool through_onednn(const at::Tensor& a, const at::Tensor& b) {
+// Whether oneDNN's matmul can take these operands: non-empty fp32 CPU
+// tensors, with oneDNN built in and not switched off.
+bool onednn_fp32(std::initializer_list<const at::Tensor*> ts) {
 #if AT_MKLDNN_ENABLED()
-  const int64_t rows = weight_grad_rows.load(std::memory_order_relaxed);
-  return rows >= 0 && a.size(0) >= rows && a.device().is_cpu() && b.device().is_cpu() &&
-         a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && a.numel() > 0 &&
-         b.numel() > 0 && a.is_contiguous() && b.is_contiguous() &&
-         at::globalContext().userEnabledMkldnn();
+  if (!at::globalContext().userEnabledMkldnn()) return false;
+  for (const at::Tensor* t : ts)
+    if (!t->device().is_cpu() || t->scalar_type() != at::kFloat || t->numel() == 0) return false;
+  return true;
 #else
+  (void)ts;
   return false;
 #endif
+}
+
+bool through_onednn(const at::Tensor& a, const at::Tensor& b) {
+  const int64_t rows = weight_grad_rows.load(std::memory_order_relaxed);
+  return rows >= 0 && a.size(0) >= rows && a.is_contiguous() && b.is_contiguous() &&
+         onednn_fp32({&a, &b});
 }
 
 }  // namespace
@@ -53,14 +62,7 @@ at::Tensor transposed_product(const at::Tensor& a, const at::Tensor& b) {
 
 at::Tensor short_linear(const at::Tensor& x, const at::Tensor& w,
                         const std::optional<at::Tensor>& b) {
-#if AT_MKLDNN_ENABLED()
-  const bool onednn = x.device().is_cpu() && w.device().is_cpu() && x.scalar_type() == at::kFloat &&
-                      w.scalar_type() == at::kFloat && (!b || b->scalar_type() == at::kFloat) &&
-                      x.numel() > 0 && w.numel() > 0 && at::globalContext().userEnabledMkldnn();
-#else
-  const bool onednn = false;
-#endif
-  if (!onednn) return at::linear(x, w, b);
+  if (!onednn_fp32({&x, &w}) || (b && !onednn_fp32({&*b}))) return at::linear(x, w, b);
   const at::Tensor x_ = x.contiguous(), w_ = w.contiguous();
   at::Tensor out_t = at::empty({w.size(0), x.size(0)}, x.options());
   // beta = 0: with beta = 1 onto a bias-filled out^T, a single row (N = 1)
