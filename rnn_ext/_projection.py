@@ -119,15 +119,43 @@ def _linear(x2d, w, b):
     return _onednn_linear(x2d, w, b, "none", [], "")
 
 
+def onednn_product(x, w, b):
+    """x W^T + b through oneDNN, for x [..., in]: as (W x^T)^T for short
+    inputs (_short), else as x W^T."""
+    x2d = x.reshape(-1, x.size(-1))
+    if _short(x2d.size(0)):
+        y = torch.ops.rnn_ext.short_linear(x2d, w, b)
+    else:
+        y = _linear(x2d, w, b)
+    return y.view(*x.shape[:-1], w.size(0))
+
+
+def product_grads(g, x, w, need_input, need_weight, onednn):
+    """The input and weight gradients of y = x W^T + b for y's gradient g
+    [rows, out] and x [rows, in] (None where not needed): through oneDNN
+    where `onednn` (the forward went through it) and the rule says so for
+    these rows, else MKL's mm."""
+    gx = gw = None
+    if need_input:
+        if onednn and RULE is not None and g.size(0) >= RULE.grad_min_rows:
+            # w.t() as oneDNN's weight [in, out] view: no transposed copy.
+            gx = _linear(g, w.t(), None)
+        else:
+            gx = g.mm(w)
+    if need_weight:
+        if onednn and RULE is not None and 0 <= RULE.weight_grad_min_rows <= g.size(0):
+            # oneDNN's matmul on g's transposed view (the C++ ops' dW_hh
+            # takes the same path): _linear_pointwise would copy g^T.
+            gw = torch.ops.rnn_ext.transposed_product(g, x)
+        else:
+            gw = g.t().mm(x)
+    return gx, gw
+
+
 class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def forward(x, w, b):
-        x2d = x.reshape(-1, x.size(-1))
-        if _short(x2d.size(0)):
-            y = torch.ops.rnn_ext.short_linear(x2d, w, b)
-        else:
-            y = _linear(x2d, w, b)
-        return y.view(*x.shape[:-1], w.size(0))
+        return onednn_product(x, w, b)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -138,24 +166,10 @@ class _OneDNNLinear(torch.autograd.Function):
     def backward(ctx, grad):
         x, w = ctx.saved_tensors
         g = grad.reshape(-1, grad.size(-1))
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            if RULE is not None and g.size(0) >= RULE.grad_min_rows:
-                # w.t() as oneDNN's weight [in, out] view: no transposed copy.
-                gx = _linear(g, w.t(), None).view(x.shape)
-            else:
-                gx = g.mm(w).view(x.shape)
-        if ctx.needs_input_grad[1]:
-            x2d = x.reshape(-1, x.size(-1))
-            if RULE is not None and 0 <= RULE.weight_grad_min_rows <= g.size(0):
-                # oneDNN's matmul on g's transposed view (the C++ ops' dW_hh
-                # takes the same path): _linear_pointwise would copy g^T.
-                gw = torch.ops.rnn_ext.transposed_product(g, x2d)
-            else:
-                gw = g.t().mm(x2d)
-        if ctx.needs_input_grad[2]:
-            gb = g.sum(0)
-        return gx, gw, gb
+        gx, gw = product_grads(g, x.reshape(-1, x.size(-1)), w, ctx.needs_input_grad[0],
+                               ctx.needs_input_grad[1], True)
+        return (None if gx is None else gx.view(x.shape), gw,
+                g.sum(0) if ctx.needs_input_grad[2] else None)
 
 
 def _short(rows):

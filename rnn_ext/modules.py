@@ -19,7 +19,7 @@ from torch.nn import init
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _function, backends, functional
+from . import _function, _layer, backends, functional
 from ._ops import ops as _ops
 from ._projection import input_projection
 
@@ -364,6 +364,7 @@ class _RNNBase(nn.Module):
         h_n, c_n, workspaces = [], [], []
         layer_input = x
         D = self.num_directions
+        one_node = self._one_node_layers(x, h0, c0, lengths, cast, want_internals)
         for layer in range(self.num_layers):
             if D == 2 and self._pairs_directions(layer_input):
                 outputs, hs, cs, ws = self._layer_pair(layer, layer_input, h0, c0, lengths,
@@ -378,12 +379,18 @@ class _RNNBase(nn.Module):
             outputs = []
             for direction in range(D):
                 k = layer * D + direction
-                gx, w_hh, b_hh, w_hr = self._direction_inputs(k, direction, layer_input, lengths,
-                                                              packing, cast)
-                y, h, c, ws = self._recurrence(gx, w_hh, b_hh, w_hr, h0[k],
-                                               None if c0 is None else c0[k], lengths,
-                                               want_internals)
-                if direction == 1:
+                one = one_node and self._layer(k, direction, layer_input, h0[k],
+                                               None if c0 is None else c0[k])
+                if one:
+                    y, h, c = one
+                    ws = None
+                else:
+                    gx, w_hh, b_hh, w_hr = self._direction_inputs(k, direction, layer_input,
+                                                                  lengths, packing, cast)
+                    y, h, c, ws = self._recurrence(gx, w_hh, b_hh, w_hr, h0[k],
+                                                   None if c0 is None else c0[k], lengths,
+                                                   want_internals)
+                if direction == 1 and not one:
                     y = reverse_within_lengths(y, lengths)
                     ws = None if ws is None else reverse_within_lengths(ws, lengths)
                 if c is not None:
@@ -400,6 +407,35 @@ class _RNNBase(nn.Module):
         else:
             c_n = None
         return layer_input, h_n, c_n, workspaces
+
+    def _one_node_layers(self, x, h0, c0, lengths, cast, want_internals):
+        """Whether each layer direction runs as one autograd node
+        (rnn_ext/_layer.py): on the CPU backend in plain eager mode, for
+        unpacked input whose gradient, or a weight's, is wanted, without
+        autocast or internals.  Elsewhere the projection and the sequence op
+        are separate calls, as torch.compile, torch.func and the Triton and
+        CUDA backends need."""
+        if not (x.device.type == "cpu" and lengths is None and cast is None
+                and not want_internals and x.size(1) > 0 and torch.is_grad_enabled()
+                and _function.plain_eager()):
+            return False
+        return backends.resolve(self.backend, x.device, x.dtype, self._cell, self.hidden_size,
+                                x.size(1)) == "cpu"
+
+    def _layer(self, k, direction, layer_input, h, c):
+        """Layer direction k as one autograd node: (y, h_n, c_n or None), or
+        None where nothing it reads requires grad (the sequence op's
+        inference kernel then keeps no workspace).  Direction 1 runs over
+        the input reversed in time (a row permutation commutes with the
+        projection) and its output is put back in order."""
+        weights = self._direction_weights(k, None)
+        if not any(t is not None and t.requires_grad for t in (layer_input, h, c, *weights)):
+            return None
+        w_ih, w_hh, b_ih, b_hh, w_hr = weights
+        x = layer_input.flip(0) if direction == 1 else layer_input
+        y, h_n, c_n = _layer.layer(self._cell, x, w_ih, b_ih, w_hh, b_hh, w_hr, h, c,
+                                   getattr(self, "nonlinearity", "tanh"))
+        return (y.flip(0) if direction == 1 else y), h_n, c_n
 
     def _direction_weights(self, k, cast):
         """Layer direction k's (w_ih, w_hh, b_ih, b_hh, w_hr), None where

@@ -1,0 +1,107 @@
+"""One layer direction of a module, input projection and recurrence, as a
+single autograd node: what the modules run on the CPU backend in plain
+eager mode when a gradient is wanted.
+
+As two nodes (the projection's autograd.Function, then the sequence op's)
+a training step paid for two Python forwards and backwards, the engine
+between them, the same bias gradient summed twice (b_ih's and b_hh's are
+one sum of the gate gradients for LSTM and RNN) and the input gates kept
+alive until backward: at B=16, H=256, T=24 the same op calls made without
+autograd took 15% less time than the LSTM training step
+(benchmarks/NOTES.md).  Here the gates are freed once the recurrence has
+read them, and backward runs the sequence op's backward, then the
+projection's products on its gate gradients.
+
+Backward with create_graph=True (double backward) differentiates the
+reference (F.linear, then rnn_ext/reference.py), as the sequence ops do.
+"""
+import torch
+import torch.nn.functional as F
+
+from . import _ops, reference
+from ._function import _apply_base, _below_autograd
+from ._ops import ops
+from ._projection import _route, onednn_product, product_grads
+
+_zeros_if_none = _ops._zeros_if_none
+
+
+def _reference(cell, nonlinearity, onednn, x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0):
+    """The layer by the differentiable reference: (y, h_n[, c_n])."""
+    gx = F.linear(x, w_ih, b_ih)
+    if cell == "lstm":
+        return reference.lstm_reference(gx, w_hh, b_hh, w_hr, h0, c0)[:3]
+    if cell == "gru":
+        return reference.gru_reference(gx, w_hh, b_hh, h0)[:2]
+    return reference.rnn_reference(gx, w_hh, b_hh, h0, nonlinearity=nonlinearity)[:2]
+
+
+class _Layer(torch.autograd.Function):
+    # Arguments: cell ("lstm", "gru", "rnn"), nonlinearity (RNN), onednn
+    # (whether the projection runs through oneDNN: _projection._route), then
+    # x [T, B, I], w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0 (None where absent).
+    @staticmethod
+    def forward(ctx, cell, nonlinearity, onednn, x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0):
+        gx = onednn_product(x, w_ih, b_ih) if onednn else F.linear(x, w_ih, b_ih)
+        with _below_autograd():
+            if cell == "lstm":
+                y, h_n, c_n, ws, proj_in = ops.lstm_forward.default(gx, w_hh, b_hh, w_hr, h0, c0,
+                                                                    None)
+            elif cell == "gru":
+                y, h_n, ws = ops.gru_forward.default(gx, w_hh, b_hh, h0, None)
+                c_n = proj_in = None
+            else:
+                y, h_n, ws = ops.rnn_forward.default(gx, w_hh, b_hh, h0, None, nonlinearity)
+                c_n = proj_in = None
+        ctx.set_materialize_grads(False)
+        ctx.cell, ctx.nonlinearity, ctx.onednn = cell, nonlinearity, onednn
+        ctx.save_for_backward(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, y, ws, proj_in)
+        return (y, h_n, c_n) if cell == "lstm" else (y, h_n)
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h_n, grad_c_n=None):
+        saved = ctx.saved_tensors
+        x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, y, ws, proj_in = saved
+        cell, needs = ctx.cell, ctx.needs_input_grad
+        if _ops._create_graph(saved):
+            return _ops._higher_order(
+                ctx, _reference, (cell, ctx.nonlinearity, ctx.onednn, *saved[:8]), (),
+                (grad_y, grad_h_n) + ((grad_c_n,) if cell == "lstm" else ()))
+        # Without h0's gradient (hx not given) the last step's product is skipped.
+        grad_h0 = needs[9]
+        grad_y = _zeros_if_none(grad_y, y)
+        grad_h_n = _zeros_if_none(grad_h_n, h0)
+        d_w_hr = d_c0 = None
+        with _below_autograd():
+            if cell == "lstm":
+                d_gx, d_w_hh, d_b_hh, d_w_hr, d_h0, d_c0 = ops.lstm_backward.default(
+                    grad_y, grad_h_n, _zeros_if_none(grad_c_n, c0), w_hh, w_hr, h0, c0, y, ws,
+                    proj_in, None, None, grad_h0)
+            elif cell == "gru":
+                d_gx, d_w_hh, d_b_hh, d_h0 = ops.gru_backward.default(
+                    grad_y, grad_h_n, w_hh, h0, y, ws, None, None, grad_h0)
+            else:
+                d_gx, d_w_hh, d_b_hh, d_h0 = ops.rnn_backward.default(
+                    grad_y, grad_h_n, w_hh, h0, y, ws, None, None, ctx.nonlinearity,
+                    grad_h0)
+        g = d_gx.view(-1, d_gx.size(-1))
+        d_x, d_w_ih = product_grads(g, x.reshape(-1, x.size(-1)), w_ih, needs[3], needs[4],
+                                    ctx.onednn)
+        d_b_ih = None
+        if needs[5]:
+            # LSTM's and RNN's gate gradients are those of both biases: one
+            # sum serves both (autograd copies it for the second).  GRU's
+            # b_hn sits inside r * (...): its b_hh gradient differs.
+            d_b_ih = g.sum(0) if cell == "gru" else d_b_hh
+        return (None, None, None, None if d_x is None else d_x.view(x.shape), d_w_ih, d_b_ih,
+                d_w_hh, d_b_hh if b_hh is not None else None,
+                d_w_hr if w_hr is not None else None, d_h0 if grad_h0 else None, d_c0)
+
+
+def layer(cell, x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, nonlinearity="tanh"):
+    """One layer direction over x [T, B, I] (time order as given): (y, h_n,
+    c_n), c_n None for GRU and RNN.  For the modules' CPU backend in plain
+    eager mode with a gradient to record (rnn_ext/modules.py decides)."""
+    onednn = _route(x, w_ih, b_ih) == "onednn"
+    out = _apply_base(_Layer, cell, nonlinearity, onednn, x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0)
+    return (out[0], out[1], out[2]) if cell == "lstm" else (out[0], out[1], None)
