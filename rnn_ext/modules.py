@@ -409,12 +409,12 @@ class _RNNBase(nn.Module):
         return layer_input, h_n, c_n, workspaces
 
     def _one_node_layers(self, x, h0, c0, lengths, cast, want_internals):
-        """Whether each layer direction runs as one autograd node
-        (rnn_ext/_layer.py): on the CPU backend in plain eager mode, for
-        unpacked input whose gradient, or a weight's, is wanted, without
-        autocast or internals.  Elsewhere the projection and the sequence op
-        are separate calls, as torch.compile, torch.func and the Triton and
-        CUDA backends need."""
+        """Whether the layer directions may run as one autograd node each
+        (rnn_ext/_layer.py; _layer then checks that something they read
+        requires grad): on the CPU backend in plain eager mode with grad
+        mode on, for unpacked input, without autocast or internals.
+        Elsewhere the projection and the sequence op are separate calls, as
+        torch.compile, torch.func and the Triton and CUDA backends need."""
         if not (x.device.type == "cpu" and lengths is None and cast is None
                 and not want_internals and x.size(1) > 0 and torch.is_grad_enabled()
                 and _function.plain_eager()):
