@@ -426,8 +426,8 @@ class _RNNBase(nn.Module):
         """Layer direction k as one autograd node: (y, h_n, c_n or None), or
         None where nothing it reads requires grad (the sequence op's
         inference kernel then keeps no workspace).  Direction 1 runs over
-        the input reversed in time (a row permutation commutes with the
-        projection) and its output is put back in order."""
+        the input reversed in time, as _direction_inputs does, and its
+        output is put back in order."""
         weights = self._direction_weights(k, None)
         if not any(t is not None and t.requires_grad for t in (layer_input, h, c, *weights)):
             return None
@@ -446,12 +446,15 @@ class _RNNBase(nn.Module):
     def _direction_inputs(self, k, direction, layer_input, lengths, packing, cast):
         """Layer direction k's input gates (direction 1's reversed within
         lengths) and its recurrent weights: (gx, w_hh, b_hh, w_hr), in the
-        autocast dtype where there is one."""
+        autocast dtype where there is one.  Direction 1 reverses its input,
+        then projects it (a row permutation commutes with the product), as
+        its one-node form (_layer) does: the same products, so training and
+        inference give the same bits (MKL's fp64 products round by a row's
+        position), and the copy is I wide, not G*H."""
         w_ih, w_hh, b_ih, b_hh, w_hr = self._direction_weights(k, cast)
-        gx = self._projection(layer_input, w_ih, b_ih, packing)
         if direction == 1:
-            gx = reverse_within_lengths(gx, lengths)
-        return gx, w_hh, b_hh, w_hr
+            layer_input = reverse_within_lengths(layer_input, lengths)
+        return self._projection(layer_input, w_ih, b_ih, packing), w_hh, b_hh, w_hr
 
     def _pairs_directions(self, layer_input):
         """Whether a bidirectional layer runs as one pair call (both
