@@ -364,7 +364,7 @@ class _RNNBase(nn.Module):
         h_n, c_n, workspaces = [], [], []
         layer_input = x
         D = self.num_directions
-        one_node = self._one_node_layers(x, h0, c0, lengths, cast, want_internals)
+        whole = self._runs_whole_layers(x, lengths, cast, want_internals)
         for layer in range(self.num_layers):
             if D == 2 and self._pairs_directions(layer_input):
                 outputs, hs, cs, ws = self._layer_pair(layer, layer_input, h0, c0, lengths,
@@ -379,10 +379,9 @@ class _RNNBase(nn.Module):
             outputs = []
             for direction in range(D):
                 k = layer * D + direction
-                one = one_node and self._layer(k, direction, layer_input, h0[k],
-                                               None if c0 is None else c0[k])
-                if one:
-                    y, h, c = one
+                if whole:
+                    y, h, c = self._layer(k, direction, layer_input, h0[k],
+                                          None if c0 is None else c0[k])
                     ws = None
                 else:
                     gx, w_hh, b_hh, w_hr = self._direction_inputs(k, direction, layer_input,
@@ -390,7 +389,7 @@ class _RNNBase(nn.Module):
                     y, h, c, ws = self._recurrence(gx, w_hh, b_hh, w_hr, h0[k],
                                                    None if c0 is None else c0[k], lengths,
                                                    want_internals)
-                if direction == 1 and not one:
+                if direction == 1 and not whole:
                     y = reverse_within_lengths(y, lengths)
                     ws = None if ws is None else reverse_within_lengths(ws, lengths)
                 if c is not None:
@@ -408,30 +407,24 @@ class _RNNBase(nn.Module):
             c_n = None
         return layer_input, h_n, c_n, workspaces
 
-    def _one_node_layers(self, x, h0, c0, lengths, cast, want_internals):
-        """Whether the layer directions may run as one autograd node each
-        (rnn_ext/_layer.py; _layer then checks that something they read
-        requires grad): on the CPU backend in plain eager mode with grad
-        mode on, for unpacked input, without autocast or internals.
-        Elsewhere the projection and the sequence op are separate calls, as
-        torch.compile, torch.func and the Triton and CUDA backends need."""
+    def _runs_whole_layers(self, x, lengths, cast, want_internals):
+        """Whether each layer direction runs as one call of rnn_ext/_layer.py
+        (one autograd node, or the inference kernel): on the CPU backend in
+        plain eager mode, for unpacked input, without autocast or internals.
+        Elsewhere the projection and the sequence op are separate calls
+        through the functional API, as torch.compile, torch.func and the
+        Triton and CUDA backends need."""
         if not (x.device.type == "cpu" and lengths is None and cast is None
-                and not want_internals and x.size(1) > 0 and torch.is_grad_enabled()
-                and _function.plain_eager()):
+                and not want_internals and x.size(1) > 0 and _function.plain_eager()):
             return False
         return backends.resolve(self.backend, x.device, x.dtype, self._cell, self.hidden_size,
                                 x.size(1)) == "cpu"
 
     def _layer(self, k, direction, layer_input, h, c):
-        """Layer direction k as one autograd node: (y, h_n, c_n or None), or
-        None where nothing it reads requires grad (the sequence op's
-        inference kernel then keeps no workspace).  Direction 1 runs over
-        the input reversed in time, as _direction_inputs does, and its
-        output is put back in order."""
-        weights = self._direction_weights(k, None)
-        if not any(t is not None and t.requires_grad for t in (layer_input, h, c, *weights)):
-            return None
-        w_ih, w_hh, b_ih, b_hh, w_hr = weights
+        """Layer direction k in one call of rnn_ext/_layer.py: (y, h_n, c_n
+        or None).  Direction 1 runs over the input reversed in time, as
+        _direction_inputs does, and its output is put back in order."""
+        w_ih, w_hh, b_ih, b_hh, w_hr = self._direction_weights(k, None)
         x = layer_input.flip(0) if direction == 1 else layer_input
         y, h_n, c_n = _layer.layer(self._cell, x, w_ih, b_ih, w_hh, b_hh, w_hr, h, c,
                                    getattr(self, "nonlinearity", "tanh"))

@@ -1,6 +1,7 @@
-"""A layer direction as one autograd node (rnn_ext/_layer.py): which calls
-of the modules take it, and its values and gradients against torch.nn in
-fp64, gradcheck and gradgradcheck, and fp32 through oneDNN against fp64."""
+"""A layer direction in one call (rnn_ext/_layer.py): which calls of the
+modules take it; as one autograd node, its values and gradients against
+torch.nn in fp64, gradcheck and gradgradcheck, and fp32 through oneDNN
+against fp64; without a gradient, the inference kernel."""
 import copy
 
 import pytest
@@ -135,26 +136,49 @@ def test_bias_gradients_are_separate_tensors():
     assert b_ih.untyped_storage().data_ptr() != b_hh.untyped_storage().data_ptr()
 
 
-@pytest.mark.parametrize("case", ["no_grad", "frozen", "internals", "packed", "autocast",
-                                  "reference-backend"])
-def test_other_calls_keep_two_nodes(case, layer_calls):
-    """Without a gradient to record, with internals, packed input, autocast
-    or another backend, the projection and the sequence op stay separate
-    calls; the results still match torch.nn."""
-    nn_module, module = _pair("lstm", dtype=torch.float32)
+def _op_names(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = fn()
+    # The sequence ops only (the projection may call rnn_ext::short_linear).
+    return out, {e.name for e in prof.events()
+                 if e.name.startswith("rnn_ext::") and e.name.endswith(("_infer", "_forward"))}
+
+
+@pytest.mark.parametrize("case", ["no_grad", "frozen"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
+def test_without_gradient_runs_the_inference_kernel(kind, case, layer_calls):
+    """With nothing to record (no_grad, or no input or weight requiring
+    grad) the layer runs the projection and the inference op, which keeps
+    no workspace; the results match torch.nn."""
+    nn_module, module = _pair(kind, dtype=torch.float32, num_layers=2, bidirectional=True)
     x, _ = _inputs(module, dtype=torch.float32, with_state=False)
+    x = x.detach()
     if case == "frozen":
-        x = x.detach()
         for p in module.parameters():
             p.requires_grad_(False)
+        (y, _), names = _op_names(lambda: module(x))
+    else:
+        with torch.no_grad():
+            (y, _), names = _op_names(lambda: module(x))
+    assert len(layer_calls) == 4
+    assert names == {f"rnn_ext::{kind[:4].rstrip('_')}_infer"}, names
+    assert not y.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(y, nn_module(x)[0], **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("case", ["internals", "packed", "autocast", "reference-backend"])
+def test_other_calls_keep_two_calls(case, layer_calls):
+    """With internals, packed input, autocast or another backend, the
+    projection and the sequence op stay separate calls through the
+    functional API; the results still match torch.nn."""
+    nn_module, module = _pair("lstm", dtype=torch.float32)
+    x, _ = _inputs(module, dtype=torch.float32, with_state=False)
     if case == "reference-backend":
         module.backend = "reference"
     with torch.no_grad():
         y_nn, _ = nn_module(x)
-    if case == "no_grad":
-        with torch.no_grad():
-            y, _ = module(x)
-    elif case == "internals":
+    if case == "internals":
         y, _, _ = module.forward_with_internals(x)
     elif case == "packed":
         lengths = torch.tensor([7, 5, 2])
