@@ -39,13 +39,17 @@ def _reference(cell, nonlinearity, onednn, x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, 
     return reference.rnn_reference(gx, w_hh, b_hh, h0, nonlinearity=nonlinearity)[:2]
 
 
+def _input_gates(onednn, x, w_ih, b_ih):
+    return onednn_product(x, w_ih, b_ih) if onednn else F.linear(x, w_ih, b_ih)
+
+
 class _Layer(torch.autograd.Function):
     # Arguments: cell ("lstm", "gru", "rnn"), nonlinearity (RNN), onednn
     # (whether the projection runs through oneDNN: _projection._route), then
     # x [T, B, I], w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0 (None where absent).
     @staticmethod
     def forward(ctx, cell, nonlinearity, onednn, x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0):
-        gx = onednn_product(x, w_ih, b_ih) if onednn else F.linear(x, w_ih, b_ih)
+        gx = _input_gates(onednn, x, w_ih, b_ih)
         with _below_autograd():
             if cell == "lstm":
                 y, h_n, c_n, ws, proj_in = ops.lstm_forward.default(gx, w_hh, b_hh, w_hr, h0, c0,
@@ -104,7 +108,7 @@ class _Layer(torch.autograd.Function):
 def _infer(cell, nonlinearity, onednn, x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0):
     """The layer where nothing needs a gradient: the projection, then the
     sequence op's inference kernel, which keeps no workspace."""
-    gx = onednn_product(x, w_ih, b_ih) if onednn else F.linear(x, w_ih, b_ih)
+    gx = _input_gates(onednn, x, w_ih, b_ih)
     with _below_autograd():
         if cell == "lstm":
             return ops.lstm_infer.default(gx, w_hh, b_hh, w_hr, h0, c0, None)

@@ -441,7 +441,7 @@ class _RNNBase(nn.Module):
         lengths) and its recurrent weights: (gx, w_hh, b_hh, w_hr), in the
         autocast dtype where there is one.  Direction 1 reverses its input,
         then projects it (a row permutation commutes with the product), as
-        its one-node form (_layer) does: the same products, so training and
+        _layer does: the same products, so training and
         inference give the same bits (MKL's fp64 products round by a row's
         position), and the copy is I wide, not G*H."""
         w_ih, w_hh, b_ih, b_hh, w_hr = self._direction_weights(k, cast)

@@ -55,14 +55,23 @@ def nonlinearity(kind):
 
 
 def make_module(kind, input_size, hidden_size, proj_size=0, bias=True,
-                dtype=torch.float64, device="cpu"):
+                dtype=torch.float64, device="cpu", **kw):
+    """The torch.nn module of a kind; kw: nn's other arguments (num_layers,
+    bidirectional, batch_first)."""
     if kind == "lstm":
-        m = torch.nn.LSTM(input_size, hidden_size, bias=bias, proj_size=proj_size)
+        m = torch.nn.LSTM(input_size, hidden_size, bias=bias, proj_size=proj_size, **kw)
     elif kind in RNN_KINDS:
-        m = torch.nn.RNN(input_size, hidden_size, bias=bias, nonlinearity=nonlinearity(kind))
+        m = torch.nn.RNN(input_size, hidden_size, bias=bias, nonlinearity=nonlinearity(kind), **kw)
     else:
-        m = torch.nn.GRU(input_size, hidden_size, bias=bias)
+        m = torch.nn.GRU(input_size, hidden_size, bias=bias, **kw)
     return m.to(device=device, dtype=dtype)
+
+
+def rnn_ext_op_names(fn):
+    """(fn(), the names of the rnn_ext ops it ran), from the profiler."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = fn()
+    return out, {e.name for e in prof.events() if e.name.startswith("rnn_ext::")}
 
 
 def make_inputs(kind, module, T, B, dtype, device="cpu"):

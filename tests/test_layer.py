@@ -10,7 +10,7 @@ import torch
 import rnn_ext
 from rnn_ext import _layer, _projection
 
-from _utils import TOL
+from _utils import TOL, make_module, rnn_ext_op_names
 from test_projection import ALL_ONEDNN, GRAD_MKL, SHORT, needs_onednn
 
 CONFIGS = [
@@ -25,12 +25,7 @@ CONFIGS = [
 
 def _pair(kind, dtype=torch.float64, I=5, H=6, **kw):
     torch.manual_seed(0)
-    if kind == "lstm":
-        nn_module = torch.nn.LSTM(I, H, dtype=dtype, **kw)
-    elif kind == "gru":
-        nn_module = torch.nn.GRU(I, H, dtype=dtype, **kw)
-    else:
-        nn_module = torch.nn.RNN(I, H, nonlinearity=kind[4:], dtype=dtype, **kw)
+    nn_module = make_module(kind, I, H, dtype=dtype, **kw)
     return nn_module, rnn_ext.convert(copy.deepcopy(nn_module), backend="cpu")
 
 
@@ -137,11 +132,10 @@ def test_bias_gradients_are_separate_tensors():
 
 
 def _op_names(fn):
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        out = fn()
-    # The sequence ops only (the projection may call rnn_ext::short_linear).
-    return out, {e.name for e in prof.events()
-                 if e.name.startswith("rnn_ext::") and e.name.endswith(("_infer", "_forward"))}
+    """(fn(), the sequence ops it ran: the projection may call
+    rnn_ext::short_linear)."""
+    out, names = rnn_ext_op_names(fn)
+    return out, {n for n in names if n.endswith(("_infer", "_forward"))}
 
 
 @pytest.mark.parametrize("case", ["no_grad", "frozen"])
