@@ -114,6 +114,20 @@ def _cell_fake(op, gates, input, hx, w_ih, w_hh, **others):
     return input.new_empty((B, H)), H
 
 
+@torch.library.register_fake("rnn_ext::lstm_layer_forward")
+def _lstm_layer_forward_fake(input, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, lengths):
+    _check_devices("lstm_layer_forward", lengths, input=input, w_ih=w_ih, b_ih=b_ih, w_hh=w_hh,
+                   b_hh=b_hh, w_hr=w_hr, h0=h0, c0=c0)
+    T, B, _ = input.shape
+    gates = input.new_empty((T, B, w_ih.shape[0]))
+    return _lstm_forward_fake(gates, w_hh, b_hh, w_hr, h0, c0, lengths)
+
+
+@torch.library.register_fake("rnn_ext::lstm_layer_infer")
+def _lstm_layer_infer_fake(input, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, lengths):
+    return _lstm_layer_forward_fake(input, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, lengths)[:3]
+
+
 @torch.library.register_fake("rnn_ext::transposed_product")
 def _transposed_product_fake(a, b):
     torch._check(a.dim() == 2 and b.dim() == 2 and a.size(0) == b.size(0))

@@ -66,13 +66,18 @@ class Rule:
     # At B = 1, the largest W_hh (MiB) the CPU executor packs into panels
     # (cpu/blas.h, single_row_panel_bytes); larger ones MKL multiplies in place.
     single_row_panel_mib: int = 8
+    # An LSTM layer's input gates computed inside the recurrence (the input
+    # phase of partition.h; rnn_ext/_layer.py) from this batch on, while
+    # W_ih and W_hh together take at most input_phase_max_mib (0: never).
+    input_phase_min_batch: int = 4
+    input_phase_max_mib: int = 0
 
 
 RULES = {
     "AVX512-ZEN5": Rule(min_rows=96, min_in=0, min_weight=0, grad_min_rows=24,
                         weight_grad_min_rows=48, short_min_rows=16,
                         onednn_below_rows=16,
-                        single_row_panel_mib=64),
+                        single_row_panel_mib=64, input_phase_max_mib=8),
     "AVX512": Rule(min_rows=256, min_in=0, min_weight=0, grad_min_rows=256),
     "AVX2": Rule(min_rows=16, min_in=256, min_weight=1 << 18, grad_min_rows=1024),
 }

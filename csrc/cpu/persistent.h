@@ -41,15 +41,29 @@ class Barrier {
  public:
   explicit Barrier(int threads) : threads_(threads) {}
 
-  void arrive_and_wait() {
-    if (threads_ <= 1) return;
+  void arrive_and_wait() { wait(arrive()); }
+
+  // The barrier in two halves: arrive() counts this thread in; wait(ticket)
+  // returns once every thread has arrived.  Between them a thread may do
+  // work that no other thread waits for.
+  struct Ticket {
+    int gen;
+    bool done;  // this thread arrived last (or is alone): nothing to wait for
+  };
+  Ticket arrive() {
+    if (threads_ <= 1) return {0, true};
     const int gen = generation_.load(std::memory_order_acquire);
     if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_ - 1) {
       arrived_.store(0, std::memory_order_relaxed);
       generation_.fetch_add(1, std::memory_order_seq_cst);
       if (sleepers_.load(std::memory_order_seq_cst) > 0) wake_all();
-      return;
+      return {gen, true};
     }
+    return {gen, false};
+  }
+  void wait(Ticket ticket) {
+    if (ticket.done) return;
+    const int gen = ticket.gen;
     for (int i = 0; i < kSpins; ++i) {
       if (generation_.load(std::memory_order_acquire) != gen) return;
       pause();
@@ -113,7 +127,9 @@ struct Executor {
   static size_t single_row_panel_bytes() {
     return static_cast<size_t>(blas::single_row_panel_bytes().load(std::memory_order_relaxed));
   }
-  std::vector<T> slabs[2];  // transposed rows (at most W_hh's and W_hr's)
+  // Transposed rows: at most W_hh's, W_hr's and W_ih's (the input phase).
+  static constexpr int kSlabs = 3;
+  std::vector<T> slabs[kSlabs];
   int slabs_used = 0;
 
   // Slabs up to this size stay allocated with the thread between calls
@@ -122,7 +138,7 @@ struct Executor {
   // Larger ones are the call's own and freed after it.
   static constexpr size_t kKeptSlabBytes = size_t(8) << 20;
   static std::vector<T>& kept_slab(int i) {
-    static thread_local std::vector<T> kept[2];
+    static thread_local std::vector<T> kept[kSlabs];
     return kept[i];
   }
 
@@ -140,7 +156,7 @@ struct Executor {
     partition::GateRows<T> rows{w + u.begin * Hin, H * Hin, Hin};
     const int64_t nu = u.size();
     const bool panels = batch >= 2 || static_cast<size_t>(G * H * Hin) * sizeof(T) <= single_row_panel_bytes();
-    if (brgemm && panels && nu > 0 && slabs_used < 2) {
+    if (brgemm && panels && nu > 0 && slabs_used < kSlabs) {
       const size_t size = static_cast<size_t>(Hin * G * nu);
       const int i = slabs_used++;
       std::vector<T>& slab = size * sizeof(T) <= kKeptSlabBytes ? kept_slab(i) : slabs[i];
@@ -200,11 +216,11 @@ struct Executor {
     int64_t n = 0, k = 0, ldw = 0;
     const T* panels = nullptr;
   };
-  ColumnPanels column_slabs[2];
+  ColumnPanels column_slabs[kSlabs];
   const T* column_panels(const T* w, int64_t n, int64_t k, int64_t ldw) {
     for (const ColumnPanels& c : column_slabs)
       if (c.w == w && c.n == n && c.k == k && c.ldw == ldw) return c.panels;
-    if (slabs_used >= 2) return nullptr;
+    if (slabs_used >= kSlabs) return nullptr;
     if (batch < 2 && static_cast<size_t>(k * ldw) * sizeof(T) > single_row_panel_bytes()) return nullptr;
     const size_t size = static_cast<size_t>(k * n);
     const int i = slabs_used++;
@@ -241,6 +257,9 @@ struct Executor {
       for (int64_t j = j0; j < j1; ++j) f(b, j);
   }
   void barrier() { sync->arrive_and_wait(); }
+  void barrier_arrive() { ticket = sync->arrive(); }
+  void barrier_wait() { sync->wait(ticket); }
+  Barrier::Ticket ticket{0, true};
 };
 
 // Runs `worker(seq, k, executor)` for k in [0, K) on K threads, K = the

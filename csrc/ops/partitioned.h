@@ -89,9 +89,17 @@ struct PartitionedLoops {
   // One direction's call: its buffers (kept alive until it finishes), its
   // sequence description and its workers.  Filled in place (the sequence
   // points into the buffers and into L).
+  // A layer's input and W_ih, for the input phase of partition.h (CPU, fp32
+  // and fp64): the loop computes the input gates itself.
+  struct LayerInput {
+    const Tensor& x;  // [T, B, I]
+    const Tensor& w_ih;
+    const OptTensor& b_ih;
+  };
+
   template <typename T>
   struct LSTMForwardCall {
-    Tensor y, h_n, c_n, ws, proj_in, bias, c0_acc, active, gates, proj_acc;
+    Tensor y, h_n, c_n, ws, proj_in, bias, c0_acc, active, gates, proj_acc, x_gates;
     Lengths L;
     partition::LSTMForwardSeq<KT<T>, Acc<T>> s{};
     int64_t K = 1, H = 0;
@@ -138,13 +146,16 @@ struct PartitionedLoops {
   static void lstm_forward_prepare(LSTMForwardCall<T>& c, const Tensor& gx, const Tensor& w_hh,
                                    const OptTensor& b_hh, const OptTensor& w_hr,
                                    const Tensor& h0, const Tensor& c0,
-                                   const OptTensor& lengths, bool training, Halves out) {
+                                   const OptTensor& lengths, bool training, Halves out,
+                                   const LayerInput* in = nullptr) {
     using K_ = KT<T>;
     using A = Acc<T>;
-    const int64_t T_ = gx.size(0), B = gx.size(1), H = gx.size(2) / 4;
+    // gx is undefined with `in`: the input phase computes the gates.
+    const Tensor& like = in ? in->x : gx;
+    const int64_t T_ = like.size(0), B = like.size(1), H = w_hh.size(0) / 4;
     const int64_t P = w_hr ? w_hr->size(0) : 0, Hin = P > 0 ? P : H;
-    const auto opts = gx.options();
-    const auto acc = opts.dtype(acc_dtype(gx.scalar_type()));
+    const auto opts = like.options();
+    const auto acc = opts.dtype(acc_dtype(like.scalar_type()));
     // Inference keeps two steps of workspace (the cell state of step t-1 is
     // read at step t) and one of projection input.
     const int64_t ws_steps = training ? T_ : std::min<int64_t>(T_, 2);
@@ -152,13 +163,13 @@ struct PartitionedLoops {
     c.y = at::empty({T_, B, Hin}, opts);
     c.ws = out.get(0, {ws_steps, B, 5 * H}, acc, true);
     c.proj_in = at::empty({proj_steps, B, H}, opts);
-    c.bias = b_hh ? *b_hh : at::zeros({4 * H}, opts);
+    c.bias = layer_bias(b_hh, in, 4 * H, opts);
     c.c0_acc = c0.to(acc.dtype()).contiguous();
     c.h_n = h0.clone(at::MemoryFormat::Contiguous);
     c.c_n = c0.clone(at::MemoryFormat::Contiguous);
-    c.L = prepare_lengths(lengths, T_, B, gx.device());
-    c.active = Runner::active(c.L, gx);
-    c.K = Runner::workers(B, H, 4, Hin, gx, false);
+    c.L = prepare_lengths(lengths, T_, B, like.device());
+    c.active = Runner::active(c.L, like);
+    c.K = Runner::workers(B, H, 4, Hin, like, false);
     c.H = H;
     c.gates = at::empty({B, 4 * H}, acc);
     c.proj_acc = at::empty({P > 0 ? B : 0, P}, acc);
@@ -168,6 +179,23 @@ struct PartitionedLoops {
         ptr<const K_>(h0), Runner::h0_zero(h0, B * 4 * H * Hin), ptr<const A>(c.c0_acc),
         ptr<A>(c.ws), ws_steps, ptr<K_>(c.proj_in), std::max<int64_t>(proj_steps, 1),
         ptr<K_>(c.y), ptr<A>(c.gates), ptr<A>(c.proj_acc), ptr<K_>(c.h_n), ptr<K_>(c.c_n)};
+    if (in) {
+      c.x_gates = at::empty({B, 4 * H}, opts);
+      c.s.in = partition::InputPhase<K_>{ptr<const K_>(in->x), ptr<const K_>(in->w_ih),
+                                         in->x.size(2), ptr<K_>(c.x_gates)};
+    }
+  }
+
+  // The bias the step adds: b_hh, or with the input phase b_ih + b_hh (the
+  // loop's input gates are the bare product); zeros for neither.
+  static Tensor layer_bias(const OptTensor& b_hh, const LayerInput* in, int64_t G,
+                           const at::TensorOptions& opts) {
+    const OptTensor none;
+    const OptTensor& b_ih = in ? in->b_ih : none;
+    if (b_ih && b_hh) return *b_ih + *b_hh;
+    if (b_ih) return *b_ih;
+    if (b_hh) return *b_hh;
+    return at::zeros({G}, opts);
   }
 
   template <typename T>
@@ -177,6 +205,20 @@ struct PartitionedLoops {
       const OptTensor& lengths, bool training) {
     LSTMForwardCall<T> c;
     lstm_forward_prepare<T>(c, gx, w_hh, b_hh, w_hr, h0, c0, lengths, training, {});
+    Runner::lstm_forward(c.s, c.K);
+    return {c.y, c.h_n, c.c_n, c.ws, c.proj_in};
+  }
+
+  // The layer with its input projection in the loop (the input phase):
+  // lstm_forward's results for gx = x W_ih^T + b_ih.
+  template <typename T>
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward(
+      const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih, const Tensor& w_hh,
+      const OptTensor& b_hh, const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
+      const OptTensor& lengths, bool training) {
+    LSTMForwardCall<T> c;
+    const LayerInput in{x, w_ih, b_ih};
+    lstm_forward_prepare<T>(c, Tensor(), w_hh, b_hh, w_hr, h0, c0, lengths, training, {}, &in);
     Runner::lstm_forward(c.s, c.K);
     return {c.y, c.h_n, c.c_n, c.ws, c.proj_in};
   }

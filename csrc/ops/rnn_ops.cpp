@@ -322,6 +322,18 @@ TORCH_LIBRARY(rnn_ext, m) {
       "str nonlinearity) -> (Tensor grad_input, Tensor grad_hx, "
       "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
       "Tensor grad_b_hh)");
+  // An LSTM layer direction with its input projection (CPU only): the
+  // results of lstm_forward / lstm_infer for input_gates = x W_ih^T + b_ih,
+  // with the projection inside the partitioned loop (its input phase,
+  // rnn_ext/partition.h) in fp32 and fp64.
+  m.def(
+      "lstm_layer_forward(Tensor input, Tensor w_ih, Tensor? b_ih, Tensor w_hh, "
+      "Tensor? b_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths) -> "
+      "(Tensor output, Tensor h_n, Tensor c_n, Tensor workspace, Tensor proj_input)");
+  m.def(
+      "lstm_layer_infer(Tensor input, Tensor w_ih, Tensor? b_ih, Tensor w_hh, "
+      "Tensor? b_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths) -> "
+      "(Tensor output, Tensor h_n, Tensor c_n)");
   // a^T b, a weight gradient's sum over rows (CPU only): the input
   // projection's dW_ih, through the library the CPU ops' dW_hh takes
   // (ops/onednn_products.h).

@@ -413,6 +413,61 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(
   return {dx, dh0, dw_ih, dw_hh, db_hh.clone(), db_hh};
 }
 
+// ------------------------------------------------------------- layers --
+// An LSTM layer direction with its input projection.  In fp32 and fp64 the
+// partitioned loop computes the input gates itself (partition.h's input
+// phase); other dtypes, and the stepwise loop, project first.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_run(
+    const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih, const Tensor& w_hh,
+    const OptTensor& b_hh, const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
+    const OptTensor& lengths, bool training) {
+  const char* op = training ? "rnn_ext::lstm_layer_forward" : "rnn_ext::lstm_layer_infer";
+  TORCH_CHECK(x.dim() == 3, op, ": input must be 3-D [T, B, I], got ", x.dim(), "-D");
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % 4 == 0, op,
+              ": expected w_hh of shape [4H, H] (or [4H, P]), got ", w_hh.sizes());
+  TORCH_CHECK(w_ih.scalar_type() == x.scalar_type() && w_ih.device() == x.device(), op,
+              ": w_ih (", w_ih.scalar_type(), " on ", w_ih.device(),
+              ") must have the input's dtype and device (", x.scalar_type(), " on ",
+              x.device(), ")");
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) == w_hh.size(0) && w_ih.size(1) == x.size(2), op,
+              ": expected w_ih of shape [", w_hh.size(0), ", ", x.size(2), "], got ",
+              w_ih.sizes());
+  if (b_ih) check_same(op, "b_ih", *b_ih, w_ih, {w_ih.size(0)});
+  const int64_t T_ = x.size(0), B = x.size(1), G = w_ih.size(0);
+  // The other arguments as lstm_forward checks them, against a stand-in for
+  // the input gates of the right shape (one element, expanded: no memory).
+  check_lstm_forward(at::empty({1}, x.options()).expand({T_, B, G}), w_hh, b_hh, w_hr, h0, c0,
+                     lengths, op);
+  const bool in_loop = !stepwise.load(std::memory_order_relaxed) &&
+                       (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
+  if (!in_loop)
+    return lstm_forward_checked<CpuLoops>(at::linear(x, w_ih, b_ih), w_hh, b_hh, w_hr, h0, c0,
+                                          lengths, training);
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_ext::lstm_layer_forward", [&] {
+    out = PartitionedCpuLoops::lstm_layer_forward<scalar_t>(
+        x.contiguous(), w_ih.contiguous(), contiguous(b_ih), w_hh.contiguous(), contiguous(b_hh),
+        contiguous(w_hr), h0.contiguous(), c0.contiguous(), lengths, training);
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward(
+    const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih, const Tensor& w_hh,
+    const OptTensor& b_hh, const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
+    const OptTensor& lengths) {
+  return lstm_layer_run(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, lengths, true);
+}
+
+std::tuple<Tensor, Tensor, Tensor> lstm_layer_infer(
+    const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih, const Tensor& w_hh,
+    const OptTensor& b_hh, const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
+    const OptTensor& lengths) {
+  auto [y, h_n, c_n, ws, proj_in] =
+      lstm_layer_run(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, lengths, false);
+  return {y, h_n, c_n};
+}
+
 Tensor transposed_product_op(const Tensor& a, const Tensor& b) {
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(0) == b.size(0),
               "rnn_ext::transposed_product: expected a [N, M] and b [N, K], got a of shape ",
@@ -474,6 +529,8 @@ TORCH_LIBRARY_IMPL(rnn_ext, CPU, m) {
   m.impl("rnn_cell", &rnn_cell);
   m.impl("rnn_cell_forward", &rnn_cell_forward);
   m.impl("rnn_cell_backward", &rnn_cell_backward);
+  m.impl("lstm_layer_forward", &lstm_layer_forward);
+  m.impl("lstm_layer_infer", &lstm_layer_infer);
   m.impl("transposed_product", &transposed_product_op);
   m.impl("short_linear", &short_linear_op);
 }

@@ -42,6 +42,10 @@
 //                                       all batch rows and units [j0, j1)
 //   ex.for_each(b0, b1, j0, j1, f)      f(b, j) over a block (small glue loops)
 //   ex.barrier()                        all workers meet
+//   ex.barrier_arrive(), ex.barrier_wait()
+//                                       the same barrier in two halves, with
+//                                       work between them that no other
+//                                       worker waits for (the input phase)
 // GEMM inputs are in the storage type T, outputs in the accumulation type
 // Acc, so what is carried from step to step is never rounded to fp16/bf16.
 //
@@ -54,6 +58,8 @@
 #pragma once
 
 #include <stdint.h>
+
+#include <type_traits>
 
 #include "rnn_ext/step_kernels.h"
 
@@ -124,6 +130,38 @@ RNN_HD bool some_row_ends(const int64_t* lengths, int64_t B, int64_t t, int64_t 
   return false;
 }
 
+// The input phase: the input gates x_t W_ih^T computed inside the loop
+// instead of by one large product before it (gx).  Worker k multiplies all
+// of x_t by its own rows of W_ih, resident like W_hh's, into its block of
+// `gates` ([B, G, |u|] at B*G*u.begin, the layout of the recurrent
+// product's scratch).  Only the worker reads its block, so step t+1's input
+// gates are computed between arriving at step t's barrier and waiting at
+// it: the work no step depends on fills the wait for the slowest worker.
+// On the CPU at small batch the per-worker products also run faster than
+// one [T*B, I] x [I, G*H] product (benchmarks/NOTES.md).  Storage and
+// accumulation types must be one (fp32, fp64): the products' outputs are
+// read as the step's gx.  GPU executors leave x null.
+template <typename T>
+struct InputPhase {
+  const T* x = nullptr;     // [steps, B, I], or null: gx holds the input gates
+  const T* w_ih = nullptr;  // [G*H, I]
+  int64_t I = 0;
+  T* gates = nullptr;       // [B, G*H] scratch
+  RNN_HD bool on() const { return x != nullptr; }
+};
+
+// x_t times the worker's rows of W_ih into its block (the input phase).
+// T != Acc never runs it (the ops check); it compiles to nothing there.
+template <class Exec, typename T, typename Acc>
+RNN_HD void input_gates_product(Exec& ex, const InputPhase<T>& in, const GateRows<T>& w_ih,
+                                int64_t t, int64_t rows, int64_t B, int G, Slice u) {
+  if constexpr (std::is_same<T, Acc>::value) {
+    if (u.size() > 0)
+      ex.gemm_resident(rows, in.I, in.x + t * B * in.I, in.I, w_ih, G, u.size(),
+                       in.gates + B * G * u.begin, G * u.size());
+  }
+}
+
 // ---------------------------------------------------------------- LSTM ----
 template <typename T, typename Acc>
 struct LSTMForwardSeq {
@@ -147,6 +185,9 @@ struct LSTMForwardSeq {
   Acc* proj_acc;           // [B, P] scratch (P > 0)
   T* h_n;                  // [B, Hout], filled with h0 by the caller
   T* c_n;                  // [B, H], filled with c0 by the caller
+  // The input phase (see InputPhase): with x given, gx is not read and b_hh
+  // is the sum of both biases.
+  InputPhase<T> in{};
 };
 
 template <class Exec, typename T, typename Acc>
@@ -158,6 +199,9 @@ RNN_HD void lstm_forward_worker(const LSTMForwardSeq<T, Acc>& s, int64_t k, Exec
   const GateRows<T> w = ex.resident_rows(s.w_hh, H, 4, Hin, u);
   // The projection's rows this worker multiplies by: W_hr's rows of its columns.
   const GateRows<T> wr = P > 0 ? ex.resident_rows(s.w_hr, P, 1, H, pc) : GateRows<T>{s.w_hr, 0, H};
+  const InputPhase<T>& in = s.in;
+  const GateRows<T> wi = in.on() ? ex.resident_rows(in.w_ih, H, 4, in.I, u) : GateRows<T>{};
+  if (in.on()) input_gates_product<Exec, T, Acc>(ex, in, wi, 0, gemm_rows(s.active, 0, B), B, 4, u);
   Acc* gates = s.gates + B * 4 * u.begin;
   for (int64_t t = 0; t < s.steps; ++t) {
     const int64_t n = gemm_rows(s.active, t, B);
@@ -171,6 +215,12 @@ RNN_HD void lstm_forward_worker(const LSTMForwardSeq<T, Acc>& s, int64_t k, Exec
       LSTMForwardStep<T, Acc> p{B, H, t, s.lengths, s.gx + t * B * 4 * H, gates,
                                 s.b_hh, c_prev, t == 0 ? H : 5 * H, ws, h_out,
                                 4 * nu, nu, u.begin};
+      if (in.on()) {  // the worker's block, laid out as the recurrent product's
+        p.gx = in.gates + B * 4 * u.begin;
+        p.gx_ld = 4 * nu;
+        p.gx_gs = nu;
+        p.gx_j0 = u.begin;
+      }
       ex.elements(p, u.begin, u.end);
       const int64_t T_ = s.steps;
       const int64_t* len = s.lengths;
@@ -185,7 +235,13 @@ RNN_HD void lstm_forward_worker(const LSTMForwardSeq<T, Acc>& s, int64_t k, Exec
           }
         });
     }
-    ex.barrier();
+    if (in.on() && t + 1 < s.steps) {
+      ex.barrier_arrive();
+      input_gates_product<Exec, T, Acc>(ex, in, wi, t + 1, gemm_rows(s.active, t + 1, B), B, 4, u);
+      ex.barrier_wait();
+    } else {
+      ex.barrier();
+    }
     if (P > 0) {
       T* y = s.y + t * B * P;
       if (pc.size() > 0) {

@@ -65,17 +65,20 @@ struct LSTMForwardStep {
   // The defaults are the whole [B, 4H] product; a worker of the partitioned
   // loop (partition.h) passes its own [B, 4, units] block instead.
   int64_t gh_ld = 4 * H, gh_gs = H, gh_j0 = 0;
+  // The same for gx: the whole [B, 4H] step of the input gates, or a
+  // worker's block where the partitioned loop computes them (its input phase).
+  int64_t gx_ld = 4 * H, gx_gs = H, gx_j0 = 0;
 };
 
 template <typename T, typename Acc>
 RNN_HD void lstm_forward_active(const LSTMForwardStep<T, Acc>& p, int64_t b,
                                 int64_t j) {
   const int64_t H = p.H;
-  const T* gx = p.gx + b * 4 * H;
+  const T* gx = p.gx + b * p.gx_ld + (j - p.gx_j0);
   const Acc* gh = p.gh + b * p.gh_ld + (j - p.gh_j0);
   Acc pre[4];
   for (int k = 0; k < 4; ++k) {
-    pre[k] = to_acc<Acc>(gx[k * H + j]) + gh[k * p.gh_gs] +
+    pre[k] = to_acc<Acc>(gx[k * p.gx_gs]) + gh[k * p.gh_gs] +
              to_acc<Acc>(p.b_hh[k * H + j]);
   }
   const auto r = gates::lstm_forward(pre[0], pre[1], pre[2], pre[3],
