@@ -114,8 +114,13 @@ class _Layer(torch.autograd.Function):
         grad_y = _zeros_if_none(grad_y, y)
         grad_h_n = _zeros_if_none(grad_h_n, h0)
         d_w_hr = d_c0 = None
+        d_x = None
         with _below_autograd():
-            if cell == "lstm":
+            if ctx.in_loop and needs[4]:  # the input's gradient inside the loop too
+                d_x, d_gx, d_w_hh, d_b_hh, d_w_hr, d_h0, d_c0 = ops.lstm_layer_backward.default(
+                    grad_y, grad_h_n, _zeros_if_none(grad_c_n, c0), w_ih, w_hh, w_hr, h0, c0, y,
+                    ws, proj_in, None, grad_h0)
+            elif cell == "lstm":
                 d_gx, d_w_hh, d_b_hh, d_w_hr, d_h0, d_c0 = ops.lstm_backward.default(
                     grad_y, grad_h_n, _zeros_if_none(grad_c_n, c0), w_hh, w_hr, h0, c0, y, ws,
                     proj_in, None, None, grad_h0)
@@ -127,8 +132,10 @@ class _Layer(torch.autograd.Function):
                     grad_y, grad_h_n, w_hh, h0, y, ws, None, None, ctx.nonlinearity,
                     grad_h0)
         g = d_gx.view(-1, d_gx.size(-1))
-        d_x, d_w_ih = product_grads(g, x.reshape(-1, x.size(-1)), w_ih, needs[4], needs[5],
-                                    ctx.onednn)
+        d_x_by_product, d_w_ih = product_grads(g, x.reshape(-1, x.size(-1)), w_ih,
+                                               needs[4] and d_x is None, needs[5], ctx.onednn)
+        if d_x is None:
+            d_x = d_x_by_product
         d_b_ih = None
         if needs[6]:
             # LSTM's and RNN's gate gradients are those of both biases: one
@@ -136,8 +143,7 @@ class _Layer(torch.autograd.Function):
             # b_hn sits inside r * (...): its b_hh gradient differs.
             d_b_ih = g.sum(0) if cell == "gru" else d_b_hh
         return (None, None, None, None, None if d_x is None else d_x.view(x.shape), d_w_ih,
-                d_b_ih,
-                d_w_hh, d_b_hh if b_hh is not None else None,
+                d_b_ih, d_w_hh, d_b_hh if b_hh is not None else None,
                 d_w_hr if w_hr is not None else None, d_h0 if grad_h0 else None, d_c0)
 
 

@@ -128,6 +128,15 @@ def _lstm_layer_infer_fake(input, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, lengths)
     return _lstm_layer_forward_fake(input, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, lengths)[:3]
 
 
+@torch.library.register_fake("rnn_ext::lstm_layer_backward")
+def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, w_ih, w_hh, w_hr, h0, c0,
+                              output, workspace, proj_input, lengths, grad_h0=True):
+    T, B, _ = output.shape
+    grads = _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, output,
+                                workspace, proj_input, lengths, None, grad_h0)
+    return (output.new_empty((T, B, w_ih.shape[1])), *grads)
+
+
 @torch.library.register_fake("rnn_ext::transposed_product")
 def _transposed_product_fake(a, b):
     torch._check(a.dim() == 2 and b.dim() == 2 and a.size(0) == b.size(0))

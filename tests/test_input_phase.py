@@ -30,6 +30,12 @@ CASES = [
 ]
 IDS = ["h37", "h37-proj", "h3-sorted", "h20-proj-unsorted", "t1-b1"]
 
+# fp32: the per-worker products on brgemm's panels (W_ih's beside W_hh's and
+# W_hr's: three slabs), or MKL's.  I=1030 makes the input product (and the
+# input gradient's width) larger than one panel block (1024).
+FP32_CASES = [(7, 5, 19, 80, 24, [7, 6, 6, 3, 1]), (6, 4, 40, 37, 0, None),
+              (2, 3, 1030, 16, 0, None)]
+
 
 def _layer_inputs(case, dtype=torch.float64, bias=True, zero_state=False, seed=0):
     """[x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0], lengths."""
@@ -100,6 +106,59 @@ def test_every_worker_count_matches_the_two_calls(case, bias):
             torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
 
 
+def _backward_args(args, L, seed=3):
+    """The forward's results and random output gradients: the backward
+    ops' arguments after w_ih (w_hh, w_hr, h0, c0, y, ws, proj_in, L)."""
+    x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0 = args
+    y, h_n, c_n, ws, proj_in = ops.lstm_layer_forward(*args, L)
+    g = torch.Generator().manual_seed(seed)
+    grads = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in (y, h_n, c_n)]
+    return grads, (w_hh, w_hr, h0, c0, y, ws, proj_in, L)
+
+
+@pytest.mark.parametrize("grad_h0", [True, False], ids=["grad-h0", "no-grad-h0"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_backward_every_worker_count_matches_the_product(case, grad_h0):
+    """lstm_layer_backward: the input's gradient computed in the loop is
+    d_gates W_ih, and the rest is lstm_backward's, bitwise."""
+    args, L = _layer_inputs(case)
+    x, w_ih = args[:2]
+    grads, rest = _backward_args(args, L)
+    results = {}
+    for k in WORKERS:
+        with cpu_workers(k):
+            want = ops.lstm_backward(*grads, *rest, None, grad_h0)
+            got = ops.lstm_layer_backward(*grads, w_ih, *rest, grad_h0)
+            again = ops.lstm_layer_backward(*grads, w_ih, *rest, grad_h0)
+        for a, b in zip(got, again):
+            assert torch.equal(a, b), f"{k} workers: not bitwise repeatable"
+        for a, b in zip(got[1:], want):
+            assert torch.equal(a, b)
+        torch.testing.assert_close(got[0], want[0] @ w_ih, rtol=1e-10, atol=1e-12)
+        results[k] = got
+    for k in WORKERS[1:]:
+        for a, b in zip(results[k], results[1]):
+            torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("gemm", ["brgemm", "mkl"])
+@pytest.mark.parametrize("case", FP32_CASES, ids=["h80-proj-sorted", "h37", "i1030-deep"])
+def test_backward_fp32_matches_fp64(case, gemm, monkeypatch):
+    monkeypatch.setenv("RNN_EXT_CPU_BRGEMM", "1" if gemm == "brgemm" else "0")
+    args, L = _layer_inputs(case, dtype=torch.float32)
+    grads, rest = _backward_args(args, L)
+    w_ih = args[1]
+    exact = [t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+             for t in (*grads, *rest)]
+    want = ops.lstm_backward(*exact, None)[0].double() @ w_ih.double()
+    torch32 = ops.lstm_backward(*grads, *rest, None)[0] @ w_ih  # PyTorch's fp32 product
+    twice_torch = 2 * (torch32.double() - want).abs().max().item()
+    for k in (1, 3):
+        with cpu_workers(k):
+            got = ops.lstm_layer_backward(*grads, w_ih, *rest)[0]
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=max(1e-4, twice_torch))
+
+
 # A zero initial state skips step 0's recurrent product (B=16, H=128 is above
 # the size where the test pays, rnn_ops_cpu.cpp's h0_zero): the input phase
 # must still give step 0 its input gates.
@@ -110,13 +169,6 @@ def test_zero_initial_state(T):
     for k in (1, 2):
         for got, want in zip(_layer_twice(args, L, k)[:3], ref):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-
-
-# fp32: the per-worker products on brgemm's panels (W_ih's beside W_hh's and
-# W_hr's: three slabs), or MKL's.  I=1030 makes the input product deeper
-# than one panel block (1024).
-FP32_CASES = [(7, 5, 19, 80, 24, [7, 6, 6, 3, 1]), (6, 4, 40, 37, 0, None),
-              (2, 3, 1030, 16, 0, None)]
 
 
 @pytest.mark.parametrize("gemm", ["brgemm", "mkl"])
@@ -145,6 +197,13 @@ def test_poisoned_buffers_every_element_written(workers):
         assert torch.equal(a, b)
     for a, b in zip(clean[:3], infer):
         assert torch.equal(a, b)
+    grads, rest = _backward_args(args, L)
+    with cpu_workers(workers):
+        clean = ops.lstm_layer_backward(*grads, args[1], *rest)
+        with poisoned_allocations():
+            poisoned = ops.lstm_layer_backward(*grads, args[1], *rest)
+    for a, b in zip(clean, poisoned):
+        assert torch.equal(a, b)
 
 
 def test_stepwise_loop_and_other_dtypes_project_first():
@@ -154,6 +213,12 @@ def test_stepwise_loop_and_other_dtypes_project_first():
     with cpu_stepwise():
         for a, b in zip(ops.lstm_layer_forward(*args, L), _two_calls(args, L)):
             assert torch.equal(a, b)
+        grads, rest = _backward_args(args, L)
+        want = ops.lstm_backward(*grads, *rest, None)
+        got = ops.lstm_layer_backward(*grads, args[1], *rest)
+        for a, b in zip(got[1:], want):
+            assert torch.equal(a, b)
+        assert torch.equal(got[0], want[0] @ args[1])
     bf16 = [None if t is None else t.bfloat16() for t in args]
     for a, b in zip(ops.lstm_layer_infer(*bf16, L), _two_calls(bf16, L, training=False)):
         assert torch.equal(a, b)
@@ -193,6 +258,18 @@ def test_opcheck(proj, lengths):
     args, L = _layer_inputs((3, 2, 5, 4, 3 if proj else 0, lengths))
     torch.library.opcheck(ops.lstm_layer_forward, (*args, L))
     torch.library.opcheck(ops.lstm_layer_infer, (*args, L))
+    grads, rest = _backward_args(args, L)
+    torch.library.opcheck(ops.lstm_layer_backward, (*grads, args[1], *rest))
+    torch.library.opcheck(ops.lstm_layer_backward, (*grads, args[1], *rest, False))
+
+
+def test_backward_bad_input_is_named():
+    args, L = _layer_inputs(CASES[0])
+    grads, rest = _backward_args(args, L)
+    with pytest.raises(RuntimeError, match="w_ih of shape"):
+        ops.lstm_layer_backward(*grads, args[1][:-1], *rest)
+    with pytest.raises(RuntimeError, match="w_ih has dtype"):
+        ops.lstm_layer_backward(*grads, args[1].float(), *rest)
 
 
 # ----------------------------------------------------------- the modules --
@@ -221,7 +298,8 @@ def test_modules_match_nn_fp64(kw, with_state, monkeypatch):
     assert "rnn_ext::lstm_layer_forward" in names and "rnn_ext::lstm_forward" not in names, names
     y_nn, (h_nn, c_nn) = nn_module(x, hx)
     wrt = [x, *(hx or ()), *module.parameters()]
-    got = outputs_and_grads((y, h, c), wrt)
+    got, names = rnn_ext_op_names(lambda: outputs_and_grads((y, h, c), wrt))
+    assert "rnn_ext::lstm_layer_backward" in names and "rnn_ext::lstm_backward" not in names, names
     wrt_nn = [x, *(hx or ()), *nn_module.parameters()]
     want = outputs_and_grads((y_nn, h_nn, c_nn), wrt_nn)
     for a, b in zip(got[0] + got[1], want[0] + want[1]):

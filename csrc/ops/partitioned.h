@@ -106,7 +106,7 @@ struct PartitionedLoops {
   };
   template <typename T>
   struct LSTMBackwardCall {
-    Tensor d_gates, dh_state, dc_state, c0_acc, d_proj, dh_pre, active;
+    Tensor d_gates, dh_state, dc_state, c0_acc, d_proj, dh_pre, active, d_x;
     Tensor h0, y, proj_in;  // for the weight gradients
     Lengths L;
     partition::LSTMBackwardSeq<KT<T>, Acc<T>> s{};
@@ -274,6 +274,27 @@ struct PartitionedLoops {
         ptr<const A>(c.c0_acc), ptr<const A>(grad_ws), ptr<const K_>(grad_y),
         ptr<A>(c.dh_state), ptr<A>(c.dc_state), ptr<K_>(c.d_gates), ptr<K_>(c.d_proj),
         ptr<A>(c.dh_pre), grad_h0};
+  }
+
+  // The layer's backward with the input's gradient in the loop (the input
+  // phase's backward, partition.h): lstm_backward's results after d_x =
+  // d_gates W_ih for x [T, B, I].
+  template <typename T>
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward(
+      const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& w_ih,
+      const Tensor& w_hh, const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
+      const Tensor& y, const Tensor& ws, const Tensor& proj_in, const OptTensor& lengths,
+      bool grad_h0) {
+    using K_ = KT<T>;
+    LSTMBackwardCall<T> c;
+    lstm_backward_prepare<T>(c, grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, proj_in,
+                             lengths, std::nullopt, grad_h0);
+    const int64_t I = w_ih.size(1);
+    c.d_x = at::empty({y.size(0), y.size(1), I}, y.options());
+    c.s.in = partition::InputGradPhase<K_>{ptr<const K_>(w_ih), I, ptr<K_>(c.d_x)};
+    Runner::lstm_backward(c.s, c.K);
+    auto [d_gates, dw_hh, db_hh, dw_hr, dh0, dc0] = lstm_backward_finish<T>(c);
+    return {c.d_x, d_gates, dw_hh, db_hh, dw_hr, dh0, dc0};
   }
 
   template <typename T>

@@ -334,6 +334,14 @@ TORCH_LIBRARY(rnn_ext, m) {
       "lstm_layer_infer(Tensor input, Tensor w_ih, Tensor? b_ih, Tensor w_hh, "
       "Tensor? b_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths) -> "
       "(Tensor output, Tensor h_n, Tensor c_n)");
+  // Its backward: lstm_backward's results (without grad_workspace) after
+  // the input's gradient, computed inside the loop in fp32 and fp64.
+  m.def(
+      "lstm_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, "
+      "Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor output, "
+      "Tensor workspace, Tensor proj_input, Tensor? lengths, bool grad_h0=True) -> "
+      "(Tensor grad_input, Tensor grad_input_gates, Tensor grad_w_hh, Tensor grad_b_hh, "
+      "Tensor grad_w_hr, Tensor grad_h0, Tensor grad_c0)");
   // a^T b, a weight gradient's sum over rows (CPU only): the input
   // projection's dW_ih, through the library the CPU ops' dW_hh takes
   // (ops/onednn_products.h).

@@ -468,6 +468,34 @@ std::tuple<Tensor, Tensor, Tensor> lstm_layer_infer(
   return {y, h_n, c_n};
 }
 
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& w_ih,
+    const Tensor& w_hh, const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
+    const Tensor& y, const Tensor& ws, const Tensor& proj_in, const OptTensor& lengths,
+    bool grad_h0) {
+  const char* op = "rnn_ext::lstm_layer_backward";
+  check_lstm_backward(op, grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, std::nullopt);
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) == w_hh.size(0), op, ": expected w_ih of shape [",
+              w_hh.size(0), ", I], got ", w_ih.sizes());
+  check_same(op, "w_ih", w_ih, y, w_ih.sizes());
+  const bool in_loop = !stepwise.load(std::memory_order_relaxed) &&
+                       (y.scalar_type() == at::kFloat || y.scalar_type() == at::kDouble);
+  if (!in_loop) {
+    auto [d_gates, dw_hh, db_hh, dw_hr, dh0, dc0] = lstm_backward<CpuLoops>(
+        grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, proj_in, lengths, std::nullopt,
+        grad_h0);
+    return {at::matmul(d_gates, w_ih), d_gates, dw_hh, db_hh, dw_hr, dh0, dc0};
+  }
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "rnn_ext::lstm_layer_backward", [&] {
+    out = PartitionedCpuLoops::lstm_layer_backward<scalar_t>(
+        grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(), w_ih.contiguous(),
+        w_hh.contiguous(), contiguous(w_hr), h0.contiguous(), c0.contiguous(), y.contiguous(),
+        ws.contiguous(), proj_in.contiguous(), lengths, grad_h0);
+  });
+  return out;
+}
+
 Tensor transposed_product_op(const Tensor& a, const Tensor& b) {
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(0) == b.size(0),
               "rnn_ext::transposed_product: expected a [N, M] and b [N, K], got a of shape ",
@@ -531,6 +559,7 @@ TORCH_LIBRARY_IMPL(rnn_ext, CPU, m) {
   m.impl("rnn_cell_backward", &rnn_cell_backward);
   m.impl("lstm_layer_forward", &lstm_layer_forward);
   m.impl("lstm_layer_infer", &lstm_layer_infer);
+  m.impl("lstm_layer_backward", &lstm_layer_backward);
   m.impl("transposed_product", &transposed_product_op);
   m.impl("short_linear", &short_linear_op);
 }

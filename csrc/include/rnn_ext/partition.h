@@ -162,6 +162,32 @@ RNN_HD void input_gates_product(Exec& ex, const InputPhase<T>& in, const GateRow
   }
 }
 
+// Its backward: the input's gradient d_x_t = d_gates_t W_ih computed inside
+// the backward loop.  Worker k owns a slice of the input's columns and keeps
+// W_ih's block at those columns resident; step t's gate gradients are
+// complete once every worker has passed step t's barrier, so d_x_t is
+// computed between arriving at step t-1's barrier and waiting at it (and
+// d_x_0 after the loop).  All B rows: a finished row's gate gradients are
+// zeros, so is its d_x.  T == Acc only, as above.
+template <typename T>
+struct InputGradPhase {
+  const T* w_ih = nullptr;  // [G*H, I], or null: the caller computes d_x
+  int64_t I = 0;
+  T* d_x = nullptr;         // [steps, B, I] out
+  RNN_HD bool on() const { return w_ih != nullptr; }
+};
+
+template <class Exec, typename T, typename Acc>
+RNN_HD void input_grad_product(Exec& ex, const InputGradPhase<T>& in,
+                               const ResidentColumns<T>& w_ih, const T* d_gates, int64_t t,
+                               int64_t B, int64_t G, Slice cols) {
+  if constexpr (std::is_same<T, Acc>::value) {
+    if (cols.size() > 0)
+      ex.gemm_nn(B, cols.size(), G, d_gates + t * B * G, G, w_ih.w, w_ih.ld,
+                 in.d_x + t * B * in.I + cols.begin, in.I, false);
+  }
+}
+
 // ---------------------------------------------------------------- LSTM ----
 template <typename T, typename Acc>
 struct LSTMForwardSeq {
@@ -281,6 +307,7 @@ struct LSTMBackwardSeq {
   bool grad_h0 = true;     // false: h0's gradient is not wanted; the product
                            //   that turns dh into it is skipped (the caller
                            //   then zeros dh_state)
+  InputGradPhase<T> in{};  // the input's gradient in the loop, or off
 };
 
 template <class Exec, typename T, typename Acc>
@@ -294,6 +321,10 @@ RNN_HD void lstm_backward_worker(const LSTMBackwardSeq<T, Acc>& s, int64_t k, Ex
   const ResidentColumns<T> w = ex.resident_columns(s.w_hh, Hin, 4 * H, dcols);
   const ResidentColumns<T> wr =
       P > 0 ? ex.resident_columns(s.w_hr, H, P, u) : ResidentColumns<T>{s.w_hr, H};
+  const InputGradPhase<T>& in = s.in;
+  const Slice ic = in.on() ? split(in.I, s.workers, k, s.align) : Slice{0, 0};
+  const ResidentColumns<T> wi =
+      in.on() ? ex.resident_columns(in.w_ih, in.I, 4 * H, ic) : ResidentColumns<T>{};
   for (int64_t t = s.steps - 1; t >= 0; --t) {
     const int64_t n = gemm_rows(s.active, t, B);
     if (t + 1 < s.steps && dcols.size() > 0)
@@ -320,12 +351,19 @@ RNN_HD void lstm_backward_worker(const LSTMBackwardSeq<T, Acc>& s, int64_t k, Ex
           s.d_gates + t * B * 4 * H};
       ex.elements(p, u.begin, u.end);
     }
-    ex.barrier();
+    if (in.on() && t + 1 < s.steps) {
+      ex.barrier_arrive();
+      input_grad_product<Exec, T, Acc>(ex, in, wi, s.d_gates, t + 1, B, 4 * H, ic);
+      ex.barrier_wait();
+    } else {
+      ex.barrier();
+    }
   }
   // What flows into h0: the product of step 0's gate gradients.
   if (s.grad_h0 && dcols.size() > 0)
     ex.gemm_nn(gemm_rows(s.active, 0, B), dcols.size(), 4 * H, s.d_gates, 4 * H, w.w, w.ld,
                s.dh_state + dcols.begin, Hin, true);
+  if (in.on()) input_grad_product<Exec, T, Acc>(ex, in, wi, s.d_gates, 0, B, 4 * H, ic);
 }
 
 // ----------------------------------------------------------------- GRU ----
