@@ -257,6 +257,8 @@ struct Executor {
       for (int64_t j = j0; j < j1; ++j) f(b, j);
   }
   void barrier() { sync->arrive_and_wait(); }
+  // The input phase (partition.h): between the halves of a step's barrier.
+  static constexpr bool kInputPhase = true;
   void barrier_arrive() { ticket = sync->arrive(); }
   void barrier_wait() { sync->wait(ticket); }
   Barrier::Ticket ticket{0, true};

@@ -261,8 +261,9 @@ struct BlockExecutor {
   // grid.sync() also orders every block's global writes before the others'
   // reads after it.
   __device__ void barrier() { cg::this_grid().sync(); }
-  // The input phase (partition.h) is the CPU's: the GPU ops never set x, so
-  // these only complete the executor's interface.
+  // The input phase (partition.h) is the CPU's: off here, its branches
+  // compile away; these only complete the executor's interface.
+  static constexpr bool kInputPhase = false;
   __device__ void barrier_arrive() {}
   __device__ void barrier_wait() { barrier(); }
 };

@@ -46,6 +46,8 @@
 //                                       the same barrier in two halves, with
 //                                       work between them that no other
 //                                       worker waits for (the input phase)
+//   Exec::kInputPhase                   whether it runs the input phase
+//                                       (InputPhase below) where asked
 // GEMM inputs are in the storage type T, outputs in the accumulation type
 // Acc, so what is carried from step to step is never rounded to fp16/bf16.
 //
@@ -140,7 +142,9 @@ RNN_HD bool some_row_ends(const int64_t* lengths, int64_t B, int64_t t, int64_t 
 // On the CPU at small batch the per-worker products also run faster than
 // one [T*B, I] x [I, G*H] product (benchmarks/NOTES.md).  Storage and
 // accumulation types must be one (fp32, fp64): the products' outputs are
-// read as the step's gx.  GPU executors leave x null.
+// read as the step's gx.  An executor runs it only where it says so
+// (Exec::kInputPhase: the CPU's); elsewhere its branches are constant-false
+// and compile away, so that the GPU kernels keep their registers.
 template <typename T>
 struct InputPhase {
   const T* x = nullptr;     // [steps, B, I], or null: gx holds the input gates
@@ -226,8 +230,9 @@ RNN_HD void lstm_forward_worker(const LSTMForwardSeq<T, Acc>& s, int64_t k, Exec
   // The projection's rows this worker multiplies by: W_hr's rows of its columns.
   const GateRows<T> wr = P > 0 ? ex.resident_rows(s.w_hr, P, 1, H, pc) : GateRows<T>{s.w_hr, 0, H};
   const InputPhase<T>& in = s.in;
-  const GateRows<T> wi = in.on() ? ex.resident_rows(in.w_ih, H, 4, in.I, u) : GateRows<T>{};
-  if (in.on()) input_gates_product<Exec, T, Acc>(ex, in, wi, 0, gemm_rows(s.active, 0, B), B, 4, u);
+  const bool in_loop = Exec::kInputPhase && in.on();
+  const GateRows<T> wi = in_loop ? ex.resident_rows(in.w_ih, H, 4, in.I, u) : GateRows<T>{};
+  if (in_loop) input_gates_product<Exec, T, Acc>(ex, in, wi, 0, gemm_rows(s.active, 0, B), B, 4, u);
   Acc* gates = s.gates + B * 4 * u.begin;
   for (int64_t t = 0; t < s.steps; ++t) {
     const int64_t n = gemm_rows(s.active, t, B);
@@ -241,7 +246,7 @@ RNN_HD void lstm_forward_worker(const LSTMForwardSeq<T, Acc>& s, int64_t k, Exec
       LSTMForwardStep<T, Acc> p{B, H, t, s.lengths, s.gx + t * B * 4 * H, gates,
                                 s.b_hh, c_prev, t == 0 ? H : 5 * H, ws, h_out,
                                 4 * nu, nu, u.begin};
-      if (in.on()) {  // the worker's block, laid out as the recurrent product's
+      if (in_loop) {  // the worker's block, laid out as the recurrent product's
         p.gx = in.gates + B * 4 * u.begin;
         p.gx_ld = 4 * nu;
         p.gx_gs = nu;
@@ -261,7 +266,7 @@ RNN_HD void lstm_forward_worker(const LSTMForwardSeq<T, Acc>& s, int64_t k, Exec
           }
         });
     }
-    if (in.on() && t + 1 < s.steps) {
+    if (in_loop && t + 1 < s.steps) {
       ex.barrier_arrive();
       input_gates_product<Exec, T, Acc>(ex, in, wi, t + 1, gemm_rows(s.active, t + 1, B), B, 4, u);
       ex.barrier_wait();
@@ -322,9 +327,10 @@ RNN_HD void lstm_backward_worker(const LSTMBackwardSeq<T, Acc>& s, int64_t k, Ex
   const ResidentColumns<T> wr =
       P > 0 ? ex.resident_columns(s.w_hr, H, P, u) : ResidentColumns<T>{s.w_hr, H};
   const InputGradPhase<T>& in = s.in;
-  const Slice ic = in.on() ? split(in.I, s.workers, k, s.align) : Slice{0, 0};
+  const bool in_loop = Exec::kInputPhase && in.on();
+  const Slice ic = in_loop ? split(in.I, s.workers, k, s.align) : Slice{0, 0};
   const ResidentColumns<T> wi =
-      in.on() ? ex.resident_columns(in.w_ih, in.I, 4 * H, ic) : ResidentColumns<T>{};
+      in_loop ? ex.resident_columns(in.w_ih, in.I, 4 * H, ic) : ResidentColumns<T>{};
   for (int64_t t = s.steps - 1; t >= 0; --t) {
     const int64_t n = gemm_rows(s.active, t, B);
     if (t + 1 < s.steps && dcols.size() > 0)
@@ -351,7 +357,7 @@ RNN_HD void lstm_backward_worker(const LSTMBackwardSeq<T, Acc>& s, int64_t k, Ex
           s.d_gates + t * B * 4 * H};
       ex.elements(p, u.begin, u.end);
     }
-    if (in.on() && t + 1 < s.steps) {
+    if (in_loop && t + 1 < s.steps) {
       ex.barrier_arrive();
       input_grad_product<Exec, T, Acc>(ex, in, wi, s.d_gates, t + 1, B, 4 * H, ic);
       ex.barrier_wait();
@@ -363,7 +369,7 @@ RNN_HD void lstm_backward_worker(const LSTMBackwardSeq<T, Acc>& s, int64_t k, Ex
   if (s.grad_h0 && dcols.size() > 0)
     ex.gemm_nn(gemm_rows(s.active, 0, B), dcols.size(), 4 * H, s.d_gates, 4 * H, w.w, w.ld,
                s.dh_state + dcols.begin, Hin, true);
-  if (in.on()) input_grad_product<Exec, T, Acc>(ex, in, wi, s.d_gates, 0, B, 4 * H, ic);
+  if (in_loop) input_grad_product<Exec, T, Acc>(ex, in, wi, s.d_gates, 0, B, 4 * H, ic);
 }
 
 // ----------------------------------------------------------------- GRU ----
