@@ -35,6 +35,22 @@ IDS = ["h37", "h37-proj", "h3-sorted", "h20-proj-unsorted", "t1-b1"]
 # input gradient's width) larger than one panel block (1024).
 FP32_CASES = [(7, 5, 19, 80, 24, [7, 6, 6, 3, 1]), (6, 4, 40, 37, 0, None),
               (2, 3, 1030, 16, 0, None)]
+fp32_cases = pytest.mark.parametrize("case", FP32_CASES,
+                                     ids=["h80-proj-sorted", "h37", "i1030-deep"])
+
+
+@pytest.fixture(params=["brgemm", "mkl"])
+def gemm(request, monkeypatch):
+    """The CPU executor's fp32 products: brgemm's panels or MKL's."""
+    monkeypatch.setenv("RNN_EXT_CPU_BRGEMM", "1" if request.param == "brgemm" else "0")
+    return request.param
+
+
+def _assert_fp32_close(got, want, torch32):
+    """fp32 against fp64: within 1e-4, or twice PyTorch's own fp32 error
+    (torch32) where that is larger (deep products)."""
+    twice_torch = 2 * (torch32.double() - want).abs().max().item()
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=max(1e-4, twice_torch))
 
 
 def _layer_inputs(case, dtype=torch.float64, bias=True, zero_state=False, seed=0):
@@ -141,10 +157,8 @@ def test_backward_every_worker_count_matches_the_product(case, grad_h0):
             torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
 
 
-@pytest.mark.parametrize("gemm", ["brgemm", "mkl"])
-@pytest.mark.parametrize("case", FP32_CASES, ids=["h80-proj-sorted", "h37", "i1030-deep"])
-def test_backward_fp32_matches_fp64(case, gemm, monkeypatch):
-    monkeypatch.setenv("RNN_EXT_CPU_BRGEMM", "1" if gemm == "brgemm" else "0")
+@fp32_cases
+def test_backward_fp32_matches_fp64(case, gemm):
     args, L = _layer_inputs(case, dtype=torch.float32)
     grads, rest = _backward_args(args, L)
     w_ih = args[1]
@@ -152,11 +166,9 @@ def test_backward_fp32_matches_fp64(case, gemm, monkeypatch):
              for t in (*grads, *rest)]
     want = ops.lstm_backward(*exact, None)[0].double() @ w_ih.double()
     torch32 = ops.lstm_backward(*grads, *rest, None)[0] @ w_ih  # PyTorch's fp32 product
-    twice_torch = 2 * (torch32.double() - want).abs().max().item()
     for k in (1, 3):
         with cpu_workers(k):
-            got = ops.lstm_layer_backward(*grads, w_ih, *rest)[0]
-        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=max(1e-4, twice_torch))
+            _assert_fp32_close(ops.lstm_layer_backward(*grads, w_ih, *rest)[0], want, torch32)
 
 
 # A zero initial state skips step 0's recurrent product (B=16, H=128 is above
@@ -171,18 +183,15 @@ def test_zero_initial_state(T):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("gemm", ["brgemm", "mkl"])
-@pytest.mark.parametrize("case", FP32_CASES, ids=["h80-proj-sorted", "h37", "i1030-deep"])
-def test_fp32_matches_fp64(case, gemm, monkeypatch):
-    monkeypatch.setenv("RNN_EXT_CPU_BRGEMM", "1" if gemm == "brgemm" else "0")
+@fp32_cases
+def test_fp32_matches_fp64(case, gemm):
     args, L = _layer_inputs(case, dtype=torch.float32)
     exact = [None if t is None else t.double() for t in args]
     want = _reference(exact, L)
     torch32 = _reference(args, L)  # PyTorch's own fp32 error, for the tolerance
     for k in (1, 3):
         for got, w, t32 in zip(_layer_twice(args, L, k)[:3], want, torch32):
-            twice_torch = 2 * (t32.double() - w).abs().max().item()
-            torch.testing.assert_close(got.double(), w, rtol=1e-4, atol=max(1e-4, twice_torch))
+            _assert_fp32_close(got, w, t32)
 
 
 @pytest.mark.parametrize("workers", [1, 3])
