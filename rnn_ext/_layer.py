@@ -15,6 +15,10 @@ autograd took 15% less time than the LSTM training step
 read them, and backward runs the sequence op's backward, then the
 projection's products on its gate gradients.
 
+Where the CPU kind's rule says so (input_phase), an LSTM layer is one op
+that computes its input gates inside the recurrence, and its backward
+the input's gradient (rnn_ext::lstm_layer_*; partition.h's input phase).
+
 Backward with create_graph=True (double backward) differentiates the
 reference (F.linear, then rnn_ext/reference.py), as the sequence ops do.
 """

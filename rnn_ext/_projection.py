@@ -21,6 +21,10 @@ fastest code path):
           1.5x-2.5x.  At B = 1 the recurrence packs W_hh into panels up to
           64 MiB (1.2x-1.9x MKL in place from 9 to 36 MiB; larger ones,
           unmeasured, are left in place rather than copied per call).
+          An LSTM layer computes its input gates (and their gradient)
+          inside the recurrence from B = 4 while W_ih and W_hh fit in
+          8 MiB (rnn_ext/_layer.py, input_phase): 1.1x-1.25x the
+          projection and the sequence op there.  Only this kind has it.
   AVX512  oneDNN for the forward and the input gradient from 256 rows on:
           1.1x-1.6x MKL there; below, oneDNN's per-call weight reorder does
           not pay (24 rows: 1.5x-3x slower than MKL).  The weight gradients
