@@ -86,9 +86,6 @@ struct PartitionedLoops {
   template <typename T>
   using Acc = at::opmath_type<T>;
 
-  // One direction's call: its buffers (kept alive until it finishes), its
-  // sequence description and its workers.  Filled in place (the sequence
-  // points into the buffers and into L).
   // A layer's input and W_ih, for the input phase of partition.h (CPU, fp32
   // and fp64): the loop computes the input gates itself.
   struct LayerInput {
@@ -97,6 +94,9 @@ struct PartitionedLoops {
     const OptTensor& b_ih;
   };
 
+  // One direction's call: its buffers (kept alive until it finishes), its
+  // sequence description and its workers.  Filled in place (the sequence
+  // points into the buffers and into L).
   template <typename T>
   struct LSTMForwardCall {
     Tensor y, h_n, c_n, ws, proj_in, bias, c0_acc, active, gates, proj_acc, x_gates;
