@@ -36,7 +36,9 @@ _zeros_if_none = _ops._zeros_if_none
 
 
 def _reference(cell, nonlinearity, onednn, in_loop, x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0):
-    """The layer by the differentiable reference: (y, h_n[, c_n])."""
+    """The layer by the differentiable reference: (y, h_n[, c_n]).  It takes
+    _Layer.forward's arguments (onednn and in_loop unused), so that
+    _ops._higher_order can match them to needs_input_grad by position."""
     gx = F.linear(x, w_ih, b_ih)
     if cell == "lstm":
         return reference.lstm_reference(gx, w_hh, b_hh, w_hr, h0, c0)[:3]

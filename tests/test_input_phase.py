@@ -15,7 +15,7 @@ import rnn_ext
 from _poison import poisoned_allocations
 from _utils import TOL, make_module, outputs_and_grads, rnn_ext_op_names
 from rnn_ext import _layer, _projection, functional
-from test_partition import WORKERS, cpu_stepwise, cpu_workers
+from test_partition import WORKERS, _allocated_bytes, cpu_stepwise, cpu_workers
 
 ops = torch.ops.rnn_ext
 # T, B, I, H, P, lengths: H=37 is not divisible by any worker count, H=3
@@ -234,8 +234,6 @@ def test_stepwise_loop_and_other_dtypes_project_first():
 
 
 def test_inference_writes_no_workspace():
-    from test_partition import _allocated_bytes
-
     T, B, I, H = 64, 4, 8, 16
     args, _ = _layer_inputs((T, B, I, H, 0, None), dtype=torch.float32)
     workspace, outputs = T * B * 5 * H * 4, T * B * H * 4

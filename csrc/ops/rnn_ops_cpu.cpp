@@ -417,6 +417,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(
 // An LSTM layer direction with its input projection.  In fp32 and fp64 the
 // partitioned loop computes the input gates itself (partition.h's input
 // phase); other dtypes, and the stepwise loop, project first.
+bool input_phase_runs(at::ScalarType dtype) {
+  return !stepwise.load(std::memory_order_relaxed) &&
+         (dtype == at::kFloat || dtype == at::kDouble);
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_run(
     const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih, const Tensor& w_hh,
     const OptTensor& b_hh, const OptTensor& w_hr, const Tensor& h0, const Tensor& c0,
@@ -438,9 +443,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_run(
   // the input gates of the right shape (one element, expanded: no memory).
   check_lstm_forward(at::empty({1}, x.options()).expand({T_, B, G}), w_hh, b_hh, w_hr, h0, c0,
                      lengths, op);
-  const bool in_loop = !stepwise.load(std::memory_order_relaxed) &&
-                       (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
-  if (!in_loop)
+  if (!input_phase_runs(x.scalar_type()))
     return lstm_forward_checked<CpuLoops>(at::linear(x, w_ih, b_ih), w_hh, b_hh, w_hr, h0, c0,
                                           lengths, training);
   std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> out;
@@ -478,9 +481,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
   TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) == w_hh.size(0), op, ": expected w_ih of shape [",
               w_hh.size(0), ", I], got ", w_ih.sizes());
   check_same(op, "w_ih", w_ih, y, w_ih.sizes());
-  const bool in_loop = !stepwise.load(std::memory_order_relaxed) &&
-                       (y.scalar_type() == at::kFloat || y.scalar_type() == at::kDouble);
-  if (!in_loop) {
+  if (!input_phase_runs(y.scalar_type())) {
     auto [d_gates, dw_hh, db_hh, dw_hr, dh0, dc0] = lstm_backward<CpuLoops>(
         grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, ws, proj_in, lengths, std::nullopt,
         grad_h0);
